@@ -1,0 +1,3 @@
+"""A handler module that fails to import."""
+
+raise RuntimeError("this handler module is broken on purpose")

@@ -1,0 +1,174 @@
+"""Fixtures: short socket paths, a real `ugram serve` process, real senders, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short temp directory (AF_UNIX paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ug", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def out_dir(sock_dir: Path) -> Path:
+    """Where test handlers write what they saw."""
+    out = sock_dir / "out"
+    out.mkdir()
+    return out
+
+
+def child_env(out_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for ugram and sender subprocesses: test apps importable, no UGRAM_* leak."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UGRAM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(REPO)])
+    if out_dir is not None:
+        env["UGTEST_OUT"] = str(out_dir)
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Server:
+    """A running `ugram serve` process."""
+
+    proc: subprocess.Popen[bytes]
+    path: Path
+    stderr_file: Path
+    exit_code: int | None = None
+    _stderr: str = field(default="", repr=False)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send ``sig`` and wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.exit_code = self.proc.wait(timeout)
+        return self.exit_code
+
+    @property
+    def stderr(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        return self.stderr_file.read_text(errors="replace")
+
+    def summary(self) -> dict[str, int]:
+        """The counters of the final ``stopped: key=value ...`` line."""
+        match = re.search(r"stopped: (.*)", self.stderr)
+        assert match, self.stderr
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def run_server(
+    handler: str | None,
+    path: Path,
+    *args: str,
+    out_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> Iterator[Server]:
+    """Start `python -m ugram serve` in its own process group; always kill it at the end."""
+    cmd = [sys.executable, "-m", "ugram", "serve", "--socket", str(path), *args]
+    if handler is not None:
+        cmd.insert(4, handler)
+    stderr_file = path.parent / f"{path.name}.stderr"
+    with open(stderr_file, "wb") as err:
+        proc = subprocess.Popen(
+            cmd,
+            env=env or child_env(out_dir),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    server = Server(proc, path, stderr_file)
+    try:
+        if wait:
+            wait_for(lambda: path.exists() or proc.poll() is not None, what=f"server on {path}")
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}: {server.stderr}")
+        yield server
+    finally:
+        _kill_group(proc)
+
+
+def start_senders(path: Path, count: int, senders: int) -> list[subprocess.Popen[bytes]]:
+    """Start ``senders`` blocking sender processes, each sending ``s<i>:<seq>``, count times."""
+    return [
+        subprocess.Popen(
+            [sys.executable, str(APPS / "sender.py"), str(path), f"s{i}", str(count)],
+            env=child_env(),
+        )
+        for i in range(senders)
+    ]
+
+
+def wait_senders(procs: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> None:
+    """Wait for every sender to finish successfully."""
+    try:
+        for proc in procs:
+            assert proc.wait(timeout) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def read_records(out_dir: Path) -> list[str]:
+    """Every line the test handlers wrote, teardown markers excluded."""
+    lines: list[str] = []
+    for file in sorted(out_dir.glob("*.log")):
+        lines.extend(line for line in file.read_text().splitlines() if line != "#teardown")
+    return lines
+
+
+def teardowns(out_dir: Path) -> int:
+    """How many workers ran their teardown."""
+    return sum(file.read_text().count("#teardown") for file in out_dir.glob("*.log"))
+
+
+def send(path: Path | str, *payloads: bytes, bind: str | None = None) -> socket.socket:
+    """Send payloads from one socket (bound to ``bind`` if given); returns the socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if bind is not None:
+        sock.bind(bind)
+    for payload in payloads:
+        sock.sendto(payload, str(path))
+    return sock

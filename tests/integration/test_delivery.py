@@ -1,0 +1,52 @@
+"""The delivery promise: every datagram the kernel accepted is handled exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    read_records,
+    run_server,
+    start_senders,
+    teardowns,
+    wait_senders,
+)
+
+SENDERS = 4
+PER_SENDER = 50_000
+
+
+def expected(senders: int, count: int) -> set[str]:
+    return {f"s{s}:{i}" for s in range(senders) for i in range(count)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_concurrent_senders_exactly_once(sock_dir: Path, out_dir: Path, workers: int) -> None:
+    path = sock_dir / "s.sock"
+    with run_server("seqrec:Recorder", path, "--workers", str(workers), out_dir=out_dir) as server:
+        wait_senders(start_senders(path, PER_SENDER, SENDERS))
+        assert server.stop() == 0, server.stderr
+    records = read_records(out_dir)
+    counts = Counter(records)
+    duplicates = [r for r, n in counts.items() if n > 1]
+    assert not duplicates, duplicates[:10]
+    assert set(records) == expected(SENDERS, PER_SENDER)
+    assert teardowns(out_dir) == workers
+    assert server.summary()["handled"] == SENDERS * PER_SENDER
+    assert not path.exists()
+
+
+def test_sigterm_right_after_a_flood_drains_everything(sock_dir: Path, out_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    with run_server("seqrec:Recorder", path, "--workers", "2", out_dir=out_dir) as server:
+        wait_senders(start_senders(path, 50_000, 2))
+        code = server.stop()  # the rings and the socket queue still hold records here
+        assert code == 0, server.stderr
+    assert set(read_records(out_dir)) == expected(2, 50_000)
+    assert len(read_records(out_dir)) == 100_000
+    assert not path.exists()
+    assert server.summary()["unhandled"] == 0

@@ -1,0 +1,35 @@
+"""ugram: a multiprocess ingestion server for Unix domain datagram sockets."""
+
+from .config import Config as Config
+from .config import load_config as load_config
+from .config import make_config as make_config
+from .datagram import Datagram as Datagram
+from .errors import ConfigError as ConfigError
+from .errors import HandlerImportError as HandlerImportError
+from .errors import ReplyError as ReplyError
+from .errors import ShutdownTimeoutError as ShutdownTimeoutError
+from .errors import SocketError as SocketError
+from .errors import SocketInUseError as SocketInUseError
+from .errors import UgramError as UgramError
+from .events import ConnState as ConnState
+from .stats import Snapshot as Snapshot
+from .supervisor import Supervisor as Supervisor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConnState",
+    "Datagram",
+    "HandlerImportError",
+    "ReplyError",
+    "ShutdownTimeoutError",
+    "Snapshot",
+    "SocketError",
+    "SocketInUseError",
+    "Supervisor",
+    "UgramError",
+    "load_config",
+    "make_config",
+]

@@ -1,0 +1,344 @@
+"""The one frozen, validated configuration and its loading from CLI, environment and TOML.
+
+Every option is declared once, as a field of :class:`Config`; the CLI flags, the ``UGRAM_*``
+environment variables and the TOML keys are all derived from the fields, so they cannot drift.
+Values are merged with the precedence CLI > environment > file > default and validated by
+``msgspec.convert`` (``Struct.__init__`` alone does not validate).
+"""
+
+from __future__ import annotations
+
+import difflib
+import grp
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import msgspec
+
+from .errors import ConfigError
+
+ENV_PREFIX = "UGRAM_"
+DEFAULT_SOCKET = "/tmp/ugram.sock"
+DEFAULT_HANDLER = "ugram.builtin:print_json"
+
+# The kernel accepts AF_UNIX datagrams up to the sender's SO_SNDBUF (at most wmem_max, a few
+# MiB); 16 MiB is a generous ceiling that still catches typos such as an extra zero.
+MAX_DATAGRAM_LIMIT = 16 * 1024 * 1024
+RECORD_OVERHEAD = 32 + 112  # ring record header + the longest sender address
+
+
+def _meta(description: str, allowed: str, **constraints: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=description, extra={"allowed": allowed}, **constraints)
+
+
+Workers = Annotated[int, _meta("worker processes", "an integer from 1 to 1024", ge=1, le=1024)]
+MaxDatagram = Annotated[
+    int,
+    _meta(
+        "largest datagram accepted, in bytes; larger ones are rejected and counted",
+        f"an integer from 1 to {MAX_DATAGRAM_LIMIT}",
+        ge=1,
+        le=MAX_DATAGRAM_LIMIT,
+    ),
+]
+RingSize = Annotated[
+    int,
+    _meta(
+        "bytes of shared memory per worker ring",
+        "an integer from 65536 to 1073741824, at least 2 x (max_datagram + 144)",
+        ge=65536,
+        le=1 << 30,
+    ),
+]
+Seconds = Annotated[
+    float,
+    _meta("seconds to drain at shutdown before killing", "a number of seconds >= 0", ge=0),
+]
+SocketPath = Annotated[str, _meta("socket path", "a non-empty filesystem path", min_length=1)]
+HandlerSpec = Annotated[
+    str,
+    _meta(
+        "the handler to run in each worker",
+        "module:attribute, e.g. app.handlers:handle",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+    ),
+]
+ModeValue = Annotated[
+    str | int,
+    _meta(
+        "permission bits of the socket file",
+        "octal (0660, 660, 0o660) or symbolic (rw-rw----, -rw-rw----)",
+    ),
+]
+GroupValue = Annotated[
+    str | int,
+    _meta("group of the socket file", "a gid, a group name, or -1 for the process group"),
+]
+Codec = Annotated[
+    Literal["raw", "json", "msgpack"],
+    _meta("how workers decode each datagram for the handler", "raw, json or msgpack"),
+]
+RouteBy = Annotated[
+    str | None,
+    _meta(
+        "top-level field whose value picks the worker (same value, same worker)",
+        "a field name of the JSON/msgpack payload, or empty for round-robin",
+    ),
+]
+LogLevel = Annotated[
+    Literal["debug", "info", "warning", "error", "critical"],
+    _meta("log level", "debug, info, warning, error or critical"),
+]
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every ugram option. Build it with :func:`load_config` or :func:`make_config`."""
+
+    socket: SocketPath = DEFAULT_SOCKET
+    handler: HandlerSpec = DEFAULT_HANDLER
+    workers: Workers = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
+    mode: ModeValue = "0660"
+    group: GroupValue = -1
+    codec: Codec = "raw"
+    max_datagram: MaxDatagram = 65536
+    ring_size: RingSize = 8 * 1024 * 1024
+    graceful_timeout: Seconds = 10.0
+    route_by: RouteBy = None
+    log_level: LogLevel = "info"
+
+    def __post_init__(self) -> None:
+        # Raising ValueError here makes msgspec.convert report it as a ValidationError at the
+        # field, so every check below yields the same one-line message as a type error does.
+        parse_mode(self.mode)
+        parse_group(self.group)
+        if self.route_by == "":
+            msgspec.structs.force_setattr(self, "route_by", None)
+        if self.route_by is not None and not re.fullmatch(r"[^\s]+", self.route_by):
+            raise ConfigError(_line("route_by", self.route_by, _allowed("route_by")))
+        if self.route_by is not None and self.codec == "raw":
+            raise ConfigError(
+                f"invalid value for route_by: {self.route_by!r} (allowed: only with codec "
+                "json or msgpack; a raw payload has no fields)"
+            )
+        if self.ring_size < 2 * (self.max_datagram + RECORD_OVERHEAD):
+            raise ConfigError(
+                f"invalid value for ring_size: {self.ring_size} "
+                f"(allowed: at least 2 x (max_datagram + {RECORD_OVERHEAD}) = "
+                f"{2 * (self.max_datagram + RECORD_OVERHEAD)} with max_datagram="
+                f"{self.max_datagram})"
+            )
+
+    @property
+    def file_mode(self) -> int:
+        """The socket file's permission bits as an int (e.g. ``0o660``)."""
+        return parse_mode(self.mode)
+
+    @property
+    def gid(self) -> int:
+        """The socket file's group id, or -1 to keep the process group."""
+        return parse_group(self.group)
+
+
+def field_names() -> tuple[str, ...]:
+    """Return the names of every configuration field, in declaration order."""
+    return tuple(f.name for f in msgspec.structs.fields(Config))
+
+
+def field_meta(name: str) -> msgspec.Meta | None:
+    """Return the ``msgspec.Meta`` attached to a field's type, if any."""
+    for field in msgspec.structs.fields(Config):
+        if field.name == name and get_origin(field.type) is Annotated:
+            for arg in get_args(field.type)[1:]:
+                if isinstance(arg, msgspec.Meta):
+                    return arg
+    return None
+
+
+def _allowed(name: str) -> str:
+    meta = field_meta(name)
+    return str(meta.extra.get("allowed", "")) if meta and meta.extra else ""
+
+
+def field_help(name: str) -> str:
+    """Return a short help text for a field: its description and what it allows."""
+    meta = field_meta(name)
+    if meta is None:
+        return ""
+    return f"{meta.description} ({_allowed(name)})"
+
+
+def _line(name: str, value: object, allowed: str) -> str:
+    return f"invalid value for {name}: {value!r} (allowed: {allowed})"
+
+
+_OCTAL = re.compile(r"^(?:0o|0O)?([0-7]{1,4})$")
+_SYMBOLIC = re.compile(r"^[-s]?([r-][w-][x-]){3}$")
+
+
+def parse_mode(value: object) -> int:
+    """Parse a socket file mode given as octal text, an int or symbolic text.
+
+    Raises:
+        ConfigError: the value is none of the accepted forms or exceeds 0o777.
+    """
+    allowed = _allowed("mode")
+    if isinstance(value, bool):
+        raise ConfigError(_line("mode", value, allowed))
+    if isinstance(value, int):
+        if 0 <= value <= 0o777:
+            return value
+        hint = f"; write it as the string '0{value}'" if _OCTAL.match(str(value)) else ""
+        raise ConfigError(_line("mode", value, allowed + hint))
+    if not isinstance(value, str):
+        raise ConfigError(_line("mode", value, allowed))
+    text = value.strip()
+    octal = _OCTAL.match(text)
+    if octal and int(octal.group(1), 8) <= 0o777:
+        return int(octal.group(1), 8)
+    if _SYMBOLIC.match(text):
+        bits = text[-9:]
+        return sum(1 << (8 - i) for i, ch in enumerate(bits) if ch != "-")
+    raise ConfigError(_line("mode", value, allowed))
+
+
+def parse_group(value: object) -> int:
+    """Parse a group given as a gid, a group name, or -1 (the process group).
+
+    Raises:
+        ConfigError: the value is not -1, not a valid gid, or names no known group.
+    """
+    allowed = _allowed("group")
+    if isinstance(value, bool):
+        raise ConfigError(_line("group", value, allowed))
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        value = int(value.strip())
+    if isinstance(value, int):
+        if value == -1 or 0 <= value < 2**32 - 1:
+            return value
+        raise ConfigError(_line("group", value, allowed))
+    if isinstance(value, str) and value.strip():
+        try:
+            return grp.getgrnam(value.strip()).gr_gid
+        except KeyError:
+            allowed = "the name of an existing group, " + allowed
+            raise ConfigError(_line("group", value, allowed)) from None
+    raise ConfigError(_line("group", value, allowed))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated config and, for each field, where its value came from."""
+
+    config: Config
+    sources: Mapping[str, str]
+
+
+def make_config(**values: Any) -> Config:
+    """Validate ``values`` (field name → value, strings allowed) into a :class:`Config`.
+
+    Raises:
+        ConfigError: one line naming the field, the value and what is allowed.
+    """
+    return _convert(values)
+
+
+def load_config(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    file: str | os.PathLike[str] | None = None,
+) -> Resolved:
+    """Merge CLI values, ``UGRAM_*`` variables and a TOML file (in that precedence).
+
+    ``env`` defaults to ``os.environ``; ``UGRAM_CONFIG`` names a file when ``file`` is None.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key, or an invalid value.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    file = file if file is not None else env.get(ENV_PREFIX + "CONFIG") or None
+    if file is not None:
+        for key, value in _read_toml(Path(file)).items():
+            merged[key], sources[key] = value, f"file {file}"
+    for key, value in env_values(env).items():
+        merged[key], sources[key] = value, f"env {ENV_PREFIX}{key.upper()}"
+    for key, value in (cli or {}).items():
+        if value is not None:
+            merged[key], sources[key] = value, "cli"
+    config = _convert(merged)
+    for name in field_names():
+        sources.setdefault(name, "default")
+    return Resolved(config, sources)
+
+
+def env_values(env: Mapping[str, str]) -> dict[str, str]:
+    """Return the config values set by ``UGRAM_<FIELD>`` variables in ``env``.
+
+    Raises:
+        ConfigError: a ``UGRAM_`` variable is a near miss of an option (``UGRAM_WOKERS``).
+            Variables that resemble no option are left alone: they may be the
+            application's own.
+    """
+    names = set(field_names())
+    found: dict[str, str] = {}
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in names:
+                found[name] = value
+            elif _suggest(name):
+                raise ConfigError(f"unknown environment variable {key}{_suggest(name)}")
+    return found
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    section = data.get("ugram", data) if isinstance(data.get("ugram"), dict) else data
+    return {key.replace("-", "_"): value for key, value in section.items()}
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, field_names(), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_AT_FIELD = re.compile(r"at `\$\.(\w+)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+
+
+def _convert(values: Mapping[str, Any]) -> Config:
+    try:
+        return msgspec.convert(dict(values), Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(str(exc), values)) from None
+
+
+def _explain(message: str, values: Mapping[str, Any]) -> str:
+    unknown = _UNKNOWN.search(message)
+    if unknown:
+        return f"unknown option {unknown.group(1)!r}{_suggest(unknown.group(1))}"
+    at = _AT_FIELD.search(message)
+    if at is None:
+        return message
+    name = at.group(1)
+    detail = message[: at.start()].rstrip(" -")
+    if detail.startswith("invalid value for "):
+        return detail
+    return f"{_line(name, values.get(name), _allowed(name))}: {detail}"
+
+
+def mode_string(mode: int) -> str:
+    """Render permission bits the way ``ls -l`` does for a socket (``srw-rw----``)."""
+    return stat.filemode(stat.S_IFSOCK | mode)

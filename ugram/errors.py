@@ -1,0 +1,74 @@
+"""The whole ugram exception hierarchy and the process exit codes.
+
+Importable from anywhere without cycles: this module imports nothing from ugram.
+"""
+
+from __future__ import annotations
+
+# Exit codes, distinct so that scripts and service managers can tell the causes apart and a
+# supervisor never respawns a worker that cannot possibly boot (gunicorn's convention).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_WORKER_BOOT = 3
+EXIT_HANDLER_IMPORT = 4
+EXIT_UNHANDLED = 5
+
+
+class UgramError(Exception):
+    """Base class for all ugram errors."""
+
+
+class ConfigError(UgramError, ValueError):
+    """A configuration value is invalid; the message names the field, value and what is allowed."""
+
+
+class HandlerImportError(UgramError, ImportError):
+    """The handler named by ``module:attr`` cannot be imported or is not usable."""
+
+
+class SocketError(UgramError, OSError):
+    """The socket path cannot be bound, adopted or cleaned up safely."""
+
+
+class SocketInUseError(SocketError):
+    """Another live server already receives on the socket path."""
+
+
+class NotASocketError(SocketError):
+    """Something that is not a socket sits at the socket path; ugram refuses to touch it."""
+
+
+class PathTooLongError(SocketError):
+    """The socket path is longer than AF_UNIX allows (107 bytes on Linux)."""
+
+
+class UnsupportedPlatformError(UgramError, RuntimeError):
+    """The platform lacks something ugram needs (memory ordering, memfd, SO_PASSCRED, ...)."""
+
+
+class RingFullError(UgramError, BufferError):
+    """A record does not fit in a ring even when it is empty (ring too small for max_datagram)."""
+
+
+class ReplyError(UgramError, OSError):
+    """A reply could not be sent to the datagram's sender (unbound sender, queue full, gone)."""
+
+
+class ShutdownTimeoutError(UgramError, TimeoutError):
+    """Graceful shutdown ran past its timeout; ``unhandled`` records were left unhandled."""
+
+    def __init__(self, unhandled: int, timeout: float) -> None:
+        self.unhandled = unhandled
+        self.timeout = timeout
+        super().__init__(
+            f"graceful shutdown timed out after {timeout:g}s: {unhandled} record(s) left unhandled"
+        )
+
+
+class ChildCrashedError(UgramError, RuntimeError):
+    """A receiver or worker process exited unexpectedly (it is restarted)."""
+
+
+class HandlerError(UgramError, RuntimeError):
+    """The handler raised on one or more records (counted; the worker goes on)."""

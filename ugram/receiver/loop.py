@@ -1,0 +1,228 @@
+"""The receiver's read loop: drain the socket, reject what must not pass, fill the rings.
+
+Per datagram the work is minimal: one ``recvfrom_into`` into a buffer one byte larger than
+``max_datagram`` (so an oversized datagram is always detected, never passed on truncated),
+a route decision and one copy into a ring. Heads are published once per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+
+import setproctitle
+import uvloop
+
+from .. import logs
+from ..ring import Ring
+from ..spec import ChildSpec, parent_alive, spec_from_argv
+from ..stats import Slot, State, Stats
+from ..wake import clear_wake, signal_wake
+from .routing import make_router
+
+log = logging.getLogger("ugram.receiver")
+
+BATCH = 512  # datagrams per readiness event before yielding to the loop
+SPACE_POLL = 0.005  # safety net: re-check ring space even if a wake-up was lost
+
+
+class Receiver:
+    """Reads the server socket in a uvloop loop and copies datagrams into worker rings."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.config = spec.config
+        self.sock = socket.socket(fileno=spec.socket_fd)
+        self.sock.setblocking(False)
+        self.rings = [Ring(fd) for fd in spec.ring_fds]
+        self.wake_fds = spec.wake_fds
+        self.space_fd = spec.space_fd
+        self.stats = Stats(spec.stats_fd)
+        self.counters = self.stats.block(spec.stats_block)
+        self.router = make_router(self.config)
+        self.buffer = bytearray(self.config.max_datagram + 1)
+        self.view = memoryview(self.buffer)
+        self.next_ring = 0
+        self.pending: tuple[bytes, bytes, int, int] | None = None
+        self.blocked_since = 0
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._space_timer: asyncio.TimerHandle | None = None
+        self._ppid = os.getppid()
+        self._warn = logs.RateLimited(log)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        """Drain the socket (up to a batch), route and copy each datagram, publish."""
+        recv = self.sock.recvfrom_into
+        buf, view, limit = self.buffer, self.view, self.config.max_datagram
+        received = nbytes = oversized = invalid = routed = 0
+        empty = False
+        for _ in range(BATCH):
+            try:
+                n, addr = recv(buf)
+            except BlockingIOError:
+                empty = True
+                break
+            except InterruptedError:
+                continue
+            received += 1
+            if n > limit:
+                oversized += 1
+                self._warn.warning("rejected a datagram larger than max_datagram=%d", limit)
+                continue
+            nbytes += n
+            address = _encode_address(addr)
+            target = self._route(view[:n])
+            if target is None:
+                invalid += 1
+                self._warn.warning(
+                    "rejected a datagram without route field %r", self.config.route_by
+                )
+                continue
+            if not self._put(view[:n], address, target):
+                self.pending = (bytes(view[:n]), address, time.time_ns(), target)
+                break
+            routed += 1
+        self._publish()
+        c = self.counters
+        c[Slot.RECEIVED] += received
+        c[Slot.BYTES] += nbytes
+        c[Slot.OVERSIZED] += oversized
+        c[Slot.INVALID] += invalid
+        c[Slot.ROUTED] += routed
+        if self.pending is not None:
+            self._block()
+        elif empty and self.draining:
+            self._finish()
+
+    def _route(self, payload: memoryview) -> int | None:
+        if self.router is not None:
+            return self.router(payload)
+        return -1  # round-robin over rings with room
+
+    def _put(
+        self, payload: memoryview | bytes, address: bytes, target: int, recv_ns: int | None = None
+    ) -> bool:
+        ns = time.time_ns() if recv_ns is None else recv_ns
+        rings = self.rings
+        if target >= 0:
+            return rings[target].try_put(payload, address, ns)
+        count = len(rings)
+        start = self.next_ring
+        for step in range(count):
+            index = (start + step) % count
+            if rings[index].try_put(payload, address, ns):
+                self.next_ring = (index + 1) % count
+                return True
+        return False
+
+    def _publish(self) -> None:
+        for ring, wake_fd in zip(self.rings, self.wake_fds, strict=True):
+            if ring.publish():
+                signal_wake(wake_fd)
+
+    # -- backpressure -----------------------------------------------------------------------
+
+    def _block(self) -> None:
+        """Every eligible ring is full: stop reading so the kernel queue applies backpressure."""
+        assert self.loop is not None
+        assert self.pending is not None
+        self.loop.remove_reader(self.sock.fileno())
+        self.blocked_since = time.monotonic_ns()
+        self._arm_space_wait()
+
+    def _arm_space_wait(self) -> None:
+        assert self.loop is not None
+        assert self.pending is not None
+        target = self.pending[3]
+        for index, ring in enumerate(self.rings):
+            if target in (-1, index):
+                ring.wait_for_space()
+        self.loop.add_reader(self.space_fd, self.on_space)
+        self._space_timer = self.loop.call_later(SPACE_POLL, self.on_space)
+
+    def on_space(self) -> None:
+        """A worker freed space (or the safety timer fired): place the held datagram."""
+        assert self.loop is not None
+        assert self.pending is not None
+        self.loop.remove_reader(self.space_fd)
+        if self._space_timer is not None:
+            self._space_timer.cancel()
+        clear_wake(self.space_fd)
+        payload, address, recv_ns, target = self.pending
+        if not self._put(payload, address, target, recv_ns):
+            self._arm_space_wait()
+            return
+        self.pending = None
+        self.counters[Slot.ROUTED] += 1
+        self.counters[Slot.BLOCKED_NS] += time.monotonic_ns() - self.blocked_since
+        self._publish()
+        self.loop.add_reader(self.sock.fileno(), self.on_readable)
+        self.loop.call_soon(self.on_readable)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """SIGTERM: read until the socket is empty, then close the rings and exit."""
+        if self.draining:
+            return
+        self.draining = True
+        self.counters[Slot.STATE] = State.DRAINING
+        assert self.loop is not None
+        if self.pending is None:
+            self.loop.call_soon(self.on_readable)
+
+    def _finish(self) -> None:
+        assert self.loop is not None
+        self.loop.remove_reader(self.sock.fileno())
+        for ring, wake_fd in zip(self.rings, self.wake_fds, strict=True):
+            ring.close_producer()
+            signal_wake(wake_fd)
+        self.counters[Slot.STATE] = State.STOPPED
+        self.loop.stop()
+
+    def _watch_parent(self) -> None:
+        assert self.loop is not None
+        if not parent_alive(self._ppid):
+            log.error("supervisor is gone; receiver exiting")
+            self.loop.stop()
+            return
+        self.loop.call_later(1.0, self._watch_parent)
+
+    def run(self) -> None:
+        """Run the read loop until drained (SIGTERM) or the supervisor disappears."""
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
+        loop.add_reader(self.sock.fileno(), self.on_readable)
+        loop.call_soon(self._watch_parent)
+        self.counters[Slot.PID] = os.getpid()
+        self.counters[Slot.STATE] = State.RUNNING
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+
+def _encode_address(addr: str | bytes | None) -> bytes:
+    if not addr:
+        return b""
+    if isinstance(addr, bytes):
+        return addr
+    return os.fsencode(addr)
+
+
+def main(argv: list[str]) -> int:
+    """Receiver process entry point."""
+    spec = spec_from_argv(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
+    setproctitle.setproctitle(f"ugram: receiver {spec.config.socket}")
+    logs.configure(spec.config.log_level, "receiver")
+    Receiver(spec).run()
+    return 0

@@ -1,0 +1,278 @@
+"""The single-producer / single-consumer byte ring in shared memory, one per worker.
+
+Layout of the shared file (a memfd created by the supervisor, passed to children by fd)::
+
+    [0, 4096)            control block of u64 slots; producer and consumer slots sit on
+                         separate 64-byte cache lines
+    [4096, 4096 + cap)   records: 32-byte header, sender address, payload, padded to 8 bytes
+
+Head and tail are monotonic byte counters. The consumer advances the tail only after the
+handler returned (acknowledge), so ``[tail, head)`` is exactly what a replacement worker must
+replay if its predecessor died. A record never wraps: when it does not fit before the end of
+the buffer, the producer writes a pad marker and starts the record at offset 0.
+
+Memory ordering. CPython gives no fences. The producer writes the record bytes, then stores
+the head (an aligned 8-byte store through a ``memoryview.cast("Q")`` element, which does not
+tear); the consumer loads the head, then reads the record. On x86-64 (TSO) stores are not
+reordered with older stores nor loads with older loads, so this is release/acquire for free.
+On weakly ordered CPUs (aarch64, ppc64, riscv) the record bytes could become visible after
+the head, and a consumer could read garbage: there, :func:`check_memory_ordering` refuses to
+start instead of corrupting silently.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import struct
+import tempfile
+from typing import NamedTuple
+
+from .errors import RingFullError, UnsupportedPlatformError
+
+CONTROL_SIZE = 4096
+MAGIC = 0x5547_5241_4D31_0001  # "UGRAM1", version 1
+
+# u64 slot indices in the control block.
+_MAGIC, _CAPACITY = 0, 1
+# producer line (offset 64): written only by the receiver
+HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 8, 9, 10, 11
+# consumer line (offset 128): written only by the worker
+TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 16, 17, 18, 19, 20
+# supervisor line (offset 192): poison accounting, written by the worker at start-up
+ATTEMPT_POS, ATTEMPTS = 24, 25
+
+HEADER = struct.Struct("<IIqiiiHH")  # length, flags, recv_ns, pid, uid, gid, addr_len, 0
+HEADER_SIZE = HEADER.size
+PAD_MARK = 0xFFFF_FFFF
+FLAG_CREDS = 1
+
+_TSO_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+
+
+class Record(NamedTuple):
+    """One datagram as stored in a ring."""
+
+    payload: bytes
+    address: bytes
+    recv_ns: int
+    pid: int
+    uid: int
+    gid: int
+
+
+def check_memory_ordering(machine: str | None = None) -> None:
+    """Refuse to run the ring on CPUs where plain stores do not publish in order.
+
+    Raises:
+        UnsupportedPlatformError: the CPU is not x86/x86-64 (total store order).
+    """
+    name = (machine or platform.machine()).lower()
+    if name not in _TSO_MACHINES:
+        raise UnsupportedPlatformError(
+            f"the shared-memory ring needs total store order (x86-64); this CPU is {name!r}, "
+            "where records could be read before they are written. Not supported yet."
+        )
+
+
+def record_size(payload_len: int, addr_len: int) -> int:
+    """Bytes a record occupies in the ring, padding included."""
+    return (HEADER_SIZE + addr_len + payload_len + 7) & ~7
+
+
+def create_shared_fd(size: int) -> int:
+    """Create a nameless shared-memory file of ``size`` bytes and return its fd.
+
+    A memfd (Linux) has no name for a resource tracker to unlink or leak; elsewhere an
+    unlinked temporary file serves.
+    """
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("ugram", 0)
+    else:  # pragma: no cover - Darwin
+        fd, name = tempfile.mkstemp(prefix="ugram-")
+        os.unlink(name)
+    os.ftruncate(fd, size)
+    return fd
+
+
+class Ring:
+    """A view of one ring. The receiver uses the producer half, a worker the consumer half."""
+
+    def __init__(self, fd: int) -> None:
+        """Map the ring in ``fd`` (created by :meth:`create`).
+
+        Raises:
+            ValueError: the file is not a ugram ring.
+        """
+        check_memory_ordering()
+        size = os.fstat(fd).st_size
+        self.fd = fd
+        self._mm = mmap.mmap(fd, size)
+        self.ctl = memoryview(self._mm)[:CONTROL_SIZE].cast("Q")
+        if self.ctl[_MAGIC] != MAGIC:
+            raise ValueError(f"fd {fd} does not hold a ugram ring")
+        self.capacity = int(self.ctl[_CAPACITY])
+        self.data = memoryview(self._mm)[CONTROL_SIZE : CONTROL_SIZE + self.capacity]
+        self._head = int(self.ctl[HEAD])  # producer's unpublished head
+        self._tail_seen = int(self.ctl[TAIL])
+        self._pending = 0
+        self._rpos = int(self.ctl[TAIL])  # consumer's read cursor
+        self._head_seen = self._rpos
+
+    @classmethod
+    def create(cls, capacity: int) -> Ring:
+        """Create a new, empty ring with ``capacity`` bytes of record space."""
+        capacity &= ~7
+        fd = create_shared_fd(CONTROL_SIZE + capacity)
+        with mmap.mmap(fd, CONTROL_SIZE) as mm, memoryview(mm) as raw, raw.cast("Q") as ctl:
+            ctl[_CAPACITY] = capacity
+            ctl[_MAGIC] = MAGIC
+        return cls(fd)
+
+    def close(self) -> None:
+        """Unmap the ring (the fd stays open: the supervisor owns it)."""
+        self.ctl.release()
+        self.data.release()
+        self._mm.close()
+
+    # -- producer ---------------------------------------------------------------------------
+
+    def try_put(
+        self,
+        payload: bytes | bytearray | memoryview,
+        address: bytes,
+        recv_ns: int,
+        creds: tuple[int, int, int] | None = None,
+    ) -> bool:
+        """Copy one record in, unpublished. Returns False (nothing written) if it does not fit.
+
+        Raises:
+            RingFullError: the record is larger than the whole ring.
+        """
+        n, alen = len(payload), len(address)
+        size = record_size(n, alen)
+        cap = self.capacity
+        head = self._head
+        off = head % cap
+        pad = cap - off if cap - off < size else 0
+        if head + pad + size - self._tail_seen > cap:
+            self._tail_seen = int(self.ctl[TAIL])
+            if head + pad + size - self._tail_seen > cap:
+                if size > cap:
+                    raise RingFullError(f"a {n}-byte record cannot fit a {cap}-byte ring")
+                return False
+        data = self.data
+        if pad:
+            struct.pack_into("<I", data, off, PAD_MARK)
+            head += pad
+            off = 0
+        pid, uid, gid = creds if creds is not None else (0, -1, -1)
+        flags = FLAG_CREDS if creds is not None else 0
+        HEADER.pack_into(data, off, HEADER_SIZE + alen + n, flags, recv_ns, pid, uid, gid, alen, 0)
+        start = off + HEADER_SIZE
+        if alen:
+            data[start : start + alen] = address
+        data[start + alen : start + alen + n] = payload
+        self._head = head + size
+        self._pending += 1
+        return True
+
+    def publish(self) -> bool:
+        """Make every record put so far visible to the consumer.
+
+        Returns:
+            True if the consumer is asleep and must be woken.
+        """
+        if not self._pending:
+            return False
+        self.ctl[PUBLISHED] = self.ctl[PUBLISHED] + self._pending
+        self.ctl[HEAD] = self._head  # the release: every record byte is stored before this
+        self._pending = 0
+        return bool(self.ctl[CONSUMER_WAITING])
+
+    def close_producer(self) -> None:
+        """Tell the consumer that no record will follow the ones published."""
+        self.publish()
+        self.ctl[CLOSED] = 1
+
+    def wait_for_space(self) -> None:
+        """Ask the consumer to signal when it frees space (a new wait generation)."""
+        self.ctl[PRODUCER_WAITING] = self.ctl[PRODUCER_WAITING] + 1
+
+    # -- consumer ---------------------------------------------------------------------------
+
+    def take(self) -> Record | None:
+        """Return the next unread record, or None when the ring is empty. Not acknowledged."""
+        pos = self._rpos
+        if pos == self._head_seen:
+            self._head_seen = int(self.ctl[HEAD])  # the acquire: loaded before record bytes
+            if pos == self._head_seen:
+                return None
+        data, cap = self.data, self.capacity
+        off = pos % cap
+        length, _flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(data, off)
+        if length == PAD_MARK:
+            pos += cap - off
+            off = 0
+            length, _flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(data, 0)
+        start = off + HEADER_SIZE
+        address = bytes(data[start : start + alen]) if alen else b""
+        payload = bytes(data[start + alen : off + length])
+        self._rpos = pos + ((length + 7) & ~7)
+        self.ctl[IN_HAND] = self._rpos
+        return Record(payload, address, recv_ns, pid, uid, gid)
+
+    def ack(self) -> bool:
+        """Acknowledge every record taken so far: they will never be replayed.
+
+        Returns:
+            True if the producer waits for space and has not been signalled yet.
+        """
+        ctl = self.ctl
+        ctl[TAIL] = self._rpos
+        ctl[ACKED] = ctl[ACKED] + 1
+        waiting = ctl[PRODUCER_WAITING]
+        if waiting != ctl[SPACE_SIGNALLED]:
+            ctl[SPACE_SIGNALLED] = waiting
+            return True
+        return False
+
+    def rewind(self) -> int:
+        """Start reading again at the tail (a replacement worker).
+
+        Returns:
+            How many records the previous consumer had taken but not acknowledged: they are
+            read again (replayed).
+        """
+        tail = int(self.ctl[TAIL])
+        in_hand = int(self.ctl[IN_HAND])
+        self._rpos = self._head_seen = tail
+        replayed = 0
+        while self._rpos < in_hand and self.take() is not None:
+            replayed += 1
+        self._rpos = self._head_seen = tail
+        self.ctl[IN_HAND] = tail
+        return replayed
+
+    def is_drained(self) -> bool:
+        """True when the producer closed the ring and every record has been read."""
+        return bool(self.ctl[CLOSED]) and self._rpos == int(self.ctl[HEAD])
+
+    def set_sleeping(self, sleeping: bool) -> None:
+        """Tell the producer whether the consumer sleeps (and must be woken on publish)."""
+        self.ctl[CONSUMER_WAITING] = 1 if sleeping else 0
+
+    def has_unread(self) -> bool:
+        """True when a published record has not been read yet."""
+        return self._rpos != int(self.ctl[HEAD])
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def depth(self) -> int:
+        """Records published and not yet acknowledged."""
+        return int(self.ctl[PUBLISHED]) - int(self.ctl[ACKED])
+
+    def used_bytes(self) -> int:
+        """Bytes published and not yet acknowledged."""
+        return int(self.ctl[HEAD]) - int(self.ctl[TAIL])

@@ -1,0 +1,175 @@
+"""Loading the user's handler and adapting it to one call per record.
+
+Accepted forms, found by looking at the handler's signature once at start-up:
+
+* ``def handle(data: bytes)`` — the raw payload;
+* ``def handle(msg: T)`` — ``T`` any type msgspec decodes (a Struct, dict, list, ...),
+  decoded with the configured codec by one decoder built at start-up;
+* an optional second parameter receives the :class:`~ugram.Datagram` (sender, time, reply);
+  ``def handle(dgram: Datagram)`` alone receives only it;
+* a class (instantiated with no arguments) or an object with a ``handle`` method, with
+  optional ``setup()`` and ``teardown()`` methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ..config import Config
+from ..datagram import Datagram
+from ..errors import HandlerImportError
+
+Decode = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A loaded handler, ready to call once per record.
+
+    Attributes:
+        call: the function or bound method to call.
+        decode: turns the payload into the handler's first argument; None passes bytes.
+        mode: ``"data"`` (message only), ``"both"`` (message, Datagram), ``"dgram"``.
+        setup, teardown: lifecycle hooks, or None.
+    """
+
+    call: Callable[..., Any]
+    decode: Decode | None
+    mode: str
+    setup: Callable[[], Any] | None
+    teardown: Callable[[], Any] | None
+
+    @property
+    def wants_datagram(self) -> bool:
+        """True when the handler takes a :class:`Datagram`."""
+        return self.mode != "data"
+
+
+def import_target(spec: str) -> Any:
+    """Import ``module:attr`` (attr may be dotted).
+
+    Raises:
+        HandlerImportError: the module or attribute cannot be found, or importing it failed.
+    """
+    module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like gunicorn: handlers live beside where ugram is started
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HandlerImportError(f"cannot import handler module {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        raise HandlerImportError(
+            f"importing handler module {module_name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise HandlerImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return target
+
+
+def load_handler(config: Config) -> Handler:
+    """Import and adapt the configured handler.
+
+    Raises:
+        HandlerImportError: import failed, or the handler's signature cannot be served.
+    """
+    target = import_target(config.handler)
+    if inspect.isclass(target):
+        try:
+            target = target()
+        except Exception as exc:
+            raise HandlerImportError(
+                f"handler class {config.handler} could not be instantiated: {exc!r}"
+            ) from exc
+    call = target if inspect.isroutine(target) else getattr(target, "handle", None)
+    if call is None or not callable(call):
+        raise HandlerImportError(
+            f"{config.handler} is neither a function nor an object with a handle() method"
+        )
+    mode, message_type = _signature(call, config.handler)
+    return Handler(
+        call=call,
+        decode=None if mode == "dgram" else make_decoder(message_type, config.codec),
+        mode=mode,
+        setup=_hook(target, "setup"),
+        teardown=_hook(target, "teardown"),
+    )
+
+
+def _hook(target: Any, name: str) -> Callable[[], Any] | None:
+    if inspect.isroutine(target):
+        return None
+    hook = getattr(target, name, None)
+    return hook if callable(hook) else None
+
+
+def _signature(call: Callable[..., Any], name: str) -> tuple[str, Any]:
+    try:
+        params = [
+            p
+            for p in inspect.signature(call).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return "data", inspect.Parameter.empty
+    if not params or len(params) > 2:
+        raise HandlerImportError(
+            f"handler {name} must take (message) or (message, dgram); it takes {len(params)}"
+        )
+    try:
+        hints = typing.get_type_hints(call)
+    except Exception as exc:
+        raise HandlerImportError(f"cannot resolve the type hints of {name}: {exc}") from exc
+    first = hints.get(params[0].name, inspect.Parameter.empty)
+    if len(params) == 1 and first is Datagram:
+        return "dgram", first
+    return ("both" if len(params) == 2 else "data"), first
+
+
+def make_decoder(message_type: Any, codec: str) -> Decode | None:
+    """Build the payload decoder for a handler's declared message type.
+
+    Raises:
+        HandlerImportError: the type cannot be decoded with this codec.
+    """
+    if message_type in (bytes, inspect.Parameter.empty) and codec == "raw":
+        return None
+    if message_type is bytes:
+        return None
+    if message_type is inspect.Parameter.empty:
+        message_type = Any
+    if codec == "raw":
+        if message_type is str:
+            return _utf8
+        raise HandlerImportError(
+            f"the handler takes {message_type!r} but codec is 'raw'; "
+            "use --codec json or msgpack, or take bytes"
+        )
+    try:
+        decoder: Any = (
+            msgspec.json.Decoder(message_type)
+            if codec == "json"
+            else msgspec.msgpack.Decoder(message_type)
+        )
+    except TypeError as exc:
+        raise HandlerImportError(f"msgspec cannot decode {message_type!r}: {exc}") from exc
+    decode: Decode = decoder.decode
+    return decode
+
+
+def _utf8(payload: bytes) -> str:
+    return payload.decode("utf-8")
+
+
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError)
