@@ -49,7 +49,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
     for name in field_names():
         flag = "--" + name.replace("_", "-")
-        serve.add_argument(flag, dest=name, metavar=name.upper(), help=field_help(name))
+        help_text = field_help(name).replace("%", "%%")  # argparse formats help with %
+        serve.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
 
 
 def _add_send(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -91,6 +91,72 @@ RouteBy = Annotated[
         "a field name of the JSON/msgpack payload, or empty for round-robin",
     ),
 ]
+MaxWorkers = Annotated[
+    int,
+    _meta(
+        "most workers SIGTTIN can grow to (rings are reserved up front; 0 = 2 x workers)",
+        "0 or an integer from 1 to 1024, at least workers",
+        ge=0,
+        le=1024,
+    ),
+]
+WorkerTimeout = Annotated[
+    float,
+    _meta(
+        "seconds a worker may spend on one record (or be unresponsive) before it is killed",
+        "a number of seconds >= 0; 0 disables the check",
+        ge=0,
+    ),
+]
+MaxRecords = Annotated[
+    int,
+    _meta(
+        "recycle a worker after about this many records (+ up to 10% jitter)",
+        "an integer >= 0; 0 never recycles",
+        ge=0,
+    ),
+]
+MaxRss = Annotated[
+    int,
+    _meta(
+        "recycle a worker whose resident memory exceeds this many MiB",
+        "an integer >= 0; 0 never recycles",
+        ge=0,
+    ),
+]
+PoisonAttempts = Annotated[
+    int,
+    _meta(
+        "attempts (worker deaths) after which a record is moved to the dead-letter file",
+        "an integer from 1 to 100",
+        ge=1,
+        le=100,
+    ),
+]
+DeadLetter = Annotated[
+    str,
+    _meta(
+        "dead-letter file (JSON lines) for poison records; empty = <socket>.dead-letter.jsonl",
+        "a file path, or empty",
+    ),
+]
+DeadLetterMax = Annotated[
+    int,
+    _meta(
+        "size cap of the dead-letter file in bytes (rotated once to .1 when exceeded)",
+        "an integer >= 4096",
+        ge=4096,
+    ),
+]
+BootRetries = Annotated[
+    int,
+    _meta(
+        "consecutive worker boot failures (with backoff) before the server stops",
+        "an integer from 1 to 100",
+        ge=1,
+        le=100,
+    ),
+]
 LogLevel = Annotated[
     Literal["debug", "info", "warning", "error", "critical"],
     _meta("log level", "debug, info, warning, error or critical"),
@@ -110,6 +176,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     ring_size: RingSize = 8 * 1024 * 1024
     graceful_timeout: Seconds = 10.0
     route_by: RouteBy = None
+    max_workers: MaxWorkers = 0
+    worker_timeout: WorkerTimeout = 30.0
+    max_records: MaxRecords = 0
+    max_rss: MaxRss = 0
+    poison_attempts: PoisonAttempts = 3
+    dead_letter: DeadLetter = ""
+    dead_letter_max_bytes: DeadLetterMax = 64 * 1024 * 1024
+    boot_retries: BootRetries = 5
     log_level: LogLevel = "info"
 
     def __post_init__(self) -> None:
@@ -117,6 +191,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         # field, so every check below yields the same one-line message as a type error does.
         parse_mode(self.mode)
         parse_group(self.group)
+        if "\0" in self.socket:  # the OS rejects it later with a bare ValueError
+            raise ConfigError(_line("socket", self.socket, "a path without NUL characters"))
         if self.route_by == "":
             msgspec.structs.force_setattr(self, "route_by", None)
         if self.route_by is not None and not re.fullmatch(r"[^\s]+", self.route_by):
@@ -125,6 +201,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             raise ConfigError(
                 f"invalid value for route_by: {self.route_by!r} (allowed: only with codec "
                 "json or msgpack; a raw payload has no fields)"
+            )
+        if self.dead_letter and not os.path.isdir(os.path.dirname(self.dead_letter_path)):
+            raise ConfigError(
+                f"invalid value for dead_letter: {self.dead_letter!r} (allowed: a file in an "
+                "existing directory)"
+            )
+        if self.max_workers and self.max_workers < self.workers:
+            raise ConfigError(
+                f"invalid value for max_workers: {self.max_workers} "
+                f"(allowed: 0 or at least workers={self.workers})"
             )
         if self.ring_size < 2 * (self.max_datagram + RECORD_OVERHEAD):
             raise ConfigError(
@@ -138,6 +224,20 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     def file_mode(self) -> int:
         """The socket file's permission bits as an int (e.g. ``0o660``)."""
         return parse_mode(self.mode)
+
+    @property
+    def worker_slots(self) -> int:
+        """How many worker slots (rings, counter blocks) are reserved: max_workers or 2 x."""
+        return self.max_workers or min(1024, 2 * self.workers)
+
+    @property
+    def dead_letter_path(self) -> str:
+        """Where poison records go: ``dead_letter``, or beside the socket file."""
+        if self.dead_letter:
+            return os.path.abspath(self.dead_letter)
+        if self.socket.startswith("@"):
+            return os.path.abspath(f"ugram-{self.socket[1:]}.dead-letter.jsonl")
+        return os.path.abspath(self.socket) + ".dead-letter.jsonl"
 
     @property
     def gid(self) -> int:
@@ -225,7 +325,7 @@ def parse_group(value: object) -> int:
     if isinstance(value, str) and value.strip():
         try:
             return grp.getgrnam(value.strip()).gr_gid
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: a NUL byte in the name
             allowed = "the name of an existing group, " + allowed
             raise ConfigError(_line("group", value, allowed)) from None
     raise ConfigError(_line("group", value, allowed))
@@ -315,7 +415,8 @@ def _suggest(name: str) -> str:
 
 
 _AT_FIELD = re.compile(r"at `\$\.(\w+)`")
-_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+# greedy and DOTALL: the key may be empty or hold a backtick or a newline
+_UNKNOWN = re.compile(r"unknown field `(.*)`", re.DOTALL)
 
 
 def _convert(values: Mapping[str, Any]) -> Config:

@@ -46,6 +46,7 @@ ATTEMPT_POS, ATTEMPTS = 24, 25
 HEADER = struct.Struct("<IIqiiiHH")  # length, flags, recv_ns, pid, uid, gid, addr_len, 0
 HEADER_SIZE = HEADER.size
 PAD_MARK = 0xFFFF_FFFF
+_PAD = struct.Struct("<I")
 FLAG_CREDS = 1
 
 _TSO_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
@@ -119,6 +120,7 @@ class Ring:
         self._pending = 0
         self._rpos = int(self.ctl[TAIL])  # consumer's read cursor
         self._head_seen = self._rpos
+        self._taken = 0  # records taken since the last ack
 
     @classmethod
     def create(cls, capacity: int) -> Ring:
@@ -164,7 +166,7 @@ class Ring:
                 return False
         data = self.data
         if pad:
-            struct.pack_into("<I", data, off, PAD_MARK)
+            _PAD.pack_into(data, off, PAD_MARK)  # always fits: records are 8-byte aligned
             head += pad
             off = 0
         pid, uid, gid = creds if creds is not None else (0, -1, -1)
@@ -174,27 +176,34 @@ class Ring:
         if alen:
             data[start : start + alen] = address
         data[start + alen : start + alen + n] = payload
-        self._head = head + size
+        self._head = head = head + size
+        # Published at once, not per batch: a receiver killed mid-batch must not take the
+        # records it already copied with it (only the one it holds may be lost).
+        ctl = self.ctl
+        ctl[PUBLISHED] += 1
+        ctl[HEAD] = head  # the release: every record byte is stored before this
         self._pending += 1
         return True
 
     def publish(self) -> bool:
-        """Make every record put so far visible to the consumer.
+        """End a batch of puts (records are visible as soon as they are put).
 
         Returns:
-            True if the consumer is asleep and must be woken.
+            True if records were put since the last call and the consumer is asleep and
+            must be woken.
         """
         if not self._pending:
             return False
-        self.ctl[PUBLISHED] = self.ctl[PUBLISHED] + self._pending
-        self.ctl[HEAD] = self._head  # the release: every record byte is stored before this
         self._pending = 0
         return bool(self.ctl[CONSUMER_WAITING])
 
     def close_producer(self) -> None:
         """Tell the consumer that no record will follow the ones published."""
-        self.publish()
         self.ctl[CLOSED] = 1
+
+    def reopen(self) -> None:
+        """Clear the closed flag (a worker slot that is used again)."""
+        self.ctl[CLOSED] = 0
 
     def wait_for_space(self) -> None:
         """Ask the consumer to signal when it frees space (a new wait generation)."""
@@ -211,15 +220,16 @@ class Ring:
                 return None
         data, cap = self.data, self.capacity
         off = pos % cap
-        length, _flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(data, off)
-        if length == PAD_MARK:
+        # Too little room left for a header, or a pad marker: the record starts at offset 0.
+        if cap - off < HEADER_SIZE or _PAD.unpack_from(data, off)[0] == PAD_MARK:
             pos += cap - off
             off = 0
-            length, _flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(data, 0)
+        length, _flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(data, off)
         start = off + HEADER_SIZE
         address = bytes(data[start : start + alen]) if alen else b""
         payload = bytes(data[start + alen : off + length])
         self._rpos = pos + ((length + 7) & ~7)
+        self._taken += 1
         self.ctl[IN_HAND] = self._rpos
         return Record(payload, address, recv_ns, pid, uid, gid)
 
@@ -231,7 +241,8 @@ class Ring:
         """
         ctl = self.ctl
         ctl[TAIL] = self._rpos
-        ctl[ACKED] = ctl[ACKED] + 1
+        ctl[ACKED] += self._taken
+        self._taken = 0
         waiting = ctl[PRODUCER_WAITING]
         if waiting != ctl[SPACE_SIGNALLED]:
             ctl[SPACE_SIGNALLED] = waiting
@@ -252,8 +263,26 @@ class Ring:
         while self._rpos < in_hand and self.take() is not None:
             replayed += 1
         self._rpos = self._head_seen = tail
+        self._taken = 0
         self.ctl[IN_HAND] = tail
         return replayed
+
+    def note_failed_attempt(self) -> int:
+        """Count a failed attempt if the previous consumer died holding the tail record.
+
+        Call before :meth:`rewind`. Returns how many consumers have died on the record at
+        the tail so far (0 when the previous consumer left nothing in hand).
+        """
+        ctl = self.ctl
+        tail = int(ctl[TAIL])
+        if int(ctl[IN_HAND]) <= tail:
+            return 0
+        if int(ctl[ATTEMPT_POS]) == tail and ctl[ATTEMPTS] > 0:
+            ctl[ATTEMPTS] += 1
+        else:
+            ctl[ATTEMPT_POS] = tail
+            ctl[ATTEMPTS] = 1
+        return int(ctl[ATTEMPTS])
 
     def is_drained(self) -> bool:
         """True when the producer closed the ring and every record has been read."""

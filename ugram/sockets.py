@@ -98,11 +98,14 @@ def probe(path: str) -> str:
 
     Raises:
         NotASocketError: the path exists and is not a socket (symlinks included).
+        SocketError: the path cannot be inspected (a parent is not a directory, ...).
     """
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return "missing"
+    except OSError as exc:  # e.g. a parent that is a regular file (ENOTDIR)
+        raise SocketError(f"cannot use {path}: {exc.strerror}") from None
     if stat.S_ISLNK(info.st_mode):
         raise NotASocketError(f"{path} is a symbolic link; refusing to follow or remove it")
     if not stat.S_ISSOCK(info.st_mode):

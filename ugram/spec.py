@@ -22,6 +22,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
         space_fd: the channel workers write to tell a blocked receiver that space was freed.
         stats_fd: the shared counter table.
         stats_block: this process's block in the table.
+        control_block: the supervisor's block (active worker count, ...).
     """
 
     role: str
@@ -33,6 +34,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     space_fd: int
     stats_fd: int
     stats_block: int
+    control_block: int
 
     def fds(self) -> list[int]:
         """Every fd the child must inherit."""

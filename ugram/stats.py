@@ -7,6 +7,7 @@ The supervisor reads every block without locks. Values are u64 slots written thr
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from enum import IntEnum
@@ -18,6 +19,16 @@ from .ring import create_shared_fd
 SLOTS_PER_BLOCK = 64
 BLOCK_BYTES = SLOTS_PER_BLOCK * 8
 RECEIVER_BLOCK = 0
+
+
+def worker_block(index: int) -> int:
+    """The stats block of worker ``index``."""
+    return index + 1
+
+
+def supervisor_block(max_workers: int) -> int:
+    """The supervisor's own block, after the receiver's and every worker slot's."""
+    return max_workers + 1
 
 
 class Slot(IntEnum):
@@ -40,8 +51,19 @@ class Slot(IntEnum):
     PROGRESS = 14  # worker: records started (liveness)
     BUSY_SINCE_NS = 15  # worker: monotonic start of the current record, 0 when idle
     REPLY_ERRORS = 16
-    RESTARTS = 17  # supervisor-written into the child's block when it respawns it
-    ROUTED = 18  # receiver: records written to rings
+    RESTARTS = 17  # supervisor block: processes restarted after a crash or recycling
+    LOST = 18  # supervisor block: datagrams a killed receiver had read but not yet written
+    HEARTBEAT_NS = 19  # worker: monotonic time of its last idle-loop pass
+    COMMAND = 20  # worker: written by the supervisor (1 = finish this record and exit)
+    ACTIVE = 21  # supervisor block: workers the receiver routes to
+    ACTIVE_SEEN = 22  # receiver: the ACTIVE value it routes with now
+    WORKER_TIMEOUTS = 23  # supervisor block: workers killed by the liveness check
+    RECYCLED = 24  # supervisor block: workers replaced after max_records/max_rss/HUP
+    BOOT_FAILURES = 25  # supervisor block: workers that died before running
+    POSSIBLY_LOST = 26  # supervisor block: receiver deaths that may have cost one datagram
+
+
+COMMAND_RETIRE = 1
 
 
 class State(IntEnum):
@@ -62,7 +84,6 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 
     received: int
     bytes: int
-    routed: int
     handled: int
     handler_errors: int
     invalid: int
@@ -75,6 +96,10 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     reply_errors: int
     blocked_seconds: float
     restarts: int
+    lost: int
+    possibly_lost: int
+    worker_timeouts: int
+    recycled: int
 
     @property
     def rejected(self) -> int:
@@ -111,7 +136,6 @@ class Stats:
         return Snapshot(
             received=t(Slot.RECEIVED),
             bytes=t(Slot.BYTES),
-            routed=t(Slot.ROUTED),
             handled=t(Slot.HANDLED),
             handler_errors=t(Slot.HANDLER_ERRORS),
             invalid=t(Slot.INVALID),
@@ -124,9 +148,15 @@ class Stats:
             reply_errors=t(Slot.REPLY_ERRORS),
             blocked_seconds=t(Slot.BLOCKED_NS) / 1e9,
             restarts=t(Slot.RESTARTS),
+            lost=t(Slot.LOST),
+            possibly_lost=t(Slot.POSSIBLY_LOST),
+            worker_timeouts=t(Slot.WORKER_TIMEOUTS),
+            recycled=t(Slot.RECYCLED),
         )
 
     def close(self) -> None:
-        """Unmap the table."""
+        """Unmap the table (views handed out by :meth:`block` must be released first)."""
         self._all.release()
-        self._mm.close()
+        # A block view may still be alive: then the mapping goes with the process.
+        with contextlib.suppress(BufferError):
+            self._mm.close()

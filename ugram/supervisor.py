@@ -34,16 +34,28 @@ from .errors import (
     ShutdownTimeoutError,
 )
 from .events import Callbacks, ConnState, ErrorCallback, InfoCallback, ServerInfoCallback
-from .ring import Ring
+from .ring import PUBLISHED, Ring
 from .sockets import BoundSocket, bind_socket, unlink_if_ours
 from .spec import ChildSpec
-from .stats import RECEIVER_BLOCK, Snapshot, Stats
+from .stats import (
+    COMMAND_RETIRE,
+    RECEIVER_BLOCK,
+    Slot,
+    Snapshot,
+    State,
+    Stats,
+    supervisor_block,
+    worker_block,
+)
 from .wake import make_wake, signal_wake
 
 log = logging.getLogger("ugram.supervisor")
 
 TICK = 0.05
 RESPAWN_BACKOFF_MAX = 5.0
+KILL_GRACE = 0.3  # between the traceback request (SIGUSR1) and SIGKILL of a stuck worker
+RECEIVER_REJECTS = (Slot.OVERSIZED, Slot.INVALID, Slot.UNAUTHORIZED, Slot.RATE_LIMITED, Slot.SHED)
+HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGCHLD", "SIGHUP", "SIGTTIN", "SIGTTOU")
 
 
 class Phase(enum.Enum):
@@ -63,11 +75,20 @@ class Child:
     index: int
     proc: subprocess.Popen[bytes]
     started: float
+    kill_at: float = 0.0  # when a stuck worker gets SIGKILL (after its traceback dump)
 
     @property
     def name(self) -> str:
         """``receiver`` or ``worker N``."""
         return "receiver" if self.role == "receiver" else f"worker {self.index}"
+
+
+@dataclass
+class Liveness:
+    """What the supervisor last saw of a worker's progress counter."""
+
+    progress: int = -1
+    since: float = 0.0
 
 
 class Supervisor:
@@ -89,14 +110,19 @@ class Supervisor:
         self._stats: Stats | None = None
         self._receiver: Child | None = None
         self._workers: dict[int, Child] = {}
+        self._active = config.workers
         self._respawn_at: dict[tuple[str, int], float] = {}
-        self._failures: dict[tuple[str, int], int] = {}
+        self._boot_failures: dict[int, int] = {}
+        self._liveness: dict[int, Liveness] = {}
+        self._retiring: set[int] = set()  # SIGTTOU: slots that go away once drained
+        self._rolling: list[int] = []  # SIGHUP: slots still to restart, one at a time
         self._deadline = 0.0
         self._signals: list[int] = []
         self._last_seen = (0, 0)
         self._fatal_code: int | None = None
         self._timeout_used = config.graceful_timeout
         self._final: Snapshot | None = None
+        self._control = memoryview(bytearray(512)).cast("Q")  # the shared block once started
 
     # -- golib-shaped API -------------------------------------------------------------------
 
@@ -132,8 +158,13 @@ class Supervisor:
         """The socket path actually bound (absolute), or the configured one before start."""
         return self._bound.path if self._bound else self.config.socket
 
+    @property
+    def workers(self) -> int:
+        """How many workers the receiver routes to now (changed by SIGTTIN/SIGTTOU)."""
+        return self._active
+
     def statistics(self) -> Snapshot:
-        """Server-wide counters right now.
+        """Server-wide counters right now (the final ones once stopped).
 
         Raises:
             RuntimeError: the server was never started.
@@ -144,12 +175,22 @@ class Supervisor:
             return self._final
         raise RuntimeError("the server has not been started")
 
+    def worker_pids(self) -> dict[int, int]:
+        """The pid of each live worker, by slot."""
+        return {index: child.proc.pid for index, child in self._workers.items()}
+
+    def receiver_pid(self) -> int | None:
+        """The pid of the live receiver, if any."""
+        return self._receiver.proc.pid if self._receiver else None
+
     # -- blocking form ----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Start the server, handle SIGTERM/SIGINT, block until it stops; return the exit code.
+        """Start the server, handle signals, block until it stops; return the exit code.
 
-        SIGTERM or SIGINT drains and stops; a second SIGINT stops at once.
+        SIGTERM or SIGINT drain and stop (a second SIGINT stops at once); SIGHUP restarts the
+        workers one by one with freshly imported handler code; SIGTTIN/SIGTTOU add/remove a
+        worker.
 
         Raises:
             SocketError: the socket cannot be bound (nothing was started).
@@ -182,10 +223,9 @@ class Supervisor:
             self._deadline = 0.0
 
     def _install_signals(self, wake_fd: int) -> dict[int, object]:
-        previous: dict[int, object] = {}
-        old_wakeup = signal.set_wakeup_fd(wake_fd)
-        previous[-1] = old_wakeup
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        previous: dict[int, object] = {-1: signal.set_wakeup_fd(wake_fd)}
+        for name in HANDLED_SIGNALS:
+            signum = getattr(signal, name)
             previous[signum] = signal.signal(signum, self._on_signal)
         return previous
 
@@ -202,15 +242,58 @@ class Supervisor:
     def _handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
+            name = signal.Signals(signum).name
             if signum == signal.SIGCHLD:
                 continue
-            name = signal.Signals(signum).name
-            if self._phase is Phase.DRAINING and signum == signal.SIGINT:
-                self._callbacks.emit_server_info(f"{name} again: stopping now")
-                self.request_stop(force=True)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._handle_stop(name, force=signum == signal.SIGINT)
             elif self._phase is Phase.RUNNING:
-                self._callbacks.emit_server_info(f"{name}: draining, then stopping")
-                self.request_stop()
+                getattr(self, f"handle_{name[3:].lower()}")()
+
+    def _handle_stop(self, name: str, force: bool) -> None:
+        if self._phase is Phase.DRAINING and force:
+            self._callbacks.emit_server_info(f"{name} again: stopping now")
+            self.request_stop(force=True)
+        elif self._phase is Phase.RUNNING:
+            self._callbacks.emit_server_info(f"{name}: draining, then stopping")
+            self.request_stop()
+
+    def handle_hup(self) -> None:
+        """SIGHUP: restart every worker, one at a time, re-importing the handler."""
+        self._rolling = sorted(i for i in self._workers if i not in self._retiring)
+        self._callbacks.emit_server_info(f"SIGHUP: reloading {len(self._rolling)} worker(s)")
+
+    def handle_ttin(self) -> None:
+        """SIGTTIN: one worker more (up to max_workers)."""
+        if self._active >= len(self._rings):
+            log.warning("SIGTTIN ignored: already at max_workers=%d", len(self._rings))
+            return
+        index = self._active
+        self._retiring.discard(index)
+        self._set_active(self._active + 1)
+        if index not in self._workers:
+            self._spawn("worker", index)
+        self._callbacks.emit_server_info(f"SIGTTIN: now {self._active} worker(s)")
+
+    def handle_ttou(self) -> None:
+        """SIGTTOU: one worker fewer (at least one stays); its ring is drained first."""
+        if self._active <= 1:
+            log.warning("SIGTTOU ignored: one worker is the minimum")
+            return
+        self._set_active(self._active - 1)
+        self._retiring.add(self._active)
+        self._respawn_at.pop(("worker", self._active), None)
+        self._callbacks.emit_server_info(f"SIGTTOU: now {self._active} worker(s)")
+
+    # Aliases so an embedding application can do what the signals do.
+    reload = handle_hup
+    add_worker = handle_ttin
+    remove_worker = handle_ttou
+
+    def _set_active(self, active: int) -> None:
+        assert self._stats is not None
+        self._active = active
+        self._control[Slot.ACTIVE] = active
 
     # -- async form -------------------------------------------------------------------------
 
@@ -270,14 +353,19 @@ class Supervisor:
         cfg = self.config
         setproctitle.setproctitle(f"ugram: supervisor {cfg.socket}")
         self._bound = bind_socket(cfg.socket, cfg.file_mode, cfg.gid)
+        slots = cfg.worker_slots
         try:
-            self._rings = [Ring.create(cfg.ring_size) for _ in range(cfg.workers)]
-            self._wakes = [make_wake() for _ in range(cfg.workers)]
+            # Rings for every slot SIGTTIN may use: an unused ring costs only its control page
+            # (shared memory is allocated when touched).
+            self._rings = [Ring.create(cfg.ring_size) for _ in range(slots)]
+            self._wakes = [make_wake() for _ in range(slots)]
             self._space = make_wake()
-            self._stats = Stats.create(cfg.workers + 1)
+            self._stats = Stats.create(slots + 2)
         except BaseException:
             self._release()
             raise
+        self._control = self._stats.block(supervisor_block(slots))
+        self._set_active(cfg.workers)
         self._phase = Phase.RUNNING
         for index in range(cfg.workers):
             self._spawn("worker", index)
@@ -296,7 +384,7 @@ class Supervisor:
             block, space = RECEIVER_BLOCK, self._space[0]
         else:
             rings, wakes = [self._rings[index].fd], [self._wakes[index][0]]
-            block, space = index + 1, self._space[1]
+            block, space = worker_block(index), self._space[1]
         return ChildSpec(
             role=role,
             index=index,
@@ -307,10 +395,16 @@ class Supervisor:
             space_fd=space,
             stats_fd=self._stats.fd,
             stats_block=block,
+            control_block=supervisor_block(len(self._rings)),
         )
 
     def _spawn(self, role: str, index: int) -> None:
+        assert self._stats is not None
         spec = self._spec(role, index)
+        block = self._stats.block(spec.stats_block)
+        block[Slot.STATE] = State.EMPTY
+        block[Slot.COMMAND] = 0
+        block[Slot.BUSY_SINCE_NS] = 0
         proc = subprocess.Popen(spec.argv(), pass_fds=spec.fds())
         child = Child(role, index, proc, time.monotonic())
         if role == "receiver":
@@ -318,24 +412,30 @@ class Supervisor:
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.RECEIVER_STARTED)
         else:
             self._workers[index] = child
+            self._liveness[index] = Liveness(since=time.monotonic())
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.WORKER_STARTED)
         log.debug("started %s (pid %d)", child.name, proc.pid)
 
     # -- the main loop ----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One non-blocking round: reap, respawn, report, advance the shutdown."""
+        """One non-blocking round: reap, respawn, watch liveness, scale, report, drain."""
         if self._phase in (Phase.NEW, Phase.STOPPED):
             return
         self._reap()
         self._respawn_due()
+        self._watch_liveness()
+        self._advance_retirements()
+        self._advance_rolling()
         self._report()
         if self._phase is Phase.DRAINING:
             self._advance_drain()
 
+    def _children(self) -> list[Child]:
+        return [*self._workers.values(), *([self._receiver] if self._receiver else [])]
+
     def _reap(self) -> None:
-        children = [*self._workers.values(), *([self._receiver] if self._receiver else [])]
-        for child in children:
+        for child in self._children():
             code = child.proc.poll()
             if code is not None:
                 self._on_exit(child, code)
@@ -344,32 +444,86 @@ class Supervisor:
         if child.role == "receiver":
             self._receiver = None
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.RECEIVER_STOPPED)
+            if code != 0:
+                self._account_lost()
         else:
             del self._workers[child.index]
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.WORKER_STOPPED)
-        if code == 0 and self._phase is Phase.DRAINING:
+        if code == 0:
+            self._exited_cleanly(child)
+        elif child.role == "worker" and code == EXIT_HANDLER_IMPORT:
+            self._fatal(code, f"{child.name} could not import the handler {self.config.handler}")
+        elif child.role == "worker" and self._booting(child):
+            self._boot_failed(child, code)
+        else:
+            self._crashed(child, code)
+
+    def _exited_cleanly(self, child: Child) -> None:
+        if self._phase is not Phase.RUNNING:
+            ring = self._rings[child.index] if child.role == "worker" else None
+            if ring is not None and ring.depth() and child.index < self._active:
+                self._spawn(child.role, child.index)  # recycled mid-drain: finish its ring
             return
-        if code in (EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT) and child.role == "worker":
-            self._fatal(code, f"{child.name} could not start its handler (exit code {code})")
+        if child.role == "worker" and child.index in self._retiring:
+            self._retiring.discard(child.index)
+            log.info("%s retired", child.name)
             return
-        self._crashed(child, code)
+        # Recycled (max_records, max_rss) or reloaded (SIGHUP): replace it at once.
+        self._control[Slot.RECYCLED] += 1
+        self._spawn(child.role, child.index)
+
+    def _booting(self, child: Child) -> bool:
+        assert self._stats is not None
+        state = self._stats.block(worker_block(child.index))[Slot.STATE]
+        return state in (State.EMPTY, State.BOOTING)
+
+    def _boot_failed(self, child: Child, code: int) -> None:
+        failures = self._boot_failures.get(child.index, 0) + 1
+        self._boot_failures[child.index] = failures
+        self._control[Slot.BOOT_FAILURES] += 1
+        if failures >= self.config.boot_retries:
+            self._fatal(
+                EXIT_WORKER_BOOT,
+                f"{child.name} failed to start {failures} times in a row ({_how(code)})",
+            )
+            return
+        delay = min(RESPAWN_BACKOFF_MAX, 0.1 * 2**failures)
+        log.error("%s failed to start (%s); retrying in %.1fs", child.name, _how(code), delay)
+        self._respawn_at[(child.role, child.index)] = time.monotonic() + delay
 
     def _crashed(self, child: Child, code: int) -> None:
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        error = ChildCrashedError(f"{child.name} (pid {child.proc.pid}) died: {how}")
+        error = ChildCrashedError(f"{child.name} (pid {child.proc.pid}) died: {_how(code)}")
         log.error("%s; restarting it", error)
         self._callbacks.emit_error(error)
+        self._control[Slot.RESTARTS] += 1
         if child.role == "receiver" and self._phase is Phase.DRAINING:
             # No receiver will finish the drain: close the rings in its place so that the
             # workers finish what was published and exit.
             self._close_rings()
             return
-        key = (child.role, child.index)
+        if child.role == "worker":
+            self._boot_failures.pop(child.index, None)
+            if child.index in self._retiring and not self._rings[child.index].depth():
+                self._retiring.discard(child.index)
+                return
         quick = time.monotonic() - child.started < 1.0
-        failures = self._failures.get(key, 0) + 1 if quick else 0
-        self._failures[key] = failures
-        delay = min(RESPAWN_BACKOFF_MAX, 0.1 * 2**failures) if failures else 0.0
-        self._respawn_at[key] = time.monotonic() + delay
+        self._respawn_at[(child.role, child.index)] = time.monotonic() + (0.1 if quick else 0.0)
+
+    def _account_lost(self) -> None:
+        """A receiver died: what it had read but not yet written to a ring is lost."""
+        assert self._stats is not None
+        block = self._stats.block(RECEIVER_BLOCK)
+        published = sum(int(ring.ctl[PUBLISHED]) for ring in self._rings)
+        rejected = sum(int(block[slot]) for slot in RECEIVER_REJECTS)
+        lost = int(block[Slot.RECEIVED]) - published - rejected - int(self._control[Slot.LOST])
+        if lost > 0:
+            self._control[Slot.LOST] += lost
+            log.error("the receiver died holding %d datagram(s): lost", lost)
+        else:
+            # Killed inside recv(): the kernel may have dequeued a datagram that no counter
+            # saw. At most one; reported as an upper bound, not as a certainty.
+            self._control[Slot.POSSIBLY_LOST] += 1
+            log.error("the receiver died; at most 1 datagram it was reading may be lost")
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
@@ -377,6 +531,77 @@ class Supervisor:
             if when <= now and self._phase in (Phase.RUNNING, Phase.DRAINING):
                 del self._respawn_at[key]
                 self._spawn(*key)
+
+    def _watch_liveness(self) -> None:
+        """Kill a worker stuck on one record, or frozen, for longer than worker_timeout.
+
+        A busy worker is judged by how long its current record has taken, never by a ping,
+        so a handler that legitimately computes for a while is left alone.
+        """
+        timeout = self.config.worker_timeout
+        if not timeout or self._stats is None:
+            return
+        now, now_ns = time.monotonic(), time.monotonic_ns()
+        for index, child in list(self._workers.items()):
+            if child.kill_at:
+                if now >= child.kill_at:
+                    child.proc.kill()
+                continue
+            block = self._stats.block(worker_block(index))
+            if block[Slot.STATE] != State.RUNNING:
+                continue
+            seen = self._liveness[index]
+            progress = int(block[Slot.PROGRESS])
+            if progress != seen.progress:
+                seen.progress, seen.since = progress, now
+            busy = int(block[Slot.BUSY_SINCE_NS])
+            stuck = busy and (now_ns - busy) / 1e9 > timeout
+            frozen = (
+                not busy
+                and (now_ns - int(block[Slot.HEARTBEAT_NS])) / 1e9 > timeout
+                and now - seen.since > timeout
+            )
+            if stuck or frozen:
+                self._kill_stuck(child, "stuck on one record" if stuck else "unresponsive")
+
+    def _kill_stuck(self, child: Child, why: str) -> None:
+        log.error(
+            "%s (pid %d) %s for more than %gs: dumping its traceback and killing it",
+            child.name,
+            child.proc.pid,
+            why,
+            self.config.worker_timeout,
+        )
+        self._control[Slot.WORKER_TIMEOUTS] += 1
+        child.proc.send_signal(signal.SIGUSR1)  # faulthandler prints where it is stuck
+        child.kill_at = time.monotonic() + KILL_GRACE
+
+    def _advance_retirements(self) -> None:
+        """Retire a SIGTTOU'd worker once the receiver stopped routing to it and it drained."""
+        assert self._stats is not None
+        seen = int(self._stats.block(RECEIVER_BLOCK)[Slot.ACTIVE_SEEN])
+        receiver_caught_up = self._receiver is None or seen == self._active
+        for index in sorted(self._retiring):
+            child = self._workers.get(index)
+            if child is None or not receiver_caught_up or self._rings[index].depth():
+                continue
+            self._stats.block(worker_block(index))[Slot.COMMAND] = COMMAND_RETIRE
+
+    def _advance_rolling(self) -> None:
+        """SIGHUP: retire the next worker once the previous replacement is running."""
+        if not self._rolling or self._stats is None or self._phase is not Phase.RUNNING:
+            return
+        for child in self._workers.values():
+            state = self._stats.block(worker_block(child.index))[Slot.STATE]
+            if state in (State.EMPTY, State.BOOTING):
+                return  # a replacement is still starting
+        if any(key[0] == "worker" for key in self._respawn_at):
+            return
+        index = self._rolling.pop(0)
+        if index in self._workers:
+            self._stats.block(worker_block(index))[Slot.COMMAND] = COMMAND_RETIRE
+        if not self._rolling:
+            self._callbacks.emit_server_info("SIGHUP: last worker restarted")
 
     def _report(self) -> None:
         if self._stats is None:
@@ -406,6 +631,7 @@ class Supervisor:
         self._phase = Phase.DRAINING
         self._timeout_used = timeout
         self._deadline = time.monotonic() + timeout
+        self._rolling.clear()
         # New senders get ENOENT from now on; connected ones may still send until the drain.
         unlink_if_ours(self._bound)
         if self._receiver is not None:
@@ -419,7 +645,7 @@ class Supervisor:
             signal_wake(write_fd)
 
     def _advance_drain(self) -> None:
-        alive = [*self._workers.values(), *([self._receiver] if self._receiver else [])]
+        alive = self._children()
         waiting_respawn = bool(self._respawn_at)
         if not alive and not waiting_respawn:
             self._finish(killed=False)
@@ -428,6 +654,8 @@ class Supervisor:
                 child.proc.kill()
             for child in alive:
                 child.proc.wait()
+            if self._receiver is not None:
+                self._account_lost()
             self._respawn_at.clear()
             self._finish(killed=True)
 
@@ -455,7 +683,10 @@ class Supervisor:
             self._callbacks.emit_server_info(
                 f"stopped: received={snap.received} handled={snap.handled} "
                 f"rejected={snap.rejected} handler_errors={snap.handler_errors} "
-                f"unhandled={self.unhandled}"
+                f"invalid={snap.invalid} oversized={snap.oversized} "
+                f"replayed={snap.replayed} quarantined={snap.quarantined} lost={snap.lost} "
+                f"possibly_lost={snap.possibly_lost} "
+                f"restarts={snap.restarts} unhandled={self.unhandled}"
             )
         self._release()
 
@@ -467,8 +698,6 @@ class Supervisor:
         while True:
             try:
                 self._bound.sock.recv(1, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return count
             except OSError:
                 return count
             count += 1
@@ -484,10 +713,17 @@ class Supervisor:
             for fd in {read_fd, write_fd} - {-1}:
                 os.close(fd)
         if self._stats is not None:
+            self._control.release()
             self._stats.close()
             os.close(self._stats.fd)
             self._stats = None
         self._rings, self._wakes, self._space = [], [], (-1, -1)
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def _drain_pipe(fd: int) -> None:

@@ -42,6 +42,8 @@ class Receiver:
         self.space_fd = spec.space_fd
         self.stats = Stats(spec.stats_fd)
         self.counters = self.stats.block(spec.stats_block)
+        self.control = self.stats.block(spec.control_block)
+        self.active = len(self.rings)
         self.router = make_router(self.config)
         self.buffer = bytearray(self.config.max_datagram + 1)
         self.view = memoryview(self.buffer)
@@ -59,8 +61,9 @@ class Receiver:
     def on_readable(self) -> None:
         """Drain the socket (up to a batch), route and copy each datagram, publish."""
         recv = self.sock.recvfrom_into
-        buf, view, limit = self.buffer, self.view, self.config.max_datagram
-        received = nbytes = oversized = invalid = routed = 0
+        buf, view, limit, c = self.buffer, self.view, self.config.max_datagram, self.counters
+        self._sync_active()
+        nbytes = 0
         empty = False
         for _ in range(BATCH):
             try:
@@ -70,16 +73,18 @@ class Receiver:
                 break
             except InterruptedError:
                 continue
-            received += 1
+            # Counted per datagram, like the ring heads: after a kill, received minus what
+            # reached a ring or a reject counter is exactly what the dead receiver held.
+            c[Slot.RECEIVED] += 1
             if n > limit:
-                oversized += 1
+                c[Slot.OVERSIZED] += 1
                 self._warn.warning("rejected a datagram larger than max_datagram=%d", limit)
                 continue
             nbytes += n
             address = _encode_address(addr)
             target = self._route(view[:n])
             if target is None:
-                invalid += 1
+                c[Slot.INVALID] += 1
                 self._warn.warning(
                     "rejected a datagram without route field %r", self.config.route_by
                 )
@@ -87,22 +92,25 @@ class Receiver:
             if not self._put(view[:n], address, target):
                 self.pending = (bytes(view[:n]), address, time.time_ns(), target)
                 break
-            routed += 1
         self._publish()
-        c = self.counters
-        c[Slot.RECEIVED] += received
         c[Slot.BYTES] += nbytes
-        c[Slot.OVERSIZED] += oversized
-        c[Slot.INVALID] += invalid
-        c[Slot.ROUTED] += routed
         if self.pending is not None:
             self._block()
         elif empty and self.draining:
             self._finish()
 
+    def _sync_active(self) -> None:
+        # SIGTTIN/SIGTTOU change how many rings are routed to; acknowledging the value tells
+        # the supervisor when a retired ring will receive no more records.
+        active = int(self.control[Slot.ACTIVE]) or len(self.rings)
+        if active != self.active:
+            self.active = active
+            self.next_ring %= active
+        self.counters[Slot.ACTIVE_SEEN] = active
+
     def _route(self, payload: memoryview) -> int | None:
         if self.router is not None:
-            return self.router(payload)
+            return self.router(payload, self.active)
         return -1  # round-robin over rings with room
 
     def _put(
@@ -112,7 +120,7 @@ class Receiver:
         rings = self.rings
         if target >= 0:
             return rings[target].try_put(payload, address, ns)
-        count = len(rings)
+        count = self.active
         start = self.next_ring
         for step in range(count):
             index = (start + step) % count
@@ -140,7 +148,7 @@ class Receiver:
         assert self.loop is not None
         assert self.pending is not None
         target = self.pending[3]
-        for index, ring in enumerate(self.rings):
+        for index, ring in enumerate(self.rings[: self.active]):
             if target in (-1, index):
                 ring.wait_for_space()
         self.loop.add_reader(self.space_fd, self.on_space)
@@ -155,11 +163,14 @@ class Receiver:
             self._space_timer.cancel()
         clear_wake(self.space_fd)
         payload, address, recv_ns, target = self.pending
+        self._sync_active()
+        if target >= self.active:  # its worker was retired (SIGTTOU) meanwhile: route again
+            target = self._route(memoryview(payload)) or 0
+            self.pending = (payload, address, recv_ns, target)
         if not self._put(payload, address, target, recv_ns):
             self._arm_space_wait()
             return
         self.pending = None
-        self.counters[Slot.ROUTED] += 1
         self.counters[Slot.BLOCKED_NS] += time.monotonic_ns() - self.blocked_since
         self._publish()
         self.loop.add_reader(self.sock.fileno(), self.on_readable)
@@ -186,13 +197,15 @@ class Receiver:
         self.counters[Slot.STATE] = State.STOPPED
         self.loop.stop()
 
-    def _watch_parent(self) -> None:
+    def _housekeeping(self) -> None:
+        """Every 50 ms: notice a vanished supervisor, and a worker count changed while idle."""
         assert self.loop is not None
         if not parent_alive(self._ppid):
             log.error("supervisor is gone; receiver exiting")
             self.loop.stop()
             return
-        self.loop.call_later(1.0, self._watch_parent)
+        self._sync_active()
+        self.loop.call_later(0.05, self._housekeeping)
 
     def run(self) -> None:
         """Run the read loop until drained (SIGTERM) or the supervisor disappears."""
@@ -201,7 +214,7 @@ class Receiver:
         self.loop = loop
         loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
         loop.add_reader(self.sock.fileno(), self.on_readable)
-        loop.call_soon(self._watch_parent)
+        loop.call_soon(self._housekeeping)
         self.counters[Slot.PID] = os.getpid()
         self.counters[Slot.STATE] = State.RUNNING
         try:

@@ -10,11 +10,11 @@ import msgspec
 
 from ..config import Config
 
-Router = Callable[[memoryview], int | None]
+Router = Callable[[memoryview, int], int | None]
 
 
 def make_router(config: Config) -> Router | None:
-    """Return a function mapping a payload to a worker index, or None for round-robin.
+    """Return ``route(payload, workers)`` giving a worker index, or None for round-robin.
 
     The router decodes only the ``route_by`` field (a Struct holding just it; every other
     field is skipped) and hashes its encoded value with CRC-32, a hash that is stable across
@@ -30,9 +30,8 @@ def make_router(config: Config) -> Router | None:
         else msgspec.msgpack.Decoder(key_type).decode
     )
     encode = msgspec.msgpack.encode
-    workers = config.workers
 
-    def route(payload: memoryview) -> int | None:
+    def route(payload: memoryview, workers: int) -> int | None:
         try:
             value = decode(payload).key  # type: ignore[attr-defined]
         except (msgspec.DecodeError, RecursionError):

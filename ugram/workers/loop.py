@@ -1,34 +1,41 @@
 """The worker process: take records from its ring, run the handler, acknowledge.
 
 The tail is advanced (acknowledged) only after the handler returned or raised, so a worker
-killed mid-record leaves that record for its replacement: at-least-once delivery.
+killed mid-record leaves that record for its replacement: at-least-once delivery, with at
+most one duplicate per killed worker (the record it had in hand).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import random
 import select
 import signal
 import socket
 import sys
 import time
 
+import psutil
 import setproctitle
 
 from .. import logs
+from ..config import Config
 from ..datagram import Datagram
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError
 from ..ring import Record, Ring
 from ..spec import ChildSpec, parent_alive, spec_from_argv
-from ..stats import Slot, State, Stats
+from ..stats import COMMAND_RETIRE, Slot, State, Stats
 from ..wake import clear_wake, signal_wake
+from .deadletter import write_dead_letter
 from .handler import DECODE_ERRORS, Handler, load_handler
 
 log = logging.getLogger("ugram.worker")
 
 SLEEP_TIMEOUT = 0.05  # bounded sleep: a lost wake-up costs at most this much latency
 SPINS = 200  # empty polls before going to sleep
+RSS_CHECK_EVERY = 1024  # records between two memory checks (psutil costs ~20 µs)
 
 
 class Worker:
@@ -36,24 +43,60 @@ class Worker:
 
     def __init__(self, spec: ChildSpec, handler: Handler) -> None:
         self.index = spec.index
+        self.config: Config = spec.config
         self.handler = handler
         self.ring = Ring(spec.ring_fds[0])
         self.wake_fd = spec.wake_fds[0]
         self.space_fd = spec.space_fd
         self.sock = socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None
         self.counters = Stats(spec.stats_fd).block(spec.stats_block)
+        self.record_limit = _jittered(self.config.max_records)
+        self.records = 0
         self._ppid = os.getppid()
         self._invalid = logs.RateLimited(log)
         self._errors = logs.RateLimited(log)
 
-    def run(self) -> None:
-        """Process records until drained; replays what a predecessor left in hand."""
-        c = self.counters
+    def recover(self) -> None:
+        """Replay what a dead predecessor left; quarantine the tail record if it is poison."""
+        attempts = self.ring.note_failed_attempt()
         replayed = self.ring.rewind()
+        if attempts >= self.config.poison_attempts:
+            self._quarantine(attempts)
+            replayed -= 1
         if replayed:
-            c[Slot.REPLAYED] += replayed
+            self.counters[Slot.REPLAYED] += replayed
             log.warning("worker %d: replaying %d unacknowledged record(s)", self.index, replayed)
+
+    def _quarantine(self, attempts: int) -> None:
+        record = self.ring.take()
+        assert record is not None  # the predecessor had it in hand
+        reason = f"the worker died {attempts} times handling it"
+        path = self.config.dead_letter_path
+        try:
+            write_dead_letter(path, record, reason, attempts, self.config.dead_letter_max_bytes)
+            log.error(
+                "worker %d: moved a %d-byte poison record to %s (%s)",
+                self.index,
+                len(record.payload),
+                path,
+                reason,
+            )
+        except OSError as exc:
+            log.error(
+                "worker %d: dropped a poison record (%s); dead-letter file %s: %s",
+                self.index,
+                reason,
+                path,
+                exc,
+            )
+        self.counters[Slot.QUARANTINED] += 1
+        self._ack()
+
+    def run(self) -> None:
+        """Process records until drained, retired, recycled, or orphaned; then teardown."""
+        c = self.counters
         c[Slot.PID] = os.getpid()
+        c[Slot.HEARTBEAT_NS] = time.monotonic_ns()
         c[Slot.STATE] = State.RUNNING
         try:
             self._loop()
@@ -70,6 +113,8 @@ class Worker:
         ring, c = self.ring, self.counters
         idle = 0
         while True:
+            if c[Slot.COMMAND] == COMMAND_RETIRE or self._recycle_due():
+                return
             record = ring.take()
             if record is None:
                 if ring.is_drained() or not parent_alive(self._ppid):
@@ -84,8 +129,23 @@ class Worker:
             c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
             self._process(record)
             c[Slot.BUSY_SINCE_NS] = 0
-            if ring.ack():
-                signal_wake(self.space_fd)
+            self.records += 1
+            self._ack()
+
+    def _ack(self) -> None:
+        if self.ring.ack():
+            signal_wake(self.space_fd)
+
+    def _recycle_due(self) -> bool:
+        if self.record_limit and self.records >= self.record_limit:
+            log.info("worker %d: recycling after %d records", self.index, self.records)
+            return True
+        if self.config.max_rss and self.records % RSS_CHECK_EVERY == 0 and self.records:
+            rss = psutil.Process().memory_info().rss
+            if rss > self.config.max_rss * 1024 * 1024:
+                log.info("worker %d: recycling at %d MiB resident", self.index, rss >> 20)
+                return True
+        return False
 
     def _process(self, record: Record) -> None:
         handler, c = self.handler, self.counters
@@ -113,12 +173,18 @@ class Worker:
 
     def _sleep(self) -> None:
         ring = self.ring
+        self.counters[Slot.HEARTBEAT_NS] = time.monotonic_ns()
         ring.set_sleeping(True)
         # Re-check after announcing the sleep: a record published in between is not missed.
         if not ring.has_unread() and not ring.is_drained():
             select.select([self.wake_fd], [], [], SLEEP_TIMEOUT)
             clear_wake(self.wake_fd)
         ring.set_sleeping(False)
+
+
+def _jittered(limit: int) -> int:
+    # Up to 10% more, so workers started together do not all recycle at the same moment.
+    return limit + random.randint(0, limit // 10) if limit else 0
 
 
 def _creds(record: Record) -> tuple[int, int, int] | None:
@@ -132,6 +198,8 @@ def main(argv: list[str]) -> int:
     # must not cut a worker off before the receiver has closed its ring and it is drained.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The supervisor sends SIGUSR1 before killing a stuck worker: its traceback is logged.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     setproctitle.setproctitle(f"ugram: worker {spec.index}")
     logs.configure(spec.config.log_level, f"worker-{spec.index}")
     counters = Stats(spec.stats_fd).block(spec.stats_block)
@@ -148,5 +216,6 @@ def main(argv: list[str]) -> int:
         except Exception:
             log.exception("worker %d: handler setup() failed", spec.index)
             return EXIT_WORKER_BOOT
+    worker.recover()
     worker.run()
     return 0

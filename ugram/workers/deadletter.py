@@ -1,0 +1,64 @@
+"""The dead-letter file: poison records moved aside as JSON lines, with a size cap."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import os
+import time
+
+import msgspec
+
+from ..datagram import decode_address
+from ..ring import Record
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the dead-letter file."""
+
+    time: float
+    reason: str
+    attempts: int
+    sender: str | None
+    pid: int | None
+    uid: int | None
+    gid: int | None
+    size: int
+    data_base64: str
+
+
+def write_dead_letter(
+    path: str, record: Record, reason: str, attempts: int, max_bytes: int
+) -> None:
+    """Append ``record`` to the dead-letter file, rotating it to ``path.1`` past ``max_bytes``.
+
+    The file therefore never holds much more than ``2 x max_bytes`` on disk.
+
+    Raises:
+        OSError: the file cannot be written (the caller logs it; the record is still counted).
+    """
+    creds = record.uid != -1 or record.gid != -1
+    line = msgspec.json.encode(
+        DeadLetter(
+            time=time.time(),
+            reason=reason,
+            attempts=attempts,
+            sender=decode_address(record.address),
+            pid=record.pid if creds else None,
+            uid=record.uid if creds else None,
+            gid=record.gid if creds else None,
+            size=len(record.payload),
+            data_base64=base64.b64encode(record.payload).decode("ascii"),
+        )
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # workers share the file; rotate under the lock
+        if os.fstat(fd).st_size + len(line) + 1 > max_bytes and os.fstat(fd).st_size:
+            os.replace(path, path + ".1")
+            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, line + b"\n")
+    finally:
+        os.close(fd)
