@@ -108,7 +108,8 @@ def run_server(
     cmd = [sys.executable, "-m", "ugram", "serve", "--socket", str(path), *args]
     if handler is not None:
         cmd.insert(4, handler)
-    stderr_file = path.parent / f"{path.name}.stderr"
+    logs_dir = next(p for p in path.parents if p.is_dir())  # --mkdir may create path.parent
+    stderr_file = logs_dir / f"{path.name}.stderr"
     with open(stderr_file, "wb") as err:
         proc = subprocess.Popen(
             cmd,
@@ -120,7 +121,15 @@ def run_server(
     server = Server(proc, path, stderr_file)
     try:
         if wait:
-            wait_for(lambda: path.exists() or proc.poll() is not None, what=f"server on {path}")
+            # The path alone is not proof: a stale file from an earlier server may sit there.
+            quiet = "--log-level" in args
+            wait_for(
+                lambda: (
+                    (path.exists() and (quiet or "listening on" in server.stderr))
+                    or proc.poll() is not None
+                ),
+                what=f"server on {path}",
+            )
             if proc.poll() is not None:
                 pytest.fail(f"server exited with {proc.returncode}: {server.stderr}")
         yield server

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Sequence
 
 from . import __version__, logs
-from .config import ENV_PREFIX, field_help, field_names, load_config
+from .config import ENV_PREFIX, field_help, field_kind, field_names, load_config
 from .errors import EXIT_CONFIG, EXIT_ERROR, ConfigError, UgramError
 from .supervisor import Supervisor
 
@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_send(commands)
+    _add_config(commands)
+    _add_stats(commands)
+    _add_doctor(commands)
     return parser
 
 
@@ -48,9 +51,28 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
     for name in field_names():
-        flag = "--" + name.replace("_", "-")
-        help_text = field_help(name).replace("%", "%%")  # argparse formats help with %
-        serve.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
+        _add_field_flag(serve, name)
+
+
+def _add_field_flag(parser: argparse.ArgumentParser, name: str) -> None:
+    """Add the flag of one Config field (default None: unset flags do not override)."""
+    flag = "--" + name.replace("_", "-")
+    help_text = field_help(name).replace("%", "%%")  # argparse formats help with %
+    kind = field_kind(name)
+    if kind == "bool":
+        parser.add_argument(
+            flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+    elif kind == "list":
+        parser.add_argument(
+            flag, dest=name, metavar=name.upper(), action="append", type=_comma, help=help_text
+        )
+    else:
+        parser.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
+
+
+def _comma(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _add_send(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "config":
+            return show_config(args)
+        if args.command == "stats":
+            return stats(args)
+        if args.command == "doctor":
+            return doctor(args)
         return send(args.path, args.data or _stdin_lines())
     except ConfigError as exc:
         print(f"ugram: {exc}", file=sys.stderr)
@@ -86,15 +114,31 @@ def serve(args: argparse.Namespace) -> int:
         ConfigError: an invalid option (from any source).
         SocketError: the socket cannot be bound.
     """
-    cli = {name: getattr(args, name) for name in field_names()}
+    config = load_config(_cli_values(args), file=args.config).config
+    logs.configure_from(config, "supervisor")
+    logging.getLogger("ugram").debug("config: %r", config)
+    return Supervisor(config).run()
+
+
+def _cli_values(args: argparse.Namespace) -> dict[str, object]:
+    """The config values given on the command line (None: not given).
+
+    Raises:
+        ConfigError: the handler given both as an argument and with --handler.
+    """
+    cli = {name: _flatten(getattr(args, name)) for name in field_names()}
     if args.handler_arg is not None:
         if cli["handler"] is not None:
             raise ConfigError("give the handler either as an argument or with --handler")
         cli["handler"] = args.handler_arg
-    config = load_config(cli, file=args.config).config
-    logs.configure(config.log_level, "supervisor")
-    logging.getLogger("ugram").debug("config: %r", config)
-    return Supervisor(config).run()
+    return cli
+
+
+def _flatten(value: object) -> object:
+    # An appended list flag given several times holds one list per occurrence.
+    if isinstance(value, list):
+        return [item for part in value for item in (part if isinstance(part, list) else [part])]
+    return value
 
 
 def send(path: str, payloads: Iterable[bytes | str]) -> int:

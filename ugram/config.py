@@ -157,9 +157,80 @@ BootRetries = Annotated[
         le=100,
     ),
 ]
+Credentials = Annotated[
+    bool,
+    _meta(
+        "collect each sender's kernel-verified pid/uid/gid (SO_PASSCRED, Linux); "
+        "implied by allow_uid, allow_gid and rate_limit",
+        "true or false",
+    ),
+]
+IdList = Annotated[
+    list[str],
+    _meta(
+        "only these senders are admitted; others are rejected as unauthorized",
+        "user/group names or numeric ids (repeat the flag, or comma-separate)",
+    ),
+]
+RateLimit = Annotated[
+    str,
+    _meta(
+        "per-sender rate limit; excess datagrams are rejected as rate_limited",
+        "N/s, N/m or N/h (N > 0), or empty for none",
+        pattern=r"^$|^\s*\d+(\.\d+)?\s*(/\s*[smh])?\s*$",
+    ),
+]
+Burst = Annotated[
+    int,
+    _meta(
+        "datagrams a sender may send at once above its rate (token bucket size)",
+        "an integer >= 0; 0 = one second's worth of rate_limit",
+        ge=0,
+    ),
+]
+RateLimitBy = Annotated[
+    Literal["uid", "pid"],
+    _meta(
+        "what identifies a sender for rate_limit: uid (a user cannot escape by forking) or "
+        "pid (one noisy process does not starve the others of its user)",
+        "uid or pid",
+    ),
+]
+Mkdir = Annotated[
+    bool,
+    _meta("create a missing socket directory (mode 0750)", "true or false"),
+]
 LogLevel = Annotated[
     Literal["debug", "info", "warning", "error", "critical"],
     _meta("log level", "debug, info, warning, error or critical"),
+]
+_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|\d{1,4})"
+MetricsAddress = Annotated[
+    str,
+    _meta(
+        "serve Prometheus /metrics and /healthz here (empty: off)",
+        "HOST:PORT (127.0.0.1:9100, [::1]:9100, :9100 for all IPv4), a unix socket path "
+        "(containing a /) or @name, or empty",
+    ),
+]
+_METRICS = re.compile(rf"^(|@.+|.*/.*|(\[[0-9A-Fa-f:.]+\]|[\w.-]*):{_PORT})$")
+ControlSocket = Annotated[
+    bool,
+    _meta(
+        "serve the control socket <socket>.ctl that `ugram stats` reads (socket's mode/group)",
+        "true or false",
+    ),
+]
+LogFormat = Annotated[
+    Literal["text", "json"],
+    _meta("log line format on stderr, in every process", "text or json (one object a line)"),
+]
+LogConfig = Annotated[
+    str,
+    _meta(
+        "logging.dictConfig file applied in every process after log_level and log_format",
+        "a .json or .toml file, or empty",
+    ),
 ]
 
 
@@ -184,7 +255,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     dead_letter: DeadLetter = ""
     dead_letter_max_bytes: DeadLetterMax = 64 * 1024 * 1024
     boot_retries: BootRetries = 5
+    credentials: Credentials = False
+    allow_uid: IdList = msgspec.field(default_factory=list)
+    allow_gid: IdList = msgspec.field(default_factory=list)
+    rate_limit: RateLimit = ""
+    burst: Burst = 0
+    rate_limit_by: RateLimitBy = "uid"
+    mkdir: Mkdir = False
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    log_config: LogConfig = ""
+    metrics: MetricsAddress = ""
+    control: ControlSocket = True
 
     def __post_init__(self) -> None:
         # Raising ValueError here makes msgspec.convert report it as a ValidationError at the
@@ -207,6 +289,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 f"invalid value for dead_letter: {self.dead_letter!r} (allowed: a file in an "
                 "existing directory)"
             )
+        for name in ("allow_uid", "allow_gid"):
+            for value in getattr(self, name):
+                resolve_id(name, value)
+        parse_rate(self.rate_limit)
+        if not _METRICS.match(self.metrics):
+            raise ConfigError(_line("metrics", self.metrics, _allowed("metrics")))
         if self.max_workers and self.max_workers < self.workers:
             raise ConfigError(
                 f"invalid value for max_workers: {self.max_workers} "
@@ -224,6 +312,26 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     def file_mode(self) -> int:
         """The socket file's permission bits as an int (e.g. ``0o660``)."""
         return parse_mode(self.mode)
+
+    @property
+    def allowed_uids(self) -> frozenset[int]:
+        """The numeric uids of ``allow_uid`` (empty: everyone)."""
+        return frozenset(resolve_id("allow_uid", value) for value in self.allow_uid)
+
+    @property
+    def allowed_gids(self) -> frozenset[int]:
+        """The numeric gids of ``allow_gid`` (empty: every group)."""
+        return frozenset(resolve_id("allow_gid", value) for value in self.allow_gid)
+
+    @property
+    def rate_per_second(self) -> float:
+        """``rate_limit`` in datagrams per second (0.0: no limit)."""
+        return parse_rate(self.rate_limit)
+
+    @property
+    def wants_credentials(self) -> bool:
+        """True when the receiver must collect sender credentials."""
+        return bool(self.credentials or self.allow_uid or self.allow_gid or self.rate_limit)
 
     @property
     def worker_slots(self) -> int:
@@ -331,6 +439,44 @@ def parse_group(value: object) -> int:
     raise ConfigError(_line("group", value, allowed))
 
 
+def resolve_id(field: str, value: str | int) -> int:
+    """Turn a user/group name or a numeric id into an id.
+
+    Raises:
+        ConfigError: an unknown name or a negative id.
+    """
+    import pwd
+
+    text = str(value).strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    try:
+        if field == "allow_uid":
+            return pwd.getpwnam(text).pw_uid
+        return grp.getgrnam(text).gr_gid
+    except (KeyError, ValueError):
+        kind = "user" if field == "allow_uid" else "group"
+        raise ConfigError(_line(field, value, f"an existing {kind} name or a numeric id")) from None
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
+
+
+def parse_rate(text: str) -> float:
+    """Parse ``N/s``, ``N/m``, ``N/h`` or ``N`` (per second) into datagrams per second.
+
+    Raises:
+        ConfigError: not a positive rate.
+    """
+    if not text:
+        return 0.0
+    match = _RATE.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(_line("rate_limit", text, _allowed("rate_limit")))
+    per = {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2) or "s"]
+    return float(match.group(1)) / per
+
+
 @dataclass(frozen=True)
 class Resolved:
     """A validated config and, for each field, where its value came from."""
@@ -392,10 +538,36 @@ def env_values(env: Mapping[str, str]) -> dict[str, str]:
         if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
             name = key[len(ENV_PREFIX) :].lower()
             if name in names:
-                found[name] = value
+                found[name] = _split_list(name, value)
             elif _suggest(name):
                 raise ConfigError(f"unknown environment variable {key}{_suggest(name)}")
     return found
+
+
+def _split_list(name: str, value: str) -> Any:
+    # List options come from one environment variable as comma-separated items.
+    if name in _list_fields():
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _list_fields() -> frozenset[str]:
+    return frozenset(
+        f.name
+        for f in msgspec.structs.fields(Config)
+        if get_origin(get_args(f.type)[0] if get_origin(f.type) is Annotated else f.type) is list
+    )
+
+
+def field_kind(name: str) -> str:
+    """``"list"``, ``"bool"`` or ``"scalar"``: how a CLI flag for the field takes values."""
+    if name in _list_fields():
+        return "list"
+    for field in msgspec.structs.fields(Config):
+        if field.name == name:
+            base = get_args(field.type)[0] if get_origin(field.type) is Annotated else field.type
+            return "bool" if base is bool else "scalar"
+    raise KeyError(name)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -1,25 +1,147 @@
-"""Logging set-up shared by every process, and a rate limit for per-datagram warnings."""
+"""Logging set-up shared by every process, and a rate limit for per-datagram warnings.
+
+Each process (supervisor, receiver, workers) configures stdlib ``logging`` from the same
+:class:`~ugram.config.Config`: a stderr handler at ``log_level`` in ``log_format`` (text or
+one JSON object a line), then the optional ``log_config`` file (``logging.config.dictConfig``
+in JSON or TOML), which is applied last and so wins. The process name in every record
+(``supervisor``, ``receiver``, ``worker-3``) tells the lines apart.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.config
 import sys
 import time
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
+LOG_CONFIG_ALLOWED = "a readable .json or .toml file holding a logging.dictConfig dictionary"
 
 
-def configure(level: str, process_name: str) -> None:
-    """Send ugram's logs to stderr at ``level``; called once in every process."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, process, pid, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as a single JSON line."""
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "process": record.processName,
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure(
+    level: str, process_name: str, *, log_format: str = "text", log_config: str = ""
+) -> None:
+    """Send logs to stderr at ``level`` in ``log_format``, then apply ``log_config``.
+
+    Called once in every process. A handler the application installed on the root logger
+    is left alone; ugram's own stderr handler is (re)configured.
+
+    Raises:
+        ConfigError: ``log_config`` cannot be read or is not a valid dictConfig.
+    """
     import multiprocessing
 
     multiprocessing.current_process().name = process_name
     root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT))
-        root.addHandler(handler)
+    handler = _own_handler(root)
+    if handler is not None:
+        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT))
     root.setLevel(level.upper())
+    if log_config:
+        _apply_dict_config(load_log_config(log_config), log_config)
+
+
+def configure_from(config: Config, process_name: str, *, strict: bool = True) -> None:
+    """:func:`configure` with the logging options of ``config``.
+
+    Args:
+        config: the server's configuration.
+        process_name: ``supervisor``, ``receiver`` or ``worker-N``.
+        strict: raise on a bad ``log_config``; else (child processes, whose supervisor
+            already checked the file) report it on stderr and keep the basic set-up.
+
+    Raises:
+        ConfigError: with ``strict``, ``log_config`` is unusable.
+    """
+    try:
+        configure(
+            config.log_level,
+            process_name,
+            log_format=config.log_format,
+            log_config=config.log_config,
+        )
+    except ConfigError as exc:
+        if strict:
+            raise
+        logging.getLogger("ugram").error("%s; keeping the basic logging set-up", exc)
+
+
+def _own_handler(root: logging.Logger) -> logging.Handler | None:
+    for handler in root.handlers:
+        if getattr(handler, "_ugram", False):
+            return handler
+    if root.handlers:
+        return None  # the application configured logging itself
+    handler = logging.StreamHandler(sys.stderr)
+    handler._ugram = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    return handler
+
+
+def load_log_config(path: str) -> dict[str, Any]:
+    """Read a dictConfig dictionary from a JSON or TOML file (a ``[logging]`` table or the
+    whole document); ``version`` defaults to 1 and ``disable_existing_loggers`` to false
+    (ugram's loggers exist before the file is read).
+
+    Raises:
+        ConfigError: the file is unreadable, not JSON/TOML, or holds no dictionary.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data: Any = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise _bad(path, exc.strerror or str(exc)) from None
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError, JSONDecodeError
+        raise _bad(path, f"not valid {'TOML' if file.suffix == '.toml' else 'JSON'}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("logging"), dict):
+        data = data["logging"]
+    if not isinstance(data, dict):
+        raise _bad(path, "the file must hold a dictionary")
+    data.setdefault("version", 1)
+    data.setdefault("disable_existing_loggers", False)
+    return data
+
+
+def _apply_dict_config(data: dict[str, Any], path: str) -> None:
+    try:
+        logging.config.dictConfig(data)
+    except (ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise _bad(path, str(exc)) from None
+
+
+def _bad(path: str, why: str) -> ConfigError:
+    return ConfigError(f"invalid value for log_config: {path!r} (allowed: {LOG_CONFIG_ALLOWED}): {why}")
 
 
 class RateLimited:

@@ -43,7 +43,7 @@ TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 16, 17, 18, 19, 20
 # supervisor line (offset 192): poison accounting, written by the worker at start-up
 ATTEMPT_POS, ATTEMPTS = 24, 25
 
-HEADER = struct.Struct("<IIqiiiHH")  # length, flags, recv_ns, pid, uid, gid, addr_len, 0
+HEADER = struct.Struct("<IIqiIIHH")  # length, flags, recv_ns, pid, uid, gid, addr_len, 0
 HEADER_SIZE = HEADER.size
 PAD_MARK = 0xFFFF_FFFF
 _PAD = struct.Struct("<I")
@@ -53,7 +53,7 @@ _TSO_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 
 class Record(NamedTuple):
-    """One datagram as stored in a ring."""
+    """One datagram as stored in a ring (``uid == gid == -1``: no credentials collected)."""
 
     payload: bytes
     address: bytes
@@ -169,7 +169,7 @@ class Ring:
             _PAD.pack_into(data, off, PAD_MARK)  # always fits: records are 8-byte aligned
             head += pad
             off = 0
-        pid, uid, gid = creds if creds is not None else (0, -1, -1)
+        pid, uid, gid = creds if creds is not None else (0, 0, 0)
         flags = FLAG_CREDS if creds is not None else 0
         HEADER.pack_into(data, off, HEADER_SIZE + alen + n, flags, recv_ns, pid, uid, gid, alen, 0)
         start = off + HEADER_SIZE
@@ -224,7 +224,9 @@ class Ring:
         if cap - off < HEADER_SIZE or _PAD.unpack_from(data, off)[0] == PAD_MARK:
             pos += cap - off
             off = 0
-        length, _flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(data, off)
+        length, flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(data, off)
+        if not flags & FLAG_CREDS:
+            uid = gid = -1  # Record's convention for "no credentials"
         start = off + HEADER_SIZE
         address = bytes(data[start : start + alen]) if alen else b""
         payload = bytes(data[start + alen : off + length])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -35,11 +36,57 @@ class BoundSocket:
         return self.path.startswith("@")
 
 
-def bind_socket(path: str, mode: int, gid: int = -1) -> BoundSocket:
+def adopt_systemd(
+    environ: dict[str, str] | None = None, credentials: bool = False
+) -> BoundSocket | None:
+    """Adopt the datagram socket systemd passed us (socket activation), if any.
+
+    Follows sd_listen_fds(3): ``LISTEN_PID`` must be our pid and ``LISTEN_FDS`` >= 1; the
+    socket is fd 3. The variables are removed so that child processes do not see them. An
+    adopted socket is never unlinked at exit: systemd owns its file.
+
+    Raises:
+        SocketError: the inherited fd is not an AF_UNIX datagram socket, or several were passed.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("LISTEN_PID") != str(os.getpid()) or not env.get("LISTEN_FDS"):
+        return None
+    count = int(env["LISTEN_FDS"])
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(name, None)
+    if count != 1:
+        raise SocketError(f"systemd passed {count} sockets; ugram serves exactly one")
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as exc:
+        raise SocketError(f"fd {SD_LISTEN_FDS_START} from systemd is not a socket: {exc}") from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_DGRAM:
+        sock.detach()
+        raise SocketError(
+            "the socket systemd passed is not AF_UNIX/SOCK_DGRAM: set ListenDatagram= "
+            "in the .socket unit"
+        )
+    sock.setblocking(False)
+    if credentials:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    name = sock.getsockname()
+    path = "@" + name[1:].decode() if isinstance(name, bytes) and name[:1] == b"\0" else str(name)
+    return BoundSocket(sock, path, None)
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def bind_socket(
+    path: str, mode: int, gid: int = -1, mkdir: bool = False, credentials: bool = False
+) -> BoundSocket:
     """Bind an AF_UNIX datagram socket at ``path`` with permission bits ``mode`` and group.
 
     The file never exists with wider permissions than ``mode``, not even for a moment: it is
-    created with the owner's bits only (umask), then given its group, then its full mode.
+    created under a temporary name with the owner's bits only (umask), given its group and
+    full mode, and only then linked to ``path``. Senders therefore never see it half-made
+    (no spurious EACCES at start-up), and ``link`` fails instead of replacing a socket that
+    another server bound meanwhile.
 
     Raises:
         PathTooLongError: the path exceeds the AF_UNIX limit.
@@ -48,29 +95,64 @@ def bind_socket(path: str, mode: int, gid: int = -1) -> BoundSocket:
         SocketError: any other failure (missing directory, permissions, unknown group).
     """
     if path.startswith("@"):
-        return _bind_abstract(path)
+        return _bind_abstract(path, credentials)
     path = os.path.abspath(path)
     _check_length(path)
+    if mkdir:
+        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
     _clear_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = _new_socket(credentials)
+    staging = _staging_name(path)
     try:
-        _bind_restricted(sock, path, mode)
-        info = os.lstat(path)
-        _apply_perms(path, mode, gid)
+        _bind_restricted(sock, staging, mode)
+        info = os.lstat(staging)
+        _apply_perms(staging, mode, gid)
+        if staging != path:
+            _publish(staging, path)
     except BaseException:
         sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            if staging != path:
+                os.unlink(staging)
         raise
     sock.setblocking(False)
     return BoundSocket(sock, path, (info.st_dev, info.st_ino))
 
 
-def _bind_abstract(path: str) -> BoundSocket:
+def _staging_name(path: str) -> str:
+    staging = f"{path}.{os.getpid()}.tmp"
+    # A path near the AF_UNIX limit has no room for a suffix: bind it directly (the file
+    # is then visible, owner-only, during the chown/chmod).
+    return staging if len(os.fsencode(staging)) <= MAX_PATH_BYTES else path
+
+
+def _publish(staging: str, path: str) -> None:
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        raise SocketInUseError(f"{path} is already in use by another server") from None
+    except OSError as exc:
+        raise SocketError(f"cannot create {path}: {exc.strerror}") from None
+    finally:
+        os.unlink(staging)
+
+
+def _new_socket(credentials: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if credentials:
+        # Before bind: the kernel attaches credentials only to datagrams queued while the
+        # option is on; one sent earlier would read as pid 0, uid/gid 65534.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    return sock
+
+
+def _bind_abstract(path: str, credentials: bool = False) -> BoundSocket:
     if not sys.platform.startswith("linux"):
         raise SocketError(f"abstract socket names such as {path} exist only on Linux")
     name = b"\0" + path[1:].encode()
     if len(name) > MAX_PATH_BYTES + 1:
         raise PathTooLongError(f"abstract name {path} is longer than {MAX_PATH_BYTES} bytes")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = _new_socket(credentials)
     try:
         sock.bind(name)
     except OSError as exc:
@@ -158,7 +240,9 @@ def _bind_error(path: str, exc: OSError) -> SocketError:
         return SocketInUseError(f"{path} is already in use by another server")
     if exc.errno == errno.ENOENT:
         parent = os.path.dirname(path)
-        return SocketError(f"cannot bind {path}: directory {parent} does not exist")
+        return SocketError(
+            f"cannot bind {path}: directory {parent} does not exist (create it, or pass --mkdir)"
+        )
     return SocketError(f"cannot bind {path}: {exc.strerror}")
 
 
@@ -168,7 +252,8 @@ def _apply_perms(path: str, mode: int, gid: int) -> None:
             os.chown(path, -1, gid)
         os.chmod(path, mode)
     except OSError as exc:
-        os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         raise SocketError(
             f"cannot set group {gid} and mode {mode:04o} on {path}: {exc.strerror}"
         ) from None

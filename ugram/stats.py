@@ -8,6 +8,7 @@ The supervisor reads every block without locks. Values are u64 slots written thr
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 from enum import IntEnum
@@ -32,35 +33,105 @@ def supervisor_block(max_workers: int) -> int:
 
 
 class Slot(IntEnum):
-    """The u64 slots of a process's block (a receiver and a worker use different ones)."""
+    """The u64 slots of a process's block (a receiver and a worker use different ones).
+
+    Slots 0-31 hold counters and state; slots 32-63 of a worker block hold its
+    handling-latency histogram (see :func:`observe_latency`). :data:`SLOT_DOCS` says who
+    writes each slot and what it counts; ``docs/reference.md`` is checked against it.
+    """
 
     STATE = 0
     PID = 1
-    RECEIVED = 2  # receiver: datagrams read from the socket
-    BYTES = 3  # receiver: payload bytes read
-    HANDLED = 4  # worker: records whose handler returned or raised
-    HANDLER_ERRORS = 5  # worker: handler raised
-    INVALID = 6  # receiver (no route key) and worker (undecodable)
-    OVERSIZED = 7  # receiver: larger than max_datagram (never passed on truncated)
+    RECEIVED = 2
+    BYTES = 3
+    HANDLED = 4
+    HANDLER_ERRORS = 5
+    INVALID = 6
+    OVERSIZED = 7
     UNAUTHORIZED = 8
     RATE_LIMITED = 9
     SHED = 10
-    REPLAYED = 11  # worker: records read again after a predecessor died
+    REPLAYED = 11
     QUARANTINED = 12
-    BLOCKED_NS = 13  # receiver: time spent waiting for ring space
-    PROGRESS = 14  # worker: records started (liveness)
-    BUSY_SINCE_NS = 15  # worker: monotonic start of the current record, 0 when idle
+    BLOCKED_NS = 13
+    PROGRESS = 14
+    BUSY_SINCE_NS = 15
     REPLY_ERRORS = 16
-    RESTARTS = 17  # supervisor block: processes restarted after a crash or recycling
-    LOST = 18  # supervisor block: datagrams a killed receiver had read but not yet written
-    HEARTBEAT_NS = 19  # worker: monotonic time of its last idle-loop pass
-    COMMAND = 20  # worker: written by the supervisor (1 = finish this record and exit)
-    ACTIVE = 21  # supervisor block: workers the receiver routes to
-    ACTIVE_SEEN = 22  # receiver: the ACTIVE value it routes with now
-    WORKER_TIMEOUTS = 23  # supervisor block: workers killed by the liveness check
-    RECYCLED = 24  # supervisor block: workers replaced after max_records/max_rss/HUP
-    BOOT_FAILURES = 25  # supervisor block: workers that died before running
-    POSSIBLY_LOST = 26  # supervisor block: receiver deaths that may have cost one datagram
+    RESTARTS = 17
+    LOST = 18
+    HEARTBEAT_NS = 19
+    COMMAND = 20
+    ACTIVE = 21
+    ACTIVE_SEEN = 22
+    WORKER_TIMEOUTS = 23
+    RECYCLED = 24
+    BOOT_FAILURES = 25
+    POSSIBLY_LOST = 26
+
+
+# Who writes each slot, and what it holds. "receiver", "worker" and "supervisor" name the
+# block; the supervisor also writes STATE/COMMAND/BUSY_SINCE_NS of a child's block before
+# starting it, and COMMAND of a worker's block to retire it.
+SLOT_DOCS: dict[Slot, tuple[str, str]] = {
+    Slot.STATE: ("all", "life stage written by the process itself (see State)"),
+    Slot.PID: ("receiver, worker", "the process id of the block's current process"),
+    Slot.RECEIVED: ("receiver", "datagrams read from the socket, accepted or rejected"),
+    Slot.BYTES: ("receiver", "payload bytes of the datagrams that passed admission"),
+    Slot.HANDLED: ("worker", "records whose handler returned or raised"),
+    Slot.HANDLER_ERRORS: ("worker", "records whose handler raised"),
+    Slot.INVALID: (
+        "receiver, worker",
+        "rejected as invalid: no route field (receiver) or undecodable (worker)",
+    ),
+    Slot.OVERSIZED: ("receiver", "rejected: larger than max_datagram (never passed truncated)"),
+    Slot.UNAUTHORIZED: ("receiver", "rejected: sender not in allow_uid / allow_gid"),
+    Slot.RATE_LIMITED: ("receiver", "rejected: sender over rate_limit"),
+    Slot.SHED: ("receiver", "rejected: shed by a drop policy"),
+    Slot.REPLAYED: ("worker", "records read again after a predecessor died holding them"),
+    Slot.QUARANTINED: ("worker", "poison records moved to the dead-letter file"),
+    Slot.BLOCKED_NS: ("receiver", "nanoseconds spent waiting for ring space (backpressure)"),
+    Slot.PROGRESS: ("worker", "records started (liveness: the supervisor watches it move)"),
+    Slot.BUSY_SINCE_NS: (
+        "worker",
+        "monotonic start of the record in hand, 0 when idle (liveness: stuck on one record)",
+    ),
+    Slot.REPLY_ERRORS: ("worker", "Datagram.reply() calls that failed"),
+    Slot.RESTARTS: ("supervisor", "processes restarted after a crash"),
+    Slot.LOST: ("supervisor", "datagrams a killed receiver had read but not yet written"),
+    Slot.HEARTBEAT_NS: ("worker", "monotonic time of its last idle-loop pass (liveness)"),
+    Slot.COMMAND: ("supervisor", "order to the worker: 1 = finish this record and exit"),
+    Slot.ACTIVE: ("supervisor", "how many workers the receiver routes to"),
+    Slot.ACTIVE_SEEN: ("receiver", "the ACTIVE value the receiver routes with now"),
+    Slot.WORKER_TIMEOUTS: ("supervisor", "workers killed by the liveness check"),
+    Slot.RECYCLED: ("supervisor", "workers replaced after max_records, max_rss or SIGHUP"),
+    Slot.BOOT_FAILURES: ("supervisor", "workers that died before running"),
+    Slot.POSSIBLY_LOST: (
+        "supervisor",
+        "receiver deaths that may have cost one datagram (killed inside recv)",
+    ),
+}
+
+# The handling-latency histogram: time from the receiver reading a datagram to the worker
+# finishing it, in fixed log-scale buckets (a factor of 2 apart, 1 us to ~537 s). Slot
+# LATENCY_FIRST + i counts latencies in (2**(i-1), 2**i] microseconds (bucket 0: <= 1 us);
+# then one overflow bucket and the sum. Counts are per bucket, not cumulative.
+LATENCY_FIRST = 32
+LATENCY_BUCKETS = 30
+LATENCY_OVERFLOW = LATENCY_FIRST + LATENCY_BUCKETS  # slot 62: above the last bound
+LATENCY_SUM_NS = 63
+LATENCY_BOUNDS: tuple[float, ...] = tuple(2**i / 1e6 for i in range(LATENCY_BUCKETS))
+
+
+def observe_latency(block: memoryview, ns: int) -> None:
+    """Count one record that took ``ns`` nanoseconds from receipt to handled.
+
+    Called by the worker that owns ``block`` once per record (a clock step backwards counts
+    as 0).
+    """
+    ns = max(ns, 0)
+    index = ((max(ns, 1) - 1) // 1000).bit_length()  # smallest i with ns <= 2**i us
+    block[LATENCY_FIRST + min(index, LATENCY_BUCKETS)] += 1
+    block[LATENCY_SUM_NS] += ns
 
 
 COMMAND_RETIRE = 1
@@ -100,11 +171,40 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     possibly_lost: int
     worker_timeouts: int
     recycled: int
+    boot_failures: int = 0
 
     @property
     def rejected(self) -> int:
         """Datagrams counted under a named reason instead of being handled."""
         return self.invalid + self.oversized + self.unauthorized + self.rate_limited + self.shed
+
+
+class Latency(msgspec.Struct, frozen=True, kw_only=True):
+    """A handling-latency histogram: ``counts[i]`` records took at most ``bounds[i]`` seconds
+    (and more than ``bounds[i - 1]``); the last count is above every bound.
+    """
+
+    bounds: list[float]
+    counts: list[int]
+    sum_seconds: float
+
+    @property
+    def count(self) -> int:
+        """Records observed."""
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the bucket holding quantile ``q`` (None: no records, or above
+        the last bound).
+        """
+        if not self.count:
+            return None
+        rank, seen = max(1, math.ceil(q * self.count)), 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            seen += count
+            if seen >= rank:
+                return bound
+        return None
 
 
 class Stats:
@@ -152,7 +252,19 @@ class Stats:
             possibly_lost=t(Slot.POSSIBLY_LOST),
             worker_timeouts=t(Slot.WORKER_TIMEOUTS),
             recycled=t(Slot.RECYCLED),
+            boot_failures=t(Slot.BOOT_FAILURES),
         )
+
+    def latency(self) -> Latency:
+        """The handling-latency histogram summed over every worker block."""
+        counts = [0] * (LATENCY_BUCKETS + 1)
+        total_ns = 0
+        for index in range(1, self.blocks - 1):  # worker blocks only
+            base = index * SLOTS_PER_BLOCK
+            for bucket in range(LATENCY_BUCKETS + 1):
+                counts[bucket] += int(self._all[base + LATENCY_FIRST + bucket])
+            total_ns += int(self._all[base + LATENCY_SUM_NS])
+        return Latency(bounds=list(LATENCY_BOUNDS), counts=counts, sum_seconds=total_ns / 1e9)
 
     def close(self) -> None:
         """Unmap the table (views handed out by :meth:`block` must be released first)."""

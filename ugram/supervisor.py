@@ -32,10 +32,13 @@ from .errors import (
     ChildCrashedError,
     HandlerError,
     ShutdownTimeoutError,
+    UnsupportedPlatformError,
 )
 from .events import Callbacks, ConnState, ErrorCallback, InfoCallback, ServerInfoCallback
+from .health import Liveness, stall_reason
+from .observe import Observers
 from .ring import PUBLISHED, Ring
-from .sockets import BoundSocket, bind_socket, unlink_if_ours
+from .sockets import BoundSocket, adopt_systemd, bind_socket, unlink_if_ours
 from .spec import ChildSpec
 from .stats import (
     COMMAND_RETIRE,
@@ -83,14 +86,6 @@ class Child:
         return "receiver" if self.role == "receiver" else f"worker {self.index}"
 
 
-@dataclass
-class Liveness:
-    """What the supervisor last saw of a worker's progress counter."""
-
-    progress: int = -1
-    since: float = 0.0
-
-
 class Supervisor:
     """Runs a ugram server: ``Supervisor(config).run()`` blocks until it stops.
 
@@ -123,6 +118,7 @@ class Supervisor:
         self._timeout_used = config.graceful_timeout
         self._final: Snapshot | None = None
         self._control = memoryview(bytearray(512)).cast("Q")  # the shared block once started
+        self._observers: Observers | None = None  # /metrics, /healthz, the control socket
 
     # -- golib-shaped API -------------------------------------------------------------------
 
@@ -352,7 +348,13 @@ class Supervisor:
         """
         cfg = self.config
         setproctitle.setproctitle(f"ugram: supervisor {cfg.socket}")
-        self._bound = bind_socket(cfg.socket, cfg.file_mode, cfg.gid)
+        check_platform(cfg)
+        creds = cfg.wants_credentials
+        self._bound = adopt_systemd(credentials=creds) or bind_socket(
+            cfg.socket, cfg.file_mode, cfg.gid, mkdir=cfg.mkdir, credentials=creds
+        )
+        if self._bound.identity is None and (cfg.mode != "0660" or cfg.gid != -1):
+            log.warning("mode and group do not apply to %s (no socket file)", self._bound.path)
         slots = cfg.worker_slots
         try:
             # Rings for every slot SIGTTIN may use: an unused ring costs only its control page
@@ -361,6 +363,7 @@ class Supervisor:
             self._wakes = [make_wake() for _ in range(slots)]
             self._space = make_wake()
             self._stats = Stats.create(slots + 2)
+            self._observers = Observers(self)  # binds now: a bad metrics address stops us here
         except BaseException:
             self._release()
             raise
@@ -370,6 +373,7 @@ class Supervisor:
         for index in range(cfg.workers):
             self._spawn("worker", index)
         self._spawn("receiver", 0)
+        self._observers.start()  # threads only once the children exist
         self._callbacks.emit_server_info(
             f"listening on {self._bound.path} with {cfg.workers} worker(s), "
             f"handler {cfg.handler}, codec {cfg.codec}"
@@ -551,18 +555,10 @@ class Supervisor:
             if block[Slot.STATE] != State.RUNNING:
                 continue
             seen = self._liveness[index]
-            progress = int(block[Slot.PROGRESS])
-            if progress != seen.progress:
-                seen.progress, seen.since = progress, now
-            busy = int(block[Slot.BUSY_SINCE_NS])
-            stuck = busy and (now_ns - busy) / 1e9 > timeout
-            frozen = (
-                not busy
-                and (now_ns - int(block[Slot.HEARTBEAT_NS])) / 1e9 > timeout
-                and now - seen.since > timeout
-            )
-            if stuck or frozen:
-                self._kill_stuck(child, "stuck on one record" if stuck else "unresponsive")
+            seen.observe(int(block[Slot.PROGRESS]), now)
+            why = stall_reason(block, seen, timeout, now, now_ns)  # /healthz asks the same
+            if why:
+                self._kill_stuck(child, why)
 
     def _kill_stuck(self, child: Child, why: str) -> None:
         log.error(
@@ -703,6 +699,9 @@ class Supervisor:
             count += 1
 
     def _release(self) -> None:
+        if self._observers is not None:  # first: their threads read what is released below
+            self._observers.close()
+            self._observers = None
         if self._bound is not None:
             unlink_if_ours(self._bound)
             self._bound.sock.close()
@@ -718,6 +717,19 @@ class Supervisor:
             os.close(self._stats.fd)
             self._stats = None
         self._rings, self._wakes, self._space = [], [], (-1, -1)
+
+
+def check_platform(config: Config) -> None:
+    """Fail at start-up, not later, when the platform lacks a feature the config needs.
+
+    Raises:
+        UnsupportedPlatformError: credentials (SO_PASSCRED) outside Linux.
+    """
+    if config.wants_credentials and not hasattr(socket, "SO_PASSCRED"):
+        raise UnsupportedPlatformError(
+            "sender credentials (credentials, allow_uid, allow_gid, rate_limit) need "
+            "SO_PASSCRED, which only Linux has"
+        )
 
 
 def _how(code: int) -> str:

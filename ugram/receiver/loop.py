@@ -22,6 +22,7 @@ from ..ring import Ring
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import Slot, State, Stats
 from ..wake import clear_wake, signal_wake
+from .admission import ANCILLARY_SIZE, Admission, parse_credentials
 from .routing import make_router
 
 log = logging.getLogger("ugram.receiver")
@@ -48,7 +49,11 @@ class Receiver:
         self.buffer = bytearray(self.config.max_datagram + 1)
         self.view = memoryview(self.buffer)
         self.next_ring = 0
-        self.pending: tuple[bytes, bytes, int, int] | None = None
+        self.pending: tuple[bytes, bytes, int, int, tuple[int, int, int] | None] | None = None
+        self.admission = Admission(self.config)
+        self.with_creds = self.config.wants_credentials
+        if self.with_creds:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.blocked_since = 0
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -59,45 +64,74 @@ class Receiver:
     # -- reading ----------------------------------------------------------------------------
 
     def on_readable(self) -> None:
-        """Drain the socket (up to a batch), route and copy each datagram, publish."""
-        recv = self.sock.recvfrom_into
-        buf, view, limit, c = self.buffer, self.view, self.config.max_datagram, self.counters
+        """Drain the socket (up to a batch), admit, route and copy each datagram, publish."""
         self._sync_active()
-        nbytes = 0
-        empty = False
-        for _ in range(BATCH):
-            try:
-                n, addr = recv(buf)
-            except BlockingIOError:
-                empty = True
-                break
-            except InterruptedError:
-                continue
-            # Counted per datagram, like the ring heads: after a kill, received minus what
-            # reached a ring or a reject counter is exactly what the dead receiver held.
-            c[Slot.RECEIVED] += 1
-            if n > limit:
-                c[Slot.OVERSIZED] += 1
-                self._warn.warning("rejected a datagram larger than max_datagram=%d", limit)
-                continue
-            nbytes += n
-            address = _encode_address(addr)
-            target = self._route(view[:n])
-            if target is None:
-                c[Slot.INVALID] += 1
-                self._warn.warning(
-                    "rejected a datagram without route field %r", self.config.route_by
-                )
-                continue
-            if not self._put(view[:n], address, target):
-                self.pending = (bytes(view[:n]), address, time.time_ns(), target)
-                break
+        empty = self._drain_with_credentials() if self.with_creds else self._drain()
         self._publish()
-        c[Slot.BYTES] += nbytes
         if self.pending is not None:
             self._block()
         elif empty and self.draining:
             self._finish()
+
+    def _drain(self) -> bool:
+        """Read up to a batch; True when the socket ran empty."""
+        recv, buf, place = self.sock.recvfrom_into, self.buffer, self._place
+        for _ in range(BATCH):
+            try:
+                n, addr = recv(buf)
+            except BlockingIOError:
+                return True
+            except InterruptedError:
+                continue
+            if not place(n, addr, None):
+                return False
+        return False
+
+    def _drain_with_credentials(self) -> bool:
+        """Like :meth:`_drain`, with each sender's SCM_CREDENTIALS."""
+        recv, buffers, place = self.sock.recvmsg_into, [self.buffer], self._place
+        for _ in range(BATCH):
+            try:
+                n, ancdata, _, addr = recv(buffers, ANCILLARY_SIZE)
+            except BlockingIOError:
+                return True
+            except InterruptedError:
+                continue
+            if not place(n, addr, parse_credentials(ancdata)):
+                return False
+        return False
+
+    def _place(self, n: int, addr: str | bytes | None, creds: tuple[int, int, int] | None) -> bool:
+        """Check one datagram and copy it into a ring; False when it had to be held back."""
+        c = self.counters
+        # Counted per datagram, like the ring heads: after a kill, received minus what
+        # reached a ring or a reject counter is exactly what the dead receiver held.
+        c[Slot.RECEIVED] += 1
+        if n > self.config.max_datagram:
+            c[Slot.OVERSIZED] += 1
+            self._warn.warning(
+                "rejected a datagram larger than max_datagram=%d", self.config.max_datagram
+            )
+            return True
+        if not self.admission.authorized(creds):
+            c[Slot.UNAUTHORIZED] += 1
+            self._warn.warning("rejected a datagram from unauthorized sender %s", creds)
+            return True
+        if not self.admission.within_rate(creds):
+            c[Slot.RATE_LIMITED] += 1
+            return True
+        c[Slot.BYTES] += n
+        payload = self.view[:n]
+        target = self._route(payload)
+        if target is None:
+            c[Slot.INVALID] += 1
+            self._warn.warning("rejected a datagram without route field %r", self.config.route_by)
+            return True
+        address = _encode_address(addr)
+        if self._put(payload, address, target, creds=creds):
+            return True
+        self.pending = (bytes(payload), address, time.time_ns(), target, creds)
+        return False
 
     def _sync_active(self) -> None:
         # SIGTTIN/SIGTTOU change how many rings are routed to; acknowledging the value tells
@@ -114,17 +148,22 @@ class Receiver:
         return -1  # round-robin over rings with room
 
     def _put(
-        self, payload: memoryview | bytes, address: bytes, target: int, recv_ns: int | None = None
+        self,
+        payload: memoryview | bytes,
+        address: bytes,
+        target: int,
+        recv_ns: int | None = None,
+        creds: tuple[int, int, int] | None = None,
     ) -> bool:
         ns = time.time_ns() if recv_ns is None else recv_ns
         rings = self.rings
-        if target >= 0:
-            return rings[target].try_put(payload, address, ns)
+        if target >= 0:  # routed by key: only that worker's ring keeps the key's order
+            return rings[target].try_put(payload, address, ns, creds)
         count = self.active
         start = self.next_ring
         for step in range(count):
             index = (start + step) % count
-            if rings[index].try_put(payload, address, ns):
+            if rings[index].try_put(payload, address, ns, creds):
                 self.next_ring = (index + 1) % count
                 return True
         return False
@@ -162,12 +201,12 @@ class Receiver:
         if self._space_timer is not None:
             self._space_timer.cancel()
         clear_wake(self.space_fd)
-        payload, address, recv_ns, target = self.pending
+        payload, address, recv_ns, target, creds = self.pending
         self._sync_active()
         if target >= self.active:  # its worker was retired (SIGTTOU) meanwhile: route again
             target = self._route(memoryview(payload)) or 0
-            self.pending = (payload, address, recv_ns, target)
-        if not self._put(payload, address, target, recv_ns):
+            self.pending = (payload, address, recv_ns, target, creds)
+        if not self._put(payload, address, target, recv_ns, creds):
             self._arm_space_wait()
             return
         self.pending = None
@@ -205,6 +244,7 @@ class Receiver:
             self.loop.stop()
             return
         self._sync_active()
+        self.admission.housekeeping()
         self.loop.call_later(0.05, self._housekeeping)
 
     def run(self) -> None:
@@ -236,6 +276,6 @@ def main(argv: list[str]) -> int:
     spec = spec_from_argv(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
     setproctitle.setproctitle(f"ugram: receiver {spec.config.socket}")
-    logs.configure(spec.config.log_level, "receiver")
+    logs.configure_from(spec.config, "receiver", strict=False)
     Receiver(spec).run()
     return 0

@@ -26,7 +26,7 @@ from ..datagram import Datagram
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError
 from ..ring import Record, Ring
 from ..spec import ChildSpec, parent_alive, spec_from_argv
-from ..stats import COMMAND_RETIRE, Slot, State, Stats
+from ..stats import COMMAND_RETIRE, Slot, State, Stats, observe_latency
 from ..wake import clear_wake, signal_wake
 from .deadletter import write_dead_letter
 from .handler import DECODE_ERRORS, Handler, load_handler
@@ -128,6 +128,7 @@ class Worker:
             c[Slot.PROGRESS] += 1
             c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
             self._process(record)
+            observe_latency(c, time.time_ns() - record.recv_ns)
             c[Slot.BUSY_SINCE_NS] = 0
             self.records += 1
             self._ack()
@@ -201,7 +202,7 @@ def main(argv: list[str]) -> int:
     # The supervisor sends SIGUSR1 before killing a stuck worker: its traceback is logged.
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     setproctitle.setproctitle(f"ugram: worker {spec.index}")
-    logs.configure(spec.config.log_level, f"worker-{spec.index}")
+    logs.configure_from(spec.config, f"worker-{spec.index}", strict=False)
     counters = Stats(spec.stats_fd).block(spec.stats_block)
     counters[Slot.STATE] = State.BOOTING
     try:
