@@ -164,4 +164,127 @@ def _stdin_lines() -> Iterable[bytes]:
         yield line.rstrip(b"\n")
 
 
+# -- ugram config / stats / doctor ----------------------------------------------------------------
+
+
+def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = commands.add_parser(
+        "config",
+        help="print the effective configuration and where each value came from",
+        description="Print the configuration `ugram serve` would run with the same flags, "
+        "environment and file, and the source of each value (cli > env > file > default). "
+        "The output is valid TOML.",
+    )
+    config.add_argument("handler_arg", nargs="?", metavar="MODULE:HANDLER", help="as for serve")
+    config.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
+    config.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
+    for name in field_names():
+        _add_field_flag(config, name)
+
+
+def _add_socket_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the server's socket path or @name (default: from UGRAM_SOCKET, the --config "
+        "file, or /tmp/ugram.sock)",
+    )
+    parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
+
+
+def _add_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    stats = commands.add_parser(
+        "stats",
+        help="print a running server's counters and rates",
+        description="Read a running server's counters from its control socket "
+        "(<socket>.ctl) and print them with per-second rates over --interval.",
+    )
+    _add_socket_options(stats)
+    stats.add_argument("--json", dest="as_json", action="store_true", help="one JSON report")
+    stats.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    stats.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    stats.add_argument("--count", type=int, default=0, help="with --watch: stop after N frames")
+
+
+def _add_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this machine's settings for ugram and print advice",
+        description="Check kernel and platform settings that matter to ugram and print "
+        "advice. Exits 1 only when something would stop the server from running.",
+    )
+    _add_socket_options(doctor)
+
+
+def show_config(args: argparse.Namespace) -> int:
+    """``ugram config``: print the effective configuration and the source of each value.
+
+    Raises:
+        ConfigError: an invalid option (from any source), or an unusable log_config file.
+    """
+    import msgspec
+
+    resolved = load_config(_cli_values(args), file=args.config)
+    if resolved.config.log_config:
+        logs.load_log_config(resolved.config.log_config)
+    values = msgspec.to_builtins(resolved.config)
+    if args.as_json:
+        table = {k: {"value": v, "source": resolved.sources[k]} for k, v in values.items()}
+        print(msgspec.json.encode(table).decode())
+        return 0
+    print("# effective ugram configuration (precedence: cli > env > file > default)")
+    for name, value in values.items():
+        line = f"{name} = {_toml(value)}" if value is not None else f"# {name} = (not set)"
+        print(f"{line:<44} # {resolved.sources[name]}")
+    return 0
+
+
+def _toml(value: object) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)  # JSON strings and lists are TOML too
+
+
+def _socket_of(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    return load_config(file=args.config).config.socket
+
+
+def stats(args: argparse.Namespace) -> int:
+    """``ugram stats``: print a running server's counters.
+
+    Raises:
+        UgramError: no server answers on the control socket.
+        ConfigError: --interval is not positive, or the configuration is invalid.
+    """
+    from .control import stats_command
+
+    if args.interval <= 0:
+        raise ConfigError(f"invalid value for --interval: {args.interval} (allowed: > 0)")
+    return stats_command(
+        _socket_of(args),
+        as_json=args.as_json,
+        watch=args.watch,
+        interval=args.interval,
+        count=args.count,
+    )
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """``ugram doctor``: check the machine and print advice; 1 if something is fatal.
+
+    Raises:
+        ConfigError: the configuration (env, file) is invalid.
+    """
+    from .doctor import run_checks
+
+    cli = {"socket": args.socket} if args.socket else {}
+    return run_checks(load_config(cli, file=args.config).config)
+
+
 __all__ = ["ENV_PREFIX", "build_parser", "main"]

@@ -72,3 +72,34 @@ class ChildCrashedError(UgramError, RuntimeError):
 
 class HandlerError(UgramError, RuntimeError):
     """The handler raised on one or more records (counted; the worker goes on)."""
+
+
+class PayloadTooLargeError(UgramError, ValueError):
+    """A client payload is larger than its ``max_datagram`` or the kernel's limit; not sent."""
+
+    def __init__(self, size: int, limit: int | None) -> None:
+        self.size = size
+        self.limit = limit
+        if limit is None:
+            message = (
+                f"the kernel refused a {size}-byte datagram (EMSGSIZE): it is larger than the "
+                "socket's send buffer allows; send less, or raise net.core.wmem_default"
+            )
+        else:
+            message = (
+                f"payload of {size} bytes is larger than max_datagram={limit}; the server "
+                "would reject it (raise max_datagram on both sides, or send less)"
+            )
+        super().__init__(message)
+
+
+class ServerUnavailableError(UgramError, ConnectionError):
+    """No server listens on the client's path and the client was told not to wait any longer."""
+
+
+class RequestTimeoutError(UgramError, TimeoutError):
+    """``request()`` got no reply within its timeout."""
+
+
+class ClientClosedError(UgramError, RuntimeError):
+    """A client was used after ``close()``."""

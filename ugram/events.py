@@ -24,13 +24,27 @@ class ConnState(enum.Enum):
     DATAGRAMS_READ = "datagrams read"  # once per supervisor tick in which new ones arrived
 
 
+# What each state means; docs/reference.md is checked against this table.
+CONN_STATE_DOCS: dict[ConnState, str] = {
+    ConnState.RECEIVER_STARTED: "a receiver process was started (at start-up or after a crash)",
+    ConnState.RECEIVER_STOPPED: "the receiver exited (drained at shutdown, or crashed)",
+    ConnState.WORKER_STARTED: "a worker process was started (`remote` is `worker N`)",
+    ConnState.WORKER_STOPPED: "a worker exited (drained, recycled, retired, or crashed)",
+    ConnState.DATAGRAMS_READ: "new datagrams were read since the last supervisor tick "
+    "(at most once per 50 ms tick, not once per datagram)",
+}
+
 ErrorCallback = Callable[..., object]
 InfoCallback = Callable[[str, str, ConnState], object]
 ServerInfoCallback = Callable[[str], object]
 
 
 class Callbacks:
-    """Registered callbacks; one that raises is logged, never fatal."""
+    """Registered callbacks; one that raises is logged, never fatal.
+
+    Callbacks run in the supervisor's main loop, in registration order: a slow one delays
+    reaping and liveness checks, so hand long work to a thread or a queue.
+    """
 
     def __init__(self) -> None:
         self.error: list[ErrorCallback] = []

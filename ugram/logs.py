@@ -123,7 +123,9 @@ def load_log_config(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise _bad(path, exc.strerror or str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError, JSONDecodeError
-        raise _bad(path, f"not valid {'TOML' if file.suffix == '.toml' else 'JSON'}: {exc}") from None
+        raise _bad(
+            path, f"not valid {'TOML' if file.suffix == '.toml' else 'JSON'}: {exc}"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("logging"), dict):
         data = data["logging"]
     if not isinstance(data, dict):
@@ -141,7 +143,9 @@ def _apply_dict_config(data: dict[str, Any], path: str) -> None:
 
 
 def _bad(path: str, why: str) -> ConfigError:
-    return ConfigError(f"invalid value for log_config: {path!r} (allowed: {LOG_CONFIG_ALLOWED}): {why}")
+    return ConfigError(
+        f"invalid value for log_config: {path!r} (allowed: {LOG_CONFIG_ALLOWED}): {why}"
+    )
 
 
 class RateLimited:

@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from .control import bind_stream_socket
 from .errors import SocketError
@@ -61,7 +61,11 @@ TOTALS: tuple[tuple[str, str, str], ...] = (
     ("ugram_handler_errors", "handler_errors", "Records whose handler raised."),
     ("ugram_replayed", "replayed", "Records read again after a worker died holding them."),
     ("ugram_quarantined", "quarantined", "Poison records moved to the dead-letter file."),
-    ("ugram_reply_errors", "reply_errors", "Datagram.reply() calls that failed."),
+    (
+        "ugram_reply_errors",
+        "reply_errors",
+        "Datagram.reply() calls that failed (not counted yet: see the reference).",
+    ),
     (
         "ugram_receiver_blocked_seconds",
         "blocked_seconds",
@@ -147,7 +151,7 @@ def _latency(report: Report) -> Metric:
     cumulative, buckets = 0, []
     for bound, count in zip(lat.bounds, lat.counts, strict=False):
         cumulative += count
-        buckets.append((floatToGoString(bound), float(cumulative)))
+        buckets.append((_go_float(bound), float(cumulative)))
     buckets.append(("+Inf", float(lat.count)))
     return HistogramMetricFamily(
         "ugram_handling_latency_seconds",
@@ -155,6 +159,11 @@ def _latency(report: Report) -> Metric:
         buckets=buckets,
         sum_value=lat.sum_seconds,
     )
+
+
+def _go_float(value: float) -> str:
+    text: str = _untyped_go_float(value)  # type: ignore[no-untyped-call]
+    return text
 
 
 def _processes(report: Report) -> Iterator[Metric]:
@@ -175,7 +184,7 @@ def _processes(report: Report) -> Iterator[Metric]:
 
 
 def _rings(report: Report) -> Iterator[Metric]:
-    families = {
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "depth": GaugeMetricFamily(
             "ugram_ring_depth", "Records in a worker's ring, unacked.", labels=["worker"]
         ),
@@ -320,7 +329,8 @@ class MetricsServer:
         if isinstance(where, tuple):
             self._server = _tcp_server(where, address)
             host, port = self._server.server_address[:2]
-            shown = f"[{host}]" if ":" in str(host) else str(host)
+            host = host.decode() if isinstance(host, bytes) else str(host)
+            shown = f"[{host}]" if ":" in host else host
             self.url = f"http://{shown}:{port}/metrics"
         else:
             self._bound = bind_stream_socket(where, mode, gid)

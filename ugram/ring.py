@@ -116,6 +116,7 @@ class Ring:
         self.capacity = int(self.ctl[_CAPACITY])
         self.data = memoryview(self._mm)[CONTROL_SIZE : CONTROL_SIZE + self.capacity]
         self._head = int(self.ctl[HEAD])  # producer's unpublished head
+        self._published = int(self.ctl[PUBLISHED])
         self._tail_seen = int(self.ctl[TAIL])
         self._pending = 0
         self._rpos = int(self.ctl[TAIL])  # consumer's read cursor
@@ -153,7 +154,7 @@ class Ring:
             RingFullError: the record is larger than the whole ring.
         """
         n, alen = len(payload), len(address)
-        size = record_size(n, alen)
+        size = (HEADER_SIZE + alen + n + 7) & ~7
         cap = self.capacity
         head = self._head
         off = head % cap
@@ -164,23 +165,31 @@ class Ring:
                 if size > cap:
                     raise RingFullError(f"a {n}-byte record cannot fit a {cap}-byte ring")
                 return False
-        data = self.data
+        # Hot path: slicing the mmap itself is cheaper than slicing a memoryview of it.
+        mm = self._mm
         if pad:
-            _PAD.pack_into(data, off, PAD_MARK)  # always fits: records are 8-byte aligned
+            _PAD.pack_into(mm, CONTROL_SIZE + off, PAD_MARK)  # fits: records are 8-aligned
             head += pad
             off = 0
-        pid, uid, gid = creds if creds is not None else (0, 0, 0)
-        flags = FLAG_CREDS if creds is not None else 0
-        HEADER.pack_into(data, off, HEADER_SIZE + alen + n, flags, recv_ns, pid, uid, gid, alen, 0)
-        start = off + HEADER_SIZE
+        start = CONTROL_SIZE + off
+        if creds is None:
+            HEADER.pack_into(mm, start, HEADER_SIZE + alen + n, 0, recv_ns, 0, 0, 0, alen, 0)
+        else:
+            pid, uid, gid = creds
+            HEADER.pack_into(
+                mm, start, HEADER_SIZE + alen + n, FLAG_CREDS, recv_ns, pid, uid, gid, alen, 0
+            )
+        start += HEADER_SIZE
         if alen:
-            data[start : start + alen] = address
-        data[start + alen : start + alen + n] = payload
+            mm[start : start + alen] = address
+            start += alen
+        mm[start : start + n] = payload
         self._head = head = head + size
         # Published at once, not per batch: a receiver killed mid-batch must not take the
         # records it already copied with it (only the one it holds may be lost).
         ctl = self.ctl
-        ctl[PUBLISHED] += 1
+        self._published += 1
+        ctl[PUBLISHED] = self._published
         ctl[HEAD] = head  # the release: every record byte is stored before this
         self._pending += 1
         return True
@@ -218,18 +227,19 @@ class Ring:
             self._head_seen = int(self.ctl[HEAD])  # the acquire: loaded before record bytes
             if pos == self._head_seen:
                 return None
-        data, cap = self.data, self.capacity
+        mm, cap = self._mm, self.capacity
         off = pos % cap
         # Too little room left for a header, or a pad marker: the record starts at offset 0.
-        if cap - off < HEADER_SIZE or _PAD.unpack_from(data, off)[0] == PAD_MARK:
+        if cap - off < HEADER_SIZE or _PAD.unpack_from(mm, CONTROL_SIZE + off)[0] == PAD_MARK:
             pos += cap - off
             off = 0
-        length, flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(data, off)
+        base = CONTROL_SIZE + off
+        length, flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(mm, base)
         if not flags & FLAG_CREDS:
             uid = gid = -1  # Record's convention for "no credentials"
-        start = off + HEADER_SIZE
-        address = bytes(data[start : start + alen]) if alen else b""
-        payload = bytes(data[start + alen : off + length])
+        start = base + HEADER_SIZE
+        address = mm[start : start + alen] if alen else b""
+        payload = mm[start + alen : base + length]
         self._rpos = pos + ((length + 7) & ~7)
         self._taken += 1
         self.ctl[IN_HAND] = self._rpos

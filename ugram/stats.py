@@ -86,7 +86,7 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
     Slot.OVERSIZED: ("receiver", "rejected: larger than max_datagram (never passed truncated)"),
     Slot.UNAUTHORIZED: ("receiver", "rejected: sender not in allow_uid / allow_gid"),
     Slot.RATE_LIMITED: ("receiver", "rejected: sender over rate_limit"),
-    Slot.SHED: ("receiver", "rejected: shed by a drop policy"),
+    Slot.SHED: ("receiver", "rejected: shed by a drop policy (none exists yet: always 0)"),
     Slot.REPLAYED: ("worker", "records read again after a predecessor died holding them"),
     Slot.QUARANTINED: ("worker", "poison records moved to the dead-letter file"),
     Slot.BLOCKED_NS: ("receiver", "nanoseconds spent waiting for ring space (backpressure)"),
@@ -95,7 +95,11 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
         "worker",
         "monotonic start of the record in hand, 0 when idle (liveness: stuck on one record)",
     ),
-    Slot.REPLY_ERRORS: ("worker", "Datagram.reply() calls that failed"),
+    Slot.REPLY_ERRORS: (
+        "worker",
+        "Datagram.reply() calls that failed (not counted yet: an uncaught ReplyError "
+        "counts as a handler error)",
+    ),
     Slot.RESTARTS: ("supervisor", "processes restarted after a crash"),
     Slot.LOST: ("supervisor", "datagrams a killed receiver had read but not yet written"),
     Slot.HEARTBEAT_NS: ("worker", "monotonic time of its last idle-loop pass (liveness)"),
@@ -125,14 +129,19 @@ LATENCY_BOUNDS: tuple[float, ...] = tuple(2**i / 1e6 for i in range(LATENCY_BUCK
 def observe_latency(block: memoryview, ns: int) -> None:
     """Count one record that took ``ns`` nanoseconds from receipt to handled.
 
-    Called by the worker that owns ``block`` once per record (a clock step backwards counts
-    as 0).
+    Called by the worker that owns ``block`` once per record, so it is kept to plain int
+    arithmetic (~0.3 us); a clock step backwards counts as 0.
     """
-    ns = max(ns, 0)
-    index = ((max(ns, 1) - 1) // 1000).bit_length()  # smallest i with ns <= 2**i us
-    block[LATENCY_FIRST + min(index, LATENCY_BUCKETS)] += 1
-    block[LATENCY_SUM_NS] += ns
+    if ns > 0:
+        index = ((ns - 1) // 1000).bit_length()  # smallest i with ns <= 2**i us
+        block[_LATENCY_FIRST + (index if index < _LATENCY_BUCKETS else _LATENCY_BUCKETS)] += 1
+        block[_LATENCY_SUM_NS] += ns
+    else:
+        block[_LATENCY_FIRST] += 1
 
+
+# Plain ints for the hot path: indexing with an IntEnum member costs a __index__ call.
+_LATENCY_FIRST, _LATENCY_BUCKETS, _LATENCY_SUM_NS = LATENCY_FIRST, LATENCY_BUCKETS, LATENCY_SUM_NS
 
 COMMAND_RETIRE = 1
 

@@ -279,7 +279,10 @@ BLOCKS = st.one_of(st.integers(0, 4), st.integers(0, 2100 // ALIGN))
 ADDRESSES = st.sampled_from(
     [b"", b"\0ugram-sender", b"/tmp/ug/s.sock", b"/" + b"p" * 106]
 ) | st.binary(max_size=108)
-CREDS = st.none() | st.tuples(st.integers(1, 2**22), st.integers(0, 65534), st.integers(-1, 65534))
+# Kernel ids are unsigned 32-bit (uid_t, gid_t); the ring stores them as such.
+CREDS = st.none() | st.tuples(
+    st.integers(1, 2**22), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)
+)
 
 
 @dataclass
