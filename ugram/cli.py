@@ -60,8 +60,9 @@ def _add_field_flag(parser: argparse.ArgumentParser, name: str) -> None:
     help_text = field_help(name).replace("%", "%%")  # argparse formats help with %
     kind = field_kind(name)
     if kind == "bool":
+        # `--flag` means true; `--flag=false` (or any value) is validated like env and TOML.
         parser.add_argument(
-            flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            flag, dest=name, metavar="BOOL", nargs="?", const="true", help=help_text
         )
     elif kind == "list":
         parser.add_argument(

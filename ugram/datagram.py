@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 
 from .errors import ReplyError
 
@@ -27,7 +28,7 @@ class Datagram:
         pid, uid, gid: the sender's kernel-verified credentials, None when not collected.
     """
 
-    __slots__ = ("_address", "_sock", "data", "gid", "pid", "received_at", "uid")
+    __slots__ = ("_address", "_on_reply_error", "_sock", "data", "gid", "pid", "received_at", "uid")
 
     def __init__(
         self,
@@ -36,11 +37,13 @@ class Datagram:
         address: bytes,
         sock: socket.socket | None,
         creds: tuple[int, int, int] | None = None,
+        on_reply_error: Callable[[], object] | None = None,
     ) -> None:
         self.data = data
         self.received_at = recv_ns / 1e9
         self._address = address
         self._sock = sock
+        self._on_reply_error = on_reply_error
         self.pid: int | None = None
         self.uid: int | None = None
         self.gid: int | None = None
@@ -58,6 +61,14 @@ class Datagram:
         Raises:
             ReplyError: the sender bound no address, is gone, or its queue is full.
         """
+        try:
+            self._send_reply(payload)
+        except ReplyError:
+            if self._on_reply_error is not None:
+                self._on_reply_error()
+            raise
+
+    def _send_reply(self, payload: bytes) -> None:
         if not self._address:
             raise ReplyError("the sender bound no address: it cannot receive a reply")
         if self._sock is None:

@@ -83,10 +83,10 @@ def bind_socket(
     """Bind an AF_UNIX datagram socket at ``path`` with permission bits ``mode`` and group.
 
     The file never exists with wider permissions than ``mode``, not even for a moment: it is
-    created under a temporary name with the owner's bits only (umask), given its group and
-    full mode, and only then linked to ``path``. Senders therefore never see it half-made
-    (no spurious EACCES at start-up), and ``link`` fails instead of replacing a socket that
-    another server bound meanwhile.
+    created with the owner's bits only (umask), then given its group, then its full mode.
+    (It is bound at its final path, not under a temporary name linked into place: the kernel
+    keeps the bound name as the server's address, the source of every reply.) A sender of
+    the group may therefore get EACCES during the microseconds before chmod.
 
     Raises:
         PathTooLongError: the path exceeds the AF_UNIX limit.
@@ -102,39 +102,15 @@ def bind_socket(
         os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
     _clear_stale(path)
     sock = _new_socket(credentials)
-    staging = _staging_name(path)
     try:
-        _bind_restricted(sock, staging, mode)
-        info = os.lstat(staging)
-        _apply_perms(staging, mode, gid)
-        if staging != path:
-            _publish(staging, path)
+        _bind_restricted(sock, path, mode)
+        info = os.lstat(path)
+        _apply_perms(path, mode, gid)
     except BaseException:
         sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            if staging != path:
-                os.unlink(staging)
         raise
     sock.setblocking(False)
     return BoundSocket(sock, path, (info.st_dev, info.st_ino))
-
-
-def _staging_name(path: str) -> str:
-    staging = f"{path}.{os.getpid()}.tmp"
-    # A path near the AF_UNIX limit has no room for a suffix: bind it directly (the file
-    # is then visible, owner-only, during the chown/chmod).
-    return staging if len(os.fsencode(staging)) <= MAX_PATH_BYTES else path
-
-
-def _publish(staging: str, path: str) -> None:
-    try:
-        os.link(staging, path)
-    except FileExistsError:
-        raise SocketInUseError(f"{path} is already in use by another server") from None
-    except OSError as exc:
-        raise SocketError(f"cannot create {path}: {exc.strerror}") from None
-    finally:
-        os.unlink(staging)
 
 
 def _new_socket(credentials: bool) -> socket.socket:

@@ -67,6 +67,7 @@ class Slot(IntEnum):
     RECYCLED = 24
     BOOT_FAILURES = 25
     POSSIBLY_LOST = 26
+    DRAIN = 27
 
 
 # Who writes each slot, and what it holds. "receiver", "worker" and "supervisor" name the
@@ -97,8 +98,8 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
     ),
     Slot.REPLY_ERRORS: (
         "worker",
-        "Datagram.reply() calls that failed (not counted yet: an uncaught ReplyError "
-        "counts as a handler error)",
+        "Datagram.reply() calls that failed (an uncaught ReplyError also counts as a "
+        "handler error)",
     ),
     Slot.RESTARTS: ("supervisor", "processes restarted after a crash"),
     Slot.LOST: ("supervisor", "datagrams a killed receiver had read but not yet written"),
@@ -113,6 +114,7 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
         "supervisor",
         "receiver deaths that may have cost one datagram (killed inside recv)",
     ),
+    Slot.DRAIN: ("supervisor", "1 once shutdown began: the receiver drains the socket, exits"),
 }
 
 # The handling-latency histogram: time from the receiver reading a datagram to the worker

@@ -500,11 +500,6 @@ class Supervisor:
         log.error("%s; restarting it", error)
         self._callbacks.emit_error(error)
         self._control[Slot.RESTARTS] += 1
-        if child.role == "receiver" and self._phase is Phase.DRAINING:
-            # No receiver will finish the drain: close the rings in its place so that the
-            # workers finish what was published and exit.
-            self._close_rings()
-            return
         if child.role == "worker":
             self._boot_failures.pop(child.index, None)
             if child.index in self._retiring and not self._rings[child.index].depth():
@@ -630,9 +625,10 @@ class Supervisor:
         self._rolling.clear()
         # New senders get ENOENT from now on; connected ones may still send until the drain.
         unlink_if_ours(self._bound)
-        if self._receiver is not None:
-            self._receiver.proc.send_signal(signal.SIGTERM)
-        else:
+        # A flag, not SIGTERM: a receiver still starting up would die of the signal before
+        # it could drain. The receiver polls it every 50 ms, or at start.
+        self._control[Slot.DRAIN] = 1
+        if self._receiver is None and not self._respawn_at:
             self._close_rings()
 
     def _close_rings(self) -> None:

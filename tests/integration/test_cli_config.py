@@ -40,6 +40,13 @@ BAD_VALUES: dict[str, str] = {
     "dead_letter": "/nonexistent-ugram-dir/dead.jsonl",
     "dead_letter_max_bytes": "100",
     "boot_retries": "0",
+    "credentials": "maybe",
+    "allow_uid": "ug-no-such-user",
+    "allow_gid": "ug-no-such-group",
+    "rate_limit": "fast",
+    "burst": "-1",
+    "rate_limit_by": "ip",
+    "mkdir": "perhaps",
     "log_level": "loud",
 }
 NOT_VALIDATED: dict[str, str] = {}

@@ -245,6 +245,8 @@ class Receiver:
             return
         self._sync_active()
         self.admission.housekeeping()
+        if self.control[Slot.DRAIN] and not self.draining:
+            self.begin_drain()
         self.loop.call_later(0.05, self._housekeeping)
 
     def run(self) -> None:

@@ -161,7 +161,12 @@ class Worker:
                 handler.call(message)
             else:
                 dgram = Datagram(
-                    record.payload, record.recv_ns, record.address, self.sock, _creds(record)
+                    record.payload,
+                    record.recv_ns,
+                    record.address,
+                    self.sock,
+                    _creds(record),
+                    self._count_reply_error,
                 )
                 if handler.mode == "dgram":
                     handler.call(dgram)
@@ -171,6 +176,9 @@ class Worker:
             c[Slot.HANDLER_ERRORS] += 1
             self._errors.warning("worker %d: handler raised", self.index, exc_info=True)
         c[Slot.HANDLED] += 1
+
+    def _count_reply_error(self) -> None:
+        self.counters[Slot.REPLY_ERRORS] += 1
 
     def _sleep(self) -> None:
         ring = self.ring
