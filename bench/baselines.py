@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from bench import cbuild
-from bench.handlers import cpu_iters, cpu_work, make_decoder
+from bench.work import cpu_iters, cpu_work, make_decoder
 
 PythonKind = Literal["blocking", "asyncio"]
 CKind = Literal["mmsg", "plain"]
@@ -225,22 +225,36 @@ def wait_for_socket(path: str, proc: subprocess.Popen[str], timeout: float = 10.
 def start_senders(
     path: str, count: int, size: int, senders: int, *, json_payload: bool = False, batch: int = 64
 ) -> list[subprocess.Popen[str]]:
-    """Start ``senders`` C senders sending ``count`` datagrams in total (distinct seq ranges)."""
-    binary = str(c_binary("sender"))
+    """Start ``senders`` C senders sending ``count`` datagrams in total (distinct seq ranges).
+
+    Without a C compiler, Python senders (``bench.pysend flood``, same payloads, slower) are
+    started instead; :func:`sender_kind` says which."""
+    binary = str(c_binary("sender")) if sender_kind() == "C" else None
     procs: list[subprocess.Popen[str]] = []
     start = 0
     try:
         for i in range(senders):
             share = count // senders + (1 if i < count % senders else 0)
-            cmd = [binary, path, str(share), str(size), str(batch), f"--start={start}"]
+            if binary is not None:
+                cmd = [binary, path, str(share), str(size), str(batch), f"--start={start}"]
+                env = None
+            else:
+                cmd = [sys.executable, "-m", "bench.pysend", "flood", path, str(share), str(size)]
+                cmd.append(f"--start={start}")
+                env = python_env()
             if json_payload:
                 cmd.append("--json")
-            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
+            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env))
             start += share
     except BaseException:
         kill_all(procs)
         raise
     return procs
+
+
+def sender_kind() -> Literal["C", "Python"]:
+    """``C`` when ``bench/c/sender`` can be built, else ``Python`` (the fallback load)."""
+    return "C" if cbuild.compiler() is not None else "Python"
 
 
 def kill_all(procs: list[subprocess.Popen[str]]) -> None:

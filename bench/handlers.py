@@ -1,110 +1,114 @@
 """Benchmark handlers for ugram, and the per-record work the Python baselines share.
 
-Every handler does exactly the work of one of the functions below, so ugram and the baselines
-in ``bench.baselines`` are compared on identical per-record cost:
+Every handler does exactly the work of one of the functions in ``bench.work`` (re-exported
+here), so ugram and the baselines in ``bench.baselines`` are compared on identical per-record
+cost:
 
 * ``Count``: count only;
 * ``JsonCount``: decode each payload into ``Record`` with one ``msgspec.json.Decoder``;
 * ``CpuCount``: ``cpu_work``: about 50 µs of pure-Python arithmetic per record.
 
-Handlers append ``"<pid> <count>\\n"`` to the file named by ``$UGBENCH_OUT`` on teardown, so
-a harness can check that every datagram was handled exactly once across all workers.
+``JsonStruct`` does ``JsonCount``'s work the way a ugram user writes it: the handler declares
+``msg: Record`` and ugram decodes (run it with ``--codec json``). ``Latency`` records, per
+record, receive→handler latency (``dgram.received_at``) and, when the payload starts with a
+send time stamp (``bench.pysend paced``), send→handler latency.
+
+Handlers append ``"<pid> <count> <last> <cpu>\\n"`` to the file named by ``$UGBENCH_OUT`` on
+teardown, ``<last>`` being the ``time.monotonic()`` at which the process handled its last
+record (0 if none) and ``<cpu>`` the CPU seconds the process used from ``setup()`` to
+``teardown()``, so a harness can check that every datagram was handled exactly once across all
+workers, time the run without the shutdown, and tell the CPU cost per record. ``setup()``
+creates an empty file named by the pid in the directory ``$UGBENCH_READY`` (if set): the
+harness starts sending only once every worker is ready.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from array import array
+from time import monotonic
 
-import msgspec
+import ugram
+from bench.work import (
+    CPU_ITERS_ENV,
+    CPU_TARGET_US,
+    LATENCY_DIR_ENV,
+    OUT_ENV,
+    READY_ENV,
+    Record,
+    burn,
+    calibrate,
+    cpu_iters,
+    cpu_work,
+    make_decoder,
+    percentiles,
+)
 
-OUT_ENV = "UGBENCH_OUT"
-CPU_ITERS_ENV = "UGBENCH_CPU_ITERS"
-CPU_TARGET_US = 50.0
+__all__ = [
+    "CPU_ITERS_ENV",
+    "CPU_TARGET_US",
+    "Count",
+    "CpuCount",
+    "JsonCount",
+    "JsonStruct",
+    "Latency",
+    "Record",
+    "Reporting",
+    "burn",
+    "calibrate",
+    "cpu_iters",
+    "cpu_work",
+    "make_decoder",
+]
 
-
-class Record(msgspec.Struct):
-    """The JSON payload ``bench/c/sender --json`` sends."""
-
-    seq: int
-    name: str
-    value: float
-    tags: list[str]
-    pad: str
-
-
-def make_decoder() -> msgspec.json.Decoder[Record]:
-    """Build the decoder once per process; reuse it for every record."""
-    return msgspec.json.Decoder(Record)
-
-
-def burn(iters: int, seed: int) -> int:
-    """Pure-Python busy work: ``iters`` steps of a linear congruential generator."""
-    x = seed
-    for _ in range(iters):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-    return x
-
-
-def calibrate(target_us: float = CPU_TARGET_US) -> int:
-    """Iterations of ``burn`` that take ``target_us`` microseconds on this machine (best of 5)."""
-    probe = 20_000
-    best = min(_time_burn(probe) for _ in range(5))
-    return max(1, round(probe * target_us * 1e-6 / best))
-
-
-def _time_burn(iters: int) -> float:
-    t0 = time.perf_counter()
-    burn(iters, 1)
-    return time.perf_counter() - t0
+SEND_STAMP_MIN = 10**18  # a u64 this large at the start of a payload is a time.time_ns() stamp
 
 
-def cpu_iters() -> int:
-    """Iterations per record for ``cpu_work``, calibrated once and shared through the env.
-
-    The first call (in the harness, before any child starts) calibrates and stores the result in
-    ``$UGBENCH_CPU_ITERS``; child processes inherit it, so every process — baseline or
-    ugram worker — runs the same number of iterations whatever the load when it started.
-    """
-    value = os.environ.get(CPU_ITERS_ENV)
-    if value:
-        return int(value)
-    iters = calibrate()
-    os.environ[CPU_ITERS_ENV] = str(iters)
-    return iters
-
-
-def cpu_work(data: bytes | memoryview, iters: int) -> int:
-    """The ``cpu`` handler's per-record work (about 50 µs with ``iters = cpu_iters()``)."""
-    return burn(iters, len(data))
-
-
-def report_count(count: int) -> None:
-    """Append ``"<pid> <count>\\n"`` to ``$UGBENCH_OUT`` (if set) in one atomic write."""
+def report_count(count: int, last: float = 0.0, cpu: float = 0.0) -> None:
+    """Append ``"<pid> <count> <last> <cpu>\\n"`` to ``$UGBENCH_OUT`` (if set) atomically."""
     path = os.environ.get(OUT_ENV)
     if not path:
         return
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{os.getpid()} {count}\n".encode())
+        os.write(fd, f"{os.getpid()} {count} {last:.6f} {cpu:.6f}\n".encode())
     finally:
         os.close(fd)
 
 
-class Count:
-    """Counts records; reports the count on teardown."""
+def mark_ready() -> None:
+    """Create ``$UGBENCH_READY/<pid>`` (if the variable is set): this worker can handle."""
+    directory = os.environ.get(READY_ENV)
+    if directory:
+        with open(os.path.join(directory, str(os.getpid())), "w"):
+            pass
+
+
+class Reporting:
+    """Base of the handlers: ``setup()`` marks the worker ready, ``teardown()`` reports."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.last = 0.0
+        self.cpu0 = 0.0
 
     def setup(self) -> None:
         self.count = 0
+        self.cpu0 = time.process_time()
+        mark_ready()
+
+    def teardown(self) -> None:
+        report_count(self.count, self.last, time.process_time() - self.cpu0)
+
+
+class Count(Reporting):
+    """Counts records and notes when it handled the last one; reports both on teardown."""
 
     def handle(self, data: bytes) -> None:
         self.count += 1
-
-    def teardown(self) -> None:
-        report_count(self.count)
+        self.last = monotonic()
 
 
 class JsonCount(Count):
@@ -117,6 +121,15 @@ class JsonCount(Count):
     def handle(self, data: bytes) -> None:
         self.decoder.decode(data)
         self.count += 1
+        self.last = monotonic()
+
+
+class JsonStruct(Reporting):
+    """Takes each record decoded by ugram into ``Record`` (``--codec json``), counts."""
+
+    def handle(self, msg: Record) -> None:
+        self.count += 1
+        self.last = monotonic()
 
 
 class CpuCount(Count):
@@ -129,3 +142,44 @@ class CpuCount(Count):
     def handle(self, data: bytes) -> None:
         cpu_work(data, self.iters)
         self.count += 1
+        self.last = monotonic()
+
+
+class Latency(Reporting):
+    """Records receive→handler (and send→handler) latency in ns for every record.
+
+    On teardown it writes, into ``$UGBENCH_LAT_DIR`` (if set), ``<pid>.recv`` and
+    ``<pid>.send`` (raw native int64 arrays, for exact percentiles across workers) and
+    ``<pid>.json`` (this worker's percentiles), and reports its count like ``Count``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recv_ns: array[int] = array("q")
+        self.send_ns: array[int] = array("q")
+
+    def handle(self, data: bytes, dgram: ugram.Datagram) -> None:
+        now = time.time_ns()
+        self.recv_ns.append(now - round(dgram.received_at * 1e9))
+        if len(data) >= 8:
+            sent = int.from_bytes(data[:8], "little")
+            if sent > SEND_STAMP_MIN:
+                self.send_ns.append(now - sent)
+        self.count += 1
+        self.last = monotonic()
+
+    def teardown(self) -> None:
+        directory = os.environ.get(LATENCY_DIR_ENV)
+        if directory:
+            base = os.path.join(directory, str(os.getpid()))
+            for suffix, values in (("recv", self.recv_ns), ("send", self.send_ns)):
+                with open(f"{base}.{suffix}", "wb") as f:
+                    values.tofile(f)
+            summary = {
+                "count": self.count,
+                "recv_ns": percentiles(self.recv_ns),
+                "send_ns": percentiles(self.send_ns),
+            }
+            with open(f"{base}.json", "w") as f:
+                json.dump(summary, f)
+        super().teardown()

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 import sys
 from collections.abc import Iterable, Sequence
 
 from . import __version__, logs
+from .client import send_command
 from .config import ENV_PREFIX, field_help, field_kind, field_names, load_config
 from .errors import EXIT_CONFIG, EXIT_ERROR, ConfigError, UgramError
 from .supervisor import Supervisor
@@ -81,10 +80,34 @@ def _add_send(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "send",
         help="send datagrams to a server",
         description="Send each DATA argument as one datagram (or, with none, each line of "
-        "standard input).",
+        "standard input), through ugram.Client and its full-queue policies.",
     )
     send.add_argument("path", metavar="PATH", help="the server's socket path (or @name)")
     send.add_argument("data", nargs="*", metavar="DATA", help="payloads, one datagram each")
+    send.add_argument(
+        "--codec",
+        choices=["raw", "json", "msgpack"],
+        default="raw",
+        help="json/msgpack: parse each DATA as a JSON value (else a string) and send it "
+        "encoded (default: raw bytes)",
+    )
+    send.add_argument(
+        "--policy",
+        choices=["block", "block_with_timeout", "buffer", "drop"],
+        default="block",
+        help="when the server's queue is full (default: block)",
+    )
+    send.add_argument(
+        "--timeout", type=float, default=1.0, help="block_with_timeout: seconds (default 1)"
+    )
+    send.add_argument(
+        "--count", type=int, help="send N datagrams, cycling through DATA (none: 0, 1, ...)"
+    )
+    send.add_argument("--rate", type=float, default=0.0, help="datagrams per second (0: max)")
+    send.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for an absent server (0)"
+    )
+    send.add_argument("--max-datagram", type=int, default=65536, help="largest payload")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stats(args)
         if args.command == "doctor":
             return doctor(args)
-        return send(args.path, args.data or _stdin_lines())
+        return send(args)
     except ConfigError as exc:
         print(f"ugram: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -142,22 +165,25 @@ def _flatten(value: object) -> object:
     return value
 
 
-def send(path: str, payloads: Iterable[bytes | str]) -> int:
-    """``ugram send``: send each payload as one datagram (blocking when the queue is full).
+def send(args: argparse.Namespace) -> int:
+    """``ugram send``: send datagrams with :class:`ugram.Client`, print a summary with --count.
 
     Raises:
-        OSError: the server is not there (with a message naming the path).
+        ServerUnavailableError: no server listens on the path (within --wait).
+        ConfigError: an invalid option.
     """
-    address: str | bytes = b"\0" + path[1:].encode() if path.startswith("@") else path
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(address)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise UgramError(f"no ugram server is listening on {path}") from None
-        for payload in payloads:
-            data = os.fsencode(payload) if isinstance(payload, str) else payload
-            sock.send(data)
-    return 0
+    return send_command(
+        args.path,
+        args.data,
+        stdin=() if args.data or args.count is not None else _stdin_lines(),
+        codec=args.codec,
+        policy=args.policy,
+        timeout=args.timeout,
+        count=args.count,
+        rate=args.rate,
+        wait=args.wait,
+        max_datagram=args.max_datagram,
+    )
 
 
 def _stdin_lines() -> Iterable[bytes]:

@@ -196,6 +196,15 @@ RateLimitBy = Annotated[
         "uid or pid",
     ),
 ]
+BatchSize = Annotated[
+    int,
+    _meta(
+        "most records a worker takes from its ring at once (and passes to handle_batch)",
+        "an integer from 1 to 65536",
+        ge=1,
+        le=65536,
+    ),
+]
 Mkdir = Annotated[
     bool,
     _meta("create a missing socket directory (mode 0750)", "true or false"),
@@ -262,6 +271,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     burst: Burst = 0
     rate_limit_by: RateLimitBy = "uid"
     mkdir: Mkdir = False
+    batch_size: BatchSize = 256
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     log_config: LogConfig = ""

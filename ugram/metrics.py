@@ -64,7 +64,7 @@ TOTALS: tuple[tuple[str, str, str], ...] = (
     (
         "ugram_reply_errors",
         "reply_errors",
-        "Datagram.reply() calls that failed (not counted yet: see the reference).",
+        "Datagram.reply() calls that failed.",
     ),
     (
         "ugram_receiver_blocked_seconds",

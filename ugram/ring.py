@@ -222,6 +222,13 @@ class Ring:
 
     def take(self) -> Record | None:
         """Return the next unread record, or None when the ring is empty. Not acknowledged."""
+        record = self._read()
+        if record is not None:
+            self._taken += 1
+            self.ctl[IN_HAND] = self._rpos
+        return record
+
+    def _read(self) -> Record | None:
         pos = self._rpos
         if pos == self._head_seen:
             self._head_seen = int(self.ctl[HEAD])  # the acquire: loaded before record bytes
@@ -241,9 +248,41 @@ class Ring:
         address = mm[start : start + alen] if alen else b""
         payload = mm[start + alen : base + length]
         self._rpos = pos + ((length + 7) & ~7)
-        self._taken += 1
-        self.ctl[IN_HAND] = self._rpos
         return Record(payload, address, recv_ns, pid, uid, gid)
+
+    def take_batch(self, limit: int) -> list[tuple[Record, int]]:
+        """Read up to ``limit`` published records without marking any as in hand.
+
+        Returns ``(record, end)`` pairs; the caller brackets each record with
+        :meth:`start` and :meth:`finish` (or writes those slots itself, in a hot loop) and
+        calls :meth:`end_batch` after the last one.
+        """
+        batch: list[tuple[Record, int]] = []
+        read = self._read
+        while len(batch) < limit:
+            record = read()
+            if record is None:
+                break
+            batch.append((record, self._rpos))
+        return batch
+
+    def start(self, end: int) -> None:
+        """Mark the record ending at ``end`` as in hand (its handler is about to run)."""
+        self.ctl[IN_HAND] = end
+
+    def finish(self, end: int) -> None:
+        """Acknowledge every record up to ``end``: they will never be replayed."""
+        self.ctl[TAIL] = end
+
+    def end_batch(self, count: int) -> bool:
+        """Count ``count`` acknowledged records. True if the producer waits for space."""
+        ctl = self.ctl
+        ctl[ACKED] += count
+        waiting = ctl[PRODUCER_WAITING]
+        if waiting != ctl[SPACE_SIGNALLED]:
+            ctl[SPACE_SIGNALLED] = waiting
+            return True
+        return False
 
     def ack(self) -> bool:
         """Acknowledge every record taken so far: they will never be replayed.
@@ -296,6 +335,15 @@ class Ring:
             ctl[ATTEMPTS] = 1
         return int(ctl[ATTEMPTS])
 
+    def rewind_to(self, position: int) -> None:
+        """Move the read cursor back to ``position`` (records read but not handled)."""
+        self._rpos = position
+
+    @property
+    def read_position(self) -> int:
+        """The consumer's read cursor (a byte counter, like head and tail)."""
+        return self._rpos
+
     def is_drained(self) -> bool:
         """True when the producer closed the ring and every record has been read."""
         return bool(self.ctl[CLOSED]) and self._rpos == int(self.ctl[HEAD])
@@ -313,6 +361,22 @@ class Ring:
     def depth(self) -> int:
         """Records published and not yet acknowledged."""
         return int(self.ctl[PUBLISHED]) - int(self.ctl[ACKED])
+
+    def count_unacknowledged(self) -> int:
+        """Count the records between tail and head by walking them (exact; for a quiet ring).
+
+        Unlike :meth:`depth` this does not rely on the acknowledged counter, which lags
+        behind the tail when a consumer is killed mid-batch.
+        """
+        walker = Ring(self.fd)
+        try:
+            walker._rpos = walker._head_seen = int(self.ctl[TAIL])
+            count = 0
+            while walker._read() is not None:
+                count += 1
+            return count
+        finally:
+            walker.close()
 
     def used_bytes(self) -> int:
         """Bytes published and not yet acknowledged."""

@@ -465,7 +465,7 @@ class Supervisor:
     def _exited_cleanly(self, child: Child) -> None:
         if self._phase is not Phase.RUNNING:
             ring = self._rings[child.index] if child.role == "worker" else None
-            if ring is not None and ring.depth() and child.index < self._active:
+            if ring is not None and ring.used_bytes() and child.index < self._active:
                 self._spawn(child.role, child.index)  # recycled mid-drain: finish its ring
             return
         if child.role == "worker" and child.index in self._retiring:
@@ -502,7 +502,7 @@ class Supervisor:
         self._control[Slot.RESTARTS] += 1
         if child.role == "worker":
             self._boot_failures.pop(child.index, None)
-            if child.index in self._retiring and not self._rings[child.index].depth():
+            if child.index in self._retiring and not self._rings[child.index].used_bytes():
                 self._retiring.discard(child.index)
                 return
         quick = time.monotonic() - child.started < 1.0
@@ -574,7 +574,7 @@ class Supervisor:
         receiver_caught_up = self._receiver is None or seen == self._active
         for index in sorted(self._retiring):
             child = self._workers.get(index)
-            if child is None or not receiver_caught_up or self._rings[index].depth():
+            if child is None or not receiver_caught_up or self._rings[index].used_bytes():
                 continue
             self._stats.block(worker_block(index))[Slot.COMMAND] = COMMAND_RETIRE
 
@@ -652,7 +652,7 @@ class Supervisor:
             self._finish(killed=True)
 
     def _finish(self, killed: bool) -> None:
-        left_in_rings = sum(ring.depth() for ring in self._rings)
+        left_in_rings = sum(ring.count_unacknowledged() for ring in self._rings)
         left_in_socket = self._drain_socket()
         self.unhandled = left_in_rings + left_in_socket
         snap = self._stats.snapshot() if self._stats else None
@@ -678,7 +678,8 @@ class Supervisor:
                 f"invalid={snap.invalid} oversized={snap.oversized} "
                 f"replayed={snap.replayed} quarantined={snap.quarantined} lost={snap.lost} "
                 f"possibly_lost={snap.possibly_lost} "
-                f"restarts={snap.restarts} unhandled={self.unhandled}"
+                f"restarts={snap.restarts} boot_failures={snap.boot_failures} "
+                f"unhandled={self.unhandled}"
             )
         self._release()
 

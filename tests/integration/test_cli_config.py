@@ -47,6 +47,11 @@ BAD_VALUES: dict[str, str] = {
     "burst": "-1",
     "rate_limit_by": "ip",
     "mkdir": "perhaps",
+    "batch_size": "0",
+    "log_format": "xml",
+    "log_config": "/nonexistent-ugram-dir/log.toml",
+    "metrics": "no-port",
+    "control": "maybe",
     "log_level": "loud",
 }
 NOT_VALIDATED: dict[str, str] = {}

@@ -185,9 +185,7 @@ class BatchReceiver:
 CMSG_HEADER = struct.Struct("@Nii")  # cmsg_len (size_t), cmsg_level, cmsg_type
 
 
-def credentials_from_control(
-    control: bytes, scm_credentials: int
-) -> tuple[int, int, int] | None:
+def credentials_from_control(control: bytes, scm_credentials: int) -> tuple[int, int, int] | None:
     """Parse ``(pid, uid, gid)`` from raw ancillary data; None when absent or pid is 0."""
     offset = 0
     while offset + CMSG_HEADER.size <= len(control):

@@ -8,7 +8,11 @@ Accepted forms, found by looking at the handler's signature once at start-up:
 * an optional second parameter receives the :class:`~ugram.Datagram` (sender, time, reply);
   ``def handle(dgram: Datagram)`` alone receives only it;
 * a class (instantiated with no arguments) or an object with a ``handle`` method, with
-  optional ``setup()`` and ``teardown()`` methods.
+  optional ``setup()`` and ``teardown()`` methods, and ``tick()`` called about every
+  ``tick_interval`` seconds (default 1.0) between records — the place to flush;
+* batches: a ``handle_batch(msgs: list[T])`` method, or a function marked with
+  :func:`batch`, receives every record available at once (up to the worker's batch size);
+  an optional second parameter receives the list of :class:`~ugram.Datagram`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Handler:
         decode: turns the payload into the handler's first argument; None passes bytes.
         mode: ``"data"`` (message only), ``"both"`` (message, Datagram), ``"dgram"``.
         setup, teardown: lifecycle hooks, or None.
+        batch: the handler takes lists of messages (and of Datagrams).
+        tick, tick_interval: periodic hook and its period in seconds.
     """
 
     call: Callable[..., Any]
@@ -46,6 +52,9 @@ class Handler:
     mode: str
     setup: Callable[[], Any] | None
     teardown: Callable[[], Any] | None
+    batch: bool = False
+    tick: Callable[[], Any] | None = None
+    tick_interval: float = 1.0
 
     @property
     def wants_datagram(self) -> bool:
@@ -92,19 +101,50 @@ def load_handler(config: Config) -> Handler:
             raise HandlerImportError(
                 f"handler class {config.handler} could not be instantiated: {exc!r}"
             ) from exc
-    call = target if inspect.isroutine(target) else getattr(target, "handle", None)
-    if call is None or not callable(call):
-        raise HandlerImportError(
-            f"{config.handler} is neither a function nor an object with a handle() method"
-        )
+    call, is_batch = _entry_point(target, config.handler)
     mode, message_type = _signature(call, config.handler)
+    if is_batch:
+        message_type = _element_type(message_type, config.handler)
     return Handler(
         call=call,
         decode=None if mode == "dgram" else make_decoder(message_type, config.codec),
         mode=mode,
         setup=_hook(target, "setup"),
         teardown=_hook(target, "teardown"),
+        batch=is_batch,
+        tick=_hook(target, "tick"),
+        tick_interval=float(getattr(target, "tick_interval", 1.0)),
     )
+
+
+BATCH_MARK = "__ugram_batch__"
+
+
+def batch(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a handler function as taking a list of messages (and optionally of Datagrams)."""
+    setattr(function, BATCH_MARK, True)
+    return function
+
+
+def _entry_point(target: Any, spec: str) -> tuple[Callable[..., Any], bool]:
+    if inspect.isroutine(target):
+        return target, bool(getattr(target, BATCH_MARK, False))
+    for name, is_batch in (("handle_batch", True), ("handle", False)):
+        call = getattr(target, name, None)
+        if callable(call):
+            return call, is_batch
+    raise HandlerImportError(
+        f"{spec} is neither a function nor an object with a handle() or handle_batch() method"
+    )
+
+
+def _element_type(list_type: Any, spec: str) -> Any:
+    if list_type is inspect.Parameter.empty:
+        return list_type
+    if typing.get_origin(list_type) is list:
+        args = typing.get_args(list_type)
+        return args[0] if args else Any
+    raise HandlerImportError(f"batch handler {spec} must take list[T]; it takes {list_type!r}")
 
 
 def _hook(target: Any, name: str) -> Callable[[], Any] | None:

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 import psutil
 import setproctitle
@@ -24,7 +25,7 @@ from .. import logs
 from ..config import Config
 from ..datagram import Datagram
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError
-from ..ring import Record, Ring
+from ..ring import ACKED, IN_HAND, TAIL, Record, Ring
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import COMMAND_RETIRE, Slot, State, Stats, observe_latency
 from ..wake import clear_wake, signal_wake
@@ -51,6 +52,7 @@ class Worker:
         self.sock = socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None
         self.counters = Stats(spec.stats_fd).block(spec.stats_block)
         self.record_limit = _jittered(self.config.max_records)
+        self.careful_until = 0
         self.records = 0
         self._ppid = os.getppid()
         self._invalid = logs.RateLimited(log)
@@ -59,6 +61,8 @@ class Worker:
     def recover(self) -> None:
         """Replay what a dead predecessor left; quarantine the tail record if it is poison."""
         attempts = self.ring.note_failed_attempt()
+        if attempts:
+            self.careful_until = int(self.ring.ctl[IN_HAND])
         replayed = self.ring.rewind()
         if attempts >= self.config.poison_attempts:
             self._quarantine(attempts)
@@ -110,28 +114,111 @@ class Worker:
             c[Slot.STATE] = State.STOPPED
 
     def _loop(self) -> None:
-        ring, c = self.ring, self.counters
+        ring, c, handler = self.ring, self.counters, self.handler
+        step = self._batch_step if handler.batch else self._record_step
+        next_tick = time.monotonic() + handler.tick_interval if handler.tick else float("inf")
         idle = 0
         while True:
             if c[Slot.COMMAND] == COMMAND_RETIRE or self._recycle_due():
                 return
-            record = ring.take()
-            if record is None:
-                if ring.is_drained() or not parent_alive(self._ppid):
-                    return
-                idle += 1
-                if idle > SPINS:
-                    self._sleep()
-                    idle = 0
+            if handler.tick is not None and time.monotonic() >= next_tick:
+                self._tick()
+                next_tick = time.monotonic() + handler.tick_interval
+            batch = ring.take_batch(self._batch_limit())
+            if batch:
+                idle = 0
+                done = step(batch)
+                if ring.end_batch(0 if step == self._record_step else done):
+                    signal_wake(self.space_fd)
+                if done < len(batch):
+                    return  # retired or recycled mid-batch: the rest stays for the successor
                 continue
-            idle = 0
+            if ring.is_drained() or not parent_alive(self._ppid):
+                return
+            idle += 1
+            if idle > SPINS:
+                self._sleep()
+                idle = 0
+
+    def _batch_limit(self) -> int:
+        # After a death in the middle of a batch, go one record at a time through what the
+        # dead worker had taken: the record that kills is then the one counted as poison.
+        if self.ring.read_position < self.careful_until:
+            return 1
+        return self.config.batch_size
+
+    def _record_step(self, batch: list[tuple[Record, int]]) -> int:
+        """One handler call per record, each bracketed by in-hand and acknowledge stores.
+
+        Returns how many records were handled: fewer than the batch when the worker was
+        told to retire or is due for recycling (checked before each record).
+        """
+        ctl, c, process = self.ring.ctl, self.counters, self._process
+        done = 0
+        for record, end in batch:
+            if done and (c[Slot.COMMAND] == COMMAND_RETIRE or self._recycle_due()):
+                break
+            ctl[IN_HAND] = end
             c[Slot.PROGRESS] += 1
             c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
-            self._process(record)
+            process(record)
             observe_latency(c, time.time_ns() - record.recv_ns)
-            c[Slot.BUSY_SINCE_NS] = 0
+            ctl[TAIL] = end  # acknowledged: never replayed
+            ctl[ACKED] += 1
+            done += 1
             self.records += 1
-            self._ack()
+        c[Slot.BUSY_SINCE_NS] = 0
+        if done < len(batch):
+            self.ring.rewind_to(int(ctl[TAIL]))
+        return done
+
+    def _batch_step(self, batch: list[tuple[Record, int]]) -> int:
+        """One handle_batch call for the whole batch, acknowledged together."""
+        c, handler = self.counters, self.handler
+        self.ring.start(batch[-1][1])
+        c[Slot.PROGRESS] += len(batch)
+        c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
+        messages, dgrams = self._decode_batch([record for record, _ in batch])
+        if messages:
+            try:
+                if handler.mode == "both":
+                    handler.call(messages, dgrams)
+                else:
+                    handler.call(messages)
+            except Exception:
+                c[Slot.HANDLER_ERRORS] += len(messages)
+                self._errors.warning("worker %d: batch handler raised", self.index, exc_info=True)
+            c[Slot.HANDLED] += len(messages)
+        now = time.time_ns()
+        for record, _ in batch:
+            observe_latency(c, now - record.recv_ns)
+        self.ring.finish(batch[-1][1])
+        c[Slot.BUSY_SINCE_NS] = 0
+        self.records += len(batch)
+        return len(batch)
+
+    def _decode_batch(self, records: list[Record]) -> tuple[list[Any], list[Datagram]]:
+        handler, messages, dgrams = self.handler, [], []
+        for record in records:
+            try:
+                message = (
+                    record.payload if handler.decode is None else handler.decode(record.payload)
+                )
+            except DECODE_ERRORS as exc:
+                self.counters[Slot.INVALID] += 1
+                self._invalid.warning("worker %d: undecodable datagram (%s)", self.index, exc)
+                continue
+            messages.append(message)
+            if handler.mode == "both":
+                dgrams.append(self._datagram(record))
+        return messages, dgrams
+
+    def _tick(self) -> None:
+        assert self.handler.tick is not None
+        try:
+            self.handler.tick()
+        except Exception:
+            self._errors.warning("worker %d: handler tick() raised", self.index, exc_info=True)
 
     def _ack(self) -> None:
         if self.ring.ack():
@@ -160,14 +247,7 @@ class Worker:
             if handler.mode == "data":
                 handler.call(message)
             else:
-                dgram = Datagram(
-                    record.payload,
-                    record.recv_ns,
-                    record.address,
-                    self.sock,
-                    _creds(record),
-                    self._count_reply_error,
-                )
+                dgram = self._datagram(record)
                 if handler.mode == "dgram":
                     handler.call(dgram)
                 else:
@@ -176,6 +256,16 @@ class Worker:
             c[Slot.HANDLER_ERRORS] += 1
             self._errors.warning("worker %d: handler raised", self.index, exc_info=True)
         c[Slot.HANDLED] += 1
+
+    def _datagram(self, record: Record) -> Datagram:
+        return Datagram(
+            record.payload,
+            record.recv_ns,
+            record.address,
+            self.sock,
+            _creds(record),
+            self._count_reply_error,
+        )
 
     def _count_reply_error(self) -> None:
         self.counters[Slot.REPLY_ERRORS] += 1

@@ -1,0 +1,376 @@
+"""Observability of a real server: /metrics, /healthz, `ugram stats`, `ugram config`,
+`ugram doctor` and logging, checked against what the test itself sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Server, child_env, run_server, wait_for
+
+APP = """
+import msgspec
+
+
+class Event(msgspec.Struct):
+    n: int
+    fail: bool = False
+
+
+def handle(msg: Event) -> None:
+    if msg.fail:
+        raise ValueError(f"asked to fail at {msg.n}")
+"""
+MAX_DATAGRAM = 256
+
+
+@pytest.fixture
+def app_env(sock_dir: Path) -> dict[str, str]:
+    """Environment in which ``obsapp:handle`` (a typed handler that fails on demand) imports."""
+    (sock_dir / "obsapp.py").write_text(APP)
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(sock_dir), env["PYTHONPATH"]])
+    return env
+
+
+def ugram(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ugram", *args],
+        env=env or child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def metrics_url(server: Server) -> str:
+    found: list[str] = []
+
+    def announced() -> bool:
+        found[:] = re.findall(r"serving metrics on (http://\S+)", server.stderr)
+        return bool(found) or server.proc.poll() is not None
+
+    wait_for(announced, what="the metrics endpoint")
+    assert found, server.stderr
+    return found[0]
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of /metrics, keyed ``name{label="value",...}``."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def healthz(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url.replace("/metrics", "/healthz"), timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def stats_json(path: Path) -> dict[str, Any]:
+    result = ugram("stats", "--socket", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+# -- counters match the truth ---------------------------------------------------------------------
+
+
+def mixed_payloads(count: int) -> tuple[list[bytes], dict[str, int]]:
+    """Known valid, failing, undecodable and oversized datagrams, and the counts to expect."""
+    garbage = [b"", b"not json", b"{", b'{"n": "text"}', b"[1, 2]"]
+    payloads, truth = [], {"ok": 0, "fail": 0, "invalid": 0, "oversized": 0, "bytes": 0}
+    for i in range(count):
+        kind = ("oversized", "invalid", "fail", "ok", "ok", "ok", "ok")[i % 7]
+        if kind == "oversized":
+            payload = b'{"n": %d, "pad": "' % i + b"x" * MAX_DATAGRAM + b'"}'
+        elif kind == "invalid":
+            payload = garbage[i % len(garbage)]
+        elif kind == "fail":
+            payload = b'{"n": %d, "fail": true}' % i
+        else:
+            payload = b'{"n": %d}' % i
+        payloads.append(payload)
+        truth[kind] += 1
+        truth["bytes"] += len(payload) if kind != "oversized" else 0
+    return payloads, truth
+
+
+def flood(path: Path, payloads: list[bytes]) -> threading.Thread:
+    def run() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(str(path))
+            for payload in payloads:
+                sock.send(payload)  # blocking: a full queue slows us down, never drops
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_counters_match_what_was_sent_rejected_and_handled(
+    sock_dir: Path, app_env: dict[str, str]
+) -> None:
+    path = sock_dir / "s.sock"
+    payloads, truth = mixed_payloads(7000)
+    args = ("--workers", "2", "--codec", "json", "--max-datagram", str(MAX_DATAGRAM))
+    with run_server("obsapp:handle", path, *args, "--metrics", "127.0.0.1:0", env=app_env) as srv:
+        url = metrics_url(srv)
+        sender = flood(path, payloads)
+        previous: dict[str, float] = {}
+        while sender.is_alive():  # scrape during the flood: monotonic, never above the truth
+            now = scrape(url)
+            assert now["ugram_received_total{}"] <= len(payloads)
+            assert all(now[k] >= v for k, v in previous.items() if k.endswith("_total{}")), now
+            previous = now
+        sender.join()
+        taken = truth["ok"] + truth["fail"] + truth["invalid"]
+        wait_for(
+            lambda: scrape(url)["ugram_handling_latency_seconds_count{}"] == taken,
+            what="every record taken by a worker",
+        )
+
+        metrics = scrape(url)
+        report = stats_json(path)
+        table = ugram("stats", "--socket", str(path), "--interval", "0.2")
+
+    assert metrics["ugram_received_total{}"] == len(payloads)
+    assert metrics["ugram_received_bytes_total{}"] == truth["bytes"]
+    assert metrics["ugram_handled_total{}"] == truth["ok"] + truth["fail"]
+    assert metrics["ugram_handler_errors_total{}"] == truth["fail"]
+    assert metrics['ugram_rejected_total{reason="invalid"}'] == truth["invalid"]
+    assert metrics['ugram_rejected_total{reason="oversized"}'] == truth["oversized"]
+    for reason in ("unauthorized", "rate_limited", "shed"):
+        assert metrics[f'ugram_rejected_total{{reason="{reason}"}}'] == 0
+    for name in ("replayed", "restarts", "lost", "possibly_lost", "worker_timeouts"):
+        assert metrics[f"ugram_{name}_total{{}}"] == 0
+    assert metrics['ugram_ring_depth{worker="0"}'] == metrics['ugram_ring_depth{worker="1"}'] == 0
+    assert (
+        metrics['ugram_worker_handled_total{worker="0"}']
+        + metrics['ugram_worker_handled_total{worker="1"}']
+        == truth["ok"] + truth["fail"]
+    )
+    assert metrics["ugram_healthy{}"] == 1
+    assert metrics["ugram_workers_active{}"] == 2
+
+    totals = report["totals"]
+    assert totals["received"] == len(payloads)
+    assert (totals["handled"], totals["handler_errors"]) == (
+        truth["ok"] + truth["fail"],
+        truth["fail"],
+    )
+    assert (totals["invalid"], totals["oversized"]) == (truth["invalid"], truth["oversized"])
+    assert sum(report["latency"]["counts"]) == taken
+    assert report["health"] == {"ok": True, "reasons": []}
+    assert [w["state"] for w in report["workers"]] == ["running", "running"]
+    assert report["config"]["max_datagram"] == MAX_DATAGRAM
+
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in table.stdout.splitlines() if line.strip()}
+    assert rows["received"][0] == f"{len(payloads):,}"
+    assert rows["oversized"][0] == f"{truth['oversized']:,}"
+
+
+# -- /healthz follows the liveness check ----------------------------------------------------------
+
+
+def test_healthz_turns_unhealthy_on_a_frozen_worker_and_recovers_after_its_replacement(
+    sock_dir: Path, app_env: dict[str, str]
+) -> None:
+    path = sock_dir / "s.sock"
+    args = ("--workers", "2", "--codec", "json", "--worker-timeout", "1")
+    with run_server("obsapp:handle", path, *args, "--metrics", "127.0.0.1:0", env=app_env) as srv:
+        url = metrics_url(srv)
+        wait_for(lambda: healthz(url)[0] == 200, what="a healthy server")
+        frozen = stats_json(path)["workers"][0]["pid"]
+
+        os.kill(frozen, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        answers: list[tuple[int, str]] = []
+        try:
+            wait_for(
+                lambda: answers.append(healthz(url)) or answers[-1][0] == 503,
+                what="/healthz to notice the frozen worker",
+            )
+            noticed_after = time.monotonic() - stopped_at
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)  # too late: it was declared stalled
+        wait_for(lambda: healthz(url)[0] == 200, what="/healthz to recover")
+        replacement = stats_json(path)["workers"][0]["pid"]
+        metrics = scrape(url)
+
+    reasons = answers[-1][1]
+    assert {code for code, _ in answers[:-1]} <= {200}
+    assert noticed_after >= 0.9, "unhealthy before worker_timeout ran out"
+    assert re.fullmatch(
+        rf"unhealthy: worker 0 \(pid {frozen}\) is (unresponsive|being killed)\b.*\n", reasons
+    ), reasons
+    assert "worker 1" not in reasons
+    assert replacement not in (0, frozen)
+    assert metrics["ugram_worker_timeouts_total{}"] == 1
+    assert metrics["ugram_healthy{}"] == 1
+
+
+# -- sockets next to the server socket ------------------------------------------------------------
+
+
+def http_over_unix(path: Path, target: str) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(str(path))
+        client.sendall(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+        return b"".join(iter(lambda: client.recv(65536), b""))
+
+
+def test_control_and_metrics_sockets_take_the_mode_and_are_removed(
+    sock_dir: Path, app_env: dict[str, str]
+) -> None:
+    path, metrics = sock_dir / "s.sock", sock_dir / "m.sock"
+    control = Path(f"{path}.ctl")
+    args = ("--workers", "1", "--mode", "0640", "--metrics", str(metrics))
+    with run_server(None, path, *args, env=app_env) as server:
+        wait_for(lambda: control.exists() and metrics.exists(), what="control and metrics sockets")
+        assert stat.S_IMODE(os.lstat(control).st_mode) == 0o640
+        assert stat.S_IMODE(os.lstat(metrics).st_mode) == 0o640
+        wait_for(lambda: http_over_unix(metrics, "/healthz").startswith(b"HTTP/1.0 200 OK"))
+        assert http_over_unix(metrics, "/healthz").endswith(b"\r\n\r\nok\n")
+        assert b"\nugram_received_total 0.0\n" in http_over_unix(metrics, "/metrics")
+        assert stats_json(path)["metrics"] == f"unix:{metrics}:/metrics"
+        assert server.stop() == 0
+    assert not control.exists()
+    assert not metrics.exists()
+
+
+def test_stats_without_control_socket_fails_with_one_line(sock_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    with run_server(None, path, "--workers", "1", "--control=false"):
+        result = ugram("stats", "--socket", str(path))
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"{path}.ctl" in result.stderr
+    assert not Path(f"{path}.ctl").exists()
+
+
+# -- ugram config, ugram doctor -------------------------------------------------------------------
+
+
+def test_config_shows_cli_over_env_over_file_over_default(sock_dir: Path) -> None:
+    file = sock_dir / "ugram.toml"
+    file.write_text('workers = 3\ncodec = "json"\nmax_datagram = 1000\nlog_level = "warning"\n')
+    env = child_env(UGRAM_WORKERS="5", UGRAM_MAX_DATAGRAM="2000")
+
+    text = ugram("config", "--config", str(file), "--workers", "7", env=env)
+    as_json = ugram("config", "--config", str(file), "--workers", "7", "--json", env=env)
+
+    assert text.returncode == 0, text.stderr
+    lines = dict(re.findall(r"^(\w+) = .*?# (.*)$", text.stdout, re.M))
+    assert lines["workers"] == "cli"
+    assert lines["max_datagram"] == "env UGRAM_MAX_DATAGRAM"
+    assert lines["codec"] == lines["log_level"] == f"file {file}"
+    assert lines["ring_size"] == "default"
+    assert re.search(r"^workers = 7 ", text.stdout, re.M)
+    effective = json.loads(as_json.stdout)
+    assert effective["workers"] == {"value": 7, "source": "cli"}
+    assert effective["max_datagram"] == {"value": 2000, "source": "env UGRAM_MAX_DATAGRAM"}
+    assert effective["codec"] == {"value": "json", "source": f"file {file}"}
+
+
+def test_config_refuses_an_unknown_key_with_a_suggestion(sock_dir: Path) -> None:
+    file = sock_dir / "ugram.toml"
+    file.write_text("wokers = 3\n")
+    result = ugram("config", "--config", str(file))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ugram: unknown option 'wokers' (did you mean 'workers'?)"
+
+
+def test_doctor_names_this_machines_qlen(sock_dir: Path) -> None:
+    sock_dir.chmod(0o750)
+    qlen = Path("/proc/sys/net/unix/max_dgram_qlen").read_text().strip()
+    result = ugram("doctor", "--socket", str(sock_dir / "s.sock"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"net.unix.max_dgram_qlen = {qlen}" in result.stdout
+    if int(qlen) < 512:
+        assert "sysctl -w net.unix.max_dgram_qlen=512" in result.stdout
+
+
+# -- logging in every process ---------------------------------------------------------------------
+
+
+def _stop_after_warnings(server: Server) -> str:
+    path = server.path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"x" * (MAX_DATAGRAM + 1), str(path))  # receiver: oversized
+        for _ in range(2):
+            sock.sendto(b"not json", str(path))  # a worker: undecodable
+    wait_for(lambda: server.stderr.count("undecodable") == 2, what="both warnings")
+    assert server.stop() == 0
+    return server.stderr
+
+
+def logged_server(
+    sock_dir: Path, app_env: dict[str, str], *extra: str
+) -> contextlib.AbstractContextManager[Server]:
+    args = ("--workers", "2", "--codec", "json", "--max-datagram", str(MAX_DATAGRAM), *extra)
+    return run_server("obsapp:handle", sock_dir / "s.sock", *args, env=app_env)
+
+
+def test_json_logs_come_from_every_process(sock_dir: Path, app_env: dict[str, str]) -> None:
+    with logged_server(sock_dir, app_env, "--log-format", "json") as server:
+        stderr = _stop_after_warnings(server)
+    entries = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    processes = {entry["process"] for entry in entries}
+    assert {"supervisor", "receiver"} <= processes
+    assert processes & {"worker-0", "worker-1"}
+    assert any("larger than max_datagram" in e["message"] for e in entries)
+
+
+def test_log_config_file_applies_in_every_process(sock_dir: Path, app_env: dict[str, str]) -> None:
+    file = sock_dir / "logging.toml"
+    file.write_text(
+        '[formatters.tagged]\nformat = "TAGGED|%(processName)s|%(message)s"\n'
+        '[handlers.err]\nclass = "logging.StreamHandler"\nformatter = "tagged"\n'
+        '[root]\nhandlers = ["err"]\nlevel = "INFO"\n'
+    )
+    with logged_server(sock_dir, app_env, "--log-config", str(file)) as server:
+        stderr = _stop_after_warnings(server)
+    tagged = [line.split("|")[1] for line in stderr.splitlines() if line.startswith("TAGGED|")]
+    assert {"supervisor", "receiver"} <= set(tagged)
+    assert set(tagged) & {"worker-0", "worker-1"}
+
+
+def test_unusable_log_config_stops_serve_with_one_line(sock_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    bad = sock_dir / "missing.toml"
+    result = ugram("serve", "--socket", str(path), "--log-config", str(bad))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"log_config: '{bad}'" in result.stderr
+    assert not path.exists()

@@ -1,0 +1,450 @@
+"""Exporters of the counters, without a server: Prometheus collector and app, the control
+socket, logging set-up, callbacks and the doctor's checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import socket
+import stat
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ugram import logs
+from ugram.config import make_config
+from ugram.control import ControlServer, bind_stream_socket, control_path, fetch, render
+from ugram.doctor import check_qlen, check_socket_path, run_checks
+from ugram.errors import ConfigError, NotASocketError, SocketError, UgramError
+from ugram.events import Callbacks, ConnState
+from ugram.health import Health
+from ugram.metrics import METRICS, MetricsServer, ServerCollector, make_app, parse_address
+from ugram.observe import ProcessInfo, Report, WorkerInfo
+from ugram.sockets import BoundSocket, unlink_if_ours
+from ugram.stats import LATENCY_BOUNDS, Latency, Snapshot
+
+
+def make_report(healthy: bool = True, **totals: float) -> Report:
+    """A report as a running server with two workers would give."""
+    fields = {f.name: 0 for f in msgspec.structs.fields(Snapshot)} | totals
+    counts = [0] * (len(LATENCY_BOUNDS) + 1)
+    counts[3], counts[9], counts[-1] = 4, 1, 1
+    return Report(
+        version="0.0.test",
+        time=1000.0,
+        pid=1,
+        socket="/tmp/x.sock",
+        phase="running",
+        uptime_seconds=12.5,
+        active_workers=2,
+        worker_slots=4,
+        totals=Snapshot(**fields),
+        receiver=ProcessInfo(pid=2, state="running"),
+        workers=[
+            WorkerInfo(
+                index=i,
+                pid=10 + i,
+                state="running",
+                ring_depth=i,
+                ring_bytes=100 * i,
+                ring_capacity=65536,
+                handled=5 * i,
+                handler_errors=0,
+                invalid=0,
+                replayed=0,
+                quarantined=0,
+            )
+            for i in range(2)
+        ],
+        latency=Latency(bounds=list(LATENCY_BOUNDS), counts=counts, sum_seconds=0.25),
+        health=Health(ok=healthy, reasons=[] if healthy else ["worker 1 (pid 11) is booting"]),
+        metrics="",
+        config={"handler": "app:handle", "codec": "json"},
+    )
+
+
+def scrape(report: Report) -> dict[str, Any]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(lambda: report))
+    text = generate_latest(registry).decode()
+    return {
+        sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+# -- Prometheus -----------------------------------------------------------------------------------
+
+
+def test_collector_exposes_exactly_the_documented_metrics() -> None:
+    samples = scrape(make_report())
+    names = {key.split("{")[0] for key in samples}
+    expected = set()
+    for spec in METRICS:
+        if spec.kind == "histogram":
+            expected |= {f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count"}
+        else:
+            expected.add(spec.name)
+    assert names == expected
+
+
+def test_collector_values_come_from_the_report() -> None:
+    samples = scrape(make_report(received=20, handled=15, oversized=3, invalid=2, bytes=99))
+
+    assert samples["ugram_received_total{}"] == 20
+    assert samples["ugram_received_bytes_total{}"] == 99
+    assert samples["ugram_handled_total{}"] == 15
+    assert samples['ugram_rejected_total{"reason": "oversized"}'] == 3
+    assert samples['ugram_rejected_total{"reason": "invalid"}'] == 2
+    assert samples['ugram_rejected_total{"reason": "shed"}'] == 0
+    assert samples['ugram_ring_bytes{"worker": "1"}'] == 100
+    assert samples['ugram_worker_handled_total{"worker": "1"}'] == 5
+    assert samples['ugram_up{"process": "worker 0"}'] == 1
+    assert samples["ugram_healthy{}"] == 1
+    assert samples["ugram_handling_latency_seconds_count{}"] == 6
+    assert samples["ugram_handling_latency_seconds_sum{}"] == 0.25
+    buckets = sorted(
+        (float(json.loads(k[k.index("{") :])["le"]), v)
+        for k, v in samples.items()
+        if k.startswith("ugram_handling_latency_seconds_bucket")
+    )
+    assert [v for _, v in buckets][:4] == [0, 0, 0, 4]  # cumulative
+    assert buckets[-1] == (float("inf"), 6)
+
+
+def _call(app: Any, path: str) -> tuple[str, str]:
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {"PATH_INFO": path}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers: status.append(s)))
+    return status[0], body.decode()
+
+
+def test_app_routes_metrics_healthz_and_nothing_else() -> None:
+    app = make_app(make_report, lambda: Health(ok=True, reasons=[]))
+    assert _call(app, "/healthz") == ("200 OK", "ok\n")
+    status, body = _call(app, "/metrics")
+    assert status == "200 OK"
+    assert "ugram_received_total 0.0" in body
+    assert _call(app, "/nope")[0] == "404 Not Found"
+
+
+def test_healthz_is_503_with_the_reasons() -> None:
+    sick = Health(ok=False, reasons=["receiver is not running", "worker 1 (pid 7) is booting"])
+    app = make_app(make_report, lambda: sick)
+    status, body = _call(app, "/healthz")
+    assert status == "503 Service Unavailable"
+    assert body == "unhealthy: receiver is not running; worker 1 (pid 7) is booting\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:9100", ("127.0.0.1", 9100)),
+        (":9100", ("0.0.0.0", 9100)),
+        ("[::1]:0", ("::1", 0)),
+        ("/run/app/metrics.sock", "/run/app/metrics.sock"),
+        ("@ugram-metrics", "@ugram-metrics"),
+    ],
+)
+def test_metrics_addresses(value: str, expected: object) -> None:
+    assert parse_address(value) == expected
+
+
+@pytest.mark.parametrize("value", ["9100", "host:", "host:99999"])
+def test_bad_metrics_addresses_are_refused(value: str) -> None:
+    with pytest.raises(SocketError):
+        parse_address(value)
+    with pytest.raises(ConfigError, match="invalid value for metrics"):
+        make_config(metrics=value)
+
+
+def test_metrics_server_over_tcp_serves_and_stops() -> None:
+    server = MetricsServer("127.0.0.1:0", make_report, lambda: Health(ok=True, reasons=[]))
+    server.start()
+    try:
+        with urllib.request.urlopen(server.url, timeout=5) as response:
+            assert b"ugram_handled_total" in response.read()
+    finally:
+        server.close()
+    with pytest.raises(urllib.error.URLError, match="refused"):
+        urllib.request.urlopen(server.url, timeout=2)
+
+
+def _http_over_unix(path: str, target: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+        return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+
+
+def test_metrics_server_over_a_unix_path_keeps_the_mode_and_cleans_up(sock_dir: Path) -> None:
+    path = sock_dir / "m.sock"
+    server = MetricsServer(str(path), make_report, lambda: Health(ok=True, reasons=[]), 0o600)
+    server.start()
+    try:
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+        assert _http_over_unix(str(path), "/healthz").endswith("\r\n\r\nok\n")
+        assert "ugram_received_total" in _http_over_unix(str(path), "/metrics")
+    finally:
+        server.close()
+    assert not path.exists()
+
+
+# -- the control socket ---------------------------------------------------------------------------
+
+
+def test_control_path_sits_next_to_the_socket() -> None:
+    assert control_path("/run/app/x.sock") == "/run/app/x.sock.ctl"
+    assert control_path("@app") == "@app.ctl"
+    assert control_path("rel.sock") == os.path.abspath("rel.sock") + ".ctl"
+
+
+def test_stream_socket_gets_its_mode_and_replaces_only_stale_sockets(sock_dir: Path) -> None:
+    path = str(sock_dir / "c.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(path)  # bound, never listening, closed: stale
+    bound = bind_stream_socket(path, 0o640)
+    try:
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o640
+        with pytest.raises(SocketError, match="in use"):
+            bind_stream_socket(path, 0o640)
+    finally:
+        bound.sock.close()
+        unlink_if_ours(bound)
+
+
+def test_stream_socket_refuses_a_regular_file_and_leaves_it(sock_dir: Path) -> None:
+    path = sock_dir / "c.sock"
+    path.write_text("keep me")
+    with pytest.raises(NotASocketError):
+        bind_stream_socket(str(path), 0o600)
+    assert path.read_text() == "keep me"
+
+
+@pytest.fixture
+def control(sock_dir: Path) -> Iterator[tuple[str, ControlServer]]:
+    socket_path = str(sock_dir / "s.sock")
+    server = ControlServer.bind_for(
+        socket_path, lambda: msgspec.json.encode(make_report()), make_config(mode="0600")
+    )
+    assert server is not None
+    server.start()
+    yield socket_path, server
+    server.close()
+
+
+def test_control_socket_answers_a_report_and_is_removed(
+    control: tuple[str, ControlServer],
+) -> None:
+    socket_path, server = control
+    assert fetch(socket_path) == make_report()
+    assert stat.S_IMODE(os.lstat(socket_path + ".ctl").st_mode) == 0o600
+    server.close()
+    assert not os.path.exists(socket_path + ".ctl")
+
+
+def test_control_socket_leaves_a_successors_file_alone(
+    control: tuple[str, ControlServer],
+) -> None:
+    socket_path, server = control
+    os.unlink(socket_path + ".ctl")
+    Path(socket_path + ".ctl").write_text("a successor's")
+    server.close()
+    assert Path(socket_path + ".ctl").read_text() == "a successor's"
+
+
+def test_fetch_without_a_server_says_so(sock_dir: Path) -> None:
+    with pytest.raises(UgramError, match=r"no ugram server answers on .*s\.sock\.ctl"):
+        fetch(str(sock_dir / "s.sock"))
+
+
+def test_a_control_socket_that_cannot_be_bound_is_only_a_warning(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (sock_dir / "s.sock.ctl").mkdir()
+    server = ControlServer.bind_for(str(sock_dir / "s.sock"), bytes, make_config())
+    assert server is None
+    assert "no control socket" in caplog.text
+
+
+def test_render_shows_totals_rates_and_workers() -> None:
+    before = make_report(received=100, handled=90)
+    after = msgspec.structs.replace(
+        make_report(received=300, handled=250), time=1002.0, uptime_seconds=14.5
+    )
+    text = render(before, after)
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.strip()}
+    assert rows["received"] == ["300", "100.0"]  # (300 - 100) / 2 s
+    assert rows["handled"] == ["250", "80.0"]
+    assert rows["1"][:3] == ["11", "running", "1"]  # worker 1: pid, state, ring depth
+    assert "— healthy" in text
+    assert "p50 <= 8 us" in text
+
+
+# -- logging --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bare_root_logger() -> Iterator[None]:
+    """A root logger without handlers, as in a fresh process (pytest's are put back after)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers = []
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers, root.level = handlers, level
+
+
+def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    with bare_root_logger():
+        logs.configure("info", "worker-9", log_format="json")
+        logging.getLogger("ugram.test").warning("hello %s", "there")
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["message"] == "hello there"
+    assert (line["level"], line["process"], line["logger"]) == ("warning", "worker-9", "ugram.test")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_log_config_file_is_applied_last(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / "out.log"
+    config = {
+        "handlers": {"f": {"class": "logging.FileHandler", "filename": str(out)}},
+        "loggers": {"ugram.dicttest": {"handlers": ["f"], "level": "DEBUG"}},
+    }
+    file = tmp_path / f"logging{suffix}"
+    if suffix == ".json":
+        file.write_text(json.dumps(config))
+    else:
+        file.write_text(
+            f'[logging.handlers.f]\nclass = "logging.FileHandler"\nfilename = "{out}"\n'
+            '[logging.loggers."ugram.dicttest"]\nhandlers = ["f"]\nlevel = "DEBUG"\n'
+        )
+    with bare_root_logger():
+        logs.configure("error", "supervisor", log_config=str(file))
+        logging.getLogger("ugram.dicttest").debug("through the dictConfig")
+    for handler in logging.getLogger("ugram.dicttest").handlers:
+        handler.close()
+    logging.getLogger("ugram.dicttest").handlers = []
+    assert "through the dictConfig" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(None, "No such file"), ("{not json", "not valid JSON"), ("[1, 2]", "dictionary")],
+)
+def test_bad_log_config_names_the_option(tmp_path: Path, content: str | None, why: str) -> None:
+    file = tmp_path / "log.json"
+    if content is not None:
+        file.write_text(content)
+    with pytest.raises(ConfigError, match=rf"invalid value for log_config: '{file}'.*{why}"):
+        logs.load_log_config(str(file))
+
+
+def test_child_processes_survive_a_bad_log_config(capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(log_config="/nonexistent-ugram/log.json")
+    with bare_root_logger():
+        logs.configure_from(config, "receiver", strict=False)
+    assert "keeping the basic logging set-up" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        logs.configure_from(config, "supervisor")
+
+
+# -- callbacks ------------------------------------------------------------------------------------
+
+
+def test_a_raising_callback_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    callbacks, seen = Callbacks(), []
+
+    def explode(*args: object) -> None:
+        raise RuntimeError("callback bug")
+
+    callbacks.info += [explode, lambda *args: seen.append(args)]
+    callbacks.error += [explode, lambda *errors: seen.append(errors)]
+    callbacks.server_info += [explode, lambda message: seen.append((message,))]
+
+    callbacks.emit_info("/s", "worker 0", ConnState.WORKER_STARTED)
+    callbacks.emit_error(ValueError("x"))
+    callbacks.emit_server_info("hello")
+
+    assert len(seen) == 3
+    assert seen[0] == ("/s", "worker 0", ConnState.WORKER_STARTED)
+    assert caplog.text.count("raised; ignored") == 3
+    assert "RuntimeError: callback bug" in caplog.text
+
+
+# -- doctor ---------------------------------------------------------------------------------------
+
+
+def test_doctor_advises_raising_the_default_qlen(tmp_path: Path) -> None:
+    file = tmp_path / "qlen"
+    file.write_text("10\n")
+    finding = check_qlen(str(file))
+    assert finding.level == "warn"
+    assert "net.unix.max_dgram_qlen = 10" in finding.title
+    assert "sysctl -w net.unix.max_dgram_qlen=512" in finding.advice
+    assert "network namespace" in finding.advice
+    file.write_text("1024\n")
+    assert check_qlen(str(file)).level == "ok"
+    assert check_qlen(str(tmp_path / "missing")).level == "info"
+
+
+def test_doctor_fails_on_a_missing_directory_and_warns_on_an_open_one(sock_dir: Path) -> None:
+    missing = make_config(socket=str(sock_dir / "nope" / "s.sock"))
+    assert [f.level for f in check_socket_path(missing)] == ["fail"]
+    assert run_checks(missing, io.StringIO()) == 1
+    open_dir = sock_dir / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    findings = check_socket_path(make_config(socket=str(open_dir / "s.sock")))
+    assert findings[0].level == "warn"
+    assert "sticky" in findings[0].detail
+
+
+def test_doctor_passes_in_a_private_directory(sock_dir: Path) -> None:
+    sock_dir.chmod(0o750)
+    out = io.StringIO()
+    assert run_checks(make_config(socket=str(sock_dir / "s.sock")), out) == 0
+    assert "net.unix.max_dgram_qlen = " in out.getvalue()
+    assert "0 fatal" in out.getvalue()
+
+
+def test_doctor_bound_socket_path_findings(sock_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    live.bind(str(path))
+    try:
+        findings = check_socket_path(make_config(socket=str(path)))
+        assert findings[-1].level == "warn"
+        assert "already running" in findings[-1].detail
+    finally:
+        live.close()
+    assert "stale" in check_socket_path(make_config(socket=str(path)))[-1].title
+
+
+def test_unlink_if_ours_needs_the_same_inode(sock_dir: Path) -> None:
+    path = str(sock_dir / "x")
+    bound = bind_stream_socket(path, 0o600)
+    bound.sock.close()
+    assert unlink_if_ours(BoundSocket(bound.sock, path, (0, 0))) is False
+    assert unlink_if_ours(bound) is True
