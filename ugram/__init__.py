@@ -22,6 +22,7 @@ from .errors import UgramError as UgramError
 from .events import ConnState as ConnState
 from .stats import Snapshot as Snapshot
 from .supervisor import Supervisor as Supervisor
+from .workers.handler import batch as batch
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "SocketInUseError",
     "Supervisor",
     "UgramError",
+    "batch",
     "load_config",
     "make_config",
 ]

@@ -424,9 +424,13 @@ class _Core:
     def _offer(self, data: Payload) -> bool:
         """``buffer`` policy: send now if nothing is queued and there is room, else queue."""
         if not self._queue:
-            sock = self._connect()
-            if sock is not None and self._try(sock, data) == SENT:
-                return True
+            for _ in range(2):  # again after an old server closed: a successor may listen
+                sock = self._connect()
+                outcome = GONE if sock is None else self._try(sock, data)
+                if outcome == SENT:
+                    return True
+                if outcome == FULL or sock is None:
+                    break
         return self._buffer(data)
 
     def _send_queued(self) -> tuple[int, socket.socket | None]:

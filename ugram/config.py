@@ -205,6 +205,17 @@ BatchSize = Annotated[
         le=65536,
     ),
 ]
+ReceiveBatch = Annotated[
+    int,
+    _meta(
+        "datagrams the receiver reads per system call: 1 = one recvfrom each (a killed "
+        "receiver loses at most 1); more = recvmmsg on Linux (faster; a kill may lose up to "
+        "this many, all counted)",
+        "an integer from 1 to 1024",
+        ge=1,
+        le=1024,
+    ),
+]
 Mkdir = Annotated[
     bool,
     _meta("create a missing socket directory (mode 0750)", "true or false"),
@@ -272,6 +283,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     rate_limit_by: RateLimitBy = "uid"
     mkdir: Mkdir = False
     batch_size: BatchSize = 256
+    receive_batch: ReceiveBatch = 1
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     log_config: LogConfig = ""

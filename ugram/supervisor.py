@@ -508,7 +508,7 @@ class Supervisor:
         quick = time.monotonic() - child.started < 1.0
         self._respawn_at[(child.role, child.index)] = time.monotonic() + (0.1 if quick else 0.0)
 
-    def _account_lost(self) -> None:
+    def _account_lost(self, crashed: bool = True) -> None:
         """A receiver died: what it had read but not yet written to a ring is lost."""
         assert self._stats is not None
         block = self._stats.block(RECEIVER_BLOCK)
@@ -518,7 +518,7 @@ class Supervisor:
         if lost > 0:
             self._control[Slot.LOST] += lost
             log.error("the receiver died holding %d datagram(s): lost", lost)
-        else:
+        elif crashed:
             # Killed inside recv(): the kernel may have dequeued a datagram that no counter
             # saw. At most one; reported as an upper bound, not as a certainty.
             self._control[Slot.POSSIBLY_LOST] += 1
@@ -647,7 +647,7 @@ class Supervisor:
             for child in alive:
                 child.proc.wait()
             if self._receiver is not None:
-                self._account_lost()
+                self._account_lost(crashed=False)
             self._respawn_at.clear()
             self._finish(killed=True)
 

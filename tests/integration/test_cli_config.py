@@ -48,6 +48,7 @@ BAD_VALUES: dict[str, str] = {
     "rate_limit_by": "ip",
     "mkdir": "perhaps",
     "batch_size": "0",
+    "receive_batch": "0",
     "log_format": "xml",
     "log_config": "/nonexistent-ugram-dir/log.toml",
     "metrics": "no-port",

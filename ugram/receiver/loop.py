@@ -13,6 +13,8 @@ import os
 import signal
 import socket
 import time
+from collections import deque
+from typing import NamedTuple
 
 import setproctitle
 import uvloop
@@ -22,12 +24,28 @@ from ..ring import Ring
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import Slot, State, Stats
 from ..wake import clear_wake, signal_wake
+from . import mmsg
 from .admission import ANCILLARY_SIZE, Admission, parse_credentials
 from .routing import make_router
 
 log = logging.getLogger("ugram.receiver")
 
 BATCH = 512  # datagrams per readiness event before yielding to the loop
+_RECEIVED, _BYTES = int(Slot.RECEIVED), int(Slot.BYTES)  # plain ints: faster indexes
+SCM_CREDENTIALS: int = getattr(socket, "SCM_CREDENTIALS", -1)
+
+
+class Held(NamedTuple):
+    """A datagram read from the socket that no ring could take yet."""
+
+    payload: bytes
+    size: int  # as received (may exceed len(payload) when it was truncated)
+    address: bytes
+    recv_ns: int
+    target: int | None  # None: not admitted/routed yet
+    creds: tuple[int, int, int] | None
+
+
 SPACE_POLL = 0.005  # safety net: re-check ring space even if a wake-up was lost
 
 
@@ -49,11 +67,21 @@ class Receiver:
         self.buffer = bytearray(self.config.max_datagram + 1)
         self.view = memoryview(self.buffer)
         self.next_ring = 0
-        self.pending: tuple[bytes, bytes, int, int, tuple[int, int, int] | None] | None = None
+        self.pending: deque[Held] = deque()  # datagrams read but not yet in a ring
         self.admission = Admission(self.config)
         self.with_creds = self.config.wants_credentials
         if self.with_creds:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.batch = (
+            mmsg.BatchReceiver(
+                self.sock.fileno(),
+                self.config.max_datagram,
+                ANCILLARY_SIZE if self.with_creds else 0,
+                self.config.receive_batch,
+            )
+            if self.config.receive_batch > 1 and mmsg.available()
+            else None
+        )
         self.blocked_since = 0
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -64,18 +92,24 @@ class Receiver:
     # -- reading ----------------------------------------------------------------------------
 
     def on_readable(self) -> None:
-        """Drain the socket (up to a batch), admit, route and copy each datagram, publish."""
+        """Drain the socket (up to a batch), admit, route and copy each datagram."""
         self._sync_active()
-        empty = self._drain_with_credentials() if self.with_creds else self._drain()
+        if self.batch is not None:
+            empty = self._drain_batched()
+        elif self.with_creds:
+            empty = self._drain_with_credentials()
+        else:
+            empty = self._drain()
         self._publish()
-        if self.pending is not None:
+        if self.pending:
             self._block()
         elif empty and self.draining:
             self._finish()
 
     def _drain(self) -> bool:
-        """Read up to a batch; True when the socket ran empty."""
-        recv, buf, place = self.sock.recvfrom_into, self.buffer, self._place
+        """Read up to a batch, one recvfrom_into each; True when the socket ran empty."""
+        recv, buf, view, place = self.sock.recvfrom_into, self.buffer, self.view, self._place
+        received = self.counters
         for _ in range(BATCH):
             try:
                 n, addr = recv(buf)
@@ -83,13 +117,16 @@ class Receiver:
                 return True
             except InterruptedError:
                 continue
-            if not place(n, addr, None):
+            # Counted per datagram, like the ring heads: after a kill, received minus what
+            # reached a ring or a reject counter is exactly what the dead receiver held.
+            received[_RECEIVED] += 1
+            if not place(n, view[:n], _encode_address(addr), None):
                 return False
         return False
 
     def _drain_with_credentials(self) -> bool:
         """Like :meth:`_drain`, with each sender's SCM_CREDENTIALS."""
-        recv, buffers, place = self.sock.recvmsg_into, [self.buffer], self._place
+        recv, buffers, view, place = self.sock.recvmsg_into, [self.buffer], self.view, self._place
         for _ in range(BATCH):
             try:
                 n, ancdata, _, addr = recv(buffers, ANCILLARY_SIZE)
@@ -97,40 +134,89 @@ class Receiver:
                 return True
             except InterruptedError:
                 continue
-            if not place(n, addr, parse_credentials(ancdata)):
+            self.counters[_RECEIVED] += 1
+            if not place(n, view[:n], _encode_address(addr), parse_credentials(ancdata)):
                 return False
         return False
 
-    def _place(self, n: int, addr: str | bytes | None, creds: tuple[int, int, int] | None) -> bool:
-        """Check one datagram and copy it into a ring; False when it had to be held back."""
+    def _drain_batched(self) -> bool:
+        """Read with recvmmsg, up to a batch per call; True when the socket ran empty."""
+        rx, place, creds = self.batch, self._place, None
+        assert rx is not None
+        for _ in range(max(1, BATCH // rx.size)):
+            count = rx.receive()
+            if not count:
+                return True
+            # Counted at once: a kill while this batch is being placed loses what is not yet
+            # in a ring, and `received - placed - rejected` still counts it as lost.
+            self.counters[_RECEIVED] += count
+            for i in range(count):
+                n = rx.length(i)
+                if rx.truncated(i):
+                    n = max(n, rx.slot)  # the kernel cut it: over max_datagram for sure
+                if self.with_creds:
+                    creds = mmsg.credentials_from_control(rx.control(i), SCM_CREDENTIALS)
+                payload = rx.payload(i, min(n, rx.slot))
+                if not place(n, payload, rx.address(i), creds):
+                    self._hold_rest(i + 1, count)
+                    rx.reset(count)
+                    return False
+            rx.reset(count)
+        return False
+
+    def _hold_rest(self, first: int, count: int) -> None:
+        """Keep the datagrams of a batch that came after the one that found the rings full."""
+        rx, now = self.batch, time.time_ns()
+        assert rx is not None
+        for i in range(first, count):
+            n = rx.length(i) if not rx.truncated(i) else max(rx.length(i), rx.slot)
+            creds = (
+                mmsg.credentials_from_control(rx.control(i), SCM_CREDENTIALS)
+                if self.with_creds
+                else None
+            )
+            payload = bytes(rx.payload(i, min(n, rx.slot)))
+            self.pending.append(Held(payload, n, rx.address(i), now, None, creds))
+
+    def _admit(
+        self, n: int, payload: memoryview | bytes, creds: tuple[int, int, int] | None
+    ) -> int | None:
+        """Size, allow lists, rate limit, route key. Returns the target ring (-1: any), or
+        None when the datagram is rejected (and counted under its reason)."""
         c = self.counters
-        # Counted per datagram, like the ring heads: after a kill, received minus what
-        # reached a ring or a reject counter is exactly what the dead receiver held.
-        c[Slot.RECEIVED] += 1
         if n > self.config.max_datagram:
             c[Slot.OVERSIZED] += 1
             self._warn.warning(
                 "rejected a datagram larger than max_datagram=%d", self.config.max_datagram
             )
-            return True
+            return None
         if not self.admission.authorized(creds):
             c[Slot.UNAUTHORIZED] += 1
             self._warn.warning("rejected a datagram from unauthorized sender %s", creds)
-            return True
+            return None
         if not self.admission.within_rate(creds):
             c[Slot.RATE_LIMITED] += 1
-            return True
-        c[Slot.BYTES] += n
-        payload = self.view[:n]
-        target = self._route(payload)
+            return None
+        target = self._route(memoryview(payload))
         if target is None:
             c[Slot.INVALID] += 1
             self._warn.warning("rejected a datagram without route field %r", self.config.route_by)
+            return None
+        c[_BYTES] += n
+        return target
+
+    def _place(
+        self,
+        n: int,
+        payload: memoryview,
+        address: bytes,
+        creds: tuple[int, int, int] | None,
+    ) -> bool:
+        """Check one datagram and copy it into a ring; False when it had to be held back."""
+        target = self._admit(n, payload, creds)
+        if target is None or self._put(payload, address, target, creds=creds):
             return True
-        address = _encode_address(addr)
-        if self._put(payload, address, target, creds=creds):
-            return True
-        self.pending = (bytes(payload), address, time.time_ns(), target, creds)
+        self.pending.append(Held(bytes(payload), n, address, time.time_ns(), target, creds))
         return False
 
     def _sync_active(self) -> None:
@@ -178,38 +264,42 @@ class Receiver:
     def _block(self) -> None:
         """Every eligible ring is full: stop reading so the kernel queue applies backpressure."""
         assert self.loop is not None
-        assert self.pending is not None
         self.loop.remove_reader(self.sock.fileno())
         self.blocked_since = time.monotonic_ns()
         self._arm_space_wait()
 
     def _arm_space_wait(self) -> None:
         assert self.loop is not None
-        assert self.pending is not None
-        target = self.pending[3]
+        target = self.pending[0].target
         for index, ring in enumerate(self.rings[: self.active]):
-            if target in (-1, index):
+            if target in (-1, None, index):
                 ring.wait_for_space()
         self.loop.add_reader(self.space_fd, self.on_space)
         self._space_timer = self.loop.call_later(SPACE_POLL, self.on_space)
 
     def on_space(self) -> None:
-        """A worker freed space (or the safety timer fired): place the held datagram."""
+        """A worker freed space (or the safety timer fired): place the held datagrams."""
         assert self.loop is not None
-        assert self.pending is not None
         self.loop.remove_reader(self.space_fd)
         if self._space_timer is not None:
             self._space_timer.cancel()
         clear_wake(self.space_fd)
-        payload, address, recv_ns, target, creds = self.pending
         self._sync_active()
-        if target >= self.active:  # its worker was retired (SIGTTOU) meanwhile: route again
-            target = self._route(memoryview(payload)) or 0
-            self.pending = (payload, address, recv_ns, target, creds)
-        if not self._put(payload, address, target, recv_ns, creds):
-            self._arm_space_wait()
-            return
-        self.pending = None
+        while self.pending:
+            held = self.pending[0]
+            target = held.target
+            if target is None or target >= self.active:
+                # Not checked yet (the rest of a batch), or its worker was retired meanwhile.
+                target = self._admit(held.size, held.payload, held.creds)
+                if target is None:
+                    self.pending.popleft()
+                    continue
+                self.pending[0] = held._replace(target=target)
+            if not self._put(held.payload, held.address, target, held.recv_ns, held.creds):
+                self._publish()
+                self._arm_space_wait()
+                return
+            self.pending.popleft()
         self.counters[Slot.BLOCKED_NS] += time.monotonic_ns() - self.blocked_since
         self._publish()
         self.loop.add_reader(self.sock.fileno(), self.on_readable)
@@ -224,7 +314,7 @@ class Receiver:
         self.draining = True
         self.counters[Slot.STATE] = State.DRAINING
         assert self.loop is not None
-        if self.pending is None:
+        if not self.pending:
             self.loop.call_soon(self.on_readable)
 
     def _finish(self) -> None:

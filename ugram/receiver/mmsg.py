@@ -80,13 +80,15 @@ def available() -> bool:
 
 
 class BatchReceiver:
-    """Receives up to BATCH datagrams per call into preallocated slots.
+    """Receives up to ``batch`` datagrams per call into preallocated slots.
 
     Each slot is ``max_datagram + 1`` bytes so that a datagram over the limit is detected
     (MSG_TRUNC or a length past the limit) and never passed on truncated.
     """
 
-    def __init__(self, fd: int, max_datagram: int, control_size: int = 0) -> None:
+    def __init__(
+        self, fd: int, max_datagram: int, control_size: int = 0, batch: int = BATCH
+    ) -> None:
         """Preallocate buffers for socket ``fd``.
 
         Raises:
@@ -95,13 +97,14 @@ class BatchReceiver:
         if _LIBC is None:
             raise OSError(errno.ENOSYS, "recvmmsg is not available on this platform")
         self.fd = fd
+        self.size = batch
         self.slot = max_datagram + 1
         self.control_size = control_size
-        self.payloads = ctypes.create_string_buffer(self.slot * BATCH)
-        self.names = ctypes.create_string_buffer(SOCKADDR_UN_SIZE * BATCH)
-        self.controls = ctypes.create_string_buffer(max(1, control_size) * BATCH)
-        self.iovecs = (_Iovec * BATCH)()
-        self.headers = (_Mmsghdr * BATCH)()
+        self.payloads = ctypes.create_string_buffer(self.slot * batch)
+        self.names = ctypes.create_string_buffer(SOCKADDR_UN_SIZE * batch)
+        self.controls = ctypes.create_string_buffer(max(1, control_size) * batch)
+        self.iovecs = (_Iovec * batch)()
+        self.headers = (_Mmsghdr * batch)()
         self._wire()
         self.view = memoryview(self.payloads).cast("B")
         self.name_view = memoryview(self.names).cast("B")
@@ -113,7 +116,7 @@ class BatchReceiver:
         base = ctypes.addressof(self.payloads)
         names = ctypes.addressof(self.names)
         controls = ctypes.addressof(self.controls)
-        for i in range(BATCH):
+        for i in range(self.size):
             self.iovecs[i].iov_base = base + i * self.slot
             self.iovecs[i].iov_len = self.slot
             hdr = self.headers[i].msg_hdr
@@ -136,7 +139,7 @@ class BatchReceiver:
         """
         assert _LIBC is not None
         while True:
-            count = int(_LIBC.recvmmsg(self.fd, self._headers_ptr, BATCH, MSG_DONTWAIT, None))
+            count = int(_LIBC.recvmmsg(self.fd, self._headers_ptr, self.size, MSG_DONTWAIT, None))
             if count >= 0:
                 return count
             err = ctypes.get_errno()

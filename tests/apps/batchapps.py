@@ -1,0 +1,35 @@
+"""Batch handlers for the batching tests."""
+
+from __future__ import annotations
+
+import os
+
+import ugram
+
+OUT = os.environ.get("UGTEST_OUT", "/tmp")
+
+
+class Collector:
+    """A class batch handler: appends each batch's payloads, one line each."""
+
+    def setup(self) -> None:
+        self.fd = os.open(f"{OUT}/{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.batches = 0
+
+    def handle_batch(self, items: list[bytes]) -> None:
+        self.batches += 1
+        os.write(self.fd, b"".join(item + b"\n" for item in items))
+
+    def teardown(self) -> None:
+        with open(f"{OUT}/{os.getpid()}.batches", "w") as out:
+            out.write(str(self.batches))
+        os.close(self.fd)
+
+
+@ugram.batch
+def sized(items: list[bytes], dgrams: list[ugram.Datagram]) -> None:
+    """A function batch handler: records ``<len> <first byte or ->`` per item."""
+    with open(f"{OUT}/{os.getpid()}.log", "a") as out:
+        for item, dgram in zip(items, dgrams, strict=True):
+            assert dgram.data == item
+            out.write(f"{len(item)} {item[:1].hex() or '-'}\n")
