@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The machines are shared and noisy: a per-example deadline would make properties flaky.
+settings.register_profile("ugram", deadline=None)
+settings.load_profile("ugram")
 
 APPS = Path(__file__).parent / "apps"
 REPO = Path(__file__).parent.parent

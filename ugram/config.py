@@ -81,8 +81,12 @@ GroupValue = Annotated[
     _meta("group of the socket file", "a gid, a group name, or -1 for the process group"),
 ]
 Codec = Annotated[
-    Literal["raw", "json", "msgpack"],
-    _meta("how workers decode each datagram for the handler", "raw, json or msgpack"),
+    Literal["raw", "json", "msgpack", "lines", "syslog", "statsd"],
+    _meta(
+        "how workers decode each datagram for the handler",
+        "raw, json, msgpack, lines (one message per line), syslog (RFC 5424/3164) or "
+        "statsd (DogStatsD lines)",
+    ),
 ]
 RouteBy = Annotated[
     str | None,
@@ -208,9 +212,9 @@ BatchSize = Annotated[
 ReceiveBatch = Annotated[
     int,
     _meta(
-        "datagrams the receiver reads per system call: 1 = one recvfrom each (a killed "
-        "receiver loses at most 1); more = recvmmsg on Linux (faster; a kill may lose up to "
-        "this many, all counted)",
+        "datagrams the receiver reads per system call: more than 1 = recvmmsg (Linux) into a "
+        "shared area from which a killed receiver's successor recovers what it held (nothing "
+        "lost); 1 = one recvfrom each (a killed receiver may lose the one it held)",
         "an integer from 1 to 1024",
         ge=1,
         le=1024,
@@ -283,7 +287,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     rate_limit_by: RateLimitBy = "uid"
     mkdir: Mkdir = False
     batch_size: BatchSize = 256
-    receive_batch: ReceiveBatch = 1
+    receive_batch: ReceiveBatch = 64
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     log_config: LogConfig = ""
@@ -301,10 +305,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             msgspec.structs.force_setattr(self, "route_by", None)
         if self.route_by is not None and not re.fullmatch(r"[^\s]+", self.route_by):
             raise ConfigError(_line("route_by", self.route_by, _allowed("route_by")))
-        if self.route_by is not None and self.codec == "raw":
+        if self.route_by is not None and self.codec not in ("json", "msgpack"):
             raise ConfigError(
                 f"invalid value for route_by: {self.route_by!r} (allowed: only with codec "
-                "json or msgpack; a raw payload has no fields)"
+                f"json or msgpack; a {self.codec} payload has no top-level fields)"
             )
         if self.dead_letter and not os.path.isdir(os.path.dirname(self.dead_letter_path)):
             raise ConfigError(

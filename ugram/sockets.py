@@ -24,11 +24,13 @@ class BoundSocket:
         sock: the bound, non-blocking AF_UNIX SOCK_DGRAM socket.
         path: the filesystem path, or ``@name`` for a Linux abstract socket.
         identity: ``(st_dev, st_ino)`` of the file we created, None when there is no file.
+        adopted: the socket came from systemd (socket activation) and is not ours to shut.
     """
 
     sock: socket.socket
     path: str
     identity: tuple[int, int] | None
+    adopted: bool = False
 
     @property
     def is_abstract(self) -> bool:
@@ -71,7 +73,7 @@ def adopt_systemd(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     name = sock.getsockname()
     path = "@" + name[1:].decode() if isinstance(name, bytes) and name[:1] == b"\0" else str(name)
-    return BoundSocket(sock, path, None)
+    return BoundSocket(sock, path, None, adopted=True)
 
 
 SD_LISTEN_FDS_START = 3

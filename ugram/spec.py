@@ -23,6 +23,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
         stats_fd: the shared counter table.
         stats_block: this process's block in the table.
         control_block: the supervisor's block (active worker count, ...).
+        scratch_fd: the receiver's shared recvmmsg area (-1: none, one datagram per read).
     """
 
     role: str
@@ -35,12 +36,12 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     stats_fd: int
     stats_block: int
     control_block: int
+    scratch_fd: int = -1
 
     def fds(self) -> list[int]:
         """Every fd the child must inherit."""
-        return sorted(
-            {self.socket_fd, *self.ring_fds, *self.wake_fds, self.space_fd, self.stats_fd}
-        )
+        fds = {self.socket_fd, *self.ring_fds, *self.wake_fds, self.space_fd, self.stats_fd}
+        return sorted(fds | ({self.scratch_fd} if self.scratch_fd >= 0 else set()))
 
     def argv(self) -> list[str]:
         """The command line that starts this child."""

@@ -10,6 +10,7 @@ a dead worker's replacement resumes from the last acknowledged record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -37,7 +38,9 @@ from .errors import (
 from .events import Callbacks, ConnState, ErrorCallback, InfoCallback, ServerInfoCallback
 from .health import Liveness, stall_reason
 from .observe import Observers
-from .ring import PUBLISHED, Ring
+from .receiver import mmsg
+from .receiver.admission import ANCILLARY_SIZE
+from .ring import PUBLISHED, Ring, create_shared_fd
 from .sockets import BoundSocket, adopt_systemd, bind_socket, unlink_if_ours
 from .spec import ChildSpec
 from .stats import (
@@ -117,6 +120,7 @@ class Supervisor:
         self._fatal_code: int | None = None
         self._timeout_used = config.graceful_timeout
         self._final: Snapshot | None = None
+        self._scratch = -1
         self._control = memoryview(bytearray(512)).cast("Q")  # the shared block once started
         self._observers: Observers | None = None  # /metrics, /healthz, the control socket
 
@@ -363,6 +367,7 @@ class Supervisor:
             self._wakes = [make_wake() for _ in range(slots)]
             self._space = make_wake()
             self._stats = Stats.create(slots + 2)
+            self._scratch = _create_scratch(cfg)
             self._observers = Observers(self)  # binds now: a bad metrics address stops us here
         except BaseException:
             self._release()
@@ -400,6 +405,7 @@ class Supervisor:
             stats_fd=self._stats.fd,
             stats_block=block,
             control_block=supervisor_block(len(self._rings)),
+            scratch_fd=self._scratch if role == "receiver" else -1,
         )
 
     def _spawn(self, role: str, index: int) -> None:
@@ -509,8 +515,13 @@ class Supervisor:
         self._respawn_at[(child.role, child.index)] = time.monotonic() + (0.1 if quick else 0.0)
 
     def _account_lost(self, crashed: bool = True) -> None:
-        """A receiver died: what it had read but not yet written to a ring is lost."""
+        """A receiver died: what it had read but not yet written to a ring is lost.
+
+        Not so with a scratch area (recvmmsg): its successor places what it held.
+        """
         assert self._stats is not None
+        if self._scratch >= 0:
+            return
         block = self._stats.block(RECEIVER_BLOCK)
         published = sum(int(ring.ctl[PUBLISHED]) for ring in self._rings)
         rejected = sum(int(block[slot]) for slot in RECEIVER_REJECTS)
@@ -623,8 +634,13 @@ class Supervisor:
         self._timeout_used = timeout
         self._deadline = time.monotonic() + timeout
         self._rolling.clear()
-        # New senders get ENOENT from now on; connected ones may still send until the drain.
+        # New senders get ENOENT from now on, and connected ones EPIPE: what is queued stays
+        # readable and is drained, and nothing can slip in after the drain's last read.
+        # (Not on a socket systemd lent us: the shutdown would outlive us on its socket.)
         unlink_if_ours(self._bound)
+        if not self._bound.adopted:
+            with contextlib.suppress(OSError):
+                self._bound.sock.shutdown(socket.SHUT_RD)
         # A flag, not SIGTERM: a receiver still starting up would die of the signal before
         # it could drain. The receiver polls it every 50 ms, or at start.
         self._control[Slot.DRAIN] = 1
@@ -653,6 +669,7 @@ class Supervisor:
 
     def _finish(self, killed: bool) -> None:
         left_in_rings = sum(ring.count_unacknowledged() for ring in self._rings)
+        left_in_rings += self._left_in_scratch()
         left_in_socket = self._drain_socket()
         self.unhandled = left_in_rings + left_in_socket
         snap = self._stats.snapshot() if self._stats else None
@@ -695,6 +712,18 @@ class Supervisor:
                 return count
             count += 1
 
+    def _left_in_scratch(self) -> int:
+        """Datagrams a receiver killed at the deadline had read but not placed."""
+        if self._scratch < 0:
+            return 0
+        cfg = self.config
+        control = ANCILLARY_SIZE if cfg.wants_credentials else 0
+        area = mmsg.BatchReceiver(-1, cfg.max_datagram, control, cfg.receive_batch, self._scratch)
+        try:
+            return len(area.unplaced())
+        finally:
+            area.close()
+
     def _release(self) -> None:
         if self._observers is not None:  # first: their threads read what is released below
             self._observers.close()
@@ -714,6 +743,17 @@ class Supervisor:
             os.close(self._stats.fd)
             self._stats = None
         self._rings, self._wakes, self._space = [], [], (-1, -1)
+        if self._scratch >= 0:
+            os.close(self._scratch)
+            self._scratch = -1
+
+
+def _create_scratch(config: Config) -> int:
+    """The receiver's recvmmsg area, held here so a receiver's successor can recover it."""
+    if config.receive_batch <= 1 or not mmsg.available():
+        return -1
+    control = ANCILLARY_SIZE if config.wants_credentials else 0
+    return create_shared_fd(mmsg.scratch_size(config.max_datagram, control, config.receive_batch))
 
 
 def check_platform(config: Config) -> None:

@@ -69,7 +69,8 @@ class TestServer:
 
     Attributes:
         path: the socket path.
-        client: a :class:`~ugram.Client` for it (``block`` policy, the server's codec).
+        client: a :class:`~ugram.Client` for it (``block`` policy, the server's codec;
+            it waits at most 10 s for a server that is gone).
         supervisor: the :class:`~ugram.Supervisor`, for anything else.
         exit_code: the server's exit code once the ``with`` block has ended.
     """
@@ -171,7 +172,10 @@ def run_server(
     saved_path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
     supervisor = Supervisor(config)
-    client = Client(config.socket, codec=codec, max_datagram=config.max_datagram)
+    # A stopped server makes the client raise ServerUnavailableError instead of waiting forever.
+    client = Client(
+        config.socket, codec=codec, max_datagram=config.max_datagram, wait_for_server=10.0
+    )
     try:
         supervisor.start()
         server = TestServer(supervisor, client)

@@ -119,6 +119,11 @@ class Admission:
         self.by_pid = config.rate_limit_by == "pid"
         self.limiter = RateLimiter(rate, config.burst) if rate else None
 
+    @property
+    def active(self) -> bool:
+        """True when any check is configured (else the receiver skips admission)."""
+        return bool(self.uids or self.gids) or self.limiter is not None
+
     def authorized(self, creds: tuple[int, int, int] | None) -> bool:
         """True if the sender passes the allow lists (no lists: everyone passes)."""
         if not self.uids and not self.gids:

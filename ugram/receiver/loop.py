@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import setproctitle
@@ -44,6 +45,7 @@ class Held(NamedTuple):
     recv_ns: int
     target: int | None  # None: not admitted/routed yet
     creds: tuple[int, int, int] | None
+    slot: int = -1  # its scratch slot (recvmmsg), -1 when read with recvfrom
 
 
 SPACE_POLL = 0.005  # safety net: re-check ring space even if a wake-up was lost
@@ -69,6 +71,8 @@ class Receiver:
         self.next_ring = 0
         self.pending: deque[Held] = deque()  # datagrams read but not yet in a ring
         self.admission = Admission(self.config)
+        self.screening = self.admission.active
+        self.limit = self.config.max_datagram
         self.with_creds = self.config.wants_credentials
         if self.with_creds:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -78,6 +82,7 @@ class Receiver:
                 self.config.max_datagram,
                 ANCILLARY_SIZE if self.with_creds else 0,
                 self.config.receive_batch,
+                spec.scratch_fd,
             )
             if self.config.receive_batch > 1 and mmsg.available()
             else None
@@ -141,42 +146,66 @@ class Receiver:
 
     def _drain_batched(self) -> bool:
         """Read with recvmmsg, up to a batch per call; True when the socket ran empty."""
-        rx, place, creds = self.batch, self._place, None
+        rx = self.batch
         assert rx is not None
         for _ in range(max(1, BATCH // rx.size)):
             count = rx.receive()
             if not count:
                 return True
-            # Counted at once: a kill while this batch is being placed loses what is not yet
-            # in a ring, and `received - placed - rejected` still counts it as lost.
-            self.counters[_RECEIVED] += count
-            for i in range(count):
-                n = rx.length(i)
-                if rx.truncated(i):
-                    n = max(n, rx.slot)  # the kernel cut it: over max_datagram for sure
-                if self.with_creds:
-                    creds = mmsg.credentials_from_control(rx.control(i), SCM_CREDENTIALS)
-                payload = rx.payload(i, min(n, rx.slot))
-                if not place(n, payload, rx.address(i), creds):
-                    self._hold_rest(i + 1, count)
-                    rx.reset(count)
-                    return False
-            rx.reset(count)
+            if not self._place_slots(range(count)):
+                return False
+            rx.complete(count)
         return False
 
-    def _hold_rest(self, first: int, count: int) -> None:
-        """Keep the datagrams of a batch that came after the one that found the rings full."""
-        rx, now = self.batch, time.time_ns()
+    def _place_slots(self, slots: Iterable[int]) -> bool:
+        """Place the given scratch slots in order; False when the rings filled up (the rest
+        is held, and the scratch area still has it should this receiver die)."""
+        rx, place, c = self.batch, self._place, self.counters
         assert rx is not None
-        for i in range(first, count):
-            n = rx.length(i) if not rx.truncated(i) else max(rx.length(i), rx.slot)
-            creds = (
-                mmsg.credentials_from_control(rx.control(i), SCM_CREDENTIALS)
-                if self.with_creds
-                else None
-            )
-            payload = bytes(rx.payload(i, min(n, rx.slot)))
-            self.pending.append(Held(payload, n, rx.address(i), now, None, creds))
+        remaining = list(slots)
+        for position, i in enumerate(remaining):
+            n, payload, address, creds = self._slot(i)
+            # Counted right before admission: a successor that re-places this slot after a
+            # kill counts it again, so `received` may exceed the truth by one per kill.
+            c[_RECEIVED] += 1
+            if not place(n, payload, address, creds):
+                self.pending[-1] = self.pending[-1]._replace(slot=i)
+                self._hold_rest(remaining[position + 1 :])
+                return False
+            rx.mark_placed(i)
+        return True
+
+    def _slot(self, i: int) -> tuple[int, memoryview, bytes, tuple[int, int, int] | None]:
+        rx = self.batch
+        assert rx is not None
+        n = rx.length(i)
+        if rx.truncated(i):
+            n = max(n, rx.slot)  # the kernel cut it: over max_datagram for sure
+        creds = (
+            mmsg.credentials_from_control(rx.control(i), SCM_CREDENTIALS)
+            if self.with_creds
+            else None
+        )
+        return n, rx.payload(i, min(n, rx.slot)), rx.address(i), creds
+
+    def _hold_rest(self, slots: list[int]) -> None:
+        """Keep the datagrams of a batch that came after the one that found the rings full."""
+        now = time.time_ns()
+        for i in slots:
+            n, payload, address, creds = self._slot(i)
+            self.pending.append(Held(bytes(payload), n, address, now, None, creds, i))
+
+    def recover(self) -> None:
+        """Place what a killed predecessor had received but not yet placed (scratch area)."""
+        if self.batch is None:
+            return
+        slots = self.batch.unplaced()
+        if not slots:
+            return
+        log.warning("receiver: recovering %d datagram(s) a dead receiver held", len(slots))
+        if self._place_slots(slots):
+            self.batch.complete(self.batch.size)
+            self._publish()
 
     def _admit(
         self, n: int, payload: memoryview | bytes, creds: tuple[int, int, int] | None
@@ -184,20 +213,19 @@ class Receiver:
         """Size, allow lists, rate limit, route key. Returns the target ring (-1: any), or
         None when the datagram is rejected (and counted under its reason)."""
         c = self.counters
-        if n > self.config.max_datagram:
+        if n > self.limit:
             c[Slot.OVERSIZED] += 1
-            self._warn.warning(
-                "rejected a datagram larger than max_datagram=%d", self.config.max_datagram
-            )
+            self._warn.warning("rejected a datagram larger than max_datagram=%d", self.limit)
             return None
-        if not self.admission.authorized(creds):
-            c[Slot.UNAUTHORIZED] += 1
-            self._warn.warning("rejected a datagram from unauthorized sender %s", creds)
-            return None
-        if not self.admission.within_rate(creds):
-            c[Slot.RATE_LIMITED] += 1
-            return None
-        target = self._route(memoryview(payload))
+        if self.screening:
+            if not self.admission.authorized(creds):
+                c[Slot.UNAUTHORIZED] += 1
+                self._warn.warning("rejected a datagram from unauthorized sender %s", creds)
+                return None
+            if not self.admission.within_rate(creds):
+                c[Slot.RATE_LIMITED] += 1
+                return None
+        target = -1 if self.router is None else self._route(memoryview(payload))
         if target is None:
             c[Slot.INVALID] += 1
             self._warn.warning("rejected a datagram without route field %r", self.config.route_by)
@@ -264,7 +292,7 @@ class Receiver:
     def _block(self) -> None:
         """Every eligible ring is full: stop reading so the kernel queue applies backpressure."""
         assert self.loop is not None
-        self.loop.remove_reader(self.sock.fileno())
+        self.loop.remove_reader(self.sock.fileno())  # a no-op when it was not reading yet
         self.blocked_since = time.monotonic_ns()
         self._arm_space_wait()
 
@@ -290,20 +318,28 @@ class Receiver:
             target = held.target
             if target is None or target >= self.active:
                 # Not checked yet (the rest of a batch), or its worker was retired meanwhile.
+                if target is None:
+                    self.counters[_RECEIVED] += 1
                 target = self._admit(held.size, held.payload, held.creds)
                 if target is None:
-                    self.pending.popleft()
+                    self._done_with(self.pending.popleft())
                     continue
                 self.pending[0] = held._replace(target=target)
             if not self._put(held.payload, held.address, target, held.recv_ns, held.creds):
                 self._publish()
                 self._arm_space_wait()
                 return
-            self.pending.popleft()
+            self._done_with(self.pending.popleft())
+        if self.batch is not None:
+            self.batch.complete(self.batch.size)
         self.counters[Slot.BLOCKED_NS] += time.monotonic_ns() - self.blocked_since
         self._publish()
         self.loop.add_reader(self.sock.fileno(), self.on_readable)
         self.loop.call_soon(self.on_readable)
+
+    def _done_with(self, held: Held) -> None:
+        if held.slot >= 0 and self.batch is not None:
+            self.batch.mark_placed(held.slot)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -345,7 +381,13 @@ class Receiver:
         asyncio.set_event_loop(loop)
         self.loop = loop
         loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
-        loop.add_reader(self.sock.fileno(), self.on_readable)
+        # Recover before the first read: the next recvmmsg overwrites the scratch slots.
+        self._sync_active()  # route only to live workers' rings, from the very first datagram
+        self.recover()
+        if self.pending:
+            self._block()
+        else:
+            loop.add_reader(self.sock.fileno(), self.on_readable)
         loop.call_soon(self._housekeeping)
         self.counters[Slot.PID] = os.getpid()
         self.counters[Slot.STATE] = State.RUNNING

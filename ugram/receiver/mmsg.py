@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import socket
 import struct
@@ -19,7 +20,7 @@ import sys
 
 BATCH = 64
 SOCKADDR_UN_SIZE = 110  # sa_family_t + sun_path[108]
-MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
+MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0x20))
 MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
 
 
@@ -79,17 +80,44 @@ def available() -> bool:
     return _LIBC is not None and ctypes.sizeof(ctypes.c_void_p) == 8
 
 
+SENTINEL = 0xFFFF_FFFF  # msg_len of a slot the kernel has not filled
+_DESC = 64  # bytes of descriptor at the start of the shared area
+_PLACED = 0  # u64 slot: slots below this index are in a ring (or rejected)
+_READY = 1  # u64 slot: _MAGIC once the slots were initialised
+_MAGIC = 0x5547_5343_5241_5443
+_NAME_STRIDE = 112  # sockaddr_un, 8-aligned
+
+
+def scratch_size(max_datagram: int, control_size: int, batch: int) -> int:
+    """Bytes of shared memory a :class:`BatchReceiver` needs."""
+    per_slot = ctypes.sizeof(_Mmsghdr) + ctypes.sizeof(_Iovec) + _NAME_STRIDE
+    per_slot += (control_size + 7) & ~7
+    per_slot += (max_datagram + 1 + 7) & ~7
+    return _DESC + batch * per_slot
+
+
 class BatchReceiver:
     """Receives up to ``batch`` datagrams per call into preallocated slots.
 
     Each slot is ``max_datagram + 1`` bytes so that a datagram over the limit is detected
     (MSG_TRUNC or a length past the limit) and never passed on truncated.
+
+    Everything lives in one shared mapping that the supervisor creates (the scratch area),
+    so a receiver killed with a batch in hand loses nothing: the kernel writes each
+    message's length as it copies it (a length of SENTINEL means "not filled"), and
+    the ``placed`` index says how far the dead receiver got; its successor places the rest
+    (:meth:`unplaced`). At most the one datagram being placed at the kill is placed twice.
     """
 
     def __init__(
-        self, fd: int, max_datagram: int, control_size: int = 0, batch: int = BATCH
+        self,
+        fd: int,
+        max_datagram: int,
+        control_size: int = 0,
+        batch: int = BATCH,
+        scratch_fd: int = -1,
     ) -> None:
-        """Preallocate buffers for socket ``fd``.
+        """Map the scratch area (``scratch_fd``, or private memory when -1) for socket ``fd``.
 
         Raises:
             OSError: recvmmsg is not available here.
@@ -100,36 +128,48 @@ class BatchReceiver:
         self.size = batch
         self.slot = max_datagram + 1
         self.control_size = control_size
-        self.payloads = ctypes.create_string_buffer(self.slot * batch)
-        self.names = ctypes.create_string_buffer(SOCKADDR_UN_SIZE * batch)
-        self.controls = ctypes.create_string_buffer(max(1, control_size) * batch)
-        self.iovecs = (_Iovec * batch)()
-        self.headers = (_Mmsghdr * batch)()
+        total = scratch_size(max_datagram, control_size, batch)
+        fresh = scratch_fd < 0
+        self._mm = mmap.mmap(-1, total) if fresh else mmap.mmap(scratch_fd, total)
+        self._layout(batch)
         self._wire()
-        self.view = memoryview(self.payloads).cast("B")
-        self.name_view = memoryview(self.names).cast("B")
-        self.control_view = memoryview(self.controls).cast("B")
+        if self.desc[_READY] != _MAGIC:  # a new area: every slot starts empty
+            self.complete(batch)
+            self.desc[_READY] = _MAGIC
+
+    def _layout(self, batch: int) -> None:
+        mm, offset = self._mm, 0
+        self.desc = memoryview(mm)[:_DESC].cast("Q")
+        offset = _DESC
+        self.headers = (_Mmsghdr * batch).from_buffer(mm, offset)
+        offset += ctypes.sizeof(self.headers)
+        self.iovecs = (_Iovec * batch).from_buffer(mm, offset)
+        offset += ctypes.sizeof(self.iovecs)
+        self._names_at = offset
+        offset += _NAME_STRIDE * batch
+        self._controls_at = offset
+        self._control_stride = (self.control_size + 7) & ~7
+        offset += self._control_stride * batch
+        self._payloads_at = offset
+        self._slot_stride = (self.slot + 7) & ~7
         self.fields = memoryview(self.headers).cast("B").cast("I")
         self._headers_ptr = ctypes.cast(self.headers, ctypes.POINTER(_Mmsghdr))
 
     def _wire(self) -> None:
-        base = ctypes.addressof(self.payloads)
-        names = ctypes.addressof(self.names)
-        controls = ctypes.addressof(self.controls)
+        # Pointers are per process (each maps the area at its own address): set them anew.
+        base = ctypes.addressof(self.headers) - _DESC
         for i in range(self.size):
-            self.iovecs[i].iov_base = base + i * self.slot
+            self.iovecs[i].iov_base = base + self._payloads_at + i * self._slot_stride
             self.iovecs[i].iov_len = self.slot
             hdr = self.headers[i].msg_hdr
-            hdr.msg_name = names + i * SOCKADDR_UN_SIZE
-            hdr.msg_namelen = SOCKADDR_UN_SIZE
+            hdr.msg_name = base + self._names_at + i * _NAME_STRIDE
             hdr.msg_iov = ctypes.pointer(self.iovecs[i])
             hdr.msg_iovlen = 1
             if self.control_size:
-                hdr.msg_control = controls + i * self.control_size
-                hdr.msg_controllen = self.control_size
+                hdr.msg_control = base + self._controls_at + i * self._control_stride
 
     def receive(self) -> int:
-        """Receive what is queued, up to BATCH datagrams, without blocking.
+        """Receive what is queued, up to ``batch`` datagrams, without blocking.
 
         Returns:
             How many datagrams were received (0 when the socket is empty).
@@ -148,13 +188,30 @@ class BatchReceiver:
             if err != errno.EINTR:
                 raise OSError(err, os.strerror(err))
 
-    def reset(self, count: int) -> None:
-        """Restore the in/out lengths the kernel overwrote in the first ``count`` headers."""
+    def mark_placed(self, i: int) -> None:
+        """Slot ``i`` is in a ring (or was rejected): a successor must not place it again."""
+        self.desc[_PLACED] = i + 1
+
+    def complete(self, count: int) -> None:
+        """Ready the first ``count`` slots for the next call (lengths back to SENTINEL)."""
         fields, stride = self.fields, _STRIDE
         for i in range(count):
-            fields[i * stride + _NAMELEN] = SOCKADDR_UN_SIZE
+            at = i * stride
+            fields[at + _LEN] = SENTINEL
+            fields[at + _NAMELEN] = SOCKADDR_UN_SIZE
             if self.control_size:
-                fields[i * stride + _CONTROLLEN] = self.control_size
+                fields[at + _CONTROLLEN] = self.control_size
+        self.desc[_PLACED] = 0  # after the reset: a kill in between finds nothing to redo
+
+    def unplaced(self) -> list[int]:
+        """Slots a dead predecessor had received but not placed, in order."""
+        first = int(self.desc[_PLACED])
+        return [i for i in range(first, self.size) if self.fields[i * _STRIDE + _LEN] != SENTINEL]
+
+    def close(self) -> None:
+        """Release the mapping's views (the mapping itself goes with the process)."""
+        self.desc.release()
+        self.fields.release()
 
     def length(self, i: int) -> int:
         """Bytes the kernel delivered for datagram ``i`` (its full size if truncated)."""
@@ -166,23 +223,23 @@ class BatchReceiver:
 
     def payload(self, i: int, n: int) -> memoryview:
         """The first ``n`` bytes of slot ``i``."""
-        start = i * self.slot
-        return self.view[start : start + n]
+        start = self._payloads_at + i * self._slot_stride
+        return memoryview(self._mm)[start : start + n]
 
     def address(self, i: int) -> bytes:
         """Sender address of datagram ``i`` as ring bytes: path, ``\\0name``, or b""."""
         namelen = int(self.fields[i * _STRIDE + _NAMELEN])
         if namelen <= 2:
-            return b""  # unbound sender: only sa_family
-        start = i * SOCKADDR_UN_SIZE + 2
-        raw = bytes(self.name_view[start : start + namelen - 2])
+            return b""  # unbound sender: no name, or only sa_family
+        start = self._names_at + i * _NAME_STRIDE + 2
+        raw = self._mm[start : start + namelen - 2]
         return raw if raw[:1] == b"\0" else raw.rstrip(b"\0")
 
     def control(self, i: int) -> bytes:
         """The ancillary data of datagram ``i`` (credentials when SO_PASSCRED is on)."""
         size = int(self.fields[i * _STRIDE + _CONTROLLEN])
-        start = i * self.control_size
-        return bytes(self.control_view[start : start + size])
+        start = self._controls_at + i * self._control_stride
+        return self._mm[start : start + min(size, self.control_size)]
 
 
 CMSG_HEADER = struct.Struct("@Nii")  # cmsg_len (size_t), cmsg_level, cmsg_type

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from .. import codecs
 from ..config import Config
 from ..datagram import Datagram
 from ..errors import HandlerImportError
@@ -105,9 +106,12 @@ def load_handler(config: Config) -> Handler:
     mode, message_type = _signature(call, config.handler)
     if is_batch:
         message_type = _element_type(message_type, config.handler)
+    decode = None if mode == "dgram" else make_decoder(message_type, config.codec)
+    if decode is not None and config.codec in codecs.MULTI_MESSAGE:
+        call = codecs.fan_out(call, mode, is_batch)  # one call per message of a datagram
     return Handler(
         call=call,
-        decode=None if mode == "dgram" else make_decoder(message_type, config.codec),
+        decode=decode,
         mode=mode,
         setup=_hook(target, "setup"),
         teardown=_hook(target, "teardown"),
@@ -183,6 +187,8 @@ def make_decoder(message_type: Any, codec: str) -> Decode | None:
     Raises:
         HandlerImportError: the type cannot be decoded with this codec.
     """
+    if codecs.handles(message_type, codec):  # lines, syslog, statsd: see ugram/codecs
+        return codecs.make_decoder(message_type, codec)
     if message_type in (bytes, inspect.Parameter.empty) and codec == "raw":
         return None
     if message_type is bytes:
