@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -201,6 +202,13 @@ def test_counters_match_what_was_sent_rejected_and_handled(
 # -- /healthz follows the liveness check ----------------------------------------------------------
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_healthz_turns_unhealthy_on_a_frozen_worker_and_recovers_after_its_replacement(
     sock_dir: Path, app_env: dict[str, str]
 ) -> None:
@@ -220,6 +228,9 @@ def test_healthz_turns_unhealthy_on_a_frozen_worker_and_recovers_after_its_repla
                 what="/healthz to notice the frozen worker",
             )
             noticed_after = time.monotonic() - stopped_at
+            # /healthz and the supervisor judge independently; a SIGCONT before the supervisor
+            # acted would let the worker recover. Wait until it is really gone.
+            wait_for(lambda: not _alive(frozen), what="the frozen worker to be killed")
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(frozen, signal.SIGCONT)  # too late: it was declared stalled
