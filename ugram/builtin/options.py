@@ -1,0 +1,58 @@
+"""Options of the built-in handlers: keyword arguments, ``<PREFIX><OPTION>`` environment
+variables, and a TOML or JSON file named by ``<PREFIX>CONFIG``."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from ..errors import ConfigError
+
+O = TypeVar("O", bound=msgspec.Struct)  # noqa: E741
+
+
+def load_options(
+    prefix: str, kind: type[O], overrides: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> O:
+    """Build a handler's options: ``overrides`` > ``<prefix><OPTION>`` variables > the file
+    named by ``<prefix>CONFIG`` (TOML, or JSON if it ends in ``.json``) > defaults.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown option, or an invalid value.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if env.get(prefix + "CONFIG"):
+        values.update(_read_options(env[prefix + "CONFIG"]))
+    names = set(kind.__struct_fields__)
+    for key, value in env.items():
+        if key.startswith(prefix) and key != prefix + "CONFIG":
+            name = key[len(prefix) :].lower()
+            if name not in names:
+                raise ConfigError(f"unknown option {key} (options: {', '.join(sorted(names))})")
+            values[name] = value
+    values.update(overrides)
+    try:
+        return msgspec.convert(values, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid {prefix}* option: {exc}") from None
+
+
+def _read_options(path: str) -> dict[str, Any]:
+    try:
+        data = Path(path).read_bytes()
+        parsed = (
+            msgspec.json.decode(data) if path.endswith(".json") else tomllib.loads(data.decode())
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read options file {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError, msgspec.DecodeError
+        raise ConfigError(f"options file {path} does not parse: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"options file {path} must hold a table of options")
+    return parsed
