@@ -1,0 +1,242 @@
+"""The built-in handlers' pieces, in process: options, the rotating file, the log sink, and
+the statsd aggregator's buckets, merge, percentiles and totals."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ugram import ConfigError, Datagram
+from ugram.builtin import (
+    LogSink,
+    RotatingFile,
+    SinkOptions,
+    StatsdAggregator,
+    StatsdOptions,
+    load_options,
+)
+from ugram.builtin.aggregate import Bucket, dump_bucket, load_bucket, quantile, render_interval
+from ugram.codecs.statsd import parse_packet
+from ugram.codecs.syslog import parse_syslog
+
+
+def dgram(data: bytes = b"", at: float = 1000.0) -> Datagram:
+    return Datagram(data, int(at * 1e9), b"", None)
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+def test_options_precedence_keyword_env_file_default(tmp_path: Path) -> None:
+    toml = tmp_path / "sink.toml"
+    toml.write_text('path = "from-file.jsonl"\nbackups = 2\nfsync = "never"\n')
+    env = {"UGSINK_CONFIG": str(toml), "UGSINK_BACKUPS": "7", "UGRAM_WORKERS": "3"}
+
+    options = load_options("UGSINK_", SinkOptions, {"fsync": "always"}, env)
+
+    assert (options.path, options.backups, options.fsync) == ("from-file.jsonl", 7, "always")
+    assert options.max_bytes == SinkOptions().max_bytes
+
+
+def test_json_options_file(tmp_path: Path) -> None:
+    file = tmp_path / "statsd.json"
+    file.write_text('{"dir": "/tmp/x", "flush_interval": 2.5}')
+    options = load_options("UGSTATSD_", StatsdOptions, {}, {"UGSTATSD_CONFIG": str(file)})
+    assert options == StatsdOptions(dir="/tmp/x", flush_interval=2.5)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"UGSINK_PAHT": "x"}, "unknown option UGSINK_PAHT"),
+        ({"UGSINK_FSYNC": "sometimes"}, "fsync"),
+        ({"UGSINK_MAX_BYTES": "-1"}, "max_bytes"),
+        ({"UGSINK_CONFIG": "/nonexistent/sink.toml"}, "cannot read"),
+    ],
+)
+def test_bad_options_name_the_problem(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_options("UGSINK_", SinkOptions, {}, env)
+
+
+def test_bad_options_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("path = \n")
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "unknown.toml").write_text("colour = 'red'\n")
+    for name, message in [
+        ("bad.toml", "does not parse"),
+        ("list.json", "table"),
+        ("unknown.toml", "colour"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_options("UGSINK_", SinkOptions, {}, {"UGSINK_CONFIG": str(tmp_path / name)})
+
+
+# -- the rotating file and the log sink ---------------------------------------------------------
+
+
+def test_rotation_keeps_backups_and_never_splits_lines(tmp_path: Path) -> None:
+    path = tmp_path / "a.log"
+    first = RotatingFile(str(path), max_bytes=25, backups=2, sync_on_rotate=True)
+    second = RotatingFile(str(path), max_bytes=25, backups=2, sync_on_rotate=True)
+    lines = [f"line {i:02d}\n".encode() for i in range(12)]  # 8 bytes each: 3 per file
+
+    for i in range(0, 12, 2):  # two writers taking turns, each following the other's rotation
+        (first if i % 4 else second).write(lines[i : i + 2])
+    first.close()
+    second.close()
+
+    assert path.read_bytes() == b"".join(lines[9:])
+    assert (tmp_path / "a.log.1").read_bytes() == b"".join(lines[6:9])
+    assert (tmp_path / "a.log.2").read_bytes() == b"".join(lines[3:6])
+    assert not (tmp_path / "a.log.3").exists()
+
+
+def test_a_line_longer_than_max_bytes_gets_a_file_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "a.log"
+    file = RotatingFile(str(path), max_bytes=4, backups=0, sync_on_rotate=False)
+    file.write([b"0123456789\n", b"x\n"])
+    file.close()
+    assert path.read_bytes() == b"x\n"  # no backups: the long line's file was removed
+
+
+def test_log_sink_writes_what_the_codec_decoded(tmp_path: Path) -> None:
+    sink = LogSink(path=str(tmp_path / "s.jsonl"), fsync="always")
+    sink.setup()
+    sink.handle_batch([b"hi", b"\xff", parse_syslog(b"<11>x")], [dgram(), dgram(), dgram()])
+    sink.teardown()
+
+    text, binary, syslog = (
+        json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()
+    )
+    assert (text["text"], text["size"], text["sender"]) == ("hi", 2, None)
+    assert binary["base64"] == "/w=="
+    assert syslog["data"]["severity"] == 3
+    assert syslog["data"]["message"] == "x"
+    assert text["time"].startswith("1970-01-01T00:16:40")
+
+
+# -- statsd aggregation -------------------------------------------------------------------------
+
+
+def bucket_of(payload: bytes, at: float = 1000.0) -> Bucket:
+    bucket = Bucket(1000.0)
+    for line in parse_packet(payload):
+        bucket.add(line, at)
+    return bucket
+
+
+def test_bucket_applies_sample_rates_and_keeps_the_last_gauge() -> None:
+    b = bucket_of(
+        b"c:1|c|@0.5\nc:2|c|#b,a,a\nc:3|c|#a,b\ng:1|g\ng:2:7|g\ns:x:y|s\ns:x|s\nh:4|h|@0.25"
+    )
+    late = bucket_of(b"g:5|g", at=999.0)  # received earlier: it must not win
+    b.merge(late)
+
+    out = render_interval(b, 10.0)
+    assert [(c.name, c.tags, c.value, c.rate) for c in out.counters] == [
+        ("c", [], 2.0, 0.2),
+        ("c", ["a", "b"], 5.0, 0.5),
+    ]
+    assert [(g.name, g.value) for g in out.gauges] == [("g", 7.0)]
+    assert [(s.name, s.value) for s in out.sets] == [("s", 2)]
+    h = out.histograms[0]
+    assert (h.count, h.sum, h.min, h.max, h.avg) == (4.0, 16.0, 4.0, 4.0, 4.0)
+    assert out.lines == 9
+
+
+def test_percentiles_are_numpys_default_linear_interpolation() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert quantile(values, 0.5) == statistics.median(values) == 50.5
+    assert quantile(values, 0.95) == pytest.approx(95.05)
+    assert quantile([3.0], 0.95) == 3.0
+    out = render_interval(bucket_of(b"t:4:1:3:2|ms\nd:9|d"), 1.0)
+    assert (out.timers[0].median, out.timers[0].p95) == (2.5, pytest.approx(3.85))
+    assert out.distributions[0].count == 1
+
+
+metric_lines = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.integers(-50, 50),
+        st.sampled_from(["c", "g", "h", "ms", "d", "s"]),
+        st.sampled_from(["", "|@0.5", "|#t:1", "|@0.25|#t:2,t:1"]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(metric_lines, st.integers(1, 4))
+def test_merging_partials_equals_aggregating_everything_at_once(
+    lines: list[tuple[str, int, str, str]], parts: int
+) -> None:
+    whole = Bucket(0.0)
+    pieces = [Bucket(0.0) for _ in range(parts)]
+    for i, (name, value, kind, extra) in enumerate(lines):
+        for line in parse_packet(f"{name}.{kind}:{value}|{kind}{extra}".encode()):
+            whole.add(line, at=float(i))  # receive times differ (a gauge tie has no order)
+            pieces[i % parts].add(line, at=float(i))
+    merged = Bucket(0.0)
+    for piece in pieces:
+        merged.merge(load_bucket(dump_bucket(piece)))  # through the partial file format
+
+    def normalized(b: Bucket) -> bytes:
+        out = render_interval(b, 1.0)
+        for summaries in (out.histograms, out.timers, out.distributions):
+            for s in summaries:  # float sums in another order may differ in the last bit
+                s.sum, s.avg = round(s.sum, 6), round(s.avg, 6)
+        return msgspec.json.encode(out)
+
+    assert normalized(merged) == normalized(whole)
+
+
+def test_two_workers_merge_into_one_interval_and_totals(tmp_path: Path) -> None:
+    now = [1000.0]
+    one, two = (StatsdAggregator(dir=str(tmp_path), flush_interval=10) for _ in range(2))
+    for worker in (one, two):
+        worker.clock = lambda: now[0]
+        worker.setup()
+    for line in parse_packet(b"hits:1|c\ntemp:20|g\nusers:ann|s\nlat:10|h"):
+        one.handle(line, dgram(at=1001.0))
+    for line in parse_packet(b"hits:2|c\ntemp:30|g\nusers:bob|s\nlat:30|h\n_e{1,1}:a|b\n_sc|x|0"):
+        two.handle(line, dgram(at=1002.0))
+    for line in parse_packet(b"hits:4|c\ntemp:40|g\nusers:ann|s"):
+        one.handle(line, dgram(at=1011.0))  # the next interval
+
+    now[0] = 1011.5  # interval 1000 ended: each worker publishes it, nobody merges it yet
+    one.tick()
+    two.tick()
+    assert len(list((tmp_path / "partials").iterdir())) == 2
+    assert not (tmp_path / "statsd.jsonl").exists()
+    now[0] = 1012.5  # and the grace period passed: the next tick merges it
+    two.tick()
+    assert not list((tmp_path / "partials").iterdir())
+    two.teardown()
+    one.teardown()  # the last worker to stop merges the rest
+
+    records = [json.loads(line) for line in (tmp_path / "statsd.jsonl").read_text().splitlines()]
+    assert [(r["start"], r["lines"]) for r in records] == [(1000.0, 10), (1010.0, 3)]
+    first = records[0]
+    assert first["counters"] == [{"name": "hits", "tags": [], "value": 3.0, "rate": 0.3}]
+    assert first["gauges"][0]["value"] == 30.0
+    assert first["sets"][0]["value"] == 2
+    assert first["histograms"][0]["median"] == 20.0
+    assert [e["title"] for e in first["events"]] == ["a"]
+    assert first["service_checks"][0]["name"] == "x"
+
+    totals = json.loads((tmp_path / "totals.json").read_text())
+    assert totals["counters"] == [{"name": "hits", "tags": [], "value": 7.0}]
+    assert totals["gauges"][0]["value"] == 40.0
+    assert totals["sets"][0]["members"] == ["ann", "bob"]
+    assert totals["histograms"][0]["count"] == 2.0
+    summary = (totals["flushes"], totals["lines"], totals["since"], totals["until"])
+    assert summary == (2, 13, 1000.0, 1020.0)
+    assert not list((tmp_path / "partials").iterdir())
+    assert not list((tmp_path / "workers").iterdir())
