@@ -50,6 +50,7 @@ _NAMELEN = _Msghdr.msg_namelen.offset // 4
 _CONTROLLEN = _Msghdr.msg_controllen.offset // 4
 _FLAGS = _Msghdr.msg_flags.offset // 4
 _LEN = _Mmsghdr.msg_len.offset // 4
+STRIDE, NAMELEN, FLAGS, LEN = _STRIDE, _NAMELEN, _FLAGS, _LEN
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -152,6 +153,7 @@ class BatchReceiver:
         offset += self._control_stride * batch
         self._payloads_at = offset
         self._slot_stride = (self.slot + 7) & ~7
+        self.view = memoryview(mm)
         self.fields = memoryview(self.headers).cast("B").cast("I")
         self._headers_ptr = ctypes.cast(self.headers, ctypes.POINTER(_Mmsghdr))
 
@@ -212,6 +214,7 @@ class BatchReceiver:
         """Release the mapping's views (the mapping itself goes with the process)."""
         self.desc.release()
         self.fields.release()
+        self.view.release()
 
     def length(self, i: int) -> int:
         """Bytes the kernel delivered for datagram ``i`` (its full size if truncated)."""
@@ -224,7 +227,13 @@ class BatchReceiver:
     def payload(self, i: int, n: int) -> memoryview:
         """The first ``n`` bytes of slot ``i``."""
         start = self._payloads_at + i * self._slot_stride
-        return memoryview(self._mm)[start : start + n]
+        return self.view[start : start + n]
+
+    @property
+    def layout(self) -> tuple[memoryview, int, int]:
+        """``(fields, payload offset, slot stride)`` for a caller's inlined hot loop; the
+        u32 ``fields`` of slot ``i`` start at ``i * STRIDE`` (see LEN, FLAGS, NAMELEN)."""
+        return self.fields, self._payloads_at, self._slot_stride
 
     def address(self, i: int) -> bytes:
         """Sender address of datagram ``i`` as ring bytes: path, ``\\0name``, or b""."""
