@@ -27,6 +27,7 @@ import os
 import platform
 import struct
 import tempfile
+import threading
 from typing import NamedTuple
 
 from .errors import RingFullError, UnsupportedPlatformError
@@ -75,6 +76,23 @@ def check_memory_ordering(machine: str | None = None) -> None:
             f"the shared-memory ring needs total store order (x86-64); this CPU is {name!r}, "
             "where records could be read before they are written. Not supported yet."
         )
+
+
+_FENCE_LOCK = threading.Lock()
+
+
+def full_fence() -> None:
+    """A full memory barrier (store-load included), from Python.
+
+    The sleep/wake hand-off is Dekker's pattern: the consumer stores "sleeping" then loads
+    the head; the producer stores the head then loads "sleeping". x86 may let each load
+    pass the other side's store (store buffers), and then both miss: the consumer sleeps
+    until its timeout with records waiting. Taking and releasing an uncontended lock runs a
+    LOCK-prefixed instruction (glibc's semaphore/mutex fast path), which x86 orders as a
+    full fence; it costs ~0.1 us and runs once per batch or sleep, not per record.
+    """
+    _FENCE_LOCK.acquire()
+    _FENCE_LOCK.release()
 
 
 def record_size(payload_len: int, addr_len: int) -> int:
@@ -204,6 +222,7 @@ class Ring:
         if not self._pending:
             return False
         self._pending = 0
+        full_fence()  # the head stores above must be visible before the flag is read
         return bool(self.ctl[CONSUMER_WAITING])
 
     def close_producer(self) -> None:
@@ -349,8 +368,14 @@ class Ring:
         return bool(self.ctl[CLOSED]) and self._rpos == int(self.ctl[HEAD])
 
     def set_sleeping(self, sleeping: bool) -> None:
-        """Tell the producer whether the consumer sleeps (and must be woken on publish)."""
+        """Tell the producer whether the consumer sleeps (and must be woken on publish).
+
+        Going to sleep is followed by a full fence, so that the caller's next look at the
+        head cannot be answered before the flag is visible to the producer.
+        """
         self.ctl[CONSUMER_WAITING] = 1 if sleeping else 0
+        if sleeping:
+            full_fence()
 
     def has_unread(self) -> bool:
         """True when a published record has not been read yet."""
