@@ -153,12 +153,22 @@ class _View:
     def receiver_state(self) -> str:
         if self.receiver is None:
             return "not running"
-        return _state_name(int(self.stats.block(0)[Slot.STATE]))
+        block = self.stats.block(0)
+        state = _state_name(int(block[Slot.STATE]))
+        if state == "running" and receiver_frozen(block, self.timeout, time.monotonic_ns()):
+            return f"unresponsive for more than {self.timeout:g}s"
+        return state
 
     def worker_state(self, index: int) -> str:
         if index not in self.workers:
             return "not running"
         return _state_name(int(self.block(index)[Slot.STATE]))
+
+
+def receiver_frozen(block: memoryview, timeout: float, now_ns: int) -> bool:
+    """True when a running receiver has not passed its 50 ms housekeeping for ``timeout``."""
+    beat = int(block[Slot.HEARTBEAT_NS])
+    return bool(timeout and beat and (now_ns - beat) / 1e9 > timeout)
 
 
 def _state_name(value: int) -> str:

@@ -103,7 +103,10 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
     ),
     Slot.RESTARTS: ("supervisor", "processes restarted after a crash"),
     Slot.LOST: ("supervisor", "datagrams a killed receiver had read but not yet written"),
-    Slot.HEARTBEAT_NS: ("worker", "monotonic time of its last idle-loop pass (liveness)"),
+    Slot.HEARTBEAT_NS: (
+        "worker, receiver",
+        "monotonic time of its last idle-loop (worker) or housekeeping (receiver) pass",
+    ),
     Slot.COMMAND: ("supervisor", "order to the worker: 1 = finish this record and exit"),
     Slot.ACTIVE: ("supervisor", "how many workers the receiver routes to"),
     Slot.ACTIVE_SEEN: ("receiver", "the ACTIVE value the receiver routes with now"),

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .events import Callbacks, ConnState, ErrorCallback, InfoCallback, ServerInfoCallback
 from .health import Liveness, stall_reason
-from .observe import Observers
+from .observe import Observers, receiver_frozen
 from .receiver import mmsg
 from .receiver.admission import ANCILLARY_SIZE
 from .ring import PUBLISHED, Ring, create_shared_fd
@@ -552,6 +552,7 @@ class Supervisor:
         if not timeout or self._stats is None:
             return
         now, now_ns = time.monotonic(), time.monotonic_ns()
+        self._watch_receiver(timeout, now_ns)
         for index, child in list(self._workers.items()):
             if child.kill_at:
                 if now >= child.kill_at:
@@ -565,6 +566,19 @@ class Supervisor:
             why = stall_reason(block, seen, timeout, now, now_ns)  # /healthz asks the same
             if why:
                 self._kill_stuck(child, why)
+
+    def _watch_receiver(self, timeout: float, now_ns: int) -> None:
+        """A frozen receiver (stopped, wedged) is killed and replaced on the same socket;
+        with a scratch area its successor recovers what it held."""
+        assert self._stats is not None
+        child = self._receiver
+        block = self._stats.block(RECEIVER_BLOCK)
+        if child is not None and child.kill_at and time.monotonic() >= child.kill_at:
+            child.proc.kill()
+        if child is None or child.kill_at or block[Slot.STATE] != State.RUNNING:
+            return
+        if receiver_frozen(block, timeout, now_ns):
+            self._kill_stuck(child, "unresponsive")
 
     def _kill_stuck(self, child: Child, why: str) -> None:
         log.error(

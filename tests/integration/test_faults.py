@@ -285,3 +285,24 @@ def test_shutdown_timeout_reports_unhandled(sock_dir: Path, out_dir: Path) -> No
     # The hung record plus the five queued behind it were never handled.
     assert "6 record(s) left unhandled" in server.stderr
     assert server.summary()["unhandled"] == 6
+
+
+def test_frozen_receiver_is_replaced_and_nothing_lost(sock_dir: Path, out_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    with run_server(
+        "seqrec:Recorder", path, "--workers", "1", "--worker-timeout", "2", out_dir=out_dir
+    ) as server:
+        procs = start_senders(path, 50_000, 1)
+        time.sleep(0.3)
+        frozen = children(server.proc.pid, "receiver")[0]
+        frozen.suspend()  # SIGSTOP mid-flood: the sender blocks, the receiver holds a batch
+        wait_for(
+            lambda: not frozen.is_running() or frozen.status() == "zombie",
+            timeout=30,
+            what="the frozen receiver to be killed",
+        )
+        wait_senders(procs)
+        assert server.stop() == 0, server.stderr[-3000:]
+    assert "receiver (pid" in server.stderr
+    assert "unresponsive" in server.stderr
+    assert sorted(read_records(out_dir)) == sorted(expected(1, 50_000))

@@ -8,10 +8,12 @@ a route decision and one copy into a ring. Heads are published once per batch.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -406,6 +408,7 @@ class Receiver:
             log.error("supervisor is gone; receiver exiting")
             self.loop.stop()
             return
+        self.counters[Slot.HEARTBEAT_NS] = time.monotonic_ns()  # liveness, for the supervisor
         self._sync_active()
         self.admission.housekeeping()
         if self.control[Slot.DRAIN] and not self.draining:
@@ -446,6 +449,8 @@ def main(argv: list[str]) -> int:
     """Receiver process entry point."""
     spec = spec_from_argv(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
+    # The supervisor sends SIGUSR1 before killing a frozen receiver: its traceback is logged.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     setproctitle.setproctitle(f"ugram: receiver {spec.config.socket}")
     logs.configure_from(spec.config, "receiver", strict=False)
     Receiver(spec).run()
