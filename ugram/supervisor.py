@@ -199,6 +199,9 @@ class Supervisor:
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
         previous = self._install_signals(write_fd)
+        # The blocking form owns its process: name it for ps/top. serve() leaves an
+        # embedding application's title alone.
+        setproctitle.setproctitle(f"ugram: supervisor {self.config.socket}")
         try:
             self.start()
             while self._phase is not Phase.STOPPED:
@@ -351,7 +354,6 @@ class Supervisor:
             UnsupportedPlatformError: the rings cannot run safely on this CPU.
         """
         cfg = self.config
-        setproctitle.setproctitle(f"ugram: supervisor {cfg.socket}")
         check_platform(cfg)
         creds = cfg.wants_credentials
         self._bound = adopt_systemd(credentials=creds) or bind_socket(
