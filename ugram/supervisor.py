@@ -285,7 +285,6 @@ class Supervisor:
             return
         self._set_active(self._active - 1)
         self._retiring.add(self._active)
-        self._respawn_at.pop(("worker", self._active), None)
         self._callbacks.emit_server_info(f"SIGTTOU: now {self._active} worker(s)")
 
     # Aliases so an embedding application can do what the signals do.
@@ -471,12 +470,17 @@ class Supervisor:
             self._crashed(child, code)
 
     def _exited_cleanly(self, child: Child) -> None:
+        unfinished = child.role == "worker" and bool(self._rings[child.index].used_bytes())
         if self._phase is not Phase.RUNNING:
-            ring = self._rings[child.index] if child.role == "worker" else None
-            if ring is not None and ring.used_bytes() and child.index < self._active:
+            if unfinished:
                 self._spawn(child.role, child.index)  # recycled mid-drain: finish its ring
             return
         if child.role == "worker" and child.index in self._retiring:
+            if unfinished:
+                # Recycled or reloaded before its ring was empty: a successor finishes the
+                # ring, then is retired like any other once it is drained.
+                self._spawn(child.role, child.index)
+                return
             self._retiring.discard(child.index)
             log.info("%s retired", child.name)
             return

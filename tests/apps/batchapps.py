@@ -33,3 +33,13 @@ def sized(items: list[bytes], dgrams: list[ugram.Datagram]) -> None:
         for item, dgram in zip(items, dgrams, strict=True):
             assert dgram.data == item
             out.write(f"{len(item)} {item[:1].hex() or '-'}\n")
+
+
+class PoisonBatch:
+    """A batch handler that kills its process when a batch holds ``POISON``."""
+
+    def handle_batch(self, items: list[bytes]) -> None:
+        if b"POISON" in items:
+            os._exit(7)
+        with open(f"{OUT}/{os.getpid()}.log", "ab") as out:
+            out.write(b"".join(item + b"\n" for item in items))

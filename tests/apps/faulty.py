@@ -51,3 +51,9 @@ def slow(data: bytes) -> None:
     while time.perf_counter() < end:
         pass
     _record(data)
+
+
+def slower(data: bytes) -> None:
+    """Takes 1 ms per record."""
+    time.sleep(0.001)
+    _record(data)

@@ -306,3 +306,56 @@ def test_frozen_receiver_is_replaced_and_nothing_lost(sock_dir: Path, out_dir: P
     assert "receiver (pid" in server.stderr
     assert "unresponsive" in server.stderr
     assert sorted(read_records(out_dir)) == sorted(expected(1, 50_000))
+
+
+def test_ttou_while_recycling_finishes_the_ring(sock_dir: Path, out_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    with run_server(
+        "faulty:slower",
+        path,
+        "--workers",
+        "2",
+        "--max-records",
+        "200",
+        "--ring-size",
+        "65536",
+        "--max-datagram",
+        "1024",
+        out_dir=out_dir,
+    ) as server:
+        procs = start_senders(path, 1_500, 2)
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTTOU)  # worker 1 retires while it recycles
+        wait_senders(procs)
+        assert server.stop() == 0, server.stderr[-3000:]
+    assert sorted(read_records(out_dir)) == sorted(expected(2, 1_500))
+
+
+def test_batch_poison_blames_the_record_that_kills(sock_dir: Path, out_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    dead = sock_dir / "dead.jsonl"
+    good = [f"g{i}".encode() for i in range(6)]
+    with run_server(
+        "batchapps:PoisonBatch",
+        path,
+        "--workers",
+        "1",
+        "--poison-attempts",
+        "1",
+        "--dead-letter",
+        str(dead),
+        out_dir=out_dir,
+    ) as server:
+        worker = wait_workers(server.proc.pid, 1)[0]
+        worker.suspend()  # queue everything in its ring, so that it takes it as one batch
+        try:
+            with send(path, *good[:3], b"POISON", *good[3:]):
+                pass
+            time.sleep(0.3)
+        finally:
+            worker.resume()
+        wait_for(lambda: len(read_records(out_dir)) == 6, timeout=30, what="the good ones")
+        assert server.stop() == 0
+    letters = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert [letter["data_base64"] for letter in letters] == ["UE9JU09O"]  # only POISON
+    assert sorted(read_records(out_dir)) == sorted(g.decode() for g in good)

@@ -25,7 +25,7 @@ from .. import logs
 from ..config import Config
 from ..datagram import Datagram
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError
-from ..ring import ACKED, IN_HAND, TAIL, Record, Ring
+from ..ring import ACKED, ATTEMPTS, IN_HAND, TAIL, Record, Ring
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import COMMAND_RETIRE, Slot, State, Stats, observe_latency
 from ..wake import clear_wake, signal_wake
@@ -70,6 +70,12 @@ class Worker:
         if attempts:
             self.careful_until = int(self.ring.ctl[IN_HAND])
         replayed = self.ring.rewind()
+        if replayed > 1:
+            # The predecessor died holding a whole batch: the tail record is not known to be
+            # the culprit. Blame no one yet; careful mode goes one record at a time, so the
+            # next death (if any) is pinned on the record that causes it.
+            self.ring.ctl[ATTEMPTS] -= 1
+            attempts = 0
         if attempts >= self.config.poison_attempts:
             self._quarantine(attempts)
             replayed -= 1
