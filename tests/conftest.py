@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -53,6 +54,23 @@ def child_env(out_dir: Path | None = None, **extra: str) -> dict[str, str]:
         env["UGTEST_OUT"] = str(out_dir)
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def apps_env(monkeypatch: pytest.MonkeyPatch, out_dir: Path) -> Path:
+    """Let workers started by an in-process Supervisor import the test apps."""
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
+    monkeypatch.setenv("UGTEST_OUT", str(out_dir))
+    return out_dir
+
+
+async def until(predicate: Callable[[], object], within: float = 15.0, what: str = "") -> None:
+    """Await ``predicate`` in an event loop; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:

@@ -7,33 +7,15 @@ import os
 import re
 import socket
 import stat
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import child_env, read_records, teardowns
+from tests.conftest import read_records, teardowns, until
 from ugram import ConnState, Supervisor, make_config
 from ugram.errors import HandlerError
 
 SEND_TIMEOUT = 10.0
-
-
-@pytest.fixture
-def apps_env(monkeypatch: pytest.MonkeyPatch, out_dir: Path) -> Path:
-    """Let workers started by an in-process Supervisor import the test apps."""
-    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
-    monkeypatch.setenv("UGTEST_OUT", str(out_dir))
-    return out_dir
-
-
-async def until(predicate: Callable[[], object], within: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 def send_all(path: Path, *payloads: bytes) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,28 +23,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.conftest import child_env, read_records, run_server, teardowns, wait_for
+from tests.conftest import child_env, read_records, run_server, teardowns, until, wait_for
 from ugram import Snapshot, Supervisor, make_config
 
 # -- helpers ---------------------------------------------------------------------------------
 
 SEND_TIMEOUT = 10.0
-
-
-@pytest.fixture
-def apps_env(monkeypatch: pytest.MonkeyPatch, out_dir: Path) -> Path:
-    """Let workers started by an in-process Supervisor import the test apps."""
-    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
-    monkeypatch.setenv("UGTEST_OUT", str(out_dir))
-    return out_dir
-
-
-async def until(predicate: Callable[[], object], within: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
