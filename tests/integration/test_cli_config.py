@@ -129,6 +129,8 @@ def survivors(session: int, path: Path | None, other_server: int | None = None) 
     for proc in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error, ProcessLookupError):
             cmdline = " ".join(proc.info["cmdline"] or [])
+            if not cmdline or proc.status() == psutil.STATUS_ZOMBIE:
+                continue  # already exiting: nothing outlives it
             sid = os.getsid(proc.pid)
             if proc.pid == os.getpid() or (other_server is not None and sid == other_server):
                 continue
