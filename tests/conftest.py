@@ -73,6 +73,19 @@ async def until(predicate: Callable[[], object], within: float = 15.0, what: str
         await asyncio.sleep(0.01)
 
 
+def send_all(path: Path, *payloads: bytes) -> None:
+    """Send from one unbound socket; a server that stops reading fails the test, never hangs."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10.0)  # seconds: a stalled server fails the test
+        for payload in payloads:
+            sock.sendto(payload, str(path))
+
+
+async def send_async(path: Path, *payloads: bytes) -> None:
+    """Send from a worker thread: a full kernel queue must not block the supervisor's loop."""
+    await asyncio.to_thread(send_all, path, *payloads)
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
     """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

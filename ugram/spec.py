@@ -60,6 +60,17 @@ def spec_from_argv(argv: list[str]) -> ChildSpec:
     return msgspec.json.decode(argv[1].encode(), type=ChildSpec)
 
 
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists (even one we may not signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def parent_alive(original_ppid: int) -> bool:
     """True while the process that started us is still our parent."""
     return os.getppid() == original_ppid

@@ -5,30 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import stat
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_records, teardowns, until
+from tests.conftest import read_records, send_async, teardowns, until
 from ugram import ConnState, Supervisor, make_config
 from ugram.errors import HandlerError
-
-SEND_TIMEOUT = 10.0
-
-
-def send_all(path: Path, *payloads: bytes) -> None:
-    """Send from one unbound socket; a server that stops reading fails the test, never hangs."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(SEND_TIMEOUT)
-        for payload in payloads:
-            sock.sendto(payload, str(path))
-
-
-async def send_async(path: Path, *payloads: bytes) -> None:
-    """Send from a worker thread: a full kernel queue must not block the supervisor's loop."""
-    await asyncio.to_thread(send_all, path, *payloads)
 
 
 async def finish(sup: Supervisor, task: asyncio.Task[int]) -> None:

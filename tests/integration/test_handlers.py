@@ -23,12 +23,19 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.conftest import child_env, read_records, run_server, teardowns, until, wait_for
+from tests.conftest import (
+    child_env,
+    read_records,
+    run_server,
+    send_all,
+    send_async,
+    teardowns,
+    until,
+    wait_for,
+)
 from ugram import Snapshot, Supervisor, make_config
 
 # -- helpers ---------------------------------------------------------------------------------
-
-SEND_TIMEOUT = 10.0
 
 
 @contextlib.asynccontextmanager
@@ -43,19 +50,6 @@ async def serving(path: Path, **options: Any) -> AsyncIterator[Supervisor]:
     finally:
         sup.close()
         await asyncio.wait_for(task, 30)
-
-
-def send_all(path: Path, *payloads: bytes) -> None:
-    """Send from one unbound socket; a server that stops reading fails the test, never hangs."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(SEND_TIMEOUT)
-        for payload in payloads:
-            sock.sendto(payload, str(path))
-
-
-async def send_async(path: Path, *payloads: bytes) -> None:
-    """Send from a worker thread: a full kernel queue must not block the supervisor's loop."""
-    await asyncio.to_thread(send_all, path, *payloads)
 
 
 async def stop(sup: Supervisor) -> Snapshot:

@@ -19,6 +19,7 @@ import msgspec
 from ..codecs import take_invalid_lines
 from ..codecs.statsd import Line
 from ..datagram import Datagram
+from ..spec import pid_alive
 from .aggregate import Bucket, Totals, add_to_totals, dump_bucket, load_bucket, render_interval
 from .options import load_options
 from .record import encode
@@ -66,7 +67,7 @@ class Spool:
         """True while another registered worker process is alive (stale entries are removed)."""
         for entry in self.workers.iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
-                if _alive(int(entry.name)):
+                if pid_alive(int(entry.name)):
                     return True
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
@@ -113,16 +114,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

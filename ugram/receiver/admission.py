@@ -7,7 +7,6 @@ kernel attached (SCM_CREDENTIALS), which a sender cannot forge.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import struct
 import time
@@ -15,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..config import Config
+from ..spec import pid_alive
 
 log = logging.getLogger("ugram.receiver")
 
@@ -90,23 +90,13 @@ class RateLimiter:
 
     def prune_dead_pids(self) -> int:
         """Drop buckets of processes that no longer exist (pid keys). Returns how many."""
-        dead = [pid for pid in self._buckets if not _pid_alive(pid)]
+        dead = [pid for pid in self._buckets if not pid_alive(pid)]
         for pid in dead:
             del self._buckets[pid]
         return len(dead)
 
     def __len__(self) -> int:
         return len(self._buckets)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Admission:
