@@ -119,7 +119,7 @@ class Receiver:
     def _drain(self) -> bool:
         """Read up to a batch, one recvfrom_into each; True when the socket ran empty."""
         recv, buf, view, place = self.sock.recvfrom_into, self.buffer, self.view, self._place
-        received = self.counters
+        c = self.counters
         for _ in range(BATCH):
             try:
                 n, addr = recv(buf)
@@ -129,7 +129,7 @@ class Receiver:
                 continue
             # Counted per datagram, like the ring heads: after a kill, received minus what
             # reached a ring or a reject counter is exactly what the dead receiver held.
-            received[_RECEIVED] += 1
+            c[_RECEIVED] += 1
             if not place(n, view[:n], _encode_address(addr), None):
                 return False
         return False
@@ -180,7 +180,7 @@ class Receiver:
                 c[_RECEIVED] += 1
                 c[_OVERSIZED] += 1
                 self._warn.warning("rejected a datagram larger than max_datagram=%d", limit)
-                desc[0] = i + 1
+                desc[mmsg.PLACED] = i + 1
                 continue
             address = address_of(i) if fields[at + mmsg.NAMELEN] > 2 else b""
             start = base + i * stride
@@ -191,7 +191,7 @@ class Receiver:
             c[_RECEIVED] += 1
             next_ring = next_ring + 1 if next_ring + 1 < active else 0
             nbytes += n
-            desc[0] = i + 1  # placed: a successor must not place it again
+            desc[mmsg.PLACED] = i + 1  # placed: a successor must not place it again
         self.next_ring = next_ring
         c[_BYTES] += nbytes
         return True

@@ -86,6 +86,7 @@ _DESC = 64  # bytes of descriptor at the start of the shared area
 _PLACED = 0  # u64 slot: slots below this index are in a ring (or rejected)
 _READY = 1  # u64 slot: _MAGIC once the slots were initialised
 _MAGIC = 0x5547_5343_5241_5443
+PLACED = _PLACED  # for a caller's inlined hot loop (same as mark_placed)
 _NAME_STRIDE = 112  # sockaddr_un, 8-aligned
 
 
