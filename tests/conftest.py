@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import settings
 
@@ -93,6 +94,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what or predicate}")
         time.sleep(0.01)
+
+
+def gone(proc: psutil.Process) -> bool:
+    """True once ``proc`` has exited (a zombie counts: it runs no more code)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @dataclass
@@ -173,15 +182,32 @@ def run_server(
         _kill_group(proc)
 
 
+# Sender processes started by the current test: a test that fails before wait_senders()
+# must not leave them running into the next test.
+_SENDERS: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_senders() -> Iterator[None]:
+    yield
+    while _SENDERS:
+        proc = _SENDERS.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def start_senders(path: Path, count: int, senders: int) -> list[subprocess.Popen[bytes]]:
     """Start ``senders`` blocking sender processes, each sending ``s<i>:<seq>``, count times."""
-    return [
+    procs = [
         subprocess.Popen(
             [sys.executable, str(APPS / "sender.py"), str(path), f"s{i}", str(count)],
             env=child_env(),
         )
         for i in range(senders)
     ]
+    _SENDERS.extend(procs)
+    return procs
 
 
 def wait_senders(procs: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> None:

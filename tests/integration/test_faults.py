@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import (
     child_env,
+    gone,
     read_records,
     run_server,
     send,
@@ -297,7 +298,7 @@ def test_frozen_receiver_is_replaced_and_nothing_lost(sock_dir: Path, out_dir: P
         frozen = children(server.proc.pid, "receiver")[0]
         frozen.suspend()  # SIGSTOP mid-flood: the sender blocks, the receiver holds a batch
         wait_for(
-            lambda: not frozen.is_running() or frozen.status() == "zombie",
+            lambda: gone(frozen),
             timeout=30,
             what="the frozen receiver to be killed",
         )

@@ -24,7 +24,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, child_env, run_server, wait_for
+from tests.conftest import Server, child_env, gone, run_server, wait_for
 
 APP = """
 import msgspec
@@ -204,7 +204,7 @@ def test_counters_match_what_was_sent_rejected_and_handled(
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return not gone(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return False
 
