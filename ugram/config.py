@@ -224,6 +224,14 @@ Mkdir = Annotated[
     bool,
     _meta("create a missing socket directory (mode 0750)", "true or false"),
 ]
+Speedups = Annotated[
+    bool,
+    _meta(
+        "use the compiled helper (ugram._speedups) for the receiver's and workers' "
+        "per-datagram loops when it was built; false forces the pure-Python paths",
+        "true or false",
+    ),
+]
 LogLevel = Annotated[
     Literal["debug", "info", "warning", "error", "critical"],
     _meta("log level", "debug, info, warning, error or critical"),
@@ -288,6 +296,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     mkdir: Mkdir = False
     batch_size: BatchSize = 256
     receive_batch: ReceiveBatch = 64
+    speedups: Speedups = True
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     log_config: LogConfig = ""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from . import speedups
 from .config import Config
 from .errors import SocketError, UnsupportedPlatformError
 from .ring import CONTROL_SIZE, check_memory_ordering
@@ -69,6 +70,20 @@ def check_memory_order() -> Finding:
     return Finding(
         "ok", f"memory ordering: {machine}", "total store order: ring records publish in order"
     )
+
+
+def check_speedups(config: Config) -> Finding:
+    """Whether the receiver's and workers' per-datagram loops run compiled."""
+    title = f"per-datagram loops: {speedups.describe(config.speedups)}"
+    if config.speedups and speedups.NATIVE is None:
+        return Finding(
+            "warn",
+            title,
+            "the pure-Python loops cost about twice the CPU per datagram.",
+            "install a C compiler and the Python headers, then reinstall ugram "
+            "(pip install --force-reinstall --no-deps ugram)",
+        )
+    return Finding("ok" if config.speedups else "info", title)
 
 
 def check_shared_memory(config: Config) -> list[Finding]:
@@ -234,6 +249,7 @@ CHECKS: tuple[Callable[[Config], Finding | list[Finding]], ...] = (
     lambda config: check_memory_order(),
     check_shared_memory,
     check_socket_path,
+    check_speedups,
     check_passcred,
     check_sndbuf,
 )

@@ -159,8 +159,9 @@ class RateLimited:
         self._count = 0
         self._suppressed = 0
 
-    def warning(self, msg: str, *args: object, exc_info: bool = False) -> None:
-        """Log a warning unless the budget for this interval is spent."""
+    def warning(self, msg: str, *args: object, exc_info: bool | BaseException = False) -> None:
+        """Log a warning unless the budget for this interval is spent (``exc_info``: True
+        for the exception being handled, or an exception instance)."""
         now = time.monotonic()
         if now - self._window >= self._interval:
             if self._suppressed:

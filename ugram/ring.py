@@ -28,8 +28,9 @@ import platform
 import struct
 import tempfile
 import threading
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+from . import speedups
 from .errors import RingFullError, UnsupportedPlatformError
 
 CONTROL_SIZE = 4096
@@ -118,8 +119,9 @@ def create_shared_fd(size: int) -> int:
 class Ring:
     """A view of one ring. The receiver uses the producer half, a worker the consumer half."""
 
-    def __init__(self, fd: int) -> None:
-        """Map the ring in ``fd`` (created by :meth:`create`).
+    def __init__(self, fd: int, *, use_speedups: bool = True) -> None:
+        """Map the ring in ``fd`` (created by :meth:`create`); ``use_speedups``: batch
+        operations run in the C helper when it was built.
 
         Raises:
             ValueError: the file is not a ugram ring.
@@ -140,6 +142,7 @@ class Ring:
         self._rpos = int(self.ctl[TAIL])  # consumer's read cursor
         self._head_seen = self._rpos
         self._taken = 0  # records taken since the last ack
+        self._native = speedups.native(use_speedups)
 
     @classmethod
     def create(cls, capacity: int) -> Ring:
@@ -212,6 +215,42 @@ class Ring:
         self._pending += 1
         return True
 
+    @property
+    def native(self) -> bool:
+        """True when this ring's batch operations run in the C helper."""
+        return self._native is not None
+
+    def put_scratch(
+        self,
+        scratch: mmap.mmap,
+        layout: tuple[int, ...],
+        span: tuple[int, int],
+        limit: int,
+        recv_ns: int,
+    ) -> tuple[int, int, int, int]:
+        """Copy received datagrams from a recvmmsg scratch area in, each published at once
+        and marked placed there (the C helper's loop; only when :attr:`native`).
+
+        ``span`` is ``(first, count)``: the scratch slots ``first`` to ``count - 1``;
+        ``layout`` is :attr:`ugram.receiver.mmsg.BatchReceiver.native_layout`. A slot over
+        ``limit`` bytes or truncated by the kernel is skipped (and counted). Stops at the
+        first datagram that does not fit.
+
+        Returns:
+            ``(next, placed, nbytes, oversized)``: the first slot not handled (``count``
+            when all were), records put, their payload bytes, slots skipped as oversized.
+        """
+        assert self._native is not None
+        first, count = span
+        result = self._native.put_scratch(self._mm, scratch, layout, first, count, limit, recv_ns)
+        following, placed, nbytes, oversized = (int(x) for x in result)
+        if placed:
+            ctl = self.ctl
+            self._head = int(ctl[HEAD])
+            self._published = int(ctl[PUBLISHED])
+            self._pending += placed
+        return following, placed, nbytes, oversized
+
     def publish(self) -> bool:
         """End a batch of puts (records are visible as soon as they are put).
 
@@ -276,6 +315,11 @@ class Ring:
         :meth:`start` and :meth:`finish` (or writes those slots itself, in a hot loop) and
         calls :meth:`end_batch` after the last one.
         """
+        if self._native is not None:
+            taken, self._rpos, self._head_seen = self._native.take_records(
+                self._mm, self._rpos, self._head_seen, limit, Record
+            )
+            return cast("list[tuple[Record, int]]", taken)
         batch: list[tuple[Record, int]] = []
         read = self._read
         while len(batch) < limit:

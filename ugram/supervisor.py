@@ -24,6 +24,7 @@ from types import FrameType
 
 import setproctitle
 
+from . import speedups
 from .config import Config
 from .errors import (
     EXIT_HANDLER_IMPORT,
@@ -382,7 +383,8 @@ class Supervisor:
         self._observers.start()  # threads only once the children exist
         self._callbacks.emit_server_info(
             f"listening on {self._bound.path} with {cfg.workers} worker(s), "
-            f"handler {cfg.handler}, codec {cfg.codec}"
+            f"handler {cfg.handler}, codec {cfg.codec}; "
+            f"per-datagram loops {speedups.describe(cfg.speedups)}"
         )
 
     def _spec(self, role: str, index: int) -> ChildSpec:

@@ -49,6 +49,7 @@ BAD_VALUES: dict[str, str] = {
     "mkdir": "perhaps",
     "batch_size": "0",
     "receive_batch": "0",
+    "speedups": "fast",
     "log_format": "xml",
     "log_config": "/nonexistent-ugram-dir/log.toml",
     "metrics": "no-port",

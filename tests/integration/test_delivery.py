@@ -24,10 +24,23 @@ def expected(senders: int, count: int) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2, 4])
-def test_concurrent_senders_exactly_once(sock_dir: Path, out_dir: Path, workers: int) -> None:
+@pytest.mark.parametrize(
+    ("workers", "speedups"),
+    [(1, "true"), (2, "true"), (4, "true"), (2, "false")],
+    ids=["1", "2", "4", "2-pure-python"],
+)
+def test_concurrent_senders_exactly_once(
+    sock_dir: Path, out_dir: Path, workers: int, speedups: str
+) -> None:
     path = sock_dir / "s.sock"
-    with run_server("seqrec:Recorder", path, "--workers", str(workers), out_dir=out_dir) as server:
+    with run_server(
+        "seqrec:Recorder",
+        path,
+        "--workers",
+        str(workers),
+        f"--speedups={speedups}",
+        out_dir=out_dir,
+    ) as server:
         wait_senders(start_senders(path, PER_SENDER, SENDERS))
         assert server.stop() == 0, server.stderr
     records = read_records(out_dir)

@@ -54,10 +54,13 @@ def wait_workers(pid: int, count: int) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_worker_sigkills_lose_nothing(sock_dir: Path, out_dir: Path) -> None:
+@pytest.mark.parametrize("speedups", ["true", "false"], ids=["compiled", "pure-python"])
+def test_worker_sigkills_lose_nothing(sock_dir: Path, out_dir: Path, speedups: str) -> None:
     path = sock_dir / "s.sock"
     senders, per_sender, kills = 4, 125_000, 10
-    with run_server("seqrec:Recorder", path, "--workers", "2", out_dir=out_dir) as server:
+    with run_server(
+        "seqrec:Recorder", path, "--workers", "2", f"--speedups={speedups}", out_dir=out_dir
+    ) as server:
         procs = start_senders(path, per_sender, senders)
         rng = random.Random(7)
         for _ in range(kills):
@@ -84,9 +87,13 @@ def test_worker_sigkills_lose_nothing(sock_dir: Path, out_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("receive_batch", ["1", "64"])
+@pytest.mark.parametrize(
+    ("receive_batch", "speedups"),
+    [("1", "true"), ("64", "true"), ("64", "false")],
+    ids=["1", "64", "64-pure-python"],
+)
 def test_receiver_sigkills_senders_see_no_error(
-    sock_dir: Path, out_dir: Path, receive_batch: str
+    sock_dir: Path, out_dir: Path, receive_batch: str, speedups: str
 ) -> None:
     path = sock_dir / "s.sock"
     senders, per_sender, kills = 2, 100_000, 8
@@ -97,6 +104,7 @@ def test_receiver_sigkills_senders_see_no_error(
         "2",
         "--receive-batch",
         receive_batch,
+        f"--speedups={speedups}",
         out_dir=out_dir,
     ) as server:
         procs = start_senders(path, per_sender, senders)  # they assert no send ever fails

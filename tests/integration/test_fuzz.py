@@ -60,8 +60,14 @@ class Running:
     pids: tuple[int | None, dict[int, int]]
 
 
-@pytest.fixture(scope="module", params=["json", "msgpack"])
+@pytest.fixture(
+    scope="module",
+    # The last one runs the receiver's and workers' pure-Python loops (no C helper).
+    params=[("json", True), ("msgpack", True), ("json", False)],
+    ids=["json", "msgpack", "json-pure-python"],
+)
 def running(request: pytest.FixtureRequest) -> Iterator[Running]:
+    codec, use_speedups = request.param
     directory = tempfile.mkdtemp(prefix="ug", dir="/tmp")
     path = f"{directory}/f.sock"
     sys.path.insert(0, str(APPS))  # workers inherit PYTHONPATH below
@@ -69,7 +75,8 @@ def running(request: pytest.FixtureRequest) -> Iterator[Running]:
     config = make_config(
         socket=path,
         handler="fuzzapps:strict",
-        codec=request.param,
+        codec=codec,
+        speedups=use_speedups,
         workers=2,
         max_datagram=MAX,
         ring_size=65536,

@@ -18,6 +18,8 @@ import socket
 import struct
 import sys
 
+from .. import speedups
+
 BATCH = 64
 SOCKADDR_UN_SIZE = 110  # sa_family_t + sun_path[108]
 MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0x20))
@@ -118,8 +120,10 @@ class BatchReceiver:
         control_size: int = 0,
         batch: int = BATCH,
         scratch_fd: int = -1,
+        use_speedups: bool = True,
     ) -> None:
-        """Map the scratch area (``scratch_fd``, or private memory when -1) for socket ``fd``.
+        """Map the scratch area (``scratch_fd``, or private memory when -1) for socket ``fd``;
+        ``use_speedups``: reset slots with the C helper when it was built.
 
         Raises:
             OSError: recvmmsg is not available here.
@@ -133,6 +137,7 @@ class BatchReceiver:
         total = scratch_size(max_datagram, control_size, batch)
         fresh = scratch_fd < 0
         self._mm = mmap.mmap(-1, total) if fresh else mmap.mmap(scratch_fd, total)
+        self._native = speedups.native(use_speedups)
         self._layout(batch)
         self._wire()
         if self.desc[_READY] != _MAGIC:  # a new area: every slot starts empty
@@ -157,6 +162,18 @@ class BatchReceiver:
         self.view = memoryview(mm)
         self.fields = memoryview(self.headers).cast("B").cast("I")
         self._headers_ptr = ctypes.cast(self.headers, ctypes.POINTER(_Mmsghdr))
+        # Byte offsets of the slots' fields, for the C helper (ugram/_speedups.c).
+        self.native_layout = (
+            _DESC,
+            ctypes.sizeof(_Mmsghdr),
+            _Mmsghdr.msg_len.offset,
+            _Msghdr.msg_flags.offset,
+            _Msghdr.msg_namelen.offset,
+            self._names_at,
+            _NAME_STRIDE,
+            self._payloads_at,
+            self._slot_stride,
+        )
 
     def _wire(self) -> None:
         # Pointers are per process (each maps the area at its own address): set them anew.
@@ -197,6 +214,15 @@ class BatchReceiver:
 
     def complete(self, count: int) -> None:
         """Ready the first ``count`` slots for the next call (lengths back to SENTINEL)."""
+        if self._native is not None:
+            self._native.reset_slots(
+                self._mm,
+                self.native_layout,
+                count,
+                _Msghdr.msg_controllen.offset,
+                self.control_size,
+            )
+            return
         fields, stride = self.fields, _STRIDE
         for i in range(count):
             at = i * stride
@@ -216,6 +242,11 @@ class BatchReceiver:
         self.desc.release()
         self.fields.release()
         self.view.release()
+
+    @property
+    def area(self) -> mmap.mmap:
+        """The shared scratch mapping (for :meth:`ugram.ring.Ring.put_scratch`)."""
+        return self._mm
 
     def length(self, i: int) -> int:
         """Bytes the kernel delivered for datagram ``i`` (its full size if truncated)."""

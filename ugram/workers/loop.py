@@ -21,13 +21,22 @@ from typing import Any
 import psutil
 import setproctitle
 
-from .. import logs
+from .. import logs, speedups
 from ..config import Config
 from ..datagram import Datagram
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError
 from ..ring import ACKED, ATTEMPTS, IN_HAND, TAIL, Record, Ring
 from ..spec import ChildSpec, parent_alive, spec_from_argv
-from ..stats import COMMAND_RETIRE, Slot, State, Stats, observe_latency
+from ..stats import (
+    COMMAND_RETIRE,
+    LATENCY_BUCKETS,
+    LATENCY_FIRST,
+    LATENCY_SUM_NS,
+    Slot,
+    State,
+    Stats,
+    observe_latency,
+)
 from ..wake import clear_wake, signal_wake
 from .deadletter import write_dead_letter
 from .handler import DECODE_ERRORS, Handler, load_handler
@@ -42,6 +51,19 @@ SPINS = 100 if len(os.sched_getaffinity(0)) > 2 else 0
 _COMMAND, _PROGRESS, _BUSY_SINCE_NS = int(Slot.COMMAND), int(Slot.PROGRESS), int(Slot.BUSY_SINCE_NS)
 _HANDLED, _HANDLER_ERRORS, _INVALID = int(Slot.HANDLED), int(Slot.HANDLER_ERRORS), int(Slot.INVALID)
 RSS_CHECK_EVERY = 1024  # records between two memory checks (psutil costs ~20 µs)
+# The counter slots the C helper's record loop writes (ugram/_speedups.c: run_records).
+_NATIVE_SLOTS = (
+    _COMMAND,
+    COMMAND_RETIRE,
+    _PROGRESS,
+    _BUSY_SINCE_NS,
+    _HANDLED,
+    _HANDLER_ERRORS,
+    _INVALID,
+    LATENCY_FIRST,
+    LATENCY_BUCKETS,
+    LATENCY_SUM_NS,
+)
 
 
 class Worker:
@@ -51,7 +73,8 @@ class Worker:
         self.index = spec.index
         self.config: Config = spec.config
         self.handler = handler
-        self.ring = Ring(spec.ring_fds[0])
+        self.ring = Ring(spec.ring_fds[0], use_speedups=self.config.speedups)
+        self._native = speedups.native(self.config.speedups)
         self.wake_fd = spec.wake_fds[0]
         self.space_fd = spec.space_fd
         self.sock = socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None
@@ -167,6 +190,8 @@ class Worker:
         Returns how many records were handled: fewer than the batch when the worker was
         told to retire or is due for recycling (checked before each record).
         """
+        if self._native is not None:
+            return self._native_record_step(batch)
         ctl, c, process, recycling = self.ring.ctl, self.counters, self._process, self.recycling
         monotonic_ns, time_ns = time.monotonic_ns, time.time_ns
         done = 0
@@ -186,6 +211,56 @@ class Worker:
         if done < len(batch):
             self.ring.rewind_to(int(ctl[TAIL]))
         return done
+
+    def _native_record_step(self, batch: list[tuple[Record, int]]) -> int:
+        """:meth:`_record_step` with the loop in the C helper (same stores, same order)."""
+        assert self._native is not None
+        c, handler, run = self.counters, self.handler, self._native.run_records
+        plain = handler.mode == "data"
+        call = handler.call if plain else None
+        decode = handler.decode if plain else None
+        done, total = 0, len(batch)
+        while True:
+            handled: int = run(
+                batch[done:] if done else batch,
+                self.ring.ctl,
+                c,
+                _NATIVE_SLOTS,
+                self._process,
+                call,
+                decode,
+                DECODE_ERRORS,
+                self._report_invalid,
+                self._report_error,
+                self._allowance(),
+            )
+            done += handled
+            self.records += handled
+            if done == total or c[_COMMAND] == COMMAND_RETIRE:
+                break
+            if self.recycling and self._recycle_due():
+                break
+        c[_BUSY_SINCE_NS] = 0
+        if done < total:
+            self.ring.rewind_to(int(self.ring.ctl[TAIL]))
+        return done
+
+    def _allowance(self) -> int:
+        """Records the C loop may handle before the recycling limits must be looked at."""
+        if not self.recycling:
+            return sys.maxsize
+        room = sys.maxsize
+        if self.record_limit:
+            room = min(room, self.record_limit - self.records)
+        if self.config.max_rss:
+            room = min(room, RSS_CHECK_EVERY - self.records % RSS_CHECK_EVERY)
+        return max(1, room)
+
+    def _report_invalid(self, exc: BaseException) -> None:
+        self._invalid.warning("worker %d: undecodable datagram (%s)", self.index, exc)
+
+    def _report_error(self, exc: BaseException) -> None:
+        self._errors.warning("worker %d: handler raised", self.index, exc_info=exc)
 
     def _batch_step(self, batch: list[tuple[Record, int]]) -> int:
         """One handle_batch call for the whole batch, acknowledged together."""
@@ -256,7 +331,7 @@ class Worker:
             message = record.payload if handler.decode is None else handler.decode(record.payload)
         except DECODE_ERRORS as exc:
             c[_INVALID] += 1
-            self._invalid.warning("worker %d: undecodable datagram (%s)", self.index, exc)
+            self._report_invalid(exc)
             return
         try:
             if handler.mode == "data":

@@ -1,0 +1,40 @@
+# Types of the optional C helper (ugram/_speedups.c); see ugram.speedups.
+import mmap
+from collections.abc import Callable, Sequence
+from typing import Any
+
+def put_scratch(
+    ring: mmap.mmap,
+    scratch: mmap.mmap,
+    layout: tuple[int, ...],
+    first: int,
+    count: int,
+    limit: int,
+    recv_ns: int,
+    /,
+) -> tuple[int, int, int, int]: ...
+def reset_slots(
+    scratch: mmap.mmap,
+    layout: tuple[int, ...],
+    count: int,
+    controllen_at: int,
+    control_size: int,
+    /,
+) -> None: ...
+def take_records(
+    ring: mmap.mmap, rpos: int, head_seen: int, limit: int, record_type: type[tuple[object, ...]], /
+) -> tuple[list[tuple[object, int]], int, int]: ...
+def run_records(
+    batch: Sequence[tuple[tuple[object, ...], int]],
+    ctl: memoryview,
+    counters: memoryview,
+    slots: tuple[int, ...],
+    process: Callable[[Any], object],
+    call: Callable[[Any], object] | None,
+    decode: Callable[[bytes], object] | None,
+    decode_errors: tuple[type[BaseException], ...],
+    on_invalid: Callable[[BaseException], object],
+    on_error: Callable[[BaseException], object],
+    allowance: int,
+    /,
+) -> int: ...
