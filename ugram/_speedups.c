@@ -15,7 +15,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <time.h>
 
@@ -30,6 +32,13 @@
 #define FLAG_CREDS 1u
 #define MSG_TRUNC_FLAG 0x20u
 #define SENTINEL 0xFFFFFFFFu
+
+static int64_t clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static inline uint64_t load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -74,101 +83,162 @@ static Py_ssize_t slot_address(const char *scratch, const ScratchLayout *l, Py_s
     return n;
 }
 
-PyDoc_STRVAR(put_scratch_doc,
-"put_scratch(ring, scratch, layout, first, count, limit, recv_ns) -> (next, placed, nbytes, oversized)\n\n"
-"Copy scratch slots first..count-1 into the ring, publishing each record and marking it\n"
-"placed in the scratch area. A slot over `limit` bytes (or truncated by the kernel) is\n"
-"skipped and counted as oversized. Stops at the first record that does not fit: `next` is\n"
-"its index (== count when every slot was handled).");
+/* Bounds that keep every offset computation far from overflow (the real values are small:
+ * batch <= 1024, slots <= max_datagram + 1 <= 16 MiB, names 112 bytes). */
+#define MAX_SLOTS 1024
+#define MAX_STRIDE (64 * 1024 * 1024)
+#define MAX_NAME 4096
 
-static PyObject *put_scratch(PyObject *self, PyObject *args)
+/* The ring's capacity, or 0 (with ValueError set) when `ring` does not hold a ring. */
+static uint64_t ring_capacity(const Py_buffer *ring, const char *who)
 {
-    Py_buffer ring, scratch;
-    PyObject *layout_tuple;
-    Py_ssize_t first, count, limit;
-    long long recv_ns;
-    ScratchLayout l;
-    if (!PyArg_ParseTuple(args, "w*w*O!nnnL", &ring, &scratch, &PyTuple_Type, &layout_tuple,
-                          &first, &count, &limit, &recv_ns))
-        return NULL;
-    PyObject *result = NULL;
-    if (!parse_layout(layout_tuple, &l))
-        goto done;
-    if (ring.len < CONTROL_SIZE || count < first || first < 0 ||
-        l.headers_at + count * l.header_stride > scratch.len ||
-        l.payloads_at + count * l.slot_stride > scratch.len ||
-        l.names_at + count * l.name_stride > scratch.len) {
-        PyErr_SetString(PyExc_ValueError, "put_scratch: buffers too small for the layout");
-        goto done;
+    uint64_t cap = ring->len >= CONTROL_SIZE ? ((const uint64_t *)ring->buf)[CTL_CAPACITY] : 0;
+    if (cap < HEADER_SIZE || cap % 8 || cap > (uint64_t)ring->len - CONTROL_SIZE) {
+        PyErr_Format(PyExc_ValueError, "%s: not a ring", who);
+        return 0;
     }
-    char *rbase = (char *)ring.buf, *sbase = (char *)scratch.buf;
-    uint64_t *ctl = (uint64_t *)rbase, *placed_index = (uint64_t *)sbase;
-    char *data = rbase + CONTROL_SIZE;
-    uint64_t cap = ctl[CTL_CAPACITY];
-    if (cap == 0 || CONTROL_SIZE + cap > (uint64_t)ring.len) {
-        PyErr_SetString(PyExc_ValueError, "put_scratch: not a ring");
-        goto done;
+    return cap;
+}
+
+static int scratch_fits(const Py_buffer *scratch, const ScratchLayout *l, Py_ssize_t count,
+                        const char *who)
+{
+    const Py_ssize_t fields[] = {l->len_at, l->flags_at, l->namelen_at};
+    int ok = count >= 0 && count <= MAX_SLOTS && l->headers_at >= 8 && l->names_at >= 0 &&
+             l->payloads_at >= 0 && l->header_stride >= 0 && l->header_stride <= MAX_STRIDE &&
+             l->slot_stride >= 0 && l->slot_stride <= MAX_STRIDE && l->name_stride >= 2 &&
+             l->name_stride <= MAX_NAME && l->headers_at <= MAX_STRIDE &&
+             l->names_at <= (Py_ssize_t)1 << 40 && l->payloads_at <= (Py_ssize_t)1 << 40 &&
+             l->headers_at + count * l->header_stride <= scratch->len &&
+             l->payloads_at + count * l->slot_stride <= scratch->len &&
+             l->names_at + count * l->name_stride <= scratch->len;
+    for (int k = 0; k < 3 && ok; k++)
+        ok = fields[k] >= 0 && fields[k] + 4 <= l->header_stride;
+    if (!ok)
+        PyErr_Format(PyExc_ValueError, "%s: scratch area too small for the layout", who);
+    return ok;
+}
+
+/* The producer's view of one ring during a drain (Ring's _head and friends). */
+typedef struct {
+    char *data;
+    uint64_t *ctl;
+    uint64_t cap, head, published, tail;
+} Producer;
+
+static void producer_open(Producer *p, char *base, uint64_t cap)
+{
+    p->ctl = (uint64_t *)base;
+    p->data = base + CONTROL_SIZE;
+    p->cap = cap;
+    p->head = p->ctl[CTL_HEAD];
+    p->published = p->ctl[CTL_PUBLISHED];
+    p->tail = load_acquire(&p->ctl[CTL_TAIL]);
+}
+
+/* Ring.try_put: copy one record in and publish it at once. 0 when it does not fit. */
+static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const char *payload,
+                        uint32_t n, int64_t recv_ns)
+{
+    uint64_t cap = p->cap, head = p->head;
+    uint64_t size = ((uint64_t)HEADER_SIZE + alen + n + 7) & ~(uint64_t)7;
+    uint64_t off = head % cap;
+    uint64_t pad = (cap - off < size) ? cap - off : 0;
+    if (head + pad + size - p->tail > cap) {
+        p->tail = load_acquire(&p->ctl[CTL_TAIL]);
+        if (head + pad + size - p->tail > cap)
+            return 0; /* full (or larger than the ring): the caller decides */
     }
-    uint64_t head = ctl[CTL_HEAD], published = ctl[CTL_PUBLISHED];
-    uint64_t tail = load_acquire(&ctl[CTL_TAIL]);
-    Py_ssize_t i, placed = 0, oversized = 0;
-    long long nbytes = 0;
+    if (pad) {
+        uint32_t mark = PAD_MARK;
+        memcpy(p->data + off, &mark, 4);
+        head += pad;
+        off = 0;
+    }
+    char *rec = p->data + off;
+    uint32_t length = (uint32_t)(HEADER_SIZE + alen + n), zero32 = 0;
+    uint16_t alen16 = (uint16_t)alen, zero16 = 0;
+    memcpy(rec, &length, 4);
+    memcpy(rec + 4, &zero32, 4);  /* flags: no credentials */
+    memcpy(rec + 8, &recv_ns, 8);
+    memcpy(rec + 16, &zero32, 4); /* pid */
+    memcpy(rec + 20, &zero32, 4); /* uid */
+    memcpy(rec + 24, &zero32, 4); /* gid */
+    memcpy(rec + 28, &alen16, 2);
+    memcpy(rec + 30, &zero16, 2);
+    if (alen)
+        memcpy(rec + HEADER_SIZE, address, (size_t)alen);
+    memcpy(rec + HEADER_SIZE + alen, payload, n);
+    p->head = head + size;
+    __atomic_store_n(&p->ctl[CTL_PUBLISHED], ++p->published, __ATOMIC_RELAXED);
+    store_release(&p->ctl[CTL_HEAD], p->head); /* every record byte is stored before this */
+    return 1;
+}
+
+/* Where the receiver counts (its block of the shared counter table). */
+typedef struct {
+    uint64_t *c;
+    Py_ssize_t received, bytes, oversized;
+} ReceiverCounters;
+
+typedef struct {
+    Py_ssize_t placed, oversized;
+} PlaceTotals;
+
+/* Place scratch slots first..count-1, one record per ring in turn starting at *next_ring,
+ * each published at once, counted, and marked placed in the scratch area (that order: a
+ * receiver killed between two stores re-places at most one record, and loses none). A slot
+ * over `limit` bytes (or truncated by the kernel) is counted as oversized and skipped.
+ * Returns the first slot not handled: count, or the slot whose ring was full. */
+static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
+                              char *sbase, const ScratchLayout *l, Py_ssize_t first,
+                              Py_ssize_t count, Py_ssize_t limit, int64_t recv_ns,
+                              const ReceiverCounters *rc, PlaceTotals *t)
+{
+    uint64_t *placed_index = (uint64_t *)sbase, *c = rc->c;
+    Py_ssize_t i;
     for (i = first; i < count; i++) {
-        uint32_t n = slot_u32(sbase, &l, i, l.len_at);
-        if ((Py_ssize_t)n > limit || (slot_u32(sbase, &l, i, l.flags_at) & MSG_TRUNC_FLAG)) {
-            oversized++;
-            placed_index[0] = (uint64_t)i + 1;
+        uint32_t n = slot_u32(sbase, l, i, l->len_at);
+        if ((Py_ssize_t)n > limit || n > (uint64_t)l->slot_stride ||
+            (slot_u32(sbase, l, i, l->flags_at) & MSG_TRUNC_FLAG)) {
+            c[rc->received] += 1;
+            c[rc->oversized] += 1;
+            t->oversized++;
+            store_release(placed_index, (uint64_t)i + 1);
             continue;
         }
         const char *address = NULL;
-        Py_ssize_t alen = slot_address(sbase, &l, i, &address);
-        uint64_t size = ((uint64_t)HEADER_SIZE + alen + n + 7) & ~(uint64_t)7;
-        uint64_t off = head % cap;
-        uint64_t pad = (cap - off < size) ? cap - off : 0;
-        if (head + pad + size - tail > cap) {
-            tail = load_acquire(&ctl[CTL_TAIL]);
-            if (head + pad + size - tail > cap)
-                break; /* full (or larger than the ring): the caller decides */
-        }
-        if (pad) {
-            uint32_t mark = PAD_MARK;
-            memcpy(data + off, &mark, 4);
-            head += pad;
-            off = 0;
-        }
-        char *rec = data + off;
-        uint32_t length = (uint32_t)(HEADER_SIZE + alen + n), zero32 = 0;
-        uint16_t alen16 = (uint16_t)alen, zero16 = 0;
-        int64_t ns = recv_ns;
-        memcpy(rec, &length, 4);
-        memcpy(rec + 4, &zero32, 4);   /* flags: no credentials */
-        memcpy(rec + 8, &ns, 8);
-        memcpy(rec + 16, &zero32, 4);  /* pid */
-        memcpy(rec + 20, &zero32, 4);  /* uid */
-        memcpy(rec + 24, &zero32, 4);  /* gid */
-        memcpy(rec + 28, &alen16, 2);
-        memcpy(rec + 30, &zero16, 2);
-        if (alen)
-            memcpy(rec + HEADER_SIZE, address, (size_t)alen);
-        memcpy(rec + HEADER_SIZE + alen, sbase + l.payloads_at + i * l.slot_stride, n);
-        head += size;
-        ctl[CTL_PUBLISHED] = ++published;
-        store_release(&ctl[CTL_HEAD], head); /* every record byte is stored before this */
-        placed_index[0] = (uint64_t)i + 1;   /* placed: a successor must not place it again */
-        placed++;
-        nbytes += n;
+        Py_ssize_t alen = slot_address(sbase, l, i, &address);
+        const char *payload = sbase + l->payloads_at + i * l->slot_stride;
+        if (!producer_put(&rings[*next_ring], address, alen, payload, n, recv_ns))
+            break;
+        c[rc->received] += 1;
+        c[rc->bytes] += n;
+        store_release(placed_index, (uint64_t)i + 1); /* placed: never placed again */
+        *next_ring = *next_ring + 1 < active ? *next_ring + 1 : 0;
+        t->placed++;
     }
-    result = Py_BuildValue("nnLn", i, placed, nbytes, oversized);
-done:
-    PyBuffer_Release(&ring);
-    PyBuffer_Release(&scratch);
-    return result;
+    return i;
 }
 
 PyDoc_STRVAR(reset_slots_doc,
 "reset_slots(scratch, layout, count, controllen_at, control_size)\n\n"
 "Ready the first `count` scratch slots for the next recvmmsg call: lengths back to the\n"
 "sentinel, name (and control) lengths back to their buffer sizes; then `placed` = 0.");
+
+static void reset(char *sbase, const ScratchLayout *l, Py_ssize_t count,
+                  Py_ssize_t controllen_at, uint64_t control_size)
+{
+    uint32_t sentinel = SENTINEL, namelen = 110; /* sizeof(struct sockaddr_un) */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        char *hdr = sbase + l->headers_at + i * l->header_stride;
+        memcpy(hdr + l->len_at, &sentinel, 4);
+        memcpy(hdr + l->namelen_at, &namelen, 4);
+        if (control_size)
+            memcpy(hdr + controllen_at, &control_size, 8);
+    }
+    store_release((uint64_t *)sbase, 0); /* after the reset: a kill in between finds nothing */
+}
 
 static PyObject *reset_slots(PyObject *self, PyObject *args)
 {
@@ -181,25 +251,115 @@ static PyObject *reset_slots(PyObject *self, PyObject *args)
                           &controllen_at, &control_size))
         return NULL;
     PyObject *result = NULL;
-    if (!parse_layout(layout_tuple, &l))
+    if (!parse_layout(layout_tuple, &l) || !scratch_fits(&scratch, &l, count, "reset_slots"))
         goto done;
-    if (count < 0 || l.headers_at + count * l.header_stride > scratch.len) {
-        PyErr_SetString(PyExc_ValueError, "reset_slots: buffer too small for the layout");
-        goto done;
-    }
-    char *sbase = (char *)scratch.buf;
-    uint32_t sentinel = SENTINEL, namelen = 110; /* sockaddr_un */
-    for (Py_ssize_t i = 0; i < count; i++) {
-        char *hdr = sbase + l.headers_at + i * l.header_stride;
-        memcpy(hdr + l.len_at, &sentinel, 4);
-        memcpy(hdr + l.namelen_at, &namelen, 4);
-        if (control_size)
-            memcpy(hdr + controllen_at, &control_size, 8);
-    }
-    store_release((uint64_t *)sbase, 0); /* after the reset: a kill in between finds nothing */
+    reset((char *)scratch.buf, &l, count, controllen_at, control_size);
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&scratch);
+    return result;
+}
+
+PyDoc_STRVAR(drain_doc,
+"drain(fd, scratch, layout, batch, rings, active, next_ring, limit, calls, counters, slots)\n"
+"    -> (empty, next_ring, placed, oversized, count, following)\n\n"
+"The receiver's plain path (no admission, routing or credentials), whole: up to `calls`\n"
+"times, recvmmsg up to `batch` datagrams into the scratch area, place each in the next of\n"
+"the first `active` rings in turn (Ring.try_put), count it in `counters` (u64 slots\n"
+"`slots` = (received, bytes, oversized)) and ready the slots again (as reset_slots does).\n"
+"`empty`: the socket ran dry. When a ring is full it stops: `count` is that batch's size\n"
+"and `following` the first slot not placed (both 0 otherwise); the caller places or holds\n"
+"the rest, then resets the slots.\n\n"
+"Raises OSError for a receive error other than EAGAIN or EINTR.");
+
+static PyObject *drain(PyObject *self, PyObject *args)
+{
+    int fd;
+    Py_buffer scratch, counters;
+    PyObject *layout_tuple, *rings, *slots_tuple;
+    Py_ssize_t batch, active, next_ring, limit, calls;
+    ScratchLayout l;
+    ReceiverCounters rc;
+    if (!PyArg_ParseTuple(args, "iw*O!nO!nnnnw*O!", &fd, &scratch, &PyTuple_Type, &layout_tuple,
+                          &batch, &PyList_Type, &rings, &active, &next_ring, &limit, &calls,
+                          &counters, &PyTuple_Type, &slots_tuple))
+        return NULL;
+    PyObject *result = NULL;
+    Producer *producers = NULL;
+    Py_buffer *bufs = NULL;
+    Py_ssize_t held = 0;
+    if (!parse_layout(layout_tuple, &l) || !scratch_fits(&scratch, &l, batch, "drain"))
+        goto done;
+    if (!PyArg_ParseTuple(slots_tuple, "nnn;slots: received, bytes, oversized", &rc.received,
+                          &rc.bytes, &rc.oversized))
+        goto done;
+    Py_ssize_t n_counters = counters.len / 8;
+    if (rc.received < 0 || rc.received >= n_counters || rc.bytes < 0 ||
+        rc.bytes >= n_counters || rc.oversized < 0 || rc.oversized >= n_counters) {
+        PyErr_SetString(PyExc_ValueError, "drain: counter slots outside the counter block");
+        goto done;
+    }
+    rc.c = (uint64_t *)counters.buf;
+    if (batch < 1 || l.header_stride != (Py_ssize_t)sizeof(struct mmsghdr) || active < 1 ||
+        active > PyList_GET_SIZE(rings) || next_ring < 0 || next_ring >= active) {
+        PyErr_SetString(PyExc_ValueError, "drain: bad batch, layout or ring numbers");
+        goto done;
+    }
+    bufs = PyMem_Calloc((size_t)active, sizeof(Py_buffer));
+    producers = PyMem_Calloc((size_t)active, sizeof(Producer));
+    if (bufs == NULL || producers == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < active; held++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(rings, held), &bufs[held], PyBUF_WRITABLE) < 0)
+            goto done;
+        uint64_t cap = ring_capacity(&bufs[held], "drain");
+        if (cap == 0) {
+            held++;
+            goto done;
+        }
+        producer_open(&producers[held], (char *)bufs[held].buf, cap);
+    }
+    char *sbase = (char *)scratch.buf;
+    struct mmsghdr *headers = (struct mmsghdr *)(sbase + l.headers_at);
+    PlaceTotals t = {0, 0};
+    Py_ssize_t count = 0, following = 0;
+    int empty = 0;
+    for (Py_ssize_t call = 0; call < calls;) {
+        int got = recvmmsg(fd, headers, (unsigned int)batch, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                empty = 1;
+                break;
+            }
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto done;
+        }
+        call++;
+        if (got == 0) {
+            empty = 1;
+            break;
+        }
+        Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, 0, got, limit,
+                                      clock_ns(CLOCK_REALTIME), &rc, &t);
+        if (stop < got) {
+            count = got;
+            following = stop;
+            break;
+        }
+        reset(sbase, &l, got, 0, 0); /* the plain path carries no credentials */
+    }
+    result = Py_BuildValue("innnnn", empty, next_ring, t.placed, t.oversized, count, following);
+done:
+    for (Py_ssize_t k = 0; k < held; k++)
+        PyBuffer_Release(&bufs[k]);
+    PyMem_Free(bufs);
+    PyMem_Free(producers);
+    PyBuffer_Release(&scratch);
+    PyBuffer_Release(&counters);
     return result;
 }
 
@@ -270,11 +430,9 @@ static PyObject *take_records(PyObject *self, PyObject *args)
     char *rbase = (char *)ring.buf;
     uint64_t *ctl = (uint64_t *)rbase;
     const char *data = rbase + CONTROL_SIZE;
-    uint64_t cap = ctl[CTL_CAPACITY];
-    if (ring.len < CONTROL_SIZE || cap == 0 || CONTROL_SIZE + cap > (uint64_t)ring.len) {
-        PyErr_SetString(PyExc_ValueError, "take_records: not a ring");
+    uint64_t cap = ring_capacity(&ring, "take_records");
+    if (cap == 0)
         goto done;
-    }
     batch = PyList_New(0);
     if (batch == NULL)
         goto done;
@@ -329,12 +487,6 @@ typedef struct {
     Py_ssize_t latency_first, latency_buckets, latency_sum;
 } CounterSlots;
 
-static int64_t clock_ns(clockid_t clock)
-{
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* ugram.stats.observe_latency */
 static void observe_latency(uint64_t *c, const CounterSlots *s, int64_t ns)
@@ -366,20 +518,19 @@ static PyObject *take_exception(void)
 #endif
 }
 
-/* Call fn(arg); an Exception is reported through on_exc(exc) and 1 is returned; anything
- * else raised (SystemExit, KeyboardInterrupt) propagates: -1. 0 when the call returned. */
-static int call_reporting(PyObject *fn, PyObject *arg, PyObject *on_exc, PyObject **result)
+/* Call fn(arg); an Exception is counted in *errors and reported through on_exc(exc), and 1
+ * is returned; anything else raised (SystemExit, KeyboardInterrupt) propagates: -1. 0 when
+ * the call returned. */
+static int call_reporting(PyObject *fn, PyObject *arg, PyObject *on_exc, uint64_t *errors)
 {
     PyObject *r = PyObject_CallOneArg(fn, arg);
     if (r != NULL) {
-        if (result != NULL)
-            *result = r;
-        else
-            Py_DECREF(r);
+        Py_DECREF(r);
         return 0;
     }
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return -1;
+    *errors += 1;
     PyObject *exc = take_exception();
     PyObject *cb = PyObject_CallOneArg(on_exc, exc);
     Py_DECREF(exc);
@@ -411,22 +562,36 @@ static PyObject *run_records(PyObject *self, PyObject *args)
                           &counters_buf, &PyTuple_Type, &slots_tuple, &process, &call, &decode,
                           &decode_errors, &on_invalid, &on_error, &allowance))
         return NULL;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *items = NULL;
+    Py_ssize_t n = 0, done = 0;
     if (!PyArg_ParseTuple(slots_tuple, "nnnnnnnnnn;slots: 10 counter indexes", &s.command,
                           &s.retire, &s.progress, &s.busy_since, &s.handled, &s.handler_errors,
                           &s.invalid, &s.latency_first, &s.latency_buckets, &s.latency_sum))
         goto done;
-    if (ctl_buf.len < CONTROL_SIZE || counters_buf.len < 64 * 8) {
-        PyErr_SetString(PyExc_ValueError, "run_records: control block or counters too small");
+    Py_ssize_t n_counters = counters_buf.len / 8;
+    const Py_ssize_t indexes[] = {s.command, s.progress, s.busy_since, s.handled,
+                                  s.handler_errors, s.invalid, s.latency_first, s.latency_sum,
+                                  s.latency_first + s.latency_buckets};
+    int slots_ok = ctl_buf.len >= CONTROL_SIZE && s.latency_buckets >= 0;
+    for (int k = 0; k < 9 && slots_ok; k++)
+        slots_ok = indexes[k] >= 0 && indexes[k] < n_counters;
+    if (!slots_ok) {
+        PyErr_SetString(PyExc_ValueError, "run_records: control block too small, or counter "
+                                          "slots outside the counter block");
         goto done;
     }
     uint64_t *ctl = (uint64_t *)ctl_buf.buf, *c = (uint64_t *)counters_buf.buf;
     volatile uint64_t *command = &c[s.command];
-    Py_ssize_t n = PyList_GET_SIZE(batch), done = 0;
+    /* A tuple snapshot: a handler that reaches the list and changes it cannot pull items
+     * out from under this loop. */
+    items = PyList_AsTuple(batch);
+    if (items == NULL)
+        goto done;
+    n = PyTuple_GET_SIZE(items);
     for (Py_ssize_t k = 0; k < n && done < allowance; k++) {
         if (done && *command == (uint64_t)s.retire)
             break;
-        PyObject *pair = PyList_GET_ITEM(batch, k), *record, *end_obj;
+        PyObject *pair = PyTuple_GET_ITEM(items, k), *record, *end_obj;
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
             PyErr_SetString(PyExc_TypeError, "run_records: batch items are (record, end)");
             goto done;
@@ -472,12 +637,10 @@ static PyObject *run_records(PyObject *self, PyObject *args)
                 }
             }
             if (decoded == 0) {
-                int rc = call_reporting(call, message, on_error, NULL);
+                int rc = call_reporting(call, message, on_error, &c[s.handler_errors]);
                 Py_DECREF(message);
                 if (rc < 0)
                     goto done;
-                if (rc > 0)
-                    c[s.handler_errors] += 1;
                 c[s.handled] += 1;
             }
         }
@@ -488,14 +651,15 @@ static PyObject *run_records(PyObject *self, PyObject *args)
     }
     result = PyLong_FromSsize_t(done);
 done:
+    Py_XDECREF(items);
     PyBuffer_Release(&ctl_buf);
     PyBuffer_Release(&counters_buf);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"put_scratch", put_scratch, METH_VARARGS, put_scratch_doc},
     {"reset_slots", reset_slots, METH_VARARGS, reset_slots_doc},
+    {"drain", drain, METH_VARARGS, drain_doc},
     {"take_records", take_records, METH_VARARGS, take_records_doc},
     {"run_records", run_records, METH_VARARGS, run_records_doc},
     {NULL, NULL, 0, NULL},
@@ -507,4 +671,16 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+/* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
+ * build (an old .so left in place) instead of calling it wrongly. */
+#define API_VERSION 2
+
+PyMODINIT_FUNC PyInit__speedups(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -3,16 +3,8 @@ import mmap
 from collections.abc import Callable, Sequence
 from typing import Any
 
-def put_scratch(
-    ring: mmap.mmap,
-    scratch: mmap.mmap,
-    layout: tuple[int, ...],
-    first: int,
-    count: int,
-    limit: int,
-    recv_ns: int,
-    /,
-) -> tuple[int, int, int, int]: ...
+API_VERSION: int
+
 def reset_slots(
     scratch: mmap.mmap,
     layout: tuple[int, ...],
@@ -38,3 +30,17 @@ def run_records(
     allowance: int,
     /,
 ) -> int: ...
+def drain(
+    fd: int,
+    scratch: mmap.mmap,
+    layout: tuple[int, ...],
+    batch: int,
+    rings: list[mmap.mmap],
+    active: int,
+    next_ring: int,
+    limit: int,
+    calls: int,
+    counters: memoryview,
+    slots: tuple[int, int, int],
+    /,
+) -> tuple[int, int, int, int, int, int]: ...

@@ -220,36 +220,18 @@ class Ring:
         """True when this ring's batch operations run in the C helper."""
         return self._native is not None
 
-    def put_scratch(
-        self,
-        scratch: mmap.mmap,
-        layout: tuple[int, ...],
-        span: tuple[int, int],
-        limit: int,
-        recv_ns: int,
-    ) -> tuple[int, int, int, int]:
-        """Copy received datagrams from a recvmmsg scratch area in, each published at once
-        and marked placed there (the C helper's loop; only when :attr:`native`).
+    @property
+    def mapping(self) -> mmap.mmap:
+        """The ring's shared mapping (for the C helper's receive loop)."""
+        return self._mm
 
-        ``span`` is ``(first, count)``: the scratch slots ``first`` to ``count - 1``;
-        ``layout`` is :attr:`ugram.receiver.mmsg.BatchReceiver.native_layout`. A slot over
-        ``limit`` bytes or truncated by the kernel is skipped (and counted). Stops at the
-        first datagram that does not fit.
-
-        Returns:
-            ``(next, placed, nbytes, oversized)``: the first slot not handled (``count``
-            when all were), records put, their payload bytes, slots skipped as oversized.
-        """
-        assert self._native is not None
-        first, count = span
-        result = self._native.put_scratch(self._mm, scratch, layout, first, count, limit, recv_ns)
-        following, placed, nbytes, oversized = (int(x) for x in result)
-        if placed:
-            ctl = self.ctl
-            self._head = int(ctl[HEAD])
-            self._published = int(ctl[PUBLISHED])
-            self._pending += placed
-        return following, placed, nbytes, oversized
+    def resync_producer(self) -> None:
+        """Pick up records the C helper put (its head and count) before the next put."""
+        head = int(self.ctl[HEAD])
+        if head != self._head:
+            self._head = head
+            self._published = int(self.ctl[PUBLISHED])
+            self._pending += 1
 
     def publish(self) -> bool:
         """End a batch of puts (records are visible as soon as they are put).

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
+API_VERSION = 2  # what this code calls; ugram/_speedups.c says what it provides
+
 
 def _load() -> ModuleType | None:
     try:
         from ugram import _speedups
     except ImportError:  # not compiled here: the pure-Python paths serve
         return None
+    if getattr(_speedups, "API_VERSION", None) != API_VERSION:
+        return None  # a stale build left in place: calling it would go wrong
     return _speedups
 
 
@@ -31,5 +35,8 @@ def describe(wanted: bool) -> str:
     if not wanted:
         return "pure Python (speedups = false)"
     if NATIVE is None:
-        return "pure Python (ugram._speedups was not built: no C compiler at install time?)"
+        return (
+            "pure Python (ugram._speedups is missing or stale: no C compiler at install time, "
+            "or ugram was updated without reinstalling)"
+        )
     return "compiled (ugram._speedups)"

@@ -102,7 +102,7 @@ def test_native_take_batch_reads_what_python_reads(
         close_ring(ring)
 
 
-# -- producer: put_scratch == try_put of each slot --------------------------------------------
+# -- receiver: drain == recvmmsg + try_put of each slot ----------------------------------------
 
 
 @pytest.fixture
@@ -125,42 +125,77 @@ def send_from(path: Path, payloads: list[bytes], bind: str | None) -> None:
             sender.sendto(payload, str(path))
 
 
+def send_mix(path: Path, tmp_path: Path, tag: str) -> None:
+    """Unbound, path-bound and abstract senders; empty, exact-limit and oversized payloads."""
+    send_from(path, [b"", b"a", b"b" * LIMIT, b"c" * (LIMIT + 1), b"d" * 77], None)
+    send_from(path, [b"from a path"], str(tmp_path / f"{tag}.sock"))
+    send_from(path, [b"from an abstract name"], f"\0ugram-test-{os.getpid()}-{tag}")
+
+
+def new_counters() -> memoryview:
+    return memoryview(bytearray(64 * 8)).cast("Q")
+
+
+def records_of(ring: Ring) -> list[tuple[Record, int]]:
+    """What a consumer reads, receive times aside (they differ between two receptions)."""
+    reader = Ring(ring.fd, use_speedups=False)
+    try:
+        return [(record._replace(recv_ns=0), end) for record, end in reader.take_batch(99)]
+    finally:
+        reader.close()
+
+
 LIMIT = 200
+COUNTED = (int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED))
+MIX = 7  # datagrams send_mix sends
+MIX_KEPT = 6  # all but the oversized one
 
 
-def test_put_scratch_writes_the_bytes_try_put_writes(
+def test_drain_writes_the_records_try_put_writes(
     server: tuple[socket.socket, Path], tmp_path: Path
 ) -> None:
     sock, path = server
-    payloads = [b"", b"a", b"b" * LIMIT, b"c" * (LIMIT + 1), b"d" * 77]
-    send_from(path, payloads, None)
-    send_from(path, [b"from a path"], str(tmp_path / "snd.sock"))
-    send_from(path, [b"from an abstract name"], f"\0ugram-test-{os.getpid()}")
-    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
+    fast_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16, use_speedups=True)
+    slow_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16, use_speedups=False)
     fast, slow = new_ring(8192), new_ring(8192)
     try:
-        count = rx.receive()
-        assert count == len(payloads) + 2
-
-        following, placed, nbytes, oversized = fast.put_scratch(
-            rx.area, rx.native_layout, (0, count), LIMIT, 1234
+        send_mix(path, tmp_path, "fast")
+        counters = new_counters()
+        empty, next_ring, placed, oversized, count, _ = fast_rx.drain_native(
+            [fast.mapping], (1, 0), LIMIT, 1, (counters, COUNTED)
         )
+        assert (empty, next_ring, placed, oversized, count) == (False, 0, MIX_KEPT, 1, 0)
+        assert fast_rx.unplaced() == []  # the slots were readied for the next call
+        assert fast_rx.desc[mmsg.PLACED] == 0
+        assert counters[Slot.RECEIVED] == MIX
+        assert counters[Slot.OVERSIZED] == 1
 
-        kept = [i for i in range(count) if rx.length(i) <= LIMIT and not rx.truncated(i)]
+        send_mix(path, tmp_path, "slow")
+        assert slow_rx.receive() == MIX
+        kept = [i for i in range(MIX) if slow_rx.length(i) <= LIMIT]
         for i in kept:
-            assert slow.try_put(rx.payload(i, rx.length(i)), rx.address(i), 1234)
-        assert (following, placed, oversized) == (count, len(kept), 1)
-        assert nbytes == sum(rx.length(i) for i in kept)
-        assert ring_bytes(fast) == ring_bytes(slow)
-        assert rx.desc[mmsg.PLACED] == count
-        assert fast.publish() is False  # nobody sleeps; records were counted as pending
+            assert slow.try_put(slow_rx.payload(i, slow_rx.length(i)), slow_rx.address(i), 0)
+        assert counters[Slot.BYTES] == sum(slow_rx.length(i) for i in kept)
+
+        fast_records, slow_records = records_of(fast), records_of(slow)
+        assert len(fast_records) == MIX_KEPT
+        # Same records at the same positions, but for the sender's name (two sockets).
+        for (got, got_end), (want, want_end) in zip(fast_records, slow_records, strict=True):
+            assert got_end == want_end
+            assert got.payload == want.payload
+            assert len(got.address) == len(want.address)
+            assert got.address[:1] == want.address[:1]
+        assert fast_records[-2][0].address == str(tmp_path / "fast.sock").encode()
+        assert fast_records[-1][0].address == f"\0ugram-test-{os.getpid()}-fast".encode()
+        assert fast.ctl[PUBLISHED] == MIX_KEPT
     finally:
-        rx.close()
+        fast_rx.close()
+        slow_rx.close()
         close_ring(fast)
         close_ring(slow)
 
 
-def test_put_scratch_stops_at_a_full_ring_and_marks_only_what_it_placed(
+def test_drain_stops_at_a_full_ring_and_marks_only_what_it_placed(
     server: tuple[socket.socket, Path],
 ) -> None:
     sock, path = server
@@ -168,17 +203,50 @@ def test_put_scratch_stops_at_a_full_ring_and_marks_only_what_it_placed(
     rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
     ring = new_ring(512)
     try:
-        count = rx.receive()
-        following, placed, _, _ = ring.put_scratch(rx.area, rx.native_layout, (0, count), LIMIT, 0)
-        assert (following, placed) == (3, 3)
+        counters = new_counters()
+        _, _, placed, _, count, following = rx.drain_native(
+            [ring.mapping], (1, 0), LIMIT, 8, (counters, COUNTED)
+        )
+        assert (placed, count, following) == (3, 10, 3)
+        assert counters[Slot.RECEIVED] == 3  # the caller counts the rest as it places them
         assert rx.desc[mmsg.PLACED] == 3
-        assert rx.unplaced() == list(range(3, count))
-        reader = Ring(ring.fd)
-        assert [r.payload for r, _ in reader.take_batch(99)] == [bytes([i]) * 100 for i in range(3)]
-        reader.close()
+        assert rx.unplaced() == list(range(3, 10))  # left for the caller (or a successor)
+        assert [r.payload for r, _ in records_of(ring)] == [bytes([i]) * 100 for i in range(3)]
     finally:
         rx.close()
         close_ring(ring)
+
+
+def test_drain_deals_datagrams_to_the_active_rings_in_turn(
+    server: tuple[socket.socket, Path],
+) -> None:
+    sock, path = server
+    send_from(path, [b"%d" % i for i in range(8)], None)
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=4)
+    rings = [new_ring(4096) for _ in range(3)]
+    maps = [r.mapping for r in rings]
+    try:
+        empty, next_ring, placed, *_ = rx.drain_native(
+            maps, (2, 1), LIMIT, 9, (new_counters(), COUNTED)
+        )
+        assert (empty, next_ring, placed) == (True, 1, 8)
+        # As the Python path does: one datagram each in turn, not a batch each.
+        assert [[r.payload for r, _ in records_of(ring)] for ring in rings] == [
+            [b"1", b"3", b"5", b"7"],
+            [b"0", b"2", b"4", b"6"],
+            [],  # not active
+        ]
+        again = rx.drain_native(maps, (2, 0), LIMIT, 9, (new_counters(), COUNTED))
+        assert again[:3] == (True, 0, 0)
+    finally:
+        rx.close()
+        for ring in rings:
+            close_ring(ring)
+
+
+def test_a_stale_build_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "API_VERSION", speedups.API_VERSION - 1)
+    assert speedups._load() is None
 
 
 def test_native_reset_matches_the_python_reset(server: tuple[socket.socket, Path]) -> None:
@@ -336,3 +404,19 @@ def test_doctor_says_which_loops_run() -> None:
     assert (on.level, off.level) == ("ok", "info")
     assert "compiled" in on.title
     assert "pure Python" in off.title
+
+
+def test_run_records_survives_a_handler_that_empties_its_batch(
+    loaded: tuple[Ring, list[tuple[Record, int]]],
+) -> None:
+    ring, batch = loaded
+    seen: list[object] = []
+
+    def meddle(message: object) -> None:
+        seen.append(message)
+        batch.clear()  # the loop works on a snapshot: no record pulled from under it
+
+    done = native.run_records(
+        batch, ring.ctl, new_counters(), SLOTS, meddle, meddle, None, (), print, print, 99
+    )
+    assert done == len(seen) == 5

@@ -36,6 +36,7 @@ log = logging.getLogger("ugram.receiver")
 BATCH = 512  # datagrams per readiness event before yielding to the loop
 # plain ints: faster indexes than IntEnum members
 _RECEIVED, _BYTES, _OVERSIZED = int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED)
+_PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED)  # what the C helper's drain counts
 SCM_CREDENTIALS: int = getattr(socket, "SCM_CREDENTIALS", -1)
 
 
@@ -62,6 +63,7 @@ class Receiver:
         self.sock = socket.socket(fileno=spec.socket_fd)
         self.sock.setblocking(False)
         self.rings = [Ring(fd, use_speedups=self.config.speedups) for fd in spec.ring_fds]
+        self._maps = [ring.mapping for ring in self.rings]  # for the C helper's drain
         self.wake_fds = spec.wake_fds
         self.space_fd = spec.space_fd
         self.stats = Stats(spec.stats_fd)
@@ -105,7 +107,9 @@ class Receiver:
     def on_readable(self) -> None:
         """Drain the socket (up to a batch), admit, route and copy each datagram."""
         self._sync_active()
-        if self.batch is not None:
+        if self.batch is not None and self.plain and self.batch.native:
+            empty = self._drain_native()
+        elif self.batch is not None:
             empty = self._drain_batched()
         elif self.with_creds:
             empty = self._drain_with_credentials()
@@ -158,33 +162,34 @@ class Receiver:
             count = rx.receive()
             if not count:
                 return True
-            if not self.plain:
-                placed = self._place_slots(range(count))
-            elif self.rings[0].native:
-                placed = self._place_native(count)
-            else:
-                placed = self._place_plain(count)
+            placed = self._place_plain(count) if self.plain else self._place_slots(range(count))
             if not placed:
                 return False
             rx.complete(count)
         return False
 
-    def _place_native(self, count: int) -> bool:
-        """The plain case in the C helper: the whole batch into the next ring in turn, each
-        record published at once. A full ring hands the rest to :meth:`_place_slots`."""
+    def _drain_native(self) -> bool:
+        """The plain case (no admission, routing or credentials) in the C helper: receive,
+        place each datagram in the next ring in turn, published and counted at once. A
+        full ring hands the rest of its batch to :meth:`_place_slots`."""
         rx = self.batch
         assert rx is not None
-        c, ring = self.counters, self.rings[self.next_ring]
-        following, placed, nbytes, oversized = ring.put_scratch(
-            rx.area, rx.native_layout, (0, count), self.limit, time.time_ns()
+        empty, self.next_ring, _, oversized, count, following = rx.drain_native(
+            self._maps,
+            (self.active, self.next_ring),
+            self.limit,
+            max(1, BATCH // rx.size),
+            (self.counters, _PLAIN_COUNTERS),
         )
-        c[_RECEIVED] += placed + oversized
-        c[_BYTES] += nbytes
+        for ring in self.rings[: self.active]:
+            ring.resync_producer()
         if oversized:
-            c[_OVERSIZED] += oversized
             self._warn.warning("rejected a datagram larger than max_datagram=%d", self.limit)
-        self.next_ring = self.next_ring + 1 if self.next_ring + 1 < self.active else 0
-        return following == count or self._place_slots(range(following, count))
+        if count:  # a ring filled in the middle of a batch
+            if not self._place_slots(range(following, count)):
+                return False
+            rx.complete(count)
+        return empty
 
     def _place_plain(self, count: int) -> bool:
         """The common case inlined (no admission, no routing key, no credentials): per

@@ -208,6 +208,51 @@ class BatchReceiver:
             if err != errno.EINTR:
                 raise OSError(err, os.strerror(err))
 
+    def drain_native(
+        self,
+        rings: list[mmap.mmap],
+        span: tuple[int, int],
+        limit: int,
+        calls: int,
+        counters: tuple[memoryview, tuple[int, int, int]],
+    ) -> tuple[bool, int, int, int, int, int]:
+        """Receive and place in the C helper, up to ``calls`` batches, round-robin over the
+        first ``active`` rings from ``next_ring`` (``span``); each datagram is counted in the
+        counter block at the slots ``(received, bytes, oversized)`` (``counters``). Only
+        when :attr:`native`; see ``drain`` in ugram/_speedups.c.
+
+        Returns:
+            ``(empty, next_ring, placed, oversized, count, following)``: ``count`` and
+            ``following`` are non-zero when a full ring stopped it in a batch of ``count``,
+            at slot ``following`` (the caller places or holds the rest).
+
+        Raises:
+            OSError: a receive error other than EAGAIN/EINTR.
+        """
+        assert self._native is not None
+        active, next_ring = span
+        block, slots = counters
+        empty, *rest = self._native.drain(
+            self.fd,
+            self._mm,
+            self.native_layout,
+            self.size,
+            rings,
+            active,
+            next_ring,
+            limit,
+            calls,
+            block,
+            slots,
+        )
+        following_ring, placed, oversized, count, following = (int(x) for x in rest)
+        return bool(empty), following_ring, placed, oversized, count, following
+
+    @property
+    def native(self) -> bool:
+        """True when slots are reset (and can be drained) by the C helper."""
+        return self._native is not None
+
     def mark_placed(self, i: int) -> None:
         """Slot ``i`` is in a ring (or was rejected): a successor must not place it again."""
         self.desc[_PLACED] = i + 1
@@ -242,11 +287,6 @@ class BatchReceiver:
         self.desc.release()
         self.fields.release()
         self.view.release()
-
-    @property
-    def area(self) -> mmap.mmap:
-        """The shared scratch mapping (for :meth:`ugram.ring.Ring.put_scratch`)."""
-        return self._mm
 
     def length(self, i: int) -> int:
         """Bytes the kernel delivered for datagram ``i`` (its full size if truncated)."""
