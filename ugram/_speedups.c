@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <string.h>
@@ -88,6 +89,7 @@ static Py_ssize_t slot_address(const char *scratch, const ScratchLayout *l, Py_s
 #define MAX_SLOTS 1024
 #define MAX_STRIDE (64 * 1024 * 1024)
 #define MAX_NAME 4096
+#define NAPS 16 /* sched_yield() re-polls of an emptied socket per drain */
 
 /* The ring's capacity, or 0 (with ValueError set) when `ring` does not hold a ring. */
 static uint64_t ring_capacity(const Py_buffer *ring, const char *who)
@@ -267,9 +269,10 @@ PyDoc_STRVAR(drain_doc,
 "times, recvmmsg up to `batch` datagrams into the scratch area, place each in the next of\n"
 "the first `active` rings in turn (Ring.try_put), count it in `counters` (u64 slots\n"
 "`slots` = (received, bytes, oversized)) and ready the slots again (as reset_slots does).\n"
-"`empty`: the socket ran dry. When a ring is full it stops: `count` is that batch's size\n"
-"and `following` the first slot not placed (both 0 otherwise); the caller places or holds\n"
-"the rest, then resets the slots.\n\n"
+"`empty`: the socket ran dry (after a batch was placed, an empty socket is polled again a\n"
+"few times, with sched_yield() between, to let a blocked sender refill it). When a ring is\n"
+"full it stops: `count` is that batch's size and `following` the first slot not placed\n"
+"(both 0 otherwise); the caller places or holds the rest, then resets the slots.\n\n"
 "Raises OSError for a receive error other than EAGAIN or EINTR.");
 
 static PyObject *drain(PyObject *self, PyObject *args)
@@ -325,13 +328,22 @@ static PyObject *drain(PyObject *self, PyObject *args)
     struct mmsghdr *headers = (struct mmsghdr *)(sbase + l.headers_at);
     PlaceTotals t = {0, 0};
     Py_ssize_t count = 0, following = 0;
-    int empty = 0;
+    int empty = 0, naps = 0;
     for (Py_ssize_t call = 0; call < calls;) {
         int got = recvmmsg(fd, headers, (unsigned int)batch, MSG_DONTWAIT, NULL);
         if (got < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                /* A sender blocked on the full queue refills it within microseconds of
+                 * our reads: a few yields catch that without an epoll round trip (measured
+                 * +10-40% with one worker on 2 cores). Only after placing something, so
+                 * an idle server never spins. */
+                if (t.placed && naps < NAPS) {
+                    naps++;
+                    sched_yield();
+                    continue;
+                }
                 empty = 1;
                 break;
             }
