@@ -336,6 +336,13 @@ def test_ttou_while_recycling_finishes_the_ring(sock_dir: Path, out_dir: Path) -
         time.sleep(0.5)
         server.proc.send_signal(signal.SIGTTOU)  # worker 1 retires while it recycles
         wait_senders(procs)
+        # Handled while the server runs: a retired worker's ring is finished by successors,
+        # not left until shutdown.
+        wait_for(
+            lambda: len(read_records(out_dir)) >= 3_000,
+            timeout=30,
+            what=f"every record handled: {len(read_records(out_dir))} so far",
+        )
         assert server.stop() == 0, server.stderr[-3000:]
     assert sorted(read_records(out_dir)) == sorted(expected(2, 1_500))
 
