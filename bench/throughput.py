@@ -3,8 +3,9 @@
     python bench/throughput.py [--quick] [--count N] [--repeat N] [--ugram-path DIR]
 
 For 64 B and 1 KB datagrams: the plain Python receiver (one blocking ``recv_into`` per
-datagram, counting) and ugram (``bench.handlers:Count``) with 1 and 2 workers, all fed by the
-same C sender (Python senders when no C compiler exists), in the same run. ugram is timed from
+datagram, counting) and ugram (``bench.handlers:Count``) with 1 and 2 workers, with its
+compiled per-datagram loops and with ``--speedups=false`` (its pure-Python ones), all fed by
+the same C sender (Python senders when no C compiler exists), in the same run. ugram is timed from
 the start of sending until the last record was handled ("msg/s"), and until the server exited
 after SIGTERM (drain + teardown + exit: "incl. shutdown"); every run checks handled == sent.
 Prints a table, ugram ÷ plain-Python ratio lines and, last, a headline line.
@@ -41,10 +42,15 @@ FULL_COUNT = 500_000
 QUICK_COUNT = 200_000
 
 
-def best_ugram(count: int, size: int, workers: int, repeat: int, path: str | None) -> UgramResult:
+LOOPS = (("compiled", ()), ("pure Python", ("--speedups=false",)))
+
+
+def best_ugram(
+    count: int, size: int, workers: int, repeat: int, path: str | None, flags: tuple[str, ...]
+) -> UgramResult:
     """The fastest of ``repeat`` ugram runs (by time to the last handled record)."""
     runs = [
-        run_ugram("bench.handlers:Count", count, size, workers, ugram_path=path)
+        run_ugram("bench.handlers:Count", count, size, workers, ugram_path=path, extra_args=flags)
         for _ in range(repeat)
     ]
     return max(runs, key=lambda r: r.rate)
@@ -64,24 +70,32 @@ def measure_size(
     label = size_label(size)
     rows.append(["plain Python receiver", label, "-", f"{count:,}", rate(plain), "-", "-", "-"])
     for workers in WORKERS:
-        res = best_ugram(count, size, workers, repeat, path)
-        figures = [rate(res.rate), rate(res.rate_exit), f"{res.receiver_us:.2f}"]
-        rows.append(
-            [
-                "ugram Count",
-                label,
-                str(workers),
-                f"{res.handled:,}",
-                *figures,
-                f"{res.worker_us:.2f}",
-            ]
-        )
-        r, r_exit = ratio(res.rate, plain), ratio(res.rate_exit, plain)
+        rates: dict[str, float] = {}
+        for loops, flags in LOOPS:
+            res = best_ugram(count, size, workers, repeat, path, flags)
+            rates[loops] = res.rate
+            figures = [rate(res.rate), rate(res.rate_exit), f"{res.receiver_us:.2f}"]
+            rows.append(
+                [
+                    f"ugram Count, {loops}",
+                    label,
+                    str(workers),
+                    f"{res.handled:,}",
+                    *figures,
+                    f"{res.worker_us:.2f}",
+                ]
+            )
+            if loops == "compiled":
+                r, r_exit = ratio(res.rate, plain), ratio(res.rate_exit, plain)
+                ratios.append(
+                    f"ratio {label}, {workers} worker(s): ugram / plain Python = "
+                    f"{fmt_ratio(r)} ({fmt_ratio(r_exit)} incl. shutdown)"
+                )
+                headline.append(f"{label.replace(' ', '')}/{workers}w={fmt_ratio(r)}")
         ratios.append(
-            f"ratio {label}, {workers} worker(s): ugram / plain Python = "
-            f"{fmt_ratio(r)} ({fmt_ratio(r_exit)} incl. shutdown)"
+            f"ratio {label}, {workers} worker(s): compiled / pure-Python loops = "
+            f"{fmt_ratio(ratio(rates['compiled'], rates['pure Python']))}"
         )
-        headline.append(f"{label.replace(' ', '')}/{workers}w={fmt_ratio(r)}")
 
 
 def main(argv: list[str] | None = None) -> int:
