@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Ring control block: u64 slots (ugram/ring.py). */
 #define CONTROL_SIZE 4096
@@ -28,6 +29,7 @@
 #define CTL_HEAD 8
 #define CTL_PUBLISHED 9
 #define CTL_TAIL 16
+#define CTL_CONSUMER_WAITING 19
 #define HEADER_SIZE 32
 #define PAD_MARK 0xFFFFFFFFu
 #define FLAG_CREDS 1u
@@ -89,7 +91,9 @@ static Py_ssize_t slot_address(const char *scratch, const ScratchLayout *l, Py_s
 #define MAX_SLOTS 1024
 #define MAX_STRIDE (64 * 1024 * 1024)
 #define MAX_NAME 4096
-#define NAPS 16 /* sched_yield() re-polls of an emptied socket per drain */
+#define NAPS 16          /* at most this many sched_yield() re-polls of an emptied socket */
+#define NAP_NS 50000     /* ... within this long (ns) of the first one */
+#define NAP_MIN_BATCH 8  /* ... and only after a batch this big: the sender was blocked */
 
 /* The ring's capacity, or 0 (with ValueError set) when `ring` does not hold a ring. */
 static uint64_t ring_capacity(const Py_buffer *ring, const char *who)
@@ -115,7 +119,7 @@ static int scratch_fits(const Py_buffer *scratch, const ScratchLayout *l, Py_ssi
              l->payloads_at + count * l->slot_stride <= scratch->len &&
              l->names_at + count * l->name_stride <= scratch->len;
     for (int k = 0; k < 3 && ok; k++)
-        ok = fields[k] >= 0 && fields[k] + 4 <= l->header_stride;
+        ok = fields[k] >= 0 && fields[k] <= l->header_stride - 4;
     if (!ok)
         PyErr_Format(PyExc_ValueError, "%s: scratch area too small for the layout", who);
     return ok;
@@ -126,9 +130,12 @@ typedef struct {
     char *data;
     uint64_t *ctl;
     uint64_t cap, head, published, tail;
+    int fresh; /* records put since the consumer was last checked for sleep */
 } Producer;
 
-static void producer_open(Producer *p, char *base, uint64_t cap)
+/* 0 (ValueError set) when the ring's head and tail cannot be those of a sane ring: the
+ * writes below stay inside the ring only for an 8-aligned head at most `cap` ahead. */
+static int producer_open(Producer *p, char *base, uint64_t cap)
 {
     p->ctl = (uint64_t *)base;
     p->data = base + CONTROL_SIZE;
@@ -136,6 +143,28 @@ static void producer_open(Producer *p, char *base, uint64_t cap)
     p->head = p->ctl[CTL_HEAD];
     p->published = p->ctl[CTL_PUBLISHED];
     p->tail = load_acquire(&p->ctl[CTL_TAIL]);
+    p->fresh = 0;
+    if (p->head % 8 || p->tail > p->head || p->head - p->tail > cap) {
+        PyErr_SetString(PyExc_ValueError, "drain: corrupt ring (head or tail)");
+        return 0;
+    }
+    return 1;
+}
+
+/* Ring.publish + signal_wake: wake the consumer if it sleeps and records came since the
+ * last look. The full fence orders our head stores before the load of its flag (the
+ * consumer does the mirror image: flag, fence, head). */
+static void producer_wake(Producer *p, int wake_fd)
+{
+    if (!p->fresh)
+        return;
+    p->fresh = 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&p->ctl[CTL_CONSUMER_WAITING], __ATOMIC_RELAXED)) {
+        uint64_t one = 1;
+        ssize_t unused = write(wake_fd, &one, sizeof one); /* EAGAIN: already signalled */
+        (void)unused;
+    }
 }
 
 /* Ring.try_put: copy one record in and publish it at once. 0 when it does not fit. */
@@ -144,6 +173,8 @@ static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const
 {
     uint64_t cap = p->cap, head = p->head;
     uint64_t size = ((uint64_t)HEADER_SIZE + alen + n + 7) & ~(uint64_t)7;
+    if (size > cap)
+        return 0; /* never fits: the caller's Python path raises RingFullError */
     uint64_t off = head % cap;
     uint64_t pad = (cap - off < size) ? cap - off : 0;
     if (head + pad + size - p->tail > cap) {
@@ -174,6 +205,7 @@ static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const
     p->head = head + size;
     __atomic_store_n(&p->ctl[CTL_PUBLISHED], ++p->published, __ATOMIC_RELAXED);
     store_release(&p->ctl[CTL_HEAD], p->head); /* every record byte is stored before this */
+    p->fresh = 1;
     return 1;
 }
 
@@ -255,6 +287,10 @@ static PyObject *reset_slots(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     if (!parse_layout(layout_tuple, &l) || !scratch_fits(&scratch, &l, count, "reset_slots"))
         goto done;
+    if (control_size && (controllen_at < 0 || controllen_at > l.header_stride - 8)) {
+        PyErr_SetString(PyExc_ValueError, "reset_slots: controllen_at outside the header");
+        goto done;
+    }
     reset((char *)scratch.buf, &l, count, controllen_at, control_size);
     result = Py_NewRef(Py_None);
 done:
@@ -263,14 +299,16 @@ done:
 }
 
 PyDoc_STRVAR(drain_doc,
-"drain(fd, scratch, layout, batch, rings, active, next_ring, limit, calls, counters, slots)\n"
+"drain(fd, scratch, layout, batch, rings, wakes, active, next_ring, limit, calls, counters,\n"
+"      slots)\n"
 "    -> (empty, next_ring, placed, oversized, count, following)\n\n"
 "The receiver's plain path (no admission, routing or credentials), whole: up to `calls`\n"
 "times, recvmmsg up to `batch` datagrams into the scratch area, place each in the next of\n"
 "the first `active` rings in turn (Ring.try_put), count it in `counters` (u64 slots\n"
 "`slots` = (received, bytes, oversized)) and ready the slots again (as reset_slots does).\n"
-"`empty`: the socket ran dry (after a batch was placed, an empty socket is polled again a\n"
-"few times, with sched_yield() between, to let a blocked sender refill it). When a ring is\n"
+"`empty`: the socket ran dry (after a big batch, a sign of a blocked sender, the socket is\n"
+"polled again a few times within 50 us, with sched_yield() between, to let the sender refill\n"
+"it; sleeping consumers are woken first through their eventfds `wakes`). When a ring is\n"
 "full it stops: `count` is that batch's size and `following` the first slot not placed\n"
 "(both 0 otherwise); the caller places or holds the rest, then resets the slots.\n\n"
 "Raises OSError for a receive error other than EAGAIN or EINTR.");
@@ -279,17 +317,19 @@ static PyObject *drain(PyObject *self, PyObject *args)
 {
     int fd;
     Py_buffer scratch, counters;
-    PyObject *layout_tuple, *rings, *slots_tuple;
+    PyObject *layout_tuple, *ring_list, *wake_list, *slots_tuple;
     Py_ssize_t batch, active, next_ring, limit, calls;
     ScratchLayout l;
     ReceiverCounters rc;
-    if (!PyArg_ParseTuple(args, "iw*O!nO!nnnnw*O!", &fd, &scratch, &PyTuple_Type, &layout_tuple,
-                          &batch, &PyList_Type, &rings, &active, &next_ring, &limit, &calls,
-                          &counters, &PyTuple_Type, &slots_tuple))
+    if (!PyArg_ParseTuple(args, "iw*O!nO!O!nnnnw*O!", &fd, &scratch, &PyTuple_Type,
+                          &layout_tuple, &batch, &PyList_Type, &ring_list, &PyList_Type,
+                          &wake_list, &active, &next_ring, &limit, &calls, &counters,
+                          &PyTuple_Type, &slots_tuple))
         return NULL;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *rings = NULL;
     Producer *producers = NULL;
     Py_buffer *bufs = NULL;
+    int *wake_fds = NULL;
     Py_ssize_t held = 0;
     if (!parse_layout(layout_tuple, &l) || !scratch_fits(&scratch, &l, batch, "drain"))
         goto done;
@@ -303,32 +343,47 @@ static PyObject *drain(PyObject *self, PyObject *args)
         goto done;
     }
     rc.c = (uint64_t *)counters.buf;
+    rings = PySequence_Tuple(ring_list); /* getting a buffer runs Python code: snapshot */
+    if (rings == NULL)
+        goto done;
     if (batch < 1 || l.header_stride != (Py_ssize_t)sizeof(struct mmsghdr) || active < 1 ||
-        active > PyList_GET_SIZE(rings) || next_ring < 0 || next_ring >= active) {
+        active > PyTuple_GET_SIZE(rings) || active > PyList_GET_SIZE(wake_list) ||
+        next_ring < 0 || next_ring >= active) {
         PyErr_SetString(PyExc_ValueError, "drain: bad batch, layout or ring numbers");
         goto done;
     }
     bufs = PyMem_Calloc((size_t)active, sizeof(Py_buffer));
     producers = PyMem_Calloc((size_t)active, sizeof(Producer));
-    if (bufs == NULL || producers == NULL) {
+    wake_fds = PyMem_Calloc((size_t)active, sizeof(int));
+    if (bufs == NULL || producers == NULL || wake_fds == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    for (Py_ssize_t k = 0; k < active; k++) {
+        long wake_fd = PyLong_AsLong(PyList_GET_ITEM(wake_list, k));
+        if (wake_fd == -1 && PyErr_Occurred())
+            goto done;
+        if (wake_fd < 0 || wake_fd > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "drain: wakes must be file descriptors");
+            goto done;
+        }
+        wake_fds[k] = (int)wake_fd;
+    }
     for (; held < active; held++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(rings, held), &bufs[held], PyBUF_WRITABLE) < 0)
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(rings, held), &bufs[held], PyBUF_WRITABLE) < 0)
             goto done;
         uint64_t cap = ring_capacity(&bufs[held], "drain");
-        if (cap == 0) {
+        if (cap == 0 || !producer_open(&producers[held], (char *)bufs[held].buf, cap)) {
             held++;
             goto done;
         }
-        producer_open(&producers[held], (char *)bufs[held].buf, cap);
     }
     char *sbase = (char *)scratch.buf;
     struct mmsghdr *headers = (struct mmsghdr *)(sbase + l.headers_at);
     PlaceTotals t = {0, 0};
     Py_ssize_t count = 0, following = 0;
-    int empty = 0, naps = 0;
+    int empty = 0, naps = 0, last_got = 0;
+    int64_t nap_deadline = 0;
     for (Py_ssize_t call = 0; call < calls;) {
         int got = recvmmsg(fd, headers, (unsigned int)batch, MSG_DONTWAIT, NULL);
         if (got < 0) {
@@ -337,12 +392,20 @@ static PyObject *drain(PyObject *self, PyObject *args)
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 /* A sender blocked on the full queue refills it within microseconds of
                  * our reads: a few yields catch that without an epoll round trip (measured
-                 * +10-40% with one worker on 2 cores). Only after placing something, so
-                 * an idle server never spins. */
-                if (t.placed && naps < NAPS) {
-                    naps++;
-                    sched_yield();
-                    continue;
+                 * +10-40% with one worker on 2 cores). Only after a big batch (an idle or
+                 * trickling server never naps), for 50 us at most, and only once the
+                 * consumers that sleep were woken for what is already in their rings. */
+                if (last_got >= NAP_MIN_BATCH && naps < NAPS) {
+                    int64_t now = clock_ns(CLOCK_MONOTONIC);
+                    if (naps == 0)
+                        nap_deadline = now + NAP_NS;
+                    if (now <= nap_deadline) {
+                        for (Py_ssize_t k = 0; k < active; k++)
+                            producer_wake(&producers[k], wake_fds[k]);
+                        naps++;
+                        sched_yield();
+                        continue;
+                    }
                 }
                 empty = 1;
                 break;
@@ -355,6 +418,7 @@ static PyObject *drain(PyObject *self, PyObject *args)
             empty = 1;
             break;
         }
+        last_got = got;
         Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, 0, got, limit,
                                       clock_ns(CLOCK_REALTIME), &rc, &t);
         if (stop < got) {
@@ -370,6 +434,8 @@ done:
         PyBuffer_Release(&bufs[k]);
     PyMem_Free(bufs);
     PyMem_Free(producers);
+    PyMem_Free(wake_fds);
+    Py_XDECREF(rings);
     PyBuffer_Release(&scratch);
     PyBuffer_Release(&counters);
     return result;
@@ -582,10 +648,10 @@ static PyObject *run_records(PyObject *self, PyObject *args)
         goto done;
     Py_ssize_t n_counters = counters_buf.len / 8;
     const Py_ssize_t indexes[] = {s.command, s.progress, s.busy_since, s.handled,
-                                  s.handler_errors, s.invalid, s.latency_first, s.latency_sum,
-                                  s.latency_first + s.latency_buckets};
-    int slots_ok = ctl_buf.len >= CONTROL_SIZE && s.latency_buckets >= 0;
-    for (int k = 0; k < 9 && slots_ok; k++)
+                                  s.handler_errors, s.invalid, s.latency_first, s.latency_sum};
+    int slots_ok = ctl_buf.len >= CONTROL_SIZE && s.latency_buckets >= 0 &&
+                   s.latency_first >= 0 && s.latency_buckets < n_counters - s.latency_first;
+    for (int k = 0; k < 8 && slots_ok; k++)
         slots_ok = indexes[k] >= 0 && indexes[k] < n_counters;
     if (!slots_ok) {
         PyErr_SetString(PyExc_ValueError, "run_records: control block too small, or counter "
@@ -685,7 +751,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 2
+#define API_VERSION 3
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

@@ -36,6 +36,7 @@ def drain(
     layout: tuple[int, ...],
     batch: int,
     rings: list[mmap.mmap],
+    wakes: list[int],
     active: int,
     next_ring: int,
     limit: int,

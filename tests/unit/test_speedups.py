@@ -132,6 +132,16 @@ def send_mix(path: Path, tmp_path: Path, tag: str) -> None:
     send_from(path, [b"from an abstract name"], f"\0ugram-test-{os.getpid()}-{tag}")
 
 
+@pytest.fixture
+def wake() -> Iterator[int]:
+    """An eventfd like the ones the receiver wakes sleeping workers with."""
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def new_counters() -> memoryview:
     return memoryview(bytearray(64 * 8)).cast("Q")
 
@@ -152,7 +162,7 @@ MIX_KEPT = 6  # all but the oversized one
 
 
 def test_drain_writes_the_records_try_put_writes(
-    server: tuple[socket.socket, Path], tmp_path: Path
+    server: tuple[socket.socket, Path], tmp_path: Path, wake: int
 ) -> None:
     sock, path = server
     fast_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16, use_speedups=True)
@@ -162,7 +172,7 @@ def test_drain_writes_the_records_try_put_writes(
         send_mix(path, tmp_path, "fast")
         counters = new_counters()
         empty, next_ring, placed, oversized, count, _ = fast_rx.drain_native(
-            [fast.mapping], (1, 0), LIMIT, 1, (counters, COUNTED)
+            ([fast.mapping], [wake]), (1, 0), LIMIT, 1, (counters, COUNTED)
         )
         assert (empty, next_ring, placed, oversized, count) == (False, 0, MIX_KEPT, 1, 0)
         assert fast_rx.unplaced() == []  # the slots were readied for the next call
@@ -196,7 +206,7 @@ def test_drain_writes_the_records_try_put_writes(
 
 
 def test_drain_stops_at_a_full_ring_and_marks_only_what_it_placed(
-    server: tuple[socket.socket, Path],
+    server: tuple[socket.socket, Path], wake: int
 ) -> None:
     sock, path = server
     send_from(path, [bytes([i]) * 100 for i in range(10)], None)  # 136 bytes a record
@@ -205,7 +215,7 @@ def test_drain_stops_at_a_full_ring_and_marks_only_what_it_placed(
     try:
         counters = new_counters()
         _, _, placed, _, count, following = rx.drain_native(
-            [ring.mapping], (1, 0), LIMIT, 8, (counters, COUNTED)
+            ([ring.mapping], [wake]), (1, 0), LIMIT, 8, (counters, COUNTED)
         )
         assert (placed, count, following) == (3, 10, 3)
         assert counters[Slot.RECEIVED] == 3  # the caller counts the rest as it places them
@@ -218,13 +228,13 @@ def test_drain_stops_at_a_full_ring_and_marks_only_what_it_placed(
 
 
 def test_drain_deals_datagrams_to_the_active_rings_in_turn(
-    server: tuple[socket.socket, Path],
+    server: tuple[socket.socket, Path], wake: int
 ) -> None:
     sock, path = server
     send_from(path, [b"%d" % i for i in range(8)], None)
     rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=4)
     rings = [new_ring(4096) for _ in range(3)]
-    maps = [r.mapping for r in rings]
+    maps = ([r.mapping for r in rings], [wake] * 3)
     try:
         empty, next_ring, placed, *_ = rx.drain_native(
             maps, (2, 1), LIMIT, 9, (new_counters(), COUNTED)
@@ -242,6 +252,40 @@ def test_drain_deals_datagrams_to_the_active_rings_in_turn(
         rx.close()
         for ring in rings:
             close_ring(ring)
+
+
+def test_drain_wakes_a_sleeping_consumer_before_it_naps(
+    server: tuple[socket.socket, Path], wake: int
+) -> None:
+    sock, path = server
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
+    ring = new_ring(4096)
+    consumer = Ring(ring.fd)
+    try:
+        consumer.set_sleeping(True)
+        send_from(path, [b"x"] * 10, None)  # a big batch: the sender may be blocked
+        empty, _, placed, *_ = rx.drain_native(
+            ([ring.mapping], [wake]), (1, 0), LIMIT, 4, (new_counters(), COUNTED)
+        )
+        assert (empty, placed) == (True, 10)
+        assert os.eventfd_read(wake) >= 1  # woken while the receiver re-polled
+    finally:
+        consumer.close()
+        rx.close()
+        close_ring(ring)
+
+
+def test_drain_refuses_a_corrupt_ring(server: tuple[socket.socket, Path], wake: int) -> None:
+    sock, _ = server
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=4)
+    ring = new_ring(4096)
+    try:
+        ring.ctl[HEAD] = 12  # not 8-aligned: a write could run past the ring's end
+        with pytest.raises(ValueError, match="corrupt ring"):
+            rx.drain_native(([ring.mapping], [wake]), (1, 0), LIMIT, 1, (new_counters(), COUNTED))
+    finally:
+        rx.close()
+        close_ring(ring)
 
 
 def test_a_stale_build_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,6 +97,7 @@ class Receiver:
         )
         self.blocked_since = 0
         self.draining = False
+        self.finished = False  # the rings are closed: nothing more may be placed
         self.loop: asyncio.AbstractEventLoop | None = None
         self._space_timer: asyncio.TimerHandle | None = None
         self._ppid = os.getppid()
@@ -106,6 +107,8 @@ class Receiver:
 
     def on_readable(self) -> None:
         """Drain the socket (up to a batch), admit, route and copy each datagram."""
+        if self.finished:
+            return  # a callback queued before the rings were closed
         self._sync_active()
         if self.batch is not None and self.plain and self.batch.native:
             empty = self._drain_native()
@@ -118,8 +121,12 @@ class Receiver:
         self._publish()
         if self.pending:
             self._block()
-        elif empty and self.draining:
-            self._finish()
+        elif self.draining:
+            if empty:
+                self._finish()
+            else:  # stopped short of empty (a batch budget, a full ring): go on draining
+                assert self.loop is not None
+                self.loop.call_soon(self.on_readable)
 
     def _drain(self) -> bool:
         """Read up to a batch, one recvfrom_into each; True when the socket ran empty."""
@@ -174,15 +181,17 @@ class Receiver:
         full ring hands the rest of its batch to :meth:`_place_slots`."""
         rx = self.batch
         assert rx is not None
-        empty, self.next_ring, _, oversized, count, following = rx.drain_native(
-            self._maps,
-            (self.active, self.next_ring),
-            self.limit,
-            max(1, BATCH // rx.size),
-            (self.counters, _PLAIN_COUNTERS),
-        )
-        for ring in self.rings[: self.active]:
-            ring.resync_producer()
+        try:
+            empty, self.next_ring, _, oversized, count, following = rx.drain_native(
+                (self._maps, self.wake_fds),
+                (self.active, self.next_ring),
+                self.limit,
+                max(1, BATCH // rx.size),
+                (self.counters, _PLAIN_COUNTERS),
+            )
+        finally:  # also after an error: what it placed before is in the rings
+            for ring in self.rings[: self.active]:
+                ring.resync_producer()
         if oversized:
             self._warn.warning("rejected a datagram larger than max_datagram=%d", self.limit)
         if count:  # a ring filled in the middle of a batch
@@ -268,6 +277,9 @@ class Receiver:
             return
         slots = self.batch.unplaced()
         if not slots:
+            # Killed between placing a batch and readying its slots: ready them now, or
+            # the next recvmmsg would keep a stale name length (and a wrong sender).
+            self.batch.complete(self.batch.size)
             return
         log.warning("receiver: recovering %d datagram(s) a dead receiver held", len(slots))
         if self._place_slots(slots):
@@ -422,6 +434,7 @@ class Receiver:
 
     def _finish(self) -> None:
         assert self.loop is not None
+        self.finished = True
         self.loop.remove_reader(self.sock.fileno())
         for ring, wake_fd in zip(self.rings, self.wake_fds, strict=True):
             ring.close_producer()

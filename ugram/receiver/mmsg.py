@@ -210,14 +210,15 @@ class BatchReceiver:
 
     def drain_native(
         self,
-        rings: list[mmap.mmap],
+        rings: tuple[list[mmap.mmap], list[int]],
         span: tuple[int, int],
         limit: int,
         calls: int,
         counters: tuple[memoryview, tuple[int, int, int]],
     ) -> tuple[bool, int, int, int, int, int]:
         """Receive and place in the C helper, up to ``calls`` batches, round-robin over the
-        first ``active`` rings from ``next_ring`` (``span``); each datagram is counted in the
+        first ``active`` rings from ``next_ring`` (``span``); ``rings`` holds the rings'
+        mappings and their consumers' wake-up eventfds. Each datagram is counted in the
         counter block at the slots ``(received, bytes, oversized)`` (``counters``). Only
         when :attr:`native`; see ``drain`` in ugram/_speedups.c.
 
@@ -228,8 +229,10 @@ class BatchReceiver:
 
         Raises:
             OSError: a receive error other than EAGAIN/EINTR.
+            ValueError: a ring's head or tail is corrupt.
         """
         assert self._native is not None
+        maps, wakes = rings
         active, next_ring = span
         block, slots = counters
         empty, *rest = self._native.drain(
@@ -237,7 +240,8 @@ class BatchReceiver:
             self._mm,
             self.native_layout,
             self.size,
-            rings,
+            maps,
+            wakes,
             active,
             next_ring,
             limit,
