@@ -244,7 +244,9 @@ static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *ne
         const char *address = NULL;
         Py_ssize_t alen = slot_address(sbase, l, i, &address);
         const char *payload = sbase + l->payloads_at + i * l->slot_stride;
-        if (!producer_put(&rings[*next_ring], address, alen, payload, n, recv_ns))
+        /* One clock reading per batch, plus the slot's index: receive times stay in
+         * receipt order across workers (a gauge's "last value" depends on it). */
+        if (!producer_put(&rings[*next_ring], address, alen, payload, n, recv_ns + i))
             break;
         c[rc->received] += 1;
         c[rc->bytes] += n;
@@ -308,7 +310,8 @@ PyDoc_STRVAR(drain_doc,
 "`slots` = (received, bytes, oversized)) and ready the slots again (as reset_slots does).\n"
 "`empty`: the socket ran dry (after a big batch, a sign of a blocked sender, the socket is\n"
 "polled again a few times within 50 us, with sched_yield() between, to let the sender refill\n"
-"it; sleeping consumers are woken first through their eventfds `wakes`). When a ring is\n"
+"it). Sleeping consumers are woken through their eventfds `wakes` (before a re-poll, and\n"
+"at the end: nothing is left to publish). When a ring is\n"
 "full it stops: `count` is that batch's size and `following` the first slot not placed\n"
 "(both 0 otherwise); the caller places or holds the rest, then resets the slots.\n\n"
 "Raises OSError for a receive error other than EAGAIN or EINTR.");
@@ -411,6 +414,8 @@ static PyObject *drain(PyObject *self, PyObject *args)
                 break;
             }
             PyErr_SetFromErrno(PyExc_OSError);
+            for (Py_ssize_t k = 0; k < active; k++) /* what it placed before still counts */
+                producer_wake(&producers[k], wake_fds[k]);
             goto done;
         }
         call++;
@@ -428,6 +433,9 @@ static PyObject *drain(PyObject *self, PyObject *args)
         }
         reset(sbase, &l, got, 0, 0); /* the plain path carries no credentials */
     }
+    /* Ring.publish for every ring it put to: the caller has nothing left to publish. */
+    for (Py_ssize_t k = 0; k < active; k++)
+        producer_wake(&producers[k], wake_fds[k]);
     result = Py_BuildValue("innnnn", empty, next_ring, t.placed, t.oversized, count, following);
 done:
     for (Py_ssize_t k = 0; k < held; k++)
@@ -751,7 +759,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 3
+#define API_VERSION 5
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

@@ -226,12 +226,12 @@ class Ring:
         return self._mm
 
     def resync_producer(self) -> None:
-        """Pick up records the C helper put (its head and count) before the next put."""
+        """Pick up records the C helper put (its head and count) before the next put; it
+        published them and woke the consumer itself."""
         head = int(self.ctl[HEAD])
         if head != self._head:
             self._head = head
             self._published = int(self.ctl[PUBLISHED])
-            self._pending += 1
 
     def publish(self) -> bool:
         """End a batch of puts (records are visible as soon as they are put).

@@ -246,6 +246,13 @@ def test_drain_deals_datagrams_to_the_active_rings_in_turn(
             [b"0", b"2", b"4", b"6"],
             [],  # not active
         ]
+        # Receive times follow receipt order across rings (a gauge's last value needs it).
+        readers = [Ring(ring.fd) for ring in rings[:2]]
+        stamped = sorted((r.recv_ns, r.payload) for view in readers for r, _ in view.take_batch(9))
+        assert [payload for _, payload in stamped] == [b"%d" % i for i in range(8)]
+        assert len({ns for ns, _ in stamped}) == 8
+        for view in readers:
+            view.close()
         again = rx.drain_native(maps, (2, 0), LIMIT, 9, (new_counters(), COUNTED))
         assert again[:3] == (True, 0, 0)
     finally:
@@ -254,22 +261,27 @@ def test_drain_deals_datagrams_to_the_active_rings_in_turn(
             close_ring(ring)
 
 
-def test_drain_wakes_a_sleeping_consumer_before_it_naps(
-    server: tuple[socket.socket, Path], wake: int
+@pytest.mark.parametrize("datagrams", [2, 10], ids=["small-batch", "big-batch-then-naps"])
+def test_drain_wakes_a_sleeping_consumer(
+    server: tuple[socket.socket, Path], wake: int, datagrams: int
 ) -> None:
     sock, path = server
     rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
     ring = new_ring(4096)
     consumer = Ring(ring.fd)
+    producer = Ring(ring.fd)
     try:
         consumer.set_sleeping(True)
-        send_from(path, [b"x"] * 10, None)  # a big batch: the sender may be blocked
+        send_from(path, [b"x"] * datagrams, None)
         empty, _, placed, *_ = rx.drain_native(
             ([ring.mapping], [wake]), (1, 0), LIMIT, 4, (new_counters(), COUNTED)
         )
-        assert (empty, placed) == (True, 10)
-        assert os.eventfd_read(wake) >= 1  # woken while the receiver re-polled
+        assert (empty, placed) == (True, datagrams)
+        assert os.eventfd_read(wake) >= 1
+        producer.resync_producer()
+        assert producer.publish() is False  # published and woken already: nothing to redo
     finally:
+        producer.close()
         consumer.close()
         rx.close()
         close_ring(ring)

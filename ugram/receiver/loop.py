@@ -221,7 +221,8 @@ class Receiver:
                 continue
             address = address_of(i) if fields[at + mmsg.NAMELEN] > 2 else b""
             start = base + i * stride
-            if not rings[next_ring].try_put(view[start : start + n], address, now):
+            # The slot's index added: receive times in receipt order across workers.
+            if not rings[next_ring].try_put(view[start : start + n], address, now + i):
                 self.next_ring = next_ring
                 c[_BYTES] += nbytes
                 return self._place_slots(range(i, count))
@@ -267,9 +268,9 @@ class Receiver:
     def _hold_rest(self, slots: list[int]) -> None:
         """Keep the datagrams of a batch that came after the one that found the rings full."""
         now = time.time_ns()
-        for i in slots:
+        for i in slots:  # the slot's index added: receive times stay in receipt order
             n, payload, address, creds = self._slot(i)
-            self.pending.append(Held(bytes(payload), n, address, now, None, creds, i))
+            self.pending.append(Held(bytes(payload), n, address, now + i, None, creds, i))
 
     def recover(self) -> None:
         """Place what a killed predecessor had received but not yet placed (scratch area)."""
