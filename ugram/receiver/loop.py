@@ -1,8 +1,12 @@
 """The receiver's read loop: drain the socket, reject what must not pass, fill the rings.
 
-Per datagram the work is minimal: one ``recvfrom_into`` into a buffer one byte larger than
-``max_datagram`` (so an oversized datagram is always detected, never passed on truncated),
-a route decision and one copy into a ring. Heads are published once per batch.
+Datagrams are read with ``recvmmsg`` into a shared scratch area (or one ``recvfrom_into``
+each where that is missing), into slots one byte larger than ``max_datagram`` so an oversized
+datagram is always detected, never passed on truncated; each is admitted, routed and copied
+into a ring, whose head is published at once (a killed receiver loses nothing). The plain
+case (no admission, routing or credentials) runs whole in the C helper when it was built
+(:mod:`ugram.speedups`); the other cases, and every case without it, run the Python loops
+below, which behave the same.
 """
 
 from __future__ import annotations
