@@ -2,7 +2,9 @@
  *
  * Optional: ugram runs without it (pure-Python paths with the same behaviour), and the
  * `speedups` setting turns it off. Each function does exactly what its Python twin does
- * (ugram/ring.py, ugram/receiver/mmsg.py), in the same order of stores, so that the
+ * (Ring.try_put and Ring._read in ugram/ring.py, BatchReceiver.complete in
+ * ugram/receiver/mmsg.py, Receiver._place_plain in ugram/receiver/loop.py,
+ * Worker._record_step in ugram/workers/loop.py), in the same order of stores, so that the
  * crash-safety arguments made there hold here too:
  *
  *   - a record's bytes are stored before the head that publishes it (a release store);
@@ -68,7 +70,7 @@ static inline uint32_t slot_u32(const char *scratch, const ScratchLayout *l, Py_
 }
 
 /* The sender's address as stored in a ring: a path without its trailing NULs, an abstract
- * name with its leading NUL, or nothing for an unbound sender (ReceiveBatch.address). */
+ * name with its leading NUL, or nothing for an unbound sender (BatchReceiver.address). */
 static Py_ssize_t slot_address(const char *scratch, const ScratchLayout *l, Py_ssize_t i,
                                const char **out)
 {

@@ -37,10 +37,6 @@ SLOTS = (
 )
 
 
-def new_ring(capacity: int) -> Ring:
-    return Ring.create(capacity)
-
-
 def close_ring(ring: Ring) -> None:
     ring.close()
     os.close(ring.fd)
@@ -76,7 +72,7 @@ RECORDS = st.lists(
 def test_native_take_batch_reads_what_python_reads(
     skip: int, records: list[tuple[bytes, bytes, int, tuple[int, int, int] | None]], limit: int
 ) -> None:
-    ring = new_ring(4096)
+    ring = Ring.create(4096)
     python_view = Ring(ring.fd, use_speedups=False)
     native_view = Ring(ring.fd, use_speedups=True)
     try:
@@ -167,7 +163,7 @@ def test_drain_writes_the_records_try_put_writes(
     sock, path = server
     fast_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16, use_speedups=True)
     slow_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16, use_speedups=False)
-    fast, slow = new_ring(8192), new_ring(8192)
+    fast, slow = Ring.create(8192), Ring.create(8192)
     try:
         send_mix(path, tmp_path, "fast")
         counters = new_counters()
@@ -211,7 +207,7 @@ def test_drain_stops_at_a_full_ring_and_marks_only_what_it_placed(
     sock, path = server
     send_from(path, [bytes([i]) * 100 for i in range(10)], None)  # 136 bytes a record
     rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
-    ring = new_ring(512)
+    ring = Ring.create(512)
     try:
         counters = new_counters()
         _, _, placed, _, count, following = rx.drain_native(
@@ -233,7 +229,7 @@ def test_drain_deals_datagrams_to_the_active_rings_in_turn(
     sock, path = server
     send_from(path, [b"%d" % i for i in range(8)], None)
     rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=4)
-    rings = [new_ring(4096) for _ in range(3)]
+    rings = [Ring.create(4096) for _ in range(3)]
     maps = ([r.mapping for r in rings], [wake] * 3)
     try:
         empty, next_ring, placed, *_ = rx.drain_native(
@@ -267,7 +263,7 @@ def test_drain_wakes_a_sleeping_consumer(
 ) -> None:
     sock, path = server
     rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
-    ring = new_ring(4096)
+    ring = Ring.create(4096)
     consumer = Ring(ring.fd)
     producer = Ring(ring.fd)
     try:
@@ -290,7 +286,7 @@ def test_drain_wakes_a_sleeping_consumer(
 def test_drain_refuses_a_corrupt_ring(server: tuple[socket.socket, Path], wake: int) -> None:
     sock, _ = server
     rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=4)
-    ring = new_ring(4096)
+    ring = Ring.create(4096)
     try:
         ring.ctl[HEAD] = 12  # not 8-aligned: a write could run past the ring's end
         with pytest.raises(ValueError, match="corrupt ring"):
@@ -360,7 +356,7 @@ class Calls:
 
 @pytest.fixture
 def loaded() -> Iterator[tuple[Ring, list[tuple[Record, int]]]]:
-    ring = new_ring(8192)
+    ring = Ring.create(8192)
     for payload in (b"one", b"boom", b"garbage", b"four", b"five"):
         assert ring.try_put(payload, b"", 1)  # received long ago: the slowest bucket
     ring.publish()

@@ -75,6 +75,11 @@ class Worker:
         self.handler = handler
         self.ring = Ring(spec.ring_fds[0], use_speedups=self.config.speedups)
         self._native = speedups.native(self.config.speedups)
+        # What the C record loop calls: the handler itself for plain data handlers, else
+        # _process (which builds the Datagram the handler wants).
+        plain = handler.mode == "data"
+        self._native_call = handler.call if plain else None
+        self._native_decode = handler.decode if plain else None
         self.wake_fd = spec.wake_fds[0]
         self.space_fd = spec.space_fd
         self.sock = socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None
@@ -215,10 +220,7 @@ class Worker:
     def _native_record_step(self, batch: list[tuple[Record, int]]) -> int:
         """:meth:`_record_step` with the loop in the C helper (same stores, same order)."""
         assert self._native is not None
-        c, handler, run = self.counters, self.handler, self._native.run_records
-        plain = handler.mode == "data"
-        call = handler.call if plain else None
-        decode = handler.decode if plain else None
+        c, run = self.counters, self._native.run_records
         done, total = 0, len(batch)
         while True:
             handled: int = run(
@@ -227,8 +229,8 @@ class Worker:
                 c,
                 _NATIVE_SLOTS,
                 self._process,
-                call,
-                decode,
+                self._native_call,
+                self._native_decode,
                 DECODE_ERRORS,
                 self._report_invalid,
                 self._report_error,
