@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -277,6 +277,20 @@ def _stderr(proc: subprocess.Popen[str]) -> str:
     return proc.stderr.read().strip()
 
 
+PIN = (
+    "import os, sys; os.sched_setaffinity(0, map(int, sys.argv[1].split(',')));"
+    " os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def confined(cmd: list[str], cpus: Sequence[int] | None) -> list[str]:
+    """``cmd`` started with its CPU affinity set to ``cpus`` (as ``taskset -c`` does; children
+    inherit it), or ``cmd`` itself when ``cpus`` is None or empty."""
+    if not cpus:
+        return cmd
+    return [sys.executable, "-c", PIN, ",".join(str(cpu) for cpu in cpus), *cmd]
+
+
 def wait_senders(senders: list[subprocess.Popen[str]], deadline: float) -> None:
     """Wait for the senders until ``deadline`` (monotonic); raise if one failed."""
     for proc in senders:
@@ -299,13 +313,15 @@ def run_receiver(
     batch: int = 64,
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
+    cpus: Sequence[int] | None = None,
 ) -> RecvResult:
     """Run receiver ``cmd`` (which binds ``path`` and exits after ``count`` datagrams) against
-    ``senders`` C senders. Raises RuntimeError if anything fails, times out, or the receiver
-    saw fewer than ``count`` datagrams or any truncated one. Every child is killed on exit."""
+    ``senders`` C senders; ``cpus``: confine the receiver to these CPUs (the senders are not).
+    Raises RuntimeError if anything fails, times out, or the receiver saw fewer than
+    ``count`` datagrams or any truncated one. Every child is killed on exit."""
     deadline = time.monotonic() + timeout
     receiver = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        confined(cmd, cpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     procs: list[subprocess.Popen[str]] = []
     try:
@@ -346,13 +362,22 @@ def run_c_receiver(
     *,
     json_payload: bool = False,
     timeout: float = 60.0,
+    cpus: Sequence[int] | None = None,
 ) -> float:
-    """msg/s of the C ``recv_mmsg`` or ``recv_plain`` receiver (``path=None``: a temp path)."""
+    """msg/s of the C ``recv_mmsg`` or ``recv_plain`` receiver (``path=None``: a temp path;
+    ``cpus``: confine the receiver to these CPUs)."""
     binary = str(c_binary(f"recv_{kind}"))
     with _path_or_temp(path) as where:
         cmd = [binary, where, str(count)]
         run = run_receiver(
-            cmd, where, count, size, senders, json_payload=json_payload, timeout=timeout
+            cmd,
+            where,
+            count,
+            size,
+            senders,
+            json_payload=json_payload,
+            timeout=timeout,
+            cpus=cpus,
         )
     return run.rate
 
@@ -367,10 +392,12 @@ def run_baseline(
     *,
     json_payload: bool | None = None,
     timeout: float = 60.0,
+    cpus: Sequence[int] | None = None,
 ) -> float:
     """msg/s of a single-process Python receiver (``blocking`` or ``asyncio``) running
     ``handler`` on each datagram. JSON payloads are sent when ``handler == "json"`` unless
-    ``json_payload`` says otherwise; ``path=None`` uses a temp path."""
+    ``json_payload`` says otherwise; ``path=None`` uses a temp path; ``cpus``: confine the
+    receiver to these CPUs."""
     if kind not in RECEIVERS:
         raise ValueError(f"unknown baseline {kind!r}; expected blocking or asyncio")
     make_handler(handler)  # validate the name; calibrates cpu_iters() once, before the child
@@ -387,6 +414,7 @@ def run_baseline(
             json_payload=json_payload,
             timeout=timeout,
             env=python_env(),
+            cpus=cpus,
         )
     return run.rate
 

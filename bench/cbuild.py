@@ -15,7 +15,7 @@ from pathlib import Path
 
 SRC_DIR = Path(__file__).resolve().parent / "c"
 BUILD_DIR = Path(__file__).resolve().parent / ".build"
-PROGRAMS = ("sender", "recv_mmsg", "recv_plain")
+PROGRAMS = ("sender", "recv_mmsg", "recv_plain", "paced")
 CFLAGS = ("-O2", "-Wall", "-Wextra")
 
 

@@ -11,7 +11,7 @@ cost:
 ``JsonStruct`` does ``JsonCount``'s work the way a ugram user writes it: the handler declares
 ``msg: Record`` and ugram decodes (run it with ``--codec json``). ``Latency`` records, per
 record, receive→handler latency (``dgram.received_at``) and, when the payload starts with a
-send time stamp (``bench.pysend paced``), send→handler latency.
+send time stamp (``bench/c/paced``, ``bench.pysend paced``), send→handler latency.
 
 Handlers append ``"<pid> <count> <last> <cpu>\\n"`` to the file named by ``$UGBENCH_OUT`` on
 teardown, ``<last>`` being the ``time.monotonic()`` at which the process handled its last

@@ -2,7 +2,7 @@
 
 :func:`run_ugram` starts ``python -m ugram serve <handler>`` in its own session, waits until
 the receiver and every worker are up (workers create a file in ``$UGBENCH_READY`` from
-``setup()``), starts the load (C senders, Python ones without a compiler, or the paced Python
+``setup()``), starts the load (C senders, Python ones without a compiler, or the paced
 sender), and when the senders are done sends SIGTERM: ugram drains the socket and the rings,
 runs teardown (each worker appends ``"<pid> <count> <last>"`` to ``$UGBENCH_OUT``) and exits
 0. Two durations, both from the moment the load starts:
@@ -34,8 +34,11 @@ import psutil
 
 from bench.baselines import (
     ROOT,
+    c_binary,
+    confined,
     kill_all,
     python_env,
+    sender_kind,
     socket_dir,
     start_senders,
 )
@@ -271,9 +274,11 @@ def ugram_server(
     codec: str = "raw",
     ugram_path: str | None = None,
     extra_args: Sequence[str] = (),
+    cpus: Sequence[int] | None = None,
 ) -> Iterator[Server]:
-    """Start ``python -m ugram serve handler`` in its own session and wait until it is ready;
-    kill the whole session on exit.
+    """Start ``python -m ugram serve handler`` in its own session (confined to ``cpus``, with
+    every process it starts, when given) and wait until it is ready; kill the whole session
+    on exit.
 
     Raises:
         BenchError: the server exited or was not ready in time.
@@ -289,7 +294,7 @@ def ugram_server(
         cmd += ["--workers", str(workers), "--codec", codec, "--log-level", "warning"]
         with open(log, "wb") as logf:
             proc = subprocess.Popen(
-                [*cmd, *extra_args],
+                confined([*cmd, *extra_args], cpus),
                 env=env,
                 cwd=ugram_path or ROOT,  # `python -m` puts the cwd first on sys.path
                 stdout=logf,
@@ -305,10 +310,14 @@ def ugram_server(
 
 
 def start_paced(path: str, count: int, size: int, rate: float) -> subprocess.Popen[str]:
-    """Start the paced, time-stamping Python sender (``bench.pysend paced``)."""
-    cmd = [sys.executable, "-m", "bench.pysend", "paced", path, str(count), str(size)]
+    """Start the paced, time-stamping sender: ``bench/c/paced``, or its Python twin
+    (``bench.pysend paced``) without a C compiler."""
+    if sender_kind() == "C":
+        cmd = [str(c_binary("paced"))]
+    else:
+        cmd = [sys.executable, "-m", "bench.pysend", "paced"]
     return subprocess.Popen(
-        [*cmd, repr(rate)],
+        [*cmd, path, str(count), str(size), repr(rate)],
         env=python_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -330,13 +339,15 @@ def run_ugram(
     timeout: float = 120.0,
     ugram_path: str | None = None,
     extra_args: Sequence[str] = (),
+    cpus: Sequence[int] | None = None,
 ) -> UgramResult:
     """Run ugram with ``handler`` (``module:attr``) against ``count`` datagrams of ``size``.
 
-    ``paced_rate``: use the paced Python sender at this rate (with latency collection, for the
+    ``paced_rate``: use the paced sender at this rate (with latency collection, for the
     ``Latency`` handler) instead of flooding. ``sample_every``: sample RSS/CPU of every ugram
     process at this interval (seconds). ``ugram_path``: put this directory first on the
-    server's ``PYTHONPATH`` (to measure another ugram tree).
+    server's ``PYTHONPATH`` (to measure another ugram tree). ``cpus``: confine the server and
+    its children to these CPUs (the senders are not).
 
     Raises:
         BenchError: the server failed, timed out, or handled != sent.
@@ -345,7 +356,7 @@ def run_ugram(
     load: list[subprocess.Popen[str]] = []
     sampler: Sampler | None = None
     server = ugram_server(
-        handler, workers, codec=codec, ugram_path=ugram_path, extra_args=extra_args
+        handler, workers, codec=codec, ugram_path=ugram_path, extra_args=extra_args, cpus=cpus
     )
     with server as srv:
         try:
@@ -368,7 +379,7 @@ def run_ugram(
                 sampler.halt.set()
                 sampler.join()
             kill_all(load)
-        counts, lasts, cpus = _read_counts(srv.out)
+        counts, lasts, cpu_times = _read_counts(srv.out)
         if sum(counts) != count:
             raise BenchError(
                 f"ugram {handler} x{workers}: sent {count} datagrams of {size} B, handled "
@@ -387,7 +398,7 @@ def run_ugram(
             paced_rate=achieved,
             traces=list(sampler.traces.values()) if sampler else [],
             receiver_cpu=receiver_cpu,
-            worker_cpu=sum(cpus),
+            worker_cpu=sum(cpu_times),
         )
 
 

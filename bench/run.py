@@ -152,6 +152,7 @@ class Bench:
     quick: bool
     repeat: int
     ugram_path: str | None
+    cpus: tuple[int, ...] | None = None  # confine every receiver (not the sender) to these
     rows: list[Row] = field(default_factory=list)
     latencies: list[Latency] = field(default_factory=list)
     flood: UgramResult | None = None
@@ -189,10 +190,12 @@ class Bench:
         if row.receiver in ("c-mmsg", "c-plain"):
             kind: CKind = "mmsg" if row.receiver == "c-mmsg" else "plain"
             json_payload = row.handler == "json"
-            got.rate = run_c_receiver(kind, None, row.sent, row.size, json_payload=json_payload)
+            got.rate = run_c_receiver(
+                kind, None, row.sent, row.size, json_payload=json_payload, cpus=self.cpus
+            )
         elif row.receiver in PY_KINDS:
             kind_py, name = PY_KINDS[row.receiver], PY_HANDLERS[row.handler]
-            got.rate = run_baseline(kind_py, name, None, row.sent, row.size)
+            got.rate = run_baseline(kind_py, name, None, row.sent, row.size, cpus=self.cpus)
         else:
             res = self.ugram(row.handler, row.sent, row.size, int(row.receiver[-1]))
             got.rate, got.rate_exit = res.rate, res.rate_exit
@@ -223,6 +226,7 @@ class Bench:
             sample_every=sample_every,
             timeout=timeout,
             ugram_path=self.ugram_path,
+            cpus=self.cpus,
         )
 
     def get(self, handler: str, receiver: str, size: int) -> float | None:
@@ -302,6 +306,28 @@ def run_flood(bench: Bench, count: int) -> None:
         bench.fail(f"P6 flood: {bench.flood_error}")
 
 
+CONFINED_PLAN = (
+    ("trivial", "c-mmsg", 64),
+    ("trivial", "ugram-1", 64),
+    ("trivial", "c-plain", 1024),
+    ("json", "ugram-1", 1024),
+)
+
+
+def run_confined(bench: Bench) -> tuple[list[Row], str | None]:
+    """P1 and P2's runs again with every receiver confined to one CPU (ugram: the receiver
+    and its worker share it) and the sender free to use the others; (rows, note if skipped)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return [], "skipped: needs 2 CPUs"
+    confined = Bench(bench.quick, bench.repeat, bench.ugram_path, cpus=(cpus[0],))
+    progress(f"receivers confined to CPU {cpus[0]}")
+    for handler, receiver, size in CONFINED_PLAN:
+        confined.measure(handler, receiver, size)
+    bench.failures += confined.failures
+    return confined.rows, None
+
+
 NETNS_PLAN = (
     ("trivial", "c-mmsg", 64),
     ("trivial", "c-plain", 64),
@@ -372,7 +398,7 @@ def us(ns: int | None) -> str:
 
 
 def print_latency(bench: Bench) -> None:
-    print("P5 latency, trivial handler, 64 B, paced Python sender (µs)")
+    print(f"P5 latency, trivial handler, 64 B, paced {sender_kind()} sender (µs)")
     headers = ["workers", "target/s", "achieved/s", "recv→handler p50", "p90", "p99", "p99.9"]
     headers += ["max", "send→handler p50", "p99"]
     rows = []
@@ -504,7 +530,12 @@ def p5_figure(bench: Bench) -> tuple[str, int | None]:
     return "n/a", None
 
 
-def report(bench: Bench, sizes: tuple[int, ...], netns: tuple[list[Row], str | None]) -> str:
+def report(
+    bench: Bench,
+    sizes: tuple[int, ...],
+    confined: tuple[list[Row], str | None],
+    netns: tuple[list[Row], str | None],
+) -> str:
     """Print every table and the goal lines; return the headline."""
     print()
     print(
@@ -520,10 +551,22 @@ def report(bench: Bench, sizes: tuple[int, ...], netns: tuple[list[Row], str | N
     print()
     netns_rows, note = netns
     netns_goals: Goals | None = None
+    confined_rows, confined_note = confined
+    confined_goals: Goals | None = None
+    print(
+        "Every receiver confined to one CPU (as `taskset -c 0`; ugram's receiver and worker "
+        f"share it), the sender free: {confined_note or 'measured'}"
+    )
+    if confined_rows:
+        print_rows(confined_rows)
+        confined_goals = goals(
+            Bench(bench.quick, bench.repeat, bench.ugram_path, None, confined_rows)
+        )
+    print()
     print(f"unshare -n, net.unix.max_dgram_qlen={NETNS_QLEN}: {note or 'measured'}")
     if netns_rows:
         print_rows(netns_rows)
-        netns_goals = goals(Bench(bench.quick, bench.repeat, bench.ugram_path, netns_rows))
+        netns_goals = goals(Bench(bench.quick, bench.repeat, bench.ugram_path, None, netns_rows))
     print()
     main_goals = goals(bench)
     print("\n".join(main_goals.lines))
@@ -531,6 +574,11 @@ def report(bench: Bench, sizes: tuple[int, ...], netns: tuple[list[Row], str | N
     print(f"P5 p99 receive→handler latency at half of the maximum rate, 1 worker = {p5}")
     print(f"P6 RSS during the flood = {p6}")
     print("\n".join(side_ratios(bench, sizes)))
+    if confined_goals is not None:
+        print(
+            f"confined to one CPU: P1={fmt_ratio(confined_goals.p1)} "
+            f"P2={fmt_ratio(confined_goals.p2)}"
+        )
     if netns_goals is not None:
         print(
             f"with max_dgram_qlen={NETNS_QLEN}: P1={fmt_ratio(netns_goals.p1)} "
@@ -580,8 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     run_throughput(bench, sizes)
     run_latency(bench)
     run_flood(bench, flood_count(bench, args.flood))
+    confined = run_confined(bench)
     netns = run_netns(args)
-    headline = report(bench, sizes, netns)
+    headline = report(bench, sizes, confined, netns)
     status = f"{bench.failures} run(s) FAILED" if bench.failures else "every run: handled == sent"
     print(f"({status}; took {time.monotonic() - started:.0f} s)")
     print(headline)
