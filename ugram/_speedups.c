@@ -169,9 +169,16 @@ static void producer_wake(Producer *p, int wake_fd)
     }
 }
 
-/* Ring.try_put: copy one record in and publish it at once. 0 when it does not fit. */
+/* A sender's SCM_CREDENTIALS, as a record header carries them. */
+typedef struct {
+    int32_t pid;
+    uint32_t uid, gid;
+} Creds;
+
+/* Ring.try_put: copy one record in and publish it at once. 0 when it does not fit.
+ * `creds` NULL: the record carries none. */
 static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const char *payload,
-                        uint32_t n, int64_t recv_ns)
+                        uint32_t n, int64_t recv_ns, const Creds *creds)
 {
     uint64_t cap = p->cap, head = p->head;
     uint64_t size = ((uint64_t)HEADER_SIZE + alen + n + 7) & ~(uint64_t)7;
@@ -191,14 +198,17 @@ static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const
         off = 0;
     }
     char *rec = p->data + off;
-    uint32_t length = (uint32_t)(HEADER_SIZE + alen + n), zero32 = 0;
+    uint32_t length = (uint32_t)(HEADER_SIZE + alen + n), flags = creds ? FLAG_CREDS : 0;
     uint16_t alen16 = (uint16_t)alen, zero16 = 0;
+    Creds none = {0, 0, 0};
+    if (creds == NULL)
+        creds = &none;
     memcpy(rec, &length, 4);
-    memcpy(rec + 4, &zero32, 4);  /* flags: no credentials */
+    memcpy(rec + 4, &flags, 4);
     memcpy(rec + 8, &recv_ns, 8);
-    memcpy(rec + 16, &zero32, 4); /* pid */
-    memcpy(rec + 20, &zero32, 4); /* uid */
-    memcpy(rec + 24, &zero32, 4); /* gid */
+    memcpy(rec + 16, &creds->pid, 4);
+    memcpy(rec + 20, &creds->uid, 4);
+    memcpy(rec + 24, &creds->gid, 4);
     memcpy(rec + 28, &alen16, 2);
     memcpy(rec + 30, &zero16, 2);
     if (alen)
@@ -221,15 +231,54 @@ typedef struct {
     Py_ssize_t placed, oversized;
 } PlaceTotals;
 
+/* Where each slot's ancillary data sits (BatchReceiver.native_credentials), when the
+ * receiver asked for its senders' credentials. */
+typedef struct {
+    Py_ssize_t controllen_at, controls_at, control_stride, control_size;
+} CredsLayout;
+
+/* Slot i's SCM_CREDENTIALS, as mmsg.credentials_from_control reads them: 0 when there are
+ * none (or pid 0: queued before SO_PASSCRED was on, the ids are not the sender's). */
+static int slot_credentials(const char *sbase, const ScratchLayout *l, const CredsLayout *cl,
+                            Py_ssize_t i, Creds *out)
+{
+    uint64_t len;
+    memcpy(&len, sbase + l->headers_at + i * l->header_stride + cl->controllen_at, 8);
+    if (len > (uint64_t)cl->control_size)
+        len = (uint64_t)cl->control_size;
+    const char *control = sbase + cl->controls_at + i * cl->control_stride;
+    const uint64_t head = sizeof(struct cmsghdr);
+    uint64_t at = 0;
+    while (at + head <= len) {
+        struct cmsghdr c;
+        memcpy(&c, control + at, head);
+        if (c.cmsg_len < head || c.cmsg_len > len - at)
+            return 0;
+        if (c.cmsg_level == SOL_SOCKET && c.cmsg_type == SCM_CREDENTIALS) {
+            struct ucred u;
+            if (c.cmsg_len < head + sizeof u)
+                return 0;
+            memcpy(&u, control + at + head, sizeof u);
+            out->pid = (int32_t)u.pid;
+            out->uid = (uint32_t)u.uid;
+            out->gid = (uint32_t)u.gid;
+            return u.pid != 0;
+        }
+        at += (c.cmsg_len + 7) & ~(uint64_t)7;
+    }
+    return 0;
+}
+
 /* Place scratch slots first..count-1, one record per ring in turn starting at *next_ring,
  * each published at once, counted, and marked placed in the scratch area (that order: a
  * receiver killed between two stores re-places at most one record, and loses none). A slot
  * over `limit` bytes (or truncated by the kernel) is counted as oversized and skipped.
+ * `cl` non-NULL: each record carries its sender's credentials (when the kernel gave any).
  * Returns the first slot not handled: count, or the slot whose ring was full. */
 static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
-                              char *sbase, const ScratchLayout *l, Py_ssize_t first,
-                              Py_ssize_t count, Py_ssize_t limit, int64_t recv_ns,
-                              const ReceiverCounters *rc, PlaceTotals *t)
+                              char *sbase, const ScratchLayout *l, const CredsLayout *cl,
+                              Py_ssize_t first, Py_ssize_t count, Py_ssize_t limit,
+                              int64_t recv_ns, const ReceiverCounters *rc, PlaceTotals *t)
 {
     uint64_t *placed_index = (uint64_t *)sbase, *c = rc->c;
     Py_ssize_t i;
@@ -246,9 +295,12 @@ static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *ne
         const char *address = NULL;
         Py_ssize_t alen = slot_address(sbase, l, i, &address);
         const char *payload = sbase + l->payloads_at + i * l->slot_stride;
+        Creds creds;
+        int with_creds = cl != NULL && slot_credentials(sbase, l, cl, i, &creds);
         /* One clock reading per batch, plus the slot's index: receive times stay in
          * receipt order across workers (a gauge's "last value" depends on it). */
-        if (!producer_put(&rings[*next_ring], address, alen, payload, n, recv_ns + i))
+        if (!producer_put(&rings[*next_ring], address, alen, payload, n, recv_ns + i,
+                          with_creds ? &creds : NULL))
             break;
         c[rc->received] += 1;
         c[rc->bytes] += n;
@@ -304,12 +356,14 @@ done:
 
 PyDoc_STRVAR(drain_doc,
 "drain(fd, scratch, layout, batch, rings, wakes, active, next_ring, limit, calls, counters,\n"
-"      slots)\n"
+"      slots, credentials=None)\n"
 "    -> (empty, next_ring, placed, oversized, count, following)\n\n"
-"The receiver's plain path (no admission, routing or credentials), whole: up to `calls`\n"
+"The receiver's path without admission or routing, whole: up to `calls`\n"
 "times, recvmmsg up to `batch` datagrams into the scratch area, place each in the next of\n"
 "the first `active` rings in turn (Ring.try_put), count it in `counters` (u64 slots\n"
 "`slots` = (received, bytes, oversized)) and ready the slots again (as reset_slots does).\n"
+"`credentials`: (controllen_at, controls_at, control_stride, control_size) of the slots'\n"
+"ancillary data, when the socket passes credentials: each record carries its sender's.\n"
 "`empty`: the socket ran dry (after a big batch, a sign of a blocked sender, the socket is\n"
 "polled again a few times within 50 us, with sched_yield() between, to let the sender refill\n"
 "it). Sleeping consumers are woken through their eventfds `wakes` (before a re-poll, and\n"
@@ -322,14 +376,15 @@ static PyObject *drain(PyObject *self, PyObject *args)
 {
     int fd;
     Py_buffer scratch, counters;
-    PyObject *layout_tuple, *ring_list, *wake_list, *slots_tuple;
+    PyObject *layout_tuple, *ring_list, *wake_list, *slots_tuple, *creds_tuple = Py_None;
     Py_ssize_t batch, active, next_ring, limit, calls;
     ScratchLayout l;
+    CredsLayout creds_layout, *cl = NULL;
     ReceiverCounters rc;
-    if (!PyArg_ParseTuple(args, "iw*O!nO!O!nnnnw*O!", &fd, &scratch, &PyTuple_Type,
+    if (!PyArg_ParseTuple(args, "iw*O!nO!O!nnnnw*O!|O", &fd, &scratch, &PyTuple_Type,
                           &layout_tuple, &batch, &PyList_Type, &ring_list, &PyList_Type,
                           &wake_list, &active, &next_ring, &limit, &calls, &counters,
-                          &PyTuple_Type, &slots_tuple))
+                          &PyTuple_Type, &slots_tuple, &creds_tuple))
         return NULL;
     PyObject *result = NULL, *rings = NULL;
     Producer *producers = NULL;
@@ -341,6 +396,21 @@ static PyObject *drain(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(slots_tuple, "nnn;slots: received, bytes, oversized", &rc.received,
                           &rc.bytes, &rc.oversized))
         goto done;
+    if (creds_tuple != Py_None) {
+        cl = &creds_layout;
+        if (!PyArg_ParseTuple(creds_tuple, "nnnn;credentials: 4 offsets", &cl->controllen_at,
+                              &cl->controls_at, &cl->control_stride, &cl->control_size))
+            goto done;
+        if (cl->controllen_at < 0 || cl->controllen_at > l.header_stride - 8 ||
+            cl->control_size < (Py_ssize_t)sizeof(struct cmsghdr) ||
+            cl->control_size > MAX_NAME || cl->control_stride < cl->control_size ||
+            cl->control_stride > MAX_NAME || cl->controls_at < 0 ||
+            cl->controls_at > (Py_ssize_t)1 << 40 ||
+            cl->controls_at + batch * cl->control_stride > scratch.len) {
+            PyErr_SetString(PyExc_ValueError, "drain: credentials outside the scratch area");
+            goto done;
+        }
+    }
     Py_ssize_t n_counters = counters.len / 8;
     if (rc.received < 0 || rc.received >= n_counters || rc.bytes < 0 ||
         rc.bytes >= n_counters || rc.oversized < 0 || rc.oversized >= n_counters) {
@@ -426,14 +496,14 @@ static PyObject *drain(PyObject *self, PyObject *args)
             break;
         }
         last_got = got;
-        Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, 0, got, limit,
-                                      clock_ns(CLOCK_REALTIME), &rc, &t);
+        Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, cl, 0, got,
+                                      limit, clock_ns(CLOCK_REALTIME), &rc, &t);
         if (stop < got) {
             count = got;
             following = stop;
             break;
         }
-        reset(sbase, &l, got, 0, 0); /* the plain path carries no credentials */
+        reset(sbase, &l, got, cl ? cl->controllen_at : 0, cl ? (uint64_t)cl->control_size : 0);
     }
     /* Ring.publish for every ring it put to: the caller has nothing left to publish. */
     for (Py_ssize_t k = 0; k < active; k++)
@@ -761,7 +831,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 5
+#define API_VERSION 6
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

@@ -43,5 +43,6 @@ def drain(
     calls: int,
     counters: memoryview,
     slots: tuple[int, int, int],
+    credentials: tuple[int, int, int, int] | None = None,
     /,
 ) -> tuple[int, int, int, int, int, int]: ...

@@ -18,6 +18,7 @@ from ugram import speedups
 from ugram.config import make_config
 from ugram.doctor import check_speedups
 from ugram.receiver import mmsg
+from ugram.receiver.admission import ANCILLARY_SIZE, SCM_CREDENTIALS
 from ugram.ring import ACKED, CONTROL_SIZE, HEAD, IN_HAND, PUBLISHED, TAIL, Record, Ring
 from ugram.stats import COMMAND_RETIRE, LATENCY_BUCKETS, LATENCY_FIRST, LATENCY_SUM_NS, Slot
 
@@ -199,6 +200,43 @@ def test_drain_writes_the_records_try_put_writes(
         slow_rx.close()
         close_ring(fast)
         close_ring(slow)
+
+
+def test_drain_carries_each_senders_credentials_like_the_python_path(
+    server: tuple[socket.socket, Path], wake: int
+) -> None:
+    sock, path = server
+    send_from(path, [b"early"], None)  # queued before SO_PASSCRED: no trustworthy ids
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    send_from(path, [b"one", b"two"], None)
+    fast_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=True)
+    slow_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=False)
+    ring = Ring.create(8192)
+    me = (os.getpid(), os.getuid(), os.getgid())
+    try:
+        _, _, placed, *_ = fast_rx.drain_native(
+            ([ring.mapping], [wake]), (1, 0), LIMIT, 1, (new_counters(), COUNTED)
+        )
+        assert placed == 3
+        got = [(r.payload, (r.pid, r.uid, r.gid)) for r, _ in records_of(ring)]
+        assert got == [(b"early", (0, -1, -1)), (b"one", me), (b"two", me)]
+
+        # The slots were readied with room for credentials again: the next batch has them.
+        send_from(path, [b"three"], None)
+        _, _, placed, *_ = fast_rx.drain_native(
+            ([ring.mapping], [wake]), (1, 0), LIMIT, 1, (new_counters(), COUNTED)
+        )
+        assert placed == 1
+        last, _ = records_of(ring)[-1]
+        assert (last.payload, (last.pid, last.uid, last.gid)) == (b"three", me)
+
+        send_from(path, [b"four"], None)  # the Python twin reads the same from its slot
+        assert slow_rx.receive() == 1
+        assert mmsg.credentials_from_control(slow_rx.control(0), SCM_CREDENTIALS) == me
+    finally:
+        fast_rx.close()
+        slow_rx.close()
+        close_ring(ring)
 
 
 def test_drain_stops_at_a_full_ring_and_marks_only_what_it_placed(

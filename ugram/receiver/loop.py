@@ -3,10 +3,10 @@
 Datagrams are read with ``recvmmsg`` into a shared scratch area (or one ``recvfrom_into``
 each where that is missing), into slots one byte larger than ``max_datagram`` so an oversized
 datagram is always detected, never passed on truncated; each is admitted, routed and copied
-into a ring, whose head is published at once (a killed receiver loses nothing). The plain
-case (no admission, routing or credentials) runs whole in the C helper when it was built
-(:mod:`ugram.speedups`); the other cases, and every case without it, run the Python loops
-below, which behave the same.
+into a ring, whose head is published at once (a killed receiver loses nothing). Without
+admission or routing (with or without the senders' credentials) this runs whole in the C
+helper when it was built (:mod:`ugram.speedups`); the other cases, and every case without
+it, run the Python loops below, which behave the same.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ class Receiver:
         self.with_creds = self.config.wants_credentials
         # No admission, no routing key, no credentials: the receiver's inlined fast path.
         self.plain = not self.screening and self.router is None and not self.with_creds
+        # Credentials alone need no Python decision per datagram: the C helper copies them.
+        self.compiled = not self.screening and self.router is None
         if self.with_creds:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.batch = (
@@ -114,7 +116,7 @@ class Receiver:
         if self.finished:
             return  # a callback queued before the rings were closed
         self._sync_active()
-        if self.batch is not None and self.plain and self.batch.native:
+        if self.batch is not None and self.compiled and self.batch.native:
             empty = self._drain_native()
         elif self.batch is not None:
             empty = self._drain_batched()
@@ -180,9 +182,10 @@ class Receiver:
         return False
 
     def _drain_native(self) -> bool:
-        """The plain case (no admission, routing or credentials) in the C helper: receive,
-        place each datagram in the next ring in turn, published and counted at once. A
-        full ring hands the rest of its batch to :meth:`_place_slots`."""
+        """The case without admission or routing in the C helper: receive, place each
+        datagram (with its sender's credentials when they are on) in the next ring in turn,
+        published and counted at once. A full ring hands the rest of its batch to
+        :meth:`_place_slots`."""
         rx = self.batch
         assert rx is not None
         try:

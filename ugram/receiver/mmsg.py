@@ -174,6 +174,17 @@ class BatchReceiver:
             self._payloads_at,
             self._slot_stride,
         )
+        # Where each slot's ancillary data is (the senders' credentials), for the C helper.
+        self.native_credentials = (
+            (
+                _Msghdr.msg_controllen.offset,
+                self._controls_at,
+                self._control_stride,
+                self.control_size,
+            )
+            if self.control_size
+            else None
+        )
 
     def _wire(self) -> None:
         # Pointers are per process (each maps the area at its own address): set them anew.
@@ -248,6 +259,7 @@ class BatchReceiver:
             calls,
             block,
             slots,
+            self.native_credentials,
         )
         following_ring, placed, oversized, count, following = (int(x) for x in rest)
         return bool(empty), following_ring, placed, oversized, count, following
