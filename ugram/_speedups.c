@@ -2,8 +2,9 @@
  *
  * Optional: ugram runs without it (pure-Python paths with the same behaviour), and the
  * `speedups` setting turns it off. Each function does exactly what its Python twin does
- * (Ring.try_put and Ring._read in ugram/ring.py, BatchReceiver.complete in
- * ugram/receiver/mmsg.py, Receiver._place_plain in ugram/receiver/loop.py,
+ * (Ring.try_put and Ring._read in ugram/ring.py, BatchReceiver.complete and
+ * credentials_from_control in ugram/receiver/mmsg.py, Receiver._place_plain and
+ * _place_slots in ugram/receiver/loop.py,
  * Worker._record_step in ugram/workers/loop.py), in the same order of stores, so that the
  * crash-safety arguments made there hold here too:
  *
