@@ -21,7 +21,15 @@ from ugram.builtin import (
     StatsdOptions,
     load_options,
 )
-from ugram.builtin.aggregate import Bucket, dump_bucket, load_bucket, quantile, render_interval
+from ugram.builtin.aggregate import (
+    Bucket,
+    Totals,
+    add_to_totals,
+    dump_bucket,
+    load_bucket,
+    quantile,
+    render_interval,
+)
 from ugram.codecs.statsd import parse_packet
 from ugram.codecs.syslog import parse_syslog
 
@@ -125,7 +133,7 @@ def test_log_sink_writes_what_the_codec_decoded(tmp_path: Path) -> None:
 # -- statsd aggregation -------------------------------------------------------------------------
 
 
-def bucket_of(payload: bytes, at: float = 1000.0) -> Bucket:
+def bucket_of(payload: bytes, at: int = 1000 * 10**9) -> Bucket:
     bucket = Bucket(1000.0)
     for line in parse_packet(payload):
         bucket.add(line, at)
@@ -136,7 +144,7 @@ def test_bucket_applies_sample_rates_and_keeps_the_last_gauge() -> None:
     b = bucket_of(
         b"c:1|c|@0.5\nc:2|c|#b,a,a\nc:3|c|#a,b\ng:1|g\ng:2:7|g\ns:x:y|s\ns:x|s\nh:4|h|@0.25"
     )
-    late = bucket_of(b"g:5|g", at=999.0)  # received earlier: it must not win
+    late = bucket_of(b"g:5|g", at=1000 * 10**9 - 1)  # received 1 ns earlier: it must not win
     b.merge(late)
 
     out = render_interval(b, 10.0)
@@ -149,6 +157,26 @@ def test_bucket_applies_sample_rates_and_keeps_the_last_gauge() -> None:
     h = out.histograms[0]
     assert (h.count, h.sum, h.min, h.max, h.avg) == (4.0, 16.0, 4.0, 4.0, 4.0)
     assert out.lines == 9
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["in-order", "reversed"])
+def test_a_gauge_read_1_ns_later_wins_whatever_the_merge_order(order: int) -> None:
+    # Two workers each got one of two datagrams read in the same batch (1 ns apart): as
+    # float epoch seconds they tie, and the merge order would pick the value.
+    now = 1_790_000_000 * 10**9
+    assert now / 1e9 == (now + 1) / 1e9
+    earlier, later = bucket_of(b"t:1008|g", at=now), bucket_of(b"t:1049|g", at=now + 1)
+    merged = Bucket(1000.0)
+    for piece in [earlier, later][::order]:
+        merged.merge(load_bucket(dump_bucket(piece)))
+    assert [(g.name, g.value) for g in render_interval(merged, 10.0).gauges] == [("t", 1049.0)]
+
+    totals = Totals()
+    for piece in [earlier, later][::order]:  # one interval after the other, in either order
+        totals = msgspec.json.decode(
+            msgspec.json.encode(add_to_totals(totals, piece, 10.0)), type=Totals
+        )
+    assert [(g.value, g.at_ns) for g in totals.gauges] == [(1049.0, now + 1)]
 
 
 def test_percentiles_are_numpys_default_linear_interpolation() -> None:
@@ -181,8 +209,8 @@ def test_merging_partials_equals_aggregating_everything_at_once(
     pieces = [Bucket(0.0) for _ in range(parts)]
     for i, (name, value, kind, extra) in enumerate(lines):
         for line in parse_packet(f"{name}.{kind}:{value}|{kind}{extra}".encode()):
-            whole.add(line, at=float(i))  # receive times differ (a gauge tie has no order)
-            pieces[i % parts].add(line, at=float(i))
+            whole.add(line, i)  # receive times differ (a gauge tie has no order)
+            pieces[i % parts].add(line, i)
     merged = Bucket(0.0)
     for piece in pieces:
         merged.merge(load_bucket(dump_bucket(piece)))  # through the partial file format

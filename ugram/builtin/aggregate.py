@@ -15,14 +15,16 @@ class Bucket:
     """What one process (or, merged, every process) received in one flush interval.
 
     Counters add ``value / sample_rate``; a gauge keeps the value received last (by the
-    receiver's clock, comparable across workers); a set keeps its distinct members; histogram,
+    receiver's clock in exact nanoseconds, comparable across workers: two lines read in one
+    batch differ by 1 ns, which a float of epoch seconds cannot tell apart); a set keeps its
+    distinct members; histogram,
     timer and distribution samples are kept with the weight ``1 / sample_rate``.
     """
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.counters: dict[Key, float] = {}
-        self.gauges: dict[Key, tuple[float, float]] = {}  # (received_at, value)
+        self.gauges: dict[Key, tuple[int, float]] = {}  # (received_ns, value)
         self.sets: dict[Key, set[str]] = {}
         self.samples: dict[tuple[str, Key], tuple[list[float], list[float]]] = {}
         self.events: list[tuple[float, Event]] = []
@@ -30,23 +32,23 @@ class Bucket:
         self.lines = 0
         self.invalid_lines = 0
 
-    def add(self, line: Line, at: float) -> None:
-        """Aggregate one parsed line received at ``at``."""
+    def add(self, line: Line, received_ns: int) -> None:
+        """Aggregate one parsed line received at ``received_ns`` (epoch nanoseconds)."""
         self.lines += 1
         if isinstance(line, Metric):
-            self.add_metric(line, at)
+            self.add_metric(line, received_ns)
         elif isinstance(line, Event):
-            self.events.append((at, line))
+            self.events.append((received_ns / 1e9, line))
         else:
-            self.checks.append((at, line))
+            self.checks.append((received_ns / 1e9, line))
 
-    def add_metric(self, m: Metric, at: float) -> None:
+    def add_metric(self, m: Metric, received_ns: int) -> None:
         """Aggregate one metric line."""
         key = (m.name, tuple(sorted(set(m.tags))))
         if m.type == "c":
             self.counters[key] = self.counters.get(key, 0.0) + sum(m.values) / m.sample_rate
         elif m.type == "g":
-            self.set_gauge(key, at, m.values[-1])
+            self.set_gauge(key, received_ns, m.values[-1])
         elif m.type == "s":
             self.sets.setdefault(key, set()).update(m.members)
         else:
@@ -54,7 +56,7 @@ class Bucket:
             values.extend(m.values)
             weights.extend([1.0 / m.sample_rate] * len(m.values))
 
-    def set_gauge(self, key: Key, at: float, value: float) -> None:
+    def set_gauge(self, key: Key, at: int, value: float) -> None:
         """Keep ``value`` unless a later one is already there."""
         current = self.gauges.get(key)
         if current is None or at >= current[0]:
@@ -86,7 +88,7 @@ class _Partial(msgspec.Struct, array_like=True):
 
     start: float
     counters: list[tuple[str, tuple[str, ...], float]]
-    gauges: list[tuple[str, tuple[str, ...], float, float]]
+    gauges: list[tuple[str, tuple[str, ...], int, float]]  # name, tags, received_ns, value
     sets: list[tuple[str, tuple[str, ...], list[str]]]
     samples: list[tuple[str, str, tuple[str, ...], list[float], list[float]]]
     events: list[tuple[float, Event]]
@@ -236,12 +238,14 @@ def render_interval(b: Bucket, interval: float) -> IntervalOut:
 
 
 class GaugeTotal(msgspec.Struct):
-    """A gauge's last value and when it was received (epoch seconds)."""
+    """A gauge's last value and when it was received: ``at`` in epoch seconds, ``at_ns`` in
+    exact epoch nanoseconds (what orders two values; 0 in totals written before it was)."""
 
     name: str
     tags: list[str]
     value: float
     at: float
+    at_ns: int = 0
 
 
 class SetTotal(msgspec.Struct):
@@ -293,7 +297,9 @@ def add_to_totals(totals: Totals, b: Bucket, interval: float) -> Totals:
     counters = {(c.name, tuple(c.tags)): c.value for c in totals.counters}
     for key, value in b.counters.items():
         counters[key] = counters.get(key, 0.0) + value
-    gauges = {(g.name, tuple(g.tags)): (g.at, g.value) for g in totals.gauges}
+    gauges = {
+        (g.name, tuple(g.tags)): (g.at_ns or round(g.at * 1e9), g.value) for g in totals.gauges
+    }
     for key, (at, value) in b.gauges.items():
         if key not in gauges or at >= gauges[key][0]:
             gauges[key] = (at, value)
@@ -305,7 +311,9 @@ def add_to_totals(totals: Totals, b: Bucket, interval: float) -> Totals:
         until=max(totals.until or 0.0, b.start + interval),
         flushes=totals.flushes + 1,
         counters=[ValueOut(n, list(t), v) for (n, t), v in sorted(counters.items())],
-        gauges=[GaugeTotal(n, list(t), v, at) for (n, t), (at, v) in sorted(gauges.items())],
+        gauges=[
+            GaugeTotal(n, list(t), v, at / 1e9, at) for (n, t), (at, v) in sorted(gauges.items())
+        ],
         sets=[SetTotal(n, list(t), len(m), sorted(m)) for (n, t), m in sorted(sets.items())],
         events=totals.events + len(b.events),
         service_checks=totals.service_checks + len(b.checks),

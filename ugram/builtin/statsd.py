@@ -165,7 +165,7 @@ class StatsdAggregator:
 
     def handle(self, line: Line, dgram: Datagram) -> None:
         """Aggregate one line in the interval of its receive time."""
-        self._bucket(int(dgram.received_at // self.interval)).add(line, dgram.received_at)
+        self._bucket(int(dgram.received_at // self.interval)).add(line, dgram.received_ns)
 
     def _bucket(self, index: int) -> Bucket:
         bucket = self._buckets.get(index)
