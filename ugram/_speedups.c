@@ -5,7 +5,8 @@
  * (Ring.try_put and Ring._read in ugram/ring.py, BatchReceiver.complete and
  * credentials_from_control in ugram/receiver/mmsg.py, Receiver._place_plain and
  * _place_slots in ugram/receiver/loop.py,
- * Worker._record_step in ugram/workers/loop.py), in the same order of stores, so that the
+ * Worker._record_step and _decode_batch in ugram/workers/loop.py, observe_latency in
+ * ugram/stats.py), in the same order of stores, so that the
  * crash-safety arguments made there hold here too:
  *
  *   - a record's bytes are stored before the head that publishes it (a release store);
@@ -816,11 +817,151 @@ done:
     return result;
 }
 
+/* ---- worker: batch handlers ------------------------------------------------------------ */
+
+/* The slots of `counters` that count, checked against its size; 0 with ValueError set. */
+static int counter_slots_fit(const Py_buffer *counters, const Py_ssize_t *slots, int n,
+                             const char *who)
+{
+    Py_ssize_t n_counters = counters->len / 8;
+    for (int k = 0; k < n; k++)
+        if (slots[k] < 0 || slots[k] >= n_counters) {
+            PyErr_Format(PyExc_ValueError, "%s: counter slots outside the counter block", who);
+            return 0;
+        }
+    return 1;
+}
+
+/* The (record, end) pair at k of a batch snapshot, its record checked to be a Record tuple. */
+static PyObject *batch_record(PyObject *items, Py_ssize_t k, const char *who)
+{
+    PyObject *pair = PyTuple_GET_ITEM(items, k);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+        !PyTuple_Check(PyTuple_GET_ITEM(pair, 0)) ||
+        PyTuple_GET_SIZE(PyTuple_GET_ITEM(pair, 0)) < 3) {
+        PyErr_Format(PyExc_TypeError, "%s: batch items are (Record, end)", who);
+        return NULL;
+    }
+    return PyTuple_GET_ITEM(pair, 0);
+}
+
+PyDoc_STRVAR(decode_batch_doc,
+"decode_batch(batch, decode, decode_errors, on_invalid, make_datagram, counters, invalid)\n"
+"    -> (messages, datagrams)\n\n"
+"Worker._decode_batch: each (record, end) of `batch` becomes a message, its payload\n"
+"decoded by `decode` when not None. A decode error (one of `decode_errors`) is counted in\n"
+"the u64 counter `invalid` and passed to on_invalid(exc), and the record is left out. With\n"
+"`make_datagram` not None, `datagrams` holds make_datagram(record) for each message (else\n"
+"it is empty). Anything else raised propagates.");
+
+static PyObject *decode_batch(PyObject *self, PyObject *args)
+{
+    PyObject *batch, *decode, *decode_errors, *on_invalid, *make_datagram;
+    Py_buffer counters;
+    Py_ssize_t invalid;
+    if (!PyArg_ParseTuple(args, "O!OOOOw*n", &PyList_Type, &batch, &decode, &decode_errors,
+                          &on_invalid, &make_datagram, &counters, &invalid))
+        return NULL;
+    PyObject *result = NULL, *items = NULL, *messages = NULL, *datagrams = NULL;
+    if (!counter_slots_fit(&counters, &invalid, 1, "decode_batch"))
+        goto done;
+    uint64_t *c = (uint64_t *)counters.buf;
+    items = PyList_AsTuple(batch); /* decode() and friends run Python code: snapshot */
+    messages = PyList_New(0);
+    datagrams = PyList_New(0);
+    if (items == NULL || messages == NULL || datagrams == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(items); k++) {
+        PyObject *record = batch_record(items, k, "decode_batch");
+        if (record == NULL)
+            goto done;
+        PyObject *payload = PyTuple_GET_ITEM(record, 0), *message;
+        if (decode == Py_None) {
+            message = Py_NewRef(payload);
+        } else {
+            message = PyObject_CallOneArg(decode, payload);
+            if (message == NULL) {
+                if (!PyErr_ExceptionMatches(decode_errors))
+                    goto done;
+                c[invalid] += 1;
+                PyObject *exc = take_exception();
+                PyObject *cb = PyObject_CallOneArg(on_invalid, exc);
+                Py_DECREF(exc);
+                if (cb == NULL)
+                    goto done;
+                Py_DECREF(cb);
+                continue;
+            }
+        }
+        int failed = PyList_Append(messages, message) < 0;
+        Py_DECREF(message);
+        if (failed)
+            goto done;
+        if (make_datagram != Py_None) {
+            PyObject *dgram = PyObject_CallOneArg(make_datagram, record);
+            if (dgram == NULL)
+                goto done;
+            failed = PyList_Append(datagrams, dgram) < 0;
+            Py_DECREF(dgram);
+            if (failed)
+                goto done;
+        }
+    }
+    result = PyTuple_Pack(2, messages, datagrams);
+done:
+    Py_XDECREF(items);
+    Py_XDECREF(messages);
+    Py_XDECREF(datagrams);
+    PyBuffer_Release(&counters);
+    return result;
+}
+
+PyDoc_STRVAR(observe_batch_doc,
+"observe_batch(batch, now_ns, counters, latency) -> None\n\n"
+"ugram.stats.observe_latency(counters, now_ns - record.recv_ns) for each (record, end) of\n"
+"`batch`; `latency` = (first bucket, buckets, sum) slots of the histogram.");
+
+static PyObject *observe_batch(PyObject *self, PyObject *args)
+{
+    PyObject *batch;
+    long long now_ns;
+    Py_buffer counters;
+    CounterSlots s;
+    if (!PyArg_ParseTuple(args, "O!Lw*(nnn)", &PyList_Type, &batch, &now_ns, &counters,
+                          &s.latency_first, &s.latency_buckets, &s.latency_sum))
+        return NULL;
+    PyObject *result = NULL, *items = NULL;
+    const Py_ssize_t slots[] = {s.latency_first, s.latency_first + s.latency_buckets,
+                                s.latency_sum};
+    if (s.latency_buckets < 0 || !counter_slots_fit(&counters, slots, 3, "observe_batch"))
+        goto done;
+    uint64_t *c = (uint64_t *)counters.buf;
+    items = PyList_AsTuple(batch);
+    if (items == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(items); k++) {
+        PyObject *record = batch_record(items, k, "observe_batch");
+        if (record == NULL)
+            goto done;
+        int64_t recv_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(record, 2));
+        if (recv_ns == -1 && PyErr_Occurred())
+            goto done;
+        observe_latency(c, &s, (int64_t)now_ns - recv_ns);
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(items);
+    PyBuffer_Release(&counters);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"reset_slots", reset_slots, METH_VARARGS, reset_slots_doc},
     {"drain", drain, METH_VARARGS, drain_doc},
     {"take_records", take_records, METH_VARARGS, take_records_doc},
     {"run_records", run_records, METH_VARARGS, run_records_doc},
+    {"decode_batch", decode_batch, METH_VARARGS, decode_batch_doc},
+    {"observe_batch", observe_batch, METH_VARARGS, observe_batch_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -832,7 +973,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 6
+#define API_VERSION 7
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

@@ -46,3 +46,20 @@ def drain(
     credentials: tuple[int, int, int, int] | None = None,
     /,
 ) -> tuple[int, int, int, int, int, int]: ...
+def decode_batch(
+    batch: list[tuple[Any, int]],
+    decode: Callable[[bytes], Any] | None,
+    decode_errors: tuple[type[BaseException], ...],
+    on_invalid: Callable[[BaseException], object],
+    make_datagram: Callable[[Any], Any] | None,
+    counters: memoryview,
+    invalid: int,
+    /,
+) -> tuple[list[Any], list[Any]]: ...
+def observe_batch(
+    batch: list[tuple[Any, int]],
+    now_ns: int,
+    counters: memoryview,
+    latency: tuple[int, int, int],
+    /,
+) -> None: ...

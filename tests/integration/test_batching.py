@@ -28,14 +28,21 @@ def per_sender_in_order(records: list[str]) -> dict[str, list[int]]:
     return seqs
 
 
-@pytest.mark.parametrize("handler", ["seqrec:Recorder", "batchapps:Collector"])
+@pytest.mark.parametrize(
+    ("handler", "speedups"),
+    [
+        ("seqrec:Recorder", "true"),
+        ("batchapps:Collector", "true"),
+        ("batchapps:Collector", "false"),
+    ],
+    ids=["records", "batches", "batches-pure-python"],
+)
 def test_recvmmsg_keeps_every_datagram_in_order(
-    sock_dir: Path, out_dir: Path, handler: str
+    sock_dir: Path, out_dir: Path, handler: str, speedups: str
 ) -> None:
     path = sock_dir / "s.sock"
-    with run_server(
-        handler, path, "--workers", "1", "--receive-batch", "64", out_dir=out_dir
-    ) as server:
+    args = ("--workers", "1", "--receive-batch", "64", f"--speedups={speedups}")
+    with run_server(handler, path, *args, out_dir=out_dir) as server:
         wait_senders(start_senders(path, 50_000, 2))
         assert server.stop() == 0, server.stderr[-2000:]
     seqs = per_sender_in_order(read_records(out_dir))

@@ -20,7 +20,14 @@ from ugram.doctor import check_speedups
 from ugram.receiver import mmsg
 from ugram.receiver.admission import ANCILLARY_SIZE, SCM_CREDENTIALS
 from ugram.ring import ACKED, CONTROL_SIZE, HEAD, IN_HAND, PUBLISHED, TAIL, Record, Ring
-from ugram.stats import COMMAND_RETIRE, LATENCY_BUCKETS, LATENCY_FIRST, LATENCY_SUM_NS, Slot
+from ugram.stats import (
+    COMMAND_RETIRE,
+    LATENCY_BUCKETS,
+    LATENCY_FIRST,
+    LATENCY_SUM_NS,
+    Slot,
+    observe_latency,
+)
 
 native = pytest.importorskip("ugram._speedups", reason="the C helper was not built here")
 
@@ -510,3 +517,63 @@ def test_run_records_survives_a_handler_that_empties_its_batch(
         batch, ring.ctl, new_counters(), SLOTS, meddle, meddle, None, (), print, print, 99
     )
     assert done == len(seen) == 5
+
+
+# -- worker: batch handlers ---------------------------------------------------------------------
+
+
+def test_decode_batch_leaves_out_and_counts_what_does_not_decode(
+    loaded: tuple[Ring, list[tuple[Record, int]]],
+) -> None:
+    _, batch = loaded
+    counters = new_counters()
+    calls = Calls()
+    made: list[Record] = []
+
+    def datagram(record: Record) -> tuple[str, bytes]:
+        made.append(record)
+        return ("dgram", record.payload)
+
+    messages, dgrams = native.decode_batch(
+        batch, calls.decode, (ValueError,), calls.on_invalid, datagram, counters, Slot.INVALID
+    )
+
+    assert messages == [b"one", b"boom", b"four", b"five"]
+    assert dgrams == [("dgram", m) for m in messages]  # one per message, in step
+    assert made == [record for record, _ in batch if record.payload != b"garbage"]
+    assert [str(e) for e in calls.invalid] == ["not a message"]
+    assert counters[Slot.INVALID] == 1
+    # No decoder: the payloads themselves; no datagram factory: no datagrams.
+    assert native.decode_batch(batch, None, (ValueError,), calls.on_invalid, None, counters, 0) == (
+        [record.payload for record, _ in batch],
+        [],
+    )
+
+
+def test_decode_batch_lets_other_errors_through(
+    loaded: tuple[Ring, list[tuple[Record, int]]],
+) -> None:
+    _, batch = loaded
+
+    def broken(payload: bytes) -> object:
+        raise KeyError("a bug, not bad input")
+
+    with pytest.raises(KeyError):
+        native.decode_batch(batch, broken, (ValueError,), print, None, new_counters(), 0)
+
+
+def test_observe_batch_fills_the_histogram_like_observe_latency(
+    loaded: tuple[Ring, list[tuple[Record, int]]],
+) -> None:
+    _, batch = loaded
+    now = 5_000_000
+    stamped = [
+        (record._replace(recv_ns=now - lag), end)
+        for (record, end), lag in zip(batch, (-1, 0, 1_500, 999_000_000, 10**15), strict=True)
+    ]
+    fast, slow = new_counters(), new_counters()
+    native.observe_batch(stamped, now, fast, (LATENCY_FIRST, LATENCY_BUCKETS, LATENCY_SUM_NS))
+    for record, _ in stamped:
+        observe_latency(slow, now - record.recv_ns)
+    assert fast.tolist() == slow.tolist()
+    assert sum(fast[LATENCY_FIRST : LATENCY_FIRST + LATENCY_BUCKETS + 1]) == len(batch)

@@ -64,6 +64,7 @@ _NATIVE_SLOTS = (
     LATENCY_BUCKETS,
     LATENCY_SUM_NS,
 )
+_LATENCY_SLOTS = (LATENCY_FIRST, LATENCY_BUCKETS, LATENCY_SUM_NS)  # and its observe_batch
 
 
 class Worker:
@@ -270,7 +271,7 @@ class Worker:
         self.ring.start(batch[-1][1])
         c[Slot.PROGRESS] += len(batch)
         c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
-        messages, dgrams = self._decode_batch([record for record, _ in batch])
+        messages, dgrams = self._decode_batch(batch)
         if messages:
             try:
                 if handler.mode == "both":
@@ -282,27 +283,46 @@ class Worker:
                 self._errors.warning("worker %d: batch handler raised", self.index, exc_info=True)
             c[Slot.HANDLED] += len(messages)
         now = time.time_ns()
-        for record, _ in batch:
-            observe_latency(c, now - record.recv_ns)
+        if self._native is not None:
+            self._native.observe_batch(batch, now, c, _LATENCY_SLOTS)
+        else:
+            for record, _ in batch:
+                observe_latency(c, now - record.recv_ns)
         self.ring.finish(batch[-1][1])
         c[Slot.BUSY_SINCE_NS] = 0
         self.records += len(batch)
         return len(batch)
 
-    def _decode_batch(self, records: list[Record]) -> tuple[list[Any], list[Datagram]]:
-        handler, messages, dgrams = self.handler, [], []
-        for record in records:
+    def _decode_batch(self, batch: list[tuple[Record, int]]) -> tuple[list[Any], list[Datagram]]:
+        """The messages of a batch (undecodable ones counted and left out), and with
+        ``mode == "both"`` their Datagrams."""
+        handler = self.handler
+        make = self._datagram if handler.mode == "both" else None
+        if self._native is not None:
+            decoded: tuple[list[Any], list[Datagram]] = self._native.decode_batch(
+                batch,
+                handler.decode,
+                DECODE_ERRORS,
+                self._report_invalid,
+                make,
+                self.counters,
+                _INVALID,
+            )
+            return decoded
+        messages: list[Any] = []
+        dgrams: list[Datagram] = []
+        for record, _ in batch:
             try:
                 message = (
                     record.payload if handler.decode is None else handler.decode(record.payload)
                 )
             except DECODE_ERRORS as exc:
-                self.counters[Slot.INVALID] += 1
-                self._invalid.warning("worker %d: undecodable datagram (%s)", self.index, exc)
+                self.counters[_INVALID] += 1
+                self._report_invalid(exc)
                 continue
             messages.append(message)
-            if handler.mode == "both":
-                dgrams.append(self._datagram(record))
+            if make is not None:
+                dgrams.append(make(record))
         return messages, dgrams
 
     def _tick(self) -> None:
