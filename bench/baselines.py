@@ -223,9 +223,17 @@ def wait_for_socket(path: str, proc: subprocess.Popen[str], timeout: float = 10.
 
 
 def start_senders(
-    path: str, count: int, size: int, senders: int, *, json_payload: bool = False, batch: int = 64
+    path: str,
+    count: int,
+    size: int,
+    senders: int,
+    *,
+    json_payload: bool = False,
+    batch: int = 64,
+    cpus: Sequence[int] | None = None,
 ) -> list[subprocess.Popen[str]]:
-    """Start ``senders`` C senders sending ``count`` datagrams in total (distinct seq ranges).
+    """Start ``senders`` C senders sending ``count`` datagrams in total (distinct seq ranges),
+    confined to ``cpus`` when given.
 
     Without a C compiler, Python senders (``bench.pysend flood``, same payloads, slower) are
     started instead; :func:`sender_kind` says which."""
@@ -244,7 +252,9 @@ def start_senders(
                 env = python_env()
             if json_payload:
                 cmd.append("--json")
-            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env))
+            procs.append(
+                subprocess.Popen(confined(cmd, cpus), stderr=subprocess.PIPE, text=True, env=env)
+            )
             start += share
     except BaseException:
         kill_all(procs)
@@ -313,20 +323,33 @@ def run_receiver(
     batch: int = 64,
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
-    cpus: Sequence[int] | None = None,
+    cpus: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> RecvResult:
     """Run receiver ``cmd`` (which binds ``path`` and exits after ``count`` datagrams) against
-    ``senders`` C senders; ``cpus``: confine the receiver to these CPUs (the senders are not).
+    ``senders`` C senders; ``cpus``: confine the receiver to the first CPUs, the senders to
+    the second.
     Raises RuntimeError if anything fails, times out, or the receiver saw fewer than
     ``count`` datagrams or any truncated one. Every child is killed on exit."""
     deadline = time.monotonic() + timeout
     receiver = subprocess.Popen(
-        confined(cmd, cpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        confined(cmd, cpus[0] if cpus else None),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     procs: list[subprocess.Popen[str]] = []
     try:
         wait_for_socket(path, receiver)
-        procs = start_senders(path, count, size, senders, json_payload=json_payload, batch=batch)
+        procs = start_senders(
+            path,
+            count,
+            size,
+            senders,
+            json_payload=json_payload,
+            batch=batch,
+            cpus=cpus[1] if cpus else None,
+        )
         while receiver.poll() is None:  # fail fast if a sender dies
             for proc in procs:
                 if proc.poll():
@@ -362,10 +385,10 @@ def run_c_receiver(
     *,
     json_payload: bool = False,
     timeout: float = 60.0,
-    cpus: Sequence[int] | None = None,
+    cpus: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> float:
     """msg/s of the C ``recv_mmsg`` or ``recv_plain`` receiver (``path=None``: a temp path;
-    ``cpus``: confine the receiver to these CPUs)."""
+    ``cpus``: confine the receiver to the first CPUs, the sender to the second)."""
     binary = str(c_binary(f"recv_{kind}"))
     with _path_or_temp(path) as where:
         cmd = [binary, where, str(count)]
@@ -392,12 +415,12 @@ def run_baseline(
     *,
     json_payload: bool | None = None,
     timeout: float = 60.0,
-    cpus: Sequence[int] | None = None,
+    cpus: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> float:
     """msg/s of a single-process Python receiver (``blocking`` or ``asyncio``) running
     ``handler`` on each datagram. JSON payloads are sent when ``handler == "json"`` unless
     ``json_payload`` says otherwise; ``path=None`` uses a temp path; ``cpus``: confine the
-    receiver to these CPUs."""
+    receiver to the first CPUs, the sender to the second."""
     if kind not in RECEIVERS:
         raise ValueError(f"unknown baseline {kind!r}; expected blocking or asyncio")
     make_handler(handler)  # validate the name; calibrates cpu_iters() once, before the child

@@ -339,7 +339,7 @@ def run_ugram(
     timeout: float = 120.0,
     ugram_path: str | None = None,
     extra_args: Sequence[str] = (),
-    cpus: Sequence[int] | None = None,
+    cpus: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> UgramResult:
     """Run ugram with ``handler`` (``module:attr``) against ``count`` datagrams of ``size``.
 
@@ -347,7 +347,7 @@ def run_ugram(
     ``Latency`` handler) instead of flooding. ``sample_every``: sample RSS/CPU of every ugram
     process at this interval (seconds). ``ugram_path``: put this directory first on the
     server's ``PYTHONPATH`` (to measure another ugram tree). ``cpus``: confine the server and
-    its children to these CPUs (the senders are not).
+    its children to the first CPUs, the senders to the second.
 
     Raises:
         BenchError: the server failed, timed out, or handled != sent.
@@ -356,7 +356,12 @@ def run_ugram(
     load: list[subprocess.Popen[str]] = []
     sampler: Sampler | None = None
     server = ugram_server(
-        handler, workers, codec=codec, ugram_path=ugram_path, extra_args=extra_args, cpus=cpus
+        handler,
+        workers,
+        codec=codec,
+        ugram_path=ugram_path,
+        extra_args=extra_args,
+        cpus=cpus[0] if cpus else None,
     )
     with server as srv:
         try:
@@ -367,7 +372,14 @@ def run_ugram(
             if paced_rate is not None:
                 load = [start_paced(srv.path, count, size, paced_rate)]
             else:
-                load = start_senders(srv.path, count, size, senders, json_payload=json_payload)
+                load = start_senders(
+                    srv.path,
+                    count,
+                    size,
+                    senders,
+                    json_payload=json_payload,
+                    cpus=cpus[1] if cpus else None,
+                )
             if sampler is not None:
                 sampler.start()
             _wait_load(load, srv.proc, deadline, srv.log)

@@ -26,9 +26,11 @@ Then the goals, as ratios:
 * P6 RSS of every ugram process (supervisor and children) during a long flood: first sample
   after warm-up vs last, ``flat`` or ``growing``.
 
-As root, P1-P3's runs are repeated inside ``unshare -n`` with ``net.unix.max_dgram_qlen=512``
-(the default 10 caps every receiver; it is per network namespace) and reported separately.
-The last line is the headline.
+P1 and P2's runs are repeated with every receiver confined to the first CPU and the sender
+to the others (ugram's receiver and worker then share one CPU: see docs/operations.md, "Small
+machines"), reported separately. As root, P1-P3's runs are repeated inside ``unshare -n``
+with ``net.unix.max_dgram_qlen=512`` (the default 10 caps every receiver; it is per network
+namespace) and reported separately. The last line is the headline.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ class Bench:
     quick: bool
     repeat: int
     ugram_path: str | None
-    cpus: tuple[int, ...] | None = None  # confine every receiver (not the sender) to these
+    # Confine every receiver to the first CPUs, and its senders to the second.
+    cpus: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     rows: list[Row] = field(default_factory=list)
     latencies: list[Latency] = field(default_factory=list)
     flood: UgramResult | None = None
@@ -316,12 +319,14 @@ CONFINED_PLAN = (
 
 def run_confined(bench: Bench) -> tuple[list[Row], str | None]:
     """P1 and P2's runs again with every receiver confined to one CPU (ugram: the receiver
-    and its worker share it) and the sender free to use the others; (rows, note if skipped)."""
+    and its worker share it) and the sender to the others; (rows, note if skipped)."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return [], "skipped: needs 2 CPUs"
-    confined = Bench(bench.quick, bench.repeat, bench.ugram_path, cpus=(cpus[0],))
-    progress(f"receivers confined to CPU {cpus[0]}")
+    confined = Bench(
+        bench.quick, bench.repeat, bench.ugram_path, cpus=((cpus[0],), tuple(cpus[1:]))
+    )
+    progress(f"receivers confined to CPU {cpus[0]}, senders to the others")
     for handler, receiver, size in CONFINED_PLAN:
         confined.measure(handler, receiver, size)
     bench.failures += confined.failures
@@ -555,7 +560,7 @@ def report(
     confined_goals: Goals | None = None
     print(
         "Every receiver confined to one CPU (as `taskset -c 0`; ugram's receiver and worker "
-        f"share it), the sender free: {confined_note or 'measured'}"
+        f"share it), the sender to the others: {confined_note or 'measured'}"
     )
     if confined_rows:
         print_rows(confined_rows)

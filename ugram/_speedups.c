@@ -21,6 +21,7 @@
 #include <Python.h>
 #include <errno.h>
 #include <sched.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <string.h>
@@ -240,7 +241,9 @@ typedef struct {
 } CredsLayout;
 
 /* Slot i's SCM_CREDENTIALS, as mmsg.credentials_from_control reads them: 0 when there are
- * none (or pid 0: queued before SO_PASSCRED was on, the ids are not the sender's). */
+ * none (or pid 0: queued before SO_PASSCRED was on, the ids are not the sender's). Stricter
+ * than its twin on what the kernel never writes (a message running past the control data,
+ * or too short for a ucred): none, where the twin reads on or raises. */
 static int slot_credentials(const char *sbase, const ScratchLayout *l, const CredsLayout *cl,
                             Py_ssize_t i, Creds *out)
 {
@@ -403,7 +406,11 @@ static PyObject *drain(PyObject *self, PyObject *args)
         if (!PyArg_ParseTuple(creds_tuple, "nnnn;credentials: 4 offsets", &cl->controllen_at,
                               &cl->controls_at, &cl->control_stride, &cl->control_size))
             goto done;
-        if (cl->controllen_at < 0 || cl->controllen_at > l.header_stride - 8 ||
+        /* The one field reset writes besides the lengths: it must be msg_controllen, or a
+         * reset would overwrite a pointer the kernel then follows (EFAULT at best). */
+        if (cl->controllen_at !=
+                (Py_ssize_t)(offsetof(struct mmsghdr, msg_hdr) +
+                             offsetof(struct msghdr, msg_controllen)) ||
             cl->control_size < (Py_ssize_t)sizeof(struct cmsghdr) ||
             cl->control_size > MAX_NAME || cl->control_stride < cl->control_size ||
             cl->control_stride > MAX_NAME || cl->controls_at < 0 ||

@@ -9,7 +9,9 @@
  * then it sleeps until the next one is due. The sleeps keep the default timer slack (up to
  * ~50 us late), so at high rates the datagrams leave in small bursts. A receiver that falls
  * behind blocks it (the socket is blocking) and the late datagrams go out back to back when
- * it catches up. Prints
+ * it catches up. A datagram's stamp is when its sendmmsg call was made, not when it was
+ * due: send->handler latency includes time blocked on a full queue inside a call, not how
+ * late the sender itself was. Prints
  *   sent=N seconds=S
  * The Python twin is `python -m bench.pysend paced`; this one costs a fraction of its CPU,
  * which matters on a small machine where the sender shares the CPUs with the server.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,40 +210,75 @@ def test_drain_writes_the_records_try_put_writes(
         close_ring(slow)
 
 
+def send_as(path: Path, payloads: list[bytes], creds: tuple[int, int, int]) -> None:
+    """Send with explicit SCM_CREDENTIALS (the kernel checks them: root may name any ids)."""
+    control = [(socket.SOL_SOCKET, SCM_CREDENTIALS, struct.pack("iII", *creds))]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        for payload in payloads:
+            sender.sendmsg([payload], control, 0, str(path))
+
+
+# As root, ids that differ from each other and from 0, so a field mixed up shows.
+SENDER = (os.getpid(), 1234, 5678) if os.geteuid() == 0 else (os.getpid(), os.getuid(), os.getgid())
+
+
+def drain_into(rx: mmsg.BatchReceiver, ring: Ring, wake: int) -> tuple[int, int, int]:
+    """(placed, count, following) of one drain into ``ring``."""
+    _, _, placed, _, count, following = rx.drain_native(
+        ([ring.mapping], [wake]), (1, 0), LIMIT, 1, (new_counters(), COUNTED)
+    )
+    return placed, count, following
+
+
+def creds_of(ring: Ring) -> list[tuple[bytes, tuple[int, int, int]]]:
+    return [(r.payload, (r.pid, r.uid, r.gid)) for r, _ in records_of(ring)]
+
+
 def test_drain_carries_each_senders_credentials_like_the_python_path(
     server: tuple[socket.socket, Path], wake: int
 ) -> None:
     sock, path = server
-    send_from(path, [b"early"], None)  # queued before SO_PASSCRED: no trustworthy ids
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    send_from(path, [b"one", b"two"], None)
     fast_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=True)
     slow_rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=False)
     ring = Ring.create(8192)
-    me = (os.getpid(), os.getuid(), os.getgid())
+    none = (0, -1, -1)  # a record without credentials
     try:
-        _, _, placed, *_ = fast_rx.drain_native(
-            ([ring.mapping], [wake]), (1, 0), LIMIT, 1, (new_counters(), COUNTED)
-        )
-        assert placed == 3
-        got = [(r.payload, (r.pid, r.uid, r.gid)) for r, _ in records_of(ring)]
-        assert got == [(b"early", (0, -1, -1)), (b"one", me), (b"two", me)]
+        # SO_PASSCRED off: the kernel hands no ancillary data and sets each slot's control
+        # length to 0; the drain must give the slots their room back for the next call.
+        send_from(path, [b"before"], None)
+        assert drain_into(fast_rx, ring, wake) == (1, 0, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        send_as(path, [b"one", b"two"], SENDER)
+        assert drain_into(fast_rx, ring, wake) == (2, 0, 0)
+        assert creds_of(ring) == [(b"before", none), (b"one", SENDER), (b"two", SENDER)]
 
-        # The slots were readied with room for credentials again: the next batch has them.
-        send_from(path, [b"three"], None)
-        _, _, placed, *_ = fast_rx.drain_native(
-            ([ring.mapping], [wake]), (1, 0), LIMIT, 1, (new_counters(), COUNTED)
-        )
-        assert placed == 1
-        last, _ = records_of(ring)[-1]
-        assert (last.payload, (last.pid, last.uid, last.gid)) == (b"three", me)
-
-        send_from(path, [b"four"], None)  # the Python twin reads the same from its slot
+        send_as(path, [b"three"], SENDER)  # the Python twin reads the same from its slot
         assert slow_rx.receive() == 1
-        assert mmsg.credentials_from_control(slow_rx.control(0), SCM_CREDENTIALS) == me
+        assert mmsg.credentials_from_control(slow_rx.control(0), SCM_CREDENTIALS) == SENDER
     finally:
         fast_rx.close()
         slow_rx.close()
+        close_ring(ring)
+
+
+def test_a_full_ring_leaves_the_rest_of_the_batch_with_its_credentials(
+    server: tuple[socket.socket, Path], wake: int
+) -> None:
+    sock, path = server
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    send_as(path, [bytes([i]) * 100 for i in range(5)], SENDER)  # 136 bytes a record
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=True)
+    ring = Ring.create(512)
+    try:
+        assert drain_into(rx, ring, wake) == (3, 5, 3)
+        assert [creds for _, creds in creds_of(ring)] == [SENDER] * 3
+        # The caller places slots 3 and 4 (Receiver._place_slots): their credentials wait.
+        for i in (3, 4):
+            assert mmsg.credentials_from_control(rx.control(i), SCM_CREDENTIALS) == SENDER
+        rx.complete(5)
+        assert rx.unplaced() == []
+    finally:
+        rx.close()
         close_ring(ring)
 
 
