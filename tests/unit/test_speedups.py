@@ -261,6 +261,31 @@ def test_drain_carries_each_senders_credentials_like_the_python_path(
         close_ring(ring)
 
 
+SO_TIMESTAMPNS = 35  # Linux (asm-generic/socket.h); the socket module does not name it
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure-python"])
+def test_credentials_survive_a_time_stamp_before_them(
+    server: tuple[socket.socket, Path], wake: int, compiled: bool
+) -> None:
+    sock, path = server
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # as systemd's Timestamping=
+    send_as(path, [b"stamped"], SENDER)
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=compiled)
+    ring = Ring.create(8192)
+    try:
+        if compiled:
+            assert drain_into(rx, ring, wake) == (1, 0, 0)
+            assert creds_of(ring) == [(b"stamped", SENDER)]
+        else:
+            assert rx.receive() == 1
+            assert mmsg.credentials_from_control(rx.control(0), SCM_CREDENTIALS) == SENDER
+    finally:
+        rx.close()
+        close_ring(ring)
+
+
 def test_a_full_ring_leaves_the_rest_of_the_batch_with_its_credentials(
     server: tuple[socket.socket, Path], wake: int
 ) -> None:

@@ -19,7 +19,15 @@ from ..spec import pid_alive
 log = logging.getLogger("ugram.receiver")
 
 UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
-ANCILLARY_SIZE = socket.CMSG_SPACE(UCRED.size) if hasattr(socket, "CMSG_SPACE") else 0
+# Room for the credentials and, before them, a time stamp: a socket handed over with
+# SO_TIMESTAMP(NS|ING) on (systemd's Timestamping=) gets one first (3 timespecs at most),
+# and with room for only the credentials they would be cut off (MSG_CTRUNC): every sender
+# would look unauthenticated.
+ANCILLARY_SIZE = (
+    socket.CMSG_SPACE(UCRED.size) + socket.CMSG_SPACE(3 * 16)
+    if hasattr(socket, "CMSG_SPACE")
+    else 0
+)
 MAX_SENDERS = 4096  # rate-limit table bound; least recently seen senders are evicted
 REPORT_EVERY = 10.0  # seconds between "suppressed N datagrams from ..." lines
 
