@@ -938,10 +938,13 @@ static PyObject *observe_batch(PyObject *self, PyObject *args)
                           &s.latency_first, &s.latency_buckets, &s.latency_sum))
         return NULL;
     PyObject *result = NULL, *items = NULL;
-    const Py_ssize_t slots[] = {s.latency_first, s.latency_first + s.latency_buckets,
-                                s.latency_sum};
-    if (s.latency_buckets < 0 || !counter_slots_fit(&counters, slots, 3, "observe_batch"))
+    const Py_ssize_t slots[] = {s.latency_first, s.latency_sum};
+    if (!counter_slots_fit(&counters, slots, 2, "observe_batch"))
         goto done;
+    if (s.latency_buckets < 0 || s.latency_buckets >= counters.len / 8 - s.latency_first) {
+        PyErr_SetString(PyExc_ValueError, "observe_batch: latency buckets outside the block");
+        goto done;
+    }
     uint64_t *c = (uint64_t *)counters.buf;
     items = PyList_AsTuple(batch);
     if (items == NULL)

@@ -1,8 +1,9 @@
 """The optional C helper: whether it was built, and which implementation a process uses.
 
 ``ugram._speedups`` is compiled at install time when a C compiler is present (setup.py marks
-it optional). Every function in it has a pure-Python twin in :mod:`ugram.ring` and
-:mod:`ugram.receiver.mmsg` with the same behaviour; the ``speedups`` setting chooses.
+it optional). Every function in it has a pure-Python twin with the same behaviour (in
+:mod:`ugram.ring`, :mod:`ugram.receiver.mmsg`, :mod:`ugram.receiver.loop`,
+:mod:`ugram.workers.loop` and :mod:`ugram.stats`); the ``speedups`` setting chooses.
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@ and batch handlers — exact counts, per-sender order, truncation still detected
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,12 +54,21 @@ def test_recvmmsg_keeps_every_datagram_in_order(
     assert server.summary()["handled"] == 100_000
 
 
+def latency_observed(path: Path) -> int:
+    """Records in the server's receive-to-handled latency histogram (``ugram stats``)."""
+    cmd = [sys.executable, "-m", "ugram", "stats", "--socket", str(path), "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True)
+    return sum(json.loads(result.stdout)["latency"]["counts"])
+
+
 def test_batch_handler_gets_batches(sock_dir: Path, out_dir: Path) -> None:
     path = sock_dir / "s.sock"
     with run_server(
         "batchapps:Collector", path, "--workers", "2", "--batch-size", "64", out_dir=out_dir
     ) as server:
         wait_senders(start_senders(path, 20_000, 2))
+        # Each record of each batch has its latency counted, as for one-record handlers.
+        wait_for(lambda: latency_observed(path) == 40_000, what="40 000 latencies")
         assert server.stop() == 0
     assert len(read_records(out_dir)) == 40_000
     batches = sum(int(f.read_text()) for f in out_dir.glob("*.batches"))

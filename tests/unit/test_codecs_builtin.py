@@ -268,3 +268,31 @@ def test_two_workers_merge_into_one_interval_and_totals(tmp_path: Path) -> None:
     assert summary == (2, 13, 1000.0, 1020.0)
     assert not list((tmp_path / "partials").iterdir())
     assert not list((tmp_path / "workers").iterdir())
+
+
+def test_the_aggregator_orders_by_receive_nanoseconds(tmp_path: Path) -> None:
+    # Two datagrams of one recvmmsg batch are 1 ns apart: as float seconds they tie. Fed
+    # here in the opposite order, only the nanoseconds put them back in receipt order.
+    now_ns = 1_790_000_003 * 10**9
+    worker = StatsdAggregator(dir=str(tmp_path), flush_interval=10)
+    worker.setup()
+    for at, value, title in ((now_ns + 1, 1049, "second"), (now_ns, 1008, "first")):
+        packet = f"temp:{value}|g\n_e{{{len(title)},1}}:{title}|x".encode()
+        for line in parse_packet(packet):
+            worker.handle(line, Datagram(b"", at, b"", None))
+    worker.teardown()
+
+    totals = json.loads((tmp_path / "totals.json").read_text())
+    assert [(g["value"], g["at_ns"]) for g in totals["gauges"]] == [(1049.0, now_ns + 1)]
+    lines = (tmp_path / "statsd.jsonl").read_text().splitlines()
+    assert [e["title"] for e in json.loads(lines[0])["events"]] == ["first", "second"]
+
+
+def test_partials_an_older_ugram_left_are_read(tmp_path: Path) -> None:
+    # Before receive times were integer nanoseconds, partials held float epoch seconds.
+    old = msgspec.msgpack.encode(
+        [1000.0, [["c", [], 2.0]], [["g", [], 1001.5, 7.0]], [], [], [], [], 2, 0]
+    )
+    bucket = load_bucket(old)
+    assert bucket.gauges == {("g", ()): (1_001_500_000_000, 7.0)}
+    assert bucket.counters == {("c", ()): 2.0}

@@ -638,3 +638,22 @@ def test_observe_batch_fills_the_histogram_like_observe_latency(
         observe_latency(slow, now - record.recv_ns)
     assert fast.tolist() == slow.tolist()
     assert sum(fast[LATENCY_FIRST : LATENCY_FIRST + LATENCY_BUCKETS + 1]) == len(batch)
+
+
+def test_decode_batch_edges(loaded: tuple[Ring, list[tuple[Record, int]]]) -> None:
+    _, batch = loaded
+    counters = new_counters()
+    size = len(counters)
+    with pytest.raises(ValueError, match="outside the counter block"):
+        native.decode_batch(batch, None, (ValueError,), print, None, counters, size)
+    assert native.decode_batch(batch[:1], None, (ValueError,), print, None, counters, size - 1)
+
+    def leave(payload: bytes) -> object:
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit):  # as in the Python loop: only decode errors are caught
+        native.decode_batch(batch, leave, (ValueError,), print, None, counters, 0)
+    # Without a decoder, each payload gets its datagram too.
+    messages, dgrams = native.decode_batch(batch, None, (), print, len, counters, 0)
+    assert dgrams == [len(record) for record, _ in batch]
+    assert len(messages) == len(batch)

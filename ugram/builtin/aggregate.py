@@ -27,8 +27,8 @@ class Bucket:
         self.gauges: dict[Key, tuple[int, float]] = {}  # (received_ns, value)
         self.sets: dict[Key, set[str]] = {}
         self.samples: dict[tuple[str, Key], tuple[list[float], list[float]]] = {}
-        self.events: list[tuple[float, Event]] = []
-        self.checks: list[tuple[float, ServiceCheck]] = []
+        self.events: list[tuple[int, Event]] = []  # (received_ns, event)
+        self.checks: list[tuple[int, ServiceCheck]] = []
         self.lines = 0
         self.invalid_lines = 0
 
@@ -38,9 +38,9 @@ class Bucket:
         if isinstance(line, Metric):
             self.add_metric(line, received_ns)
         elif isinstance(line, Event):
-            self.events.append((received_ns / 1e9, line))
+            self.events.append((received_ns, line))
         else:
-            self.checks.append((received_ns / 1e9, line))
+            self.checks.append((received_ns, line))
 
     def add_metric(self, m: Metric, received_ns: int) -> None:
         """Aggregate one metric line."""
@@ -84,15 +84,16 @@ class Bucket:
 
 
 class _Partial(msgspec.Struct, array_like=True):
-    """A :class:`Bucket` as written to a partial file (msgpack)."""
+    """A :class:`Bucket` as written to a partial file (msgpack). Receive times are integer
+    nanoseconds; a float is epoch seconds, from a partial an older ugram left behind."""
 
     start: float
     counters: list[tuple[str, tuple[str, ...], float]]
-    gauges: list[tuple[str, tuple[str, ...], int, float]]  # name, tags, received_ns, value
+    gauges: list[tuple[str, tuple[str, ...], int | float, float]]  # name, tags, received, value
     sets: list[tuple[str, tuple[str, ...], list[str]]]
     samples: list[tuple[str, str, tuple[str, ...], list[float], list[float]]]
-    events: list[tuple[float, Event]]
-    checks: list[tuple[float, ServiceCheck]]
+    events: list[tuple[int | float, Event]]
+    checks: list[tuple[int | float, ServiceCheck]]
     lines: int
     invalid_lines: int
 
@@ -106,12 +107,17 @@ def dump_bucket(b: Bucket) -> bytes:
             [(n, t, at, v) for (n, t), (at, v) in b.gauges.items()],
             [(n, t, sorted(m)) for (n, t), m in b.sets.items()],
             [(k, n, t, vs, ws) for (k, (n, t)), (vs, ws) in b.samples.items()],
-            b.events,
-            b.checks,
+            list(b.events),
+            list(b.checks),
             b.lines,
             b.invalid_lines,
         )
     )
+
+
+def _ns(at: int | float) -> int:
+    """A receive time in epoch nanoseconds (a float: epoch seconds, from an older ugram)."""
+    return at if isinstance(at, int) else round(at * 1e9)
 
 
 def load_bucket(data: bytes) -> Bucket:
@@ -123,10 +129,11 @@ def load_bucket(data: bytes) -> Bucket:
     p = msgspec.msgpack.decode(data, type=_Partial)
     b = Bucket(p.start)
     b.counters = {(n, t): v for n, t, v in p.counters}
-    b.gauges = {(n, t): (at, v) for n, t, at, v in p.gauges}
+    b.gauges = {(n, t): (_ns(at), v) for n, t, at, v in p.gauges}
     b.sets = {(n, t): set(m) for n, t, m in p.sets}
     b.samples = {(k, (n, t)): (vs, ws) for k, n, t, vs, ws in p.samples}
-    b.events, b.checks = p.events, p.checks
+    b.events = [(_ns(at), event) for at, event in p.events]
+    b.checks = [(_ns(at), check) for at, check in p.checks]
     b.lines, b.invalid_lines = p.lines, p.invalid_lines
     return b
 
@@ -297,9 +304,7 @@ def add_to_totals(totals: Totals, b: Bucket, interval: float) -> Totals:
     counters = {(c.name, tuple(c.tags)): c.value for c in totals.counters}
     for key, value in b.counters.items():
         counters[key] = counters.get(key, 0.0) + value
-    gauges = {
-        (g.name, tuple(g.tags)): (g.at_ns or round(g.at * 1e9), g.value) for g in totals.gauges
-    }
+    gauges = {(g.name, tuple(g.tags)): (g.at_ns or _ns(g.at), g.value) for g in totals.gauges}
     for key, (at, value) in b.gauges.items():
         if key not in gauges or at >= gauges[key][0]:
             gauges[key] = (at, value)
