@@ -707,6 +707,23 @@ static int call_reporting(PyObject *fn, PyObject *arg, PyObject *on_exc, uint64_
     return 1;
 }
 
+/* decode(payload); a decode error (one of `decode_errors`) is counted in *invalid and passed
+ * to on_invalid(exc): NULL with no exception set. Anything else raised (or raised by
+ * on_invalid): NULL with the exception set. */
+static PyObject *decode_reporting(PyObject *decode, PyObject *payload, PyObject *decode_errors,
+                                  PyObject *on_invalid, uint64_t *invalid)
+{
+    PyObject *message = PyObject_CallOneArg(decode, payload);
+    if (message != NULL || !PyErr_ExceptionMatches(decode_errors))
+        return message;
+    *invalid += 1;
+    PyObject *exc = take_exception();
+    PyObject *cb = PyObject_CallOneArg(on_invalid, exc);
+    Py_DECREF(exc);
+    Py_XDECREF(cb);
+    return NULL;
+}
+
 PyDoc_STRVAR(run_records_doc,
 "run_records(batch, ctl, counters, slots, process, call, decode, decode_errors, on_invalid,\n"
 "            on_error, allowance) -> done\n\n"
@@ -789,17 +806,11 @@ static PyObject *run_records(PyObject *self, PyObject *args)
             Py_INCREF(message);
             if (decode != Py_None) {
                 Py_DECREF(message);
-                message = PyObject_CallOneArg(decode, payload);
+                message = decode_reporting(decode, payload, decode_errors, on_invalid,
+                                           &c[s.invalid]);
                 if (message == NULL) {
-                    if (!PyErr_ExceptionMatches(decode_errors))
+                    if (PyErr_Occurred())
                         goto done;
-                    c[s.invalid] += 1;
-                    PyObject *exc = take_exception();
-                    PyObject *cb = PyObject_CallOneArg(on_invalid, exc);
-                    Py_DECREF(exc);
-                    if (cb == NULL)
-                        goto done;
-                    Py_DECREF(cb);
                     decoded = -1;
                 }
             }
@@ -886,18 +897,11 @@ static PyObject *decode_batch(PyObject *self, PyObject *args)
         if (decode == Py_None) {
             message = Py_NewRef(payload);
         } else {
-            message = PyObject_CallOneArg(decode, payload);
+            message = decode_reporting(decode, payload, decode_errors, on_invalid, &c[invalid]);
             if (message == NULL) {
-                if (!PyErr_ExceptionMatches(decode_errors))
+                if (PyErr_Occurred())
                     goto done;
-                c[invalid] += 1;
-                PyObject *exc = take_exception();
-                PyObject *cb = PyObject_CallOneArg(on_invalid, exc);
-                Py_DECREF(exc);
-                if (cb == NULL)
-                    goto done;
-                Py_DECREF(cb);
-                continue;
+                continue; /* undecodable: counted, reported, left out */
             }
         }
         int failed = PyList_Append(messages, message) < 0;
