@@ -116,11 +116,15 @@ def test_recvmmsg_with_credentials(sock_dir: Path, out_dir: Path, speedups: str)
         "16",
         "--credentials",
         f"--speedups={speedups}",
+        "--log-level",
+        "debug",
         out_dir=out_dir,
-    ):
+    ) as server:
         with send(path, *[str(i).encode() for i in range(40)]):
             pass
         wait_for(lambda: len(read_records(out_dir)) == 40, what="40 records")
+    path_line = "recvmmsg x16, compiled, with credentials"
+    assert (path_line in server.stderr) == (speedups == "true"), server.stderr[-2000:]
     me = f"{os.getpid()} {os.getuid()} {os.getgid()}"
     assert sorted(read_records(out_dir), key=lambda r: int(r.split()[0])) == [
         f"{i} {me}" for i in range(40)

@@ -478,12 +478,25 @@ class Receiver:
         else:
             loop.add_reader(self.sock.fileno(), self.on_readable)
         loop.call_soon(self._housekeeping)
+        log.debug("receiver: %s", self.describe_path())
         self.counters[Slot.PID] = os.getpid()
         self.counters[Slot.STATE] = State.RUNNING
         try:
             loop.run_forever()
         finally:
             loop.close()
+
+    def describe_path(self) -> str:
+        """Which per-datagram path reads: compiled, or which Python loop and why."""
+        if self.batch is None:
+            return "one recvfrom per datagram, Python loop (receive_batch = 1 or no recvmmsg)"
+        if not self.batch.native:
+            return f"recvmmsg x{self.batch.size}, Python loop (no compiled helper)"
+        if not self.compiled:
+            why = "allow lists or rate limit" if self.screening else "route_by"
+            return f"recvmmsg x{self.batch.size}, Python loop ({why})"
+        creds = ", with credentials" if self.with_creds else ""
+        return f"recvmmsg x{self.batch.size}, compiled{creds}"
 
 
 def _encode_address(addr: str | bytes | None) -> bytes:
