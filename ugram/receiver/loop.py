@@ -83,10 +83,11 @@ class Receiver:
         self.screening = self.admission.active
         self.limit = self.config.max_datagram
         self.with_creds = self.config.wants_credentials
-        # No admission, no routing key, no credentials: the receiver's inlined fast path.
-        self.plain = not self.screening and self.router is None and not self.with_creds
-        # Credentials alone need no Python decision per datagram: the C helper copies them.
+        # No admission, no routing key: no Python decision per datagram, so the C helper's
+        # drain does it all (credentials included); without credentials either, the Python
+        # loop has its inlined fast path too.
         self.compiled = not self.screening and self.router is None
+        self.plain = self.compiled and not self.with_creds
         if self.with_creds:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.batch = (

@@ -230,7 +230,8 @@ class BatchReceiver:
         """Receive and place in the C helper, up to ``calls`` batches, round-robin over the
         first ``active`` rings from ``next_ring`` (``span``); ``rings`` holds the rings'
         mappings and their consumers' wake-up eventfds. Each datagram is counted in the
-        counter block at the slots ``(received, bytes, oversized)`` (``counters``). Only
+        counter block at the slots ``(received, bytes, oversized)`` (``counters``); with a
+        ``control_size``, each record carries its sender's credentials. Only
         when :attr:`native`; see ``drain`` in ugram/_speedups.c.
 
         Returns:
