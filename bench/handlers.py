@@ -9,9 +9,11 @@ cost:
 * ``CpuCount``: ``cpu_work``: about 50 µs of pure-Python arithmetic per record.
 
 ``JsonStruct`` does ``JsonCount``'s work the way a ugram user writes it: the handler declares
-``msg: Record`` and ugram decodes (run it with ``--codec json``). ``Latency`` records, per
-record, receive→handler latency (``dgram.received_at``) and, when the payload starts with a
-send time stamp (``bench/c/paced``, ``bench.pysend paced``), send→handler latency.
+``msg: Record`` and ugram decodes (run it with ``--codec json``). ``BatchCount`` and
+``BatchJsonStruct`` do ``Count``'s and ``JsonStruct``'s work in ``handle_batch``.
+``Latency`` records, per record, receive→handler latency (``dgram.received_at``) and, when
+the payload starts with a send time stamp (``bench/c/paced``, ``bench.pysend paced``),
+send→handler latency.
 
 Handlers append ``"<pid> <count> <last> <cpu>\\n"`` to the file named by ``$UGBENCH_OUT`` on
 teardown, ``<last>`` being the ``time.monotonic()`` at which the process handled its last
@@ -49,6 +51,8 @@ from bench.work import (
 __all__ = [
     "CPU_ITERS_ENV",
     "CPU_TARGET_US",
+    "BatchCount",
+    "BatchJsonStruct",
     "Count",
     "CpuCount",
     "JsonCount",
@@ -129,6 +133,22 @@ class JsonStruct(Reporting):
 
     def handle(self, msg: Record) -> None:
         self.count += 1
+        self.last = monotonic()
+
+
+class BatchCount(Reporting):
+    """``Count`` as a batch handler: counts each batch's records."""
+
+    def handle_batch(self, messages: list[bytes]) -> None:
+        self.count += len(messages)
+        self.last = monotonic()
+
+
+class BatchJsonStruct(Reporting):
+    """``JsonStruct`` as a batch handler: ugram decodes each record into ``Record``."""
+
+    def handle_batch(self, messages: list[Record]) -> None:
+        self.count += len(messages)
         self.last = monotonic()
 
 

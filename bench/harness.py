@@ -51,13 +51,20 @@ class BenchError(RuntimeError):
     """A run failed, or did not handle exactly what was sent."""
 
 
-SNAPSHOT_PREFIX = "ugram-"
+SNAPSHOT_PREFIX = "ugram-built-"  # "ugram-<sha>" snapshots lacked the C helper: never reuse
+# The C helper's build, as setup.py does it, for a snapshot that has ugram/_speedups.c.
+_BUILD_HELPER = (
+    "from setuptools import Extension, setup; setup(name='ugram-snapshot', script_args="
+    "['-q', 'build_ext', '--inplace'], ext_modules=[Extension('ugram._speedups', "
+    "['ugram/_speedups.c'], optional=True, extra_compile_args=['-O2'])])"
+)
 
 
 def ugram_snapshot(rev: str) -> str:
     """A directory holding ``ugram/`` as committed at git revision ``rev`` (for
     ``--ugram-path``): measure a commit while the working tree is being edited, or A/B two.
-    Cached in ``bench/.build/ugram-<sha>``.
+    Its C helper is built as an install builds it (without a compiler the snapshot runs its
+    pure-Python loops, as such an install would). Cached in ``bench/.build/ugram-built-<sha>``.
 
     Raises:
         BenchError: ``rev`` is not a commit of this repository.
@@ -81,6 +88,10 @@ def ugram_snapshot(rev: str) -> str:
         subprocess.run(["tar", "-x", "-C", str(tmp)], stdin=archive.stdout, check=True)
         if archive.wait() != 0:
             raise BenchError(f"git archive {sha} failed")
+        if (tmp / "ugram" / "_speedups.c").exists():
+            subprocess.run(
+                [sys.executable, "-c", _BUILD_HELPER], cwd=tmp, capture_output=True, check=True
+            )
         tmp.replace(target)
     return str(target)
 
