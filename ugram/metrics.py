@@ -7,19 +7,31 @@ cached, so a scrape always sees the counters as they are. ``/healthz`` answers 2
 while the receiver and every active worker run and make progress, else 503 with the
 reasons (see :mod:`ugram.health`).
 
-The endpoint listens on ``HOST:PORT`` or on a unix stream socket (a path, or ``@name``);
-the app is a plain WSGI callable served by :mod:`wsgiref`, one request at a time.
+The endpoint listens on ``HOST:PORT`` or on a unix stream socket (a path, or ``@name``).
+The app is a plain WSGI callable; an event loop in a thread of its own reads requests and
+writes responses (one HTTP/1.0 request a connection) and a few threads run the app, so a
+slow or hostile client holds one connection, never the endpoint: each has deadlines for its
+request and its response, and past :data:`MAX_CONNECTIONS` open ones a new one is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import logging
+import math
+import re
 import socket
+import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.handlers import SimpleHandler
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import (
@@ -35,12 +47,19 @@ from .control import bind_stream_socket
 from .errors import SocketError
 from .health import Health
 from .observe import Report
-from .sockets import unlink_if_ours
+from .sockets import BoundSocket, unlink_if_ours
 from .stats import REJECT_REASONS
 
 log = logging.getLogger("ugram.metrics")
 
-REQUEST_TIMEOUT = 5.0  # a client that stalls mid-request cannot hold the endpoint longer
+# What one client may hold of the endpoint.
+MAX_CONNECTIONS = 64  # open at once; past it a new connection gets 503 and is closed
+MAX_HANDLING = 8  # requests answered at once (the threads that run the app)
+REQUEST_TIMEOUT = 5.0  # for the whole request head, however slowly it trickles in
+WRITE_TIMEOUT = 5.0  # for the whole response: a client that does not read is cut off
+MAX_HEAD_BYTES = 16384  # request line and headers; a scrape sends a few hundred
+BACKLOG = 128
+LOG_INTERVAL = 60.0  # at most one warning a minute about refused and cut-off clients
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,19 @@ METRICS: tuple[MetricSpec, ...] = (
         "ugram_uptime_seconds", "gauge", "", "Seconds since the supervisor started serving."
     ),
     MetricSpec("ugram_build_info", "info", "version, socket, handler, codec", "The server."),
+    MetricSpec(
+        "ugram_metrics_connections_refused_total",
+        "counter",
+        "",
+        f"Connections to this endpoint closed at once (503): {MAX_CONNECTIONS} were already open.",
+    ),
+    MetricSpec(
+        "ugram_metrics_connections_timed_out_total",
+        "counter",
+        "",
+        f"Connections to this endpoint cut off: no complete request within {REQUEST_TIMEOUT:g} s "
+        f"of connecting, or the response not read within {WRITE_TIMEOUT:g} s.",
+    ),
 )
 
 
@@ -225,14 +257,23 @@ def _info(report: Report) -> Metric:
 # -- the WSGI app -----------------------------------------------------------------------------
 
 StartResponse = Callable[..., Any]
+App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+Connection = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 def make_app(
-    report: Callable[[], Report], health: Callable[[], Health]
-) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
-    """The WSGI app: ``/metrics`` (prometheus-client), ``/healthz``, and an index at ``/``."""
+    report: Callable[[], Report],
+    health: Callable[[], Health],
+    connections: ConnectionCounters | None = None,
+) -> App:
+    """The WSGI app: ``/metrics`` (prometheus-client), ``/healthz``, and an index at ``/``.
+
+    ``/metrics`` includes the endpoint's own ``connections`` counters when given.
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(report))
+    if connections is not None:
+        registry.register(connections)
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -273,24 +314,7 @@ def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
     return [data]
 
 
-# -- the HTTP server --------------------------------------------------------------------------
-
-
-class _Handler(WSGIRequestHandler):
-    timeout = REQUEST_TIMEOUT
-
-    def setup(self) -> None:
-        if not isinstance(self.client_address, tuple):  # AF_UNIX peers have no address
-            self.client_address = ("unix", 0)
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class _Server(WSGIServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("metrics endpoint: error serving %s", client_address, exc_info=True)
+# -- addresses --------------------------------------------------------------------------------
 
 
 def parse_address(value: str) -> tuple[str, int] | str:
@@ -307,8 +331,253 @@ def parse_address(value: str) -> tuple[str, int] | str:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+# -- what the endpoint turns away -------------------------------------------------------------
+
+
+class ConnectionCounters:
+    """Connections the endpoint refused or cut off, exposed on ``/metrics`` and logged.
+
+    Written by the endpoint's event loop, read by the threads that answer scrapes (plain
+    ints: a reader sees the old value or the new one).
+    """
+
+    def __init__(self) -> None:
+        """Start at zero; the first event is logged at once, later ones once a minute."""
+        self.refused = 0
+        self.timed_out = 0
+        self._quiet_until = -math.inf
+
+    def note_refused(self) -> None:
+        """Count a connection closed at once because too many were open."""
+        self.refused += 1
+        self._warn(f"refused a connection: {MAX_CONNECTIONS} already open")
+
+    def note_timed_out(self, why: str) -> None:
+        """Count a connection cut off at a deadline (``why``: which one)."""
+        self.timed_out += 1
+        self._warn(f"cut off a connection: {why}")
+
+    def collect(self) -> Iterator[Metric]:
+        """The two counters, as metric families (a prometheus-client collector)."""
+        yield CounterMetricFamily(
+            "ugram_metrics_connections_refused",
+            "Connections to the metrics endpoint closed at once: too many were open.",
+            value=self.refused,
+        )
+        yield CounterMetricFamily(
+            "ugram_metrics_connections_timed_out",
+            "Connections to the metrics endpoint cut off: too slow to send a request or to "
+            "read the response.",
+            value=self.timed_out,
+        )
+
+    def _warn(self, what: str) -> None:
+        # A hostile client can cause these at will: one line a minute, with the totals,
+        # says enough without flooding the log.
+        now = time.monotonic()
+        if now < self._quiet_until:
+            return
+        self._quiet_until = now + LOG_INTERVAL
+        log.warning(
+            "metrics endpoint: %s (%d refused and %d cut off so far; at most one such warning "
+            "a minute, see ugram_metrics_connections_*_total)",
+            what,
+            self.refused,
+            self.timed_out,
+        )
+
+
+# -- HTTP/1.0 over asyncio streams ------------------------------------------------------------
+
+
+class _BadRequest(Exception):
+    """A request the endpoint answers with an error status instead of the app."""
+
+    def __init__(self, status: str, body: str) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) (HTTP/1\.[01])")
+_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*")
+_TOO_LARGE = _BadRequest("431 Request Header Fields Too Large", "request head too large\n")
+
+
+async def _read_head(reader: asyncio.StreamReader) -> list[bytes] | None:
+    """The request line and header lines (line ends stripped); None if the client left first.
+
+    Raises:
+        _BadRequest: the head is longer than :data:`MAX_HEAD_BYTES`.
+    """
+    lines: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:  # one line longer than the reader's limit
+            raise _TOO_LARGE from None
+        size += len(line)
+        if size > MAX_HEAD_BYTES:
+            raise _TOO_LARGE
+        if not line.endswith(b"\n"):
+            return None  # end of stream before the blank line
+        line = line.rstrip(b"\r\n")
+        if line:
+            lines.append(line)
+        elif lines:
+            return lines
+        # else: an empty line before the request line, which RFC 9112 (2.2) lets us ignore
+
+
+def _environ(lines: list[bytes], base: dict[str, Any]) -> dict[str, Any]:
+    """The CGI part of a WSGI environ for a request head (wsgiref adds the ``wsgi.*`` keys).
+
+    Raises:
+        _BadRequest: the request line or a header line is malformed.
+    """
+    request = _REQUEST_LINE.fullmatch(lines[0])
+    if request is None:
+        raise _BadRequest("400 Bad Request", "expected an HTTP/1.x request line\n")
+    method, target, version = (part.decode("latin-1") for part in request.groups())
+    path, _, query = target.partition("?")
+    environ = base | {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": urllib.parse.unquote(path, "latin-1"),
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": version,
+    }
+    for line in lines[1:]:
+        header = _HEADER.fullmatch(line)
+        if header is None:
+            raise _BadRequest("400 Bad Request", "malformed header line\n")
+        name, value = (part.decode("latin-1") for part in header.groups())
+        key = name.upper().replace("-", "_")
+        key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+class _Gateway(SimpleHandler):
+    """wsgiref's HTTP/1.0 response writer, writing into memory (the socket is the loop's)."""
+
+    server_software = "ugram"
+
+    def __init__(self, out: io.BytesIO, environ: dict[str, Any]) -> None:
+        super().__init__(io.BytesIO(), out, io.StringIO(), environ, multithread=True)
+        self.os_environ = {}  # else wsgiref copies the supervisor's environment into each request
+
+    def log_exception(self, exc_info: Any) -> None:
+        log.warning("metrics endpoint: the app failed", exc_info=exc_info)
+
+
+def _respond(app: App, environ: dict[str, Any]) -> bytes:
+    """Run the app on one request: the whole response, status line to body (500 if it raised)."""
+    out = io.BytesIO()
+    _Gateway(out, environ).run(app)
+    return out.getvalue()
+
+
+def _plain(status: str, body: str) -> bytes:
+    data = body.encode()
+    head = (
+        f"HTTP/1.0 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    # close() would wait for the peer to read whatever is still buffered: never for a
+    # client that does not read, so drop what is left instead.
+    if writer.transport.get_write_buffer_size():
+        writer.transport.abort()
+    else:
+        writer.close()
+
+
+class _Endpoint:
+    """The connections of one endpoint, on its event loop: read a request, answer, close.
+
+    At most :data:`MAX_CONNECTIONS` are open; a request head must arrive within
+    :data:`REQUEST_TIMEOUT` and the response be read within :data:`WRITE_TIMEOUT`; the app
+    runs in a pool of :data:`MAX_HANDLING` threads, so the loop itself never waits on it.
+    """
+
+    def __init__(
+        self, app: App, pool: ThreadPoolExecutor, counters: ConnectionCounters, name: str
+    ) -> None:
+        """Answer with ``app`` run in ``pool``; ``name`` is the endpoint's ``host:port``."""
+        self._app, self._pool, self.counters = app, pool, counters
+        host, _, port = name.rpartition(":")
+        self._base = {"SERVER_NAME": host, "SERVER_PORT": port, "SCRIPT_NAME": ""}
+        self._open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection (the asyncio server's callback); never raises."""
+        task = asyncio.current_task()
+        assert task is not None  # the server runs each callback as a task
+        if len(self._open) >= MAX_CONNECTIONS:
+            self.counters.note_refused()
+            writer.write(_plain("503 Service Unavailable", "too many connections, try again\n"))
+            _close(writer)
+            return
+        self._open[task] = writer
+        writer.transport.set_write_buffer_limits(high=0)  # drain() waits for all of it
+        try:
+            await self._exchange(reader, writer)
+        except OSError as exc:  # the client reset or left mid-way: nothing to answer
+            log.debug("metrics endpoint: %s", exc)
+        except Exception:
+            log.warning("metrics endpoint: error serving a client", exc_info=True)
+        finally:
+            del self._open[task]
+            _close(writer)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        remote = peer[0] if isinstance(peer, tuple) else "unix"
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                lines = await _read_head(reader)
+            if lines is None:
+                return
+            environ = _environ(lines, self._base | {"REMOTE_ADDR": remote})
+        except TimeoutError:
+            self.counters.note_timed_out(f"no complete request within {REQUEST_TIMEOUT:g}s")
+            writer.write(_plain("408 Request Timeout", "no complete request in time\n"))
+            return
+        except _BadRequest as exc:
+            writer.write(_plain(exc.status, exc.body))
+            return
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(self._pool, _respond, self._app, environ)
+        status = response[: response.find(b"\r\n")].decode("latin-1")
+        log.debug('%s "%s" %s', remote, lines[0].decode("latin-1"), status)
+        await self._send(writer, response)
+
+    async def _send(self, writer: asyncio.StreamWriter, response: bytes) -> None:
+        writer.write(response)
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
+        except TimeoutError:
+            self.counters.note_timed_out(f"response not read within {WRITE_TIMEOUT:g}s")
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        """Cut off every open connection and wait until their tasks are done."""
+        # Not task.cancel(): Python 3.11's asyncio logs a traceback for each cancelled
+        # connection task. A reset connection ends its task as a client leaving would.
+        for writer in self._open.values():
+            writer.transport.abort()
+        await asyncio.gather(*self._open, return_exceptions=True)
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` over HTTP, served from a daemon thread."""
+    """``/metrics`` and ``/healthz`` over HTTP, served by an event loop in a daemon thread."""
 
     def __init__(
         self,
@@ -325,53 +594,83 @@ class MetricsServer:
             SocketError: the address is malformed or cannot be bound.
         """
         where = parse_address(address)
-        self._bound = None
+        self._bound: BoundSocket | None = None
         if isinstance(where, tuple):
-            self._server = _tcp_server(where, address)
-            host, port = self._server.server_address[:2]
-            host = host.decode() if isinstance(host, bytes) else str(host)
+            self._sock = _tcp_socket(where, address)
+            host, port = self._sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
-            self.url = f"http://{shown}:{port}/metrics"
+            self.url, name = f"http://{shown}:{port}/metrics", f"{host}:{port}"
         else:
             self._bound = bind_stream_socket(where, mode, gid)
-            self._server = _unix_server(self._bound.sock)
-            self.url = f"unix:{where}:/metrics"
-        self._server.set_app(make_app(report, health))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="ugram-metrics", daemon=True
-        )
+            self._sock = self._bound.sock
+            self.url, name = f"unix:{where}:/metrics", "localhost:0"
+        self.connections = ConnectionCounters()
+        self._pool = ThreadPoolExecutor(MAX_HANDLING, thread_name_prefix="ugram-metrics")
+        app = make_app(report, health, self.connections)
+        self._endpoint = _Endpoint(app, self._pool, self.connections, name)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ugram-metrics", daemon=True)
 
     def start(self) -> None:
-        """Serve from a daemon thread."""
+        """Serve from a daemon thread (its own event loop: the supervisor's never waits)."""
         self._thread.start()
 
     def close(self) -> None:
-        """Stop serving (after a request in progress), close, remove a unix socket file."""
+        """Stop serving (after the app calls in progress), close, remove a unix socket file."""
         if self._thread.is_alive():
-            self._server.shutdown()
+            self._ready.wait()
+            if self._loop is not None and self._stop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has already ended
+                    self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join()
-        self._server.server_close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._sock.close()
         if self._bound is not None:
             unlink_if_ours(self._bound)
 
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except Exception:  # a bug: say so, and let close() still work
+            log.exception("metrics endpoint: stopped serving")
 
-def _tcp_server(where: tuple[str, int], address: str) -> _Server:
+    async def _serve(self) -> None:
+        try:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            server = await _listen(self._sock, self._endpoint.connection)
+        finally:
+            self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            await self._endpoint.close()
+
+
+async def _listen(sock: socket.socket, connection: Connection) -> asyncio.Server:
+    if sock.family == socket.AF_UNIX:
+        # Python 3.13 would unlink the path on close; unlink_if_ours does it, with care.
+        extra: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+        return await asyncio.start_unix_server(
+            connection, sock=sock, limit=MAX_HEAD_BYTES, backlog=BACKLOG, **extra
+        )
+    return await asyncio.start_server(connection, sock=sock, limit=MAX_HEAD_BYTES, backlog=BACKLOG)
+
+
+def _tcp_socket(where: tuple[str, int], address: str) -> socket.socket:
     try:
         family = socket.getaddrinfo(where[0], where[1], type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as exc:
         raise SocketError(f"cannot serve metrics on {address}: {exc.strerror}") from None
-    server_class = type("_FamilyServer", (_Server,), {"address_family": family})
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        server: _Server = server_class(where, _Handler)
+        # As http.server does: a restart may bind again while old connections linger.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(where)
+        sock.listen(BACKLOG)
     except OSError as exc:
+        sock.close()
         raise SocketError(f"cannot serve metrics on {address}: {exc.strerror}") from None
-    return server
-
-
-def _unix_server(sock: socket.socket) -> _Server:
-    server = _Server(("localhost", 0), _Handler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = sock
-    server.server_name, server.server_port = "localhost", 0
-    server.setup_environ()
-    return server
+    return sock

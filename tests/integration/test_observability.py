@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +280,150 @@ def test_control_and_metrics_sockets_take_the_mode_and_are_removed(
         assert server.stop() == 0
     assert not control.exists()
     assert not metrics.exists()
+
+
+# -- the endpoint under slow and hostile clients -------------------------------------------------
+
+Address = tuple[str, int] | str
+SLOW_HEAD = b"GET /healthz HTTP/1.0\r\nUser-Agent: slowloris\r\n\r\n"
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def endpoint(
+    request: pytest.FixtureRequest, sock_dir: Path, app_env: dict[str, str]
+) -> Iterator[Address]:
+    """A real server's metrics endpoint, on TCP or on a unix path, answering /healthz."""
+    path, metrics = sock_dir / "s.sock", sock_dir / "m.sock"
+    value = "127.0.0.1:0" if request.param == "tcp" else str(metrics)
+    with run_server(None, path, "--workers", "1", "--metrics", value, env=app_env) as server:
+        if request.param == "tcp":
+            host, port = re.findall(r"//(.+):(\d+)/", metrics_url(server))[0]
+            where: Address = (host, int(port))
+        else:
+            wait_for(lambda: "serving metrics on" in server.stderr, what="the metrics endpoint")
+            where = str(metrics)
+        wait_for(lambda: get(where, "/healthz")[0] == 200, what="a healthy server")
+        yield where
+
+
+def connect(where: Address) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX if isinstance(where, str) else socket.AF_INET)
+    sock.settimeout(10)  # the old endpoint made a client wait longer: that fails the test
+    sock.connect(where)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def get(where: Address, target: str) -> tuple[int, bytes]:
+    """Status and body of one GET (HTTP/1.0, one request a connection)."""
+    with connect(where) as sock:
+        sock.sendall(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+        head, _, body = read_all(sock).partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def endpoint_counters(where: Address) -> dict[str, float]:
+    status, body = get(where, "/metrics")
+    assert status == 200
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name.startswith("ugram_metrics_connections_")
+    }
+
+
+class SlowClients:
+    """Connections that send a request a byte every ``every`` seconds, or nothing at all.
+
+    A thread trickles the bytes and notes when (seconds after connecting) and what the
+    server answered on each connection before closing it.
+    """
+
+    def __init__(self, where: Address, idle: int, trickling: int, every: float = 0.5) -> None:
+        self.started = time.monotonic()  # before connecting: the server cannot start earlier
+        self.socks = [connect(where) for _ in range(idle + trickling)]
+        self.trickling = self.socks[idle:]
+        self.sent = dict.fromkeys(self.trickling, 0)
+        self.answers: dict[socket.socket, tuple[float, bytes]] = {}
+        self._every = every
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while len(self.answers) < len(self.socks) and time.monotonic() - self.started < 30:
+            waiting = [s for s in self.socks if s not in self.answers]
+            readable = select.select(waiting, [], [], self._every)[0]
+            for sock in readable:
+                self.answers[sock] = (time.monotonic() - self.started, read_all(sock))
+            for sock in self.trickling:
+                if sock not in self.answers and self.sent[sock] < len(SLOW_HEAD) - 1:
+                    with contextlib.suppress(OSError):
+                        self.sent[sock] += sock.send(SLOW_HEAD[self.sent[sock] :][:1])
+
+    def still_open(self) -> int:
+        """How many connections the server has not answered or closed yet."""
+        return len(self.socks) - len(self.answers)
+
+    def join(self) -> None:
+        self._thread.join(40)
+        for sock in self.socks:
+            sock.close()
+
+
+def test_slow_clients_do_not_hold_the_endpoint_and_are_cut_off_at_the_deadline(
+    endpoint: Address,
+) -> None:
+    slow = SlowClients(endpoint, idle=10, trickling=10)
+    try:
+        health, _ = get(endpoint, "/healthz")
+        status, body = get(endpoint, "/metrics")
+        open_while_answering = slow.still_open()
+        slow.join()  # until the server has cut off every one of them
+        counters = endpoint_counters(endpoint)
+    finally:
+        slow.join()
+
+    # Answered while all 20 held their connections (the old endpoint served one at a time:
+    # /healthz waited behind them, and a byte every 0.5 s held it forever).
+    assert (health, status) == (200, 200)
+    assert b"\nugram_received_total 0.0\n" in body
+    assert open_while_answering == 20
+    # Every slow client was cut off at the request deadline (5 s), slowloris or silent.
+    assert len(slow.answers) == 20
+    for after, answer in slow.answers.values():
+        assert answer.startswith(b"HTTP/1.0 408 "), answer
+        assert 4.5 <= after < 15, after
+    assert min(slow.sent.values()) >= 5  # the tricklers kept sending until cut off
+    assert counters["ugram_metrics_connections_timed_out_total"] == 20
+    assert counters["ugram_metrics_connections_refused_total"] == 0
+
+
+def test_connections_past_the_cap_are_refused_and_counted(endpoint: Address) -> None:
+    held = SlowClients(endpoint, idle=64, trickling=0)
+    try:
+        extra = [connect(endpoint) for _ in range(6)]
+        refused = [read_all(sock) for sock in extra]  # answered at once, not at the deadline
+        open_after_refusals = held.still_open()
+        held.join()
+        wait_for(lambda: get(endpoint, "/healthz")[0] == 200, what="/healthz after the flood")
+        counters = endpoint_counters(endpoint)
+    finally:
+        held.join()
+        for sock in extra:
+            sock.close()
+
+    assert all(answer.startswith(b"HTTP/1.0 503 ") for answer in refused), refused
+    assert open_after_refusals == 64
+    assert counters["ugram_metrics_connections_refused_total"] >= 6
+    assert counters["ugram_metrics_connections_timed_out_total"] == 64
 
 
 def test_stats_without_control_socket_fails_with_one_line(sock_dir: Path) -> None:

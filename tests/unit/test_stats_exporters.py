@@ -9,11 +9,14 @@ import io
 import json
 import logging
 import os
+import select
 import socket
 import stat
+import struct
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +25,21 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ugram import logs
+from ugram import logs, metrics
 from ugram.config import make_config
 from ugram.control import ControlServer, bind_stream_socket, control_path, fetch, render
 from ugram.doctor import check_qlen, check_socket_path, run_checks
 from ugram.errors import ConfigError, NotASocketError, SocketError, UgramError
 from ugram.events import Callbacks, ConnState
 from ugram.health import Health
-from ugram.metrics import METRICS, MetricsServer, ServerCollector, make_app, parse_address
+from ugram.metrics import (
+    METRICS,
+    ConnectionCounters,
+    MetricsServer,
+    ServerCollector,
+    make_app,
+    parse_address,
+)
 from ugram.observe import ProcessInfo, Report, WorkerInfo
 from ugram.sockets import BoundSocket, unlink_if_ours
 from ugram.stats import LATENCY_BOUNDS, Latency, Snapshot
@@ -77,6 +87,7 @@ def make_report(healthy: bool = True, **totals: float) -> Report:
 def scrape(report: Report) -> dict[str, Any]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(lambda: report))
+    registry.register(ConnectionCounters())  # the endpoint's own counters, as MetricsServer adds
     text = generate_latest(registry).decode()
     return {
         sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
@@ -204,6 +215,102 @@ def test_metrics_server_over_a_unix_path_keeps_the_mode_and_cleans_up(sock_dir: 
     finally:
         server.close()
     assert not path.exists()
+
+
+def _big_report(workers: int) -> Report:
+    """A report with many worker slots: a /metrics response larger than socket buffers."""
+    base = make_report()
+    slot = base.workers[0]
+    return msgspec.structs.replace(
+        base, workers=[msgspec.structs.replace(slot, index=i) for i in range(workers)]
+    )
+
+
+def test_a_client_that_does_not_read_is_cut_off_without_holding_others(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "WRITE_TIMEOUT", 2.0)
+    path = str(sock_dir / "m.sock")
+    big = _big_report(2000)  # ~400 kB of /metrics: twice what a unix socket buffers
+    server = MetricsServer(path, lambda: big, lambda: Health(ok=True, reasons=[]))
+    server.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+            stalled.connect(path)
+            stalled.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")  # and never read
+            assert select.select([stalled], [], [], 10)[0], "no response started"
+            healthz = _http_over_unix(path, "/healthz")
+            cut_while_answering = server.connections.timed_out
+            _wait(lambda: server.connections.timed_out == 1, "the stalled client to be cut off")
+            stalled.settimeout(5)
+            received = b"".join(iter(lambda: stalled.recv(65536), b""))
+        full = _http_over_unix(path, "/metrics")
+    finally:
+        server.close()
+    assert healthz.endswith("\r\n\r\nok\n")
+    assert cut_while_answering == 0  # /healthz did not wait for the stalled response
+    assert 0 < len(received) < len(full)
+
+
+BAD_REQUESTS = [
+    (b"garbage\r\n\r\n", b"HTTP/1.0 400 "),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n\n", b"HTTP/1.0 400 "),  # TLS, say
+    (b"GET /healthz HTTP/1.0\r\nno colon here\r\n\r\n", b"HTTP/1.0 400 "),
+    (b"GET /healthz HTTP/2.0\r\n\r\n", b"HTTP/1.0 400 "),
+    (b"GET /" + b"a" * 20000 + b" HTTP/1.0\r\n\r\n", b"HTTP/1.0 431 "),
+    (b"GET / HTTP/1.0\r\n" + b"X-Pad: 0123456789\r\n" * 1000 + b"\r\n", b"HTTP/1.0 431 "),
+    (b"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.0 200 "),
+]
+
+
+def test_garbage_gets_an_error_status_and_clients_that_leave_are_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    big = _big_report(2000)
+    server = MetricsServer("127.0.0.1:0", lambda: big, lambda: Health(ok=True, reasons=[]))
+    server.start()
+    where = server.url.removeprefix("http://").removesuffix("/metrics").rpartition(":")
+    address = (where[0], int(where[2]))
+    try:
+        answers = [_exchange(address, request) for request, _ in BAD_REQUESTS]
+        for request in (b"", b"GET /metr", b"GET /metrics HTTP/1.0\r\n\r\n"):
+            with socket.create_connection(address, timeout=5) as leaving:
+                leaving.sendall(request)
+                # Reset rather than close: the server's write fails (broken pipe, reset).
+                leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        idle = [socket.create_connection(address, timeout=5) for _ in range(3)]
+        healthz = _exchange(address, b"GET /healthz HTTP/1.0\r\n\r\n")
+    finally:
+        server.close()  # with three idle connections open: cut off, not waited for
+    left_open = [_exchange_closed(sock) for sock in idle]
+
+    assert [a[:13] for a in answers] == [expected for _, expected in BAD_REQUESTS]
+    assert healthz.endswith(b"\r\n\r\nok\n")
+    assert left_open == [b""] * 3
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def _exchange(address: tuple[str, int], request: bytes) -> bytes:
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(request)
+        with contextlib.suppress(ConnectionResetError):
+            return b"".join(iter(lambda: sock.recv(65536), b""))
+    return b""
+
+
+def _exchange_closed(sock: socket.socket) -> bytes:
+    with sock, contextlib.suppress(ConnectionResetError):
+        return sock.recv(65536)
+    return b""
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 # -- the control socket ---------------------------------------------------------------------------
