@@ -12,6 +12,7 @@ import difflib
 import grp
 import os
 import re
+import socket
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -276,6 +277,12 @@ LogConfig = Annotated[
 ]
 
 
+# Built-in handlers that never call dgram.reply(): no credentials are collected for them.
+NEVER_REPLY = frozenset(
+    ("ugram.builtin:print_json", "ugram.builtin:LogSink", "ugram.builtin:StatsdAggregator")
+)
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every ugram option. Build it with :func:`load_config` or :func:`make_config`."""
 
@@ -376,8 +383,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     @property
     def wants_credentials(self) -> bool:
-        """True when the receiver must collect sender credentials."""
-        return bool(self.credentials or self.allow_uid or self.allow_gid or self.rate_limit)
+        """True when the receiver must collect sender credentials.
+
+        Also whenever the handler may reply (every handler but the built-ins that never
+        do): a reply goes to a socket path only if the sender's uid owns it.
+        """
+        if self.credentials or self.allow_uid or self.allow_gid or self.rate_limit:
+            return True
+        return self.handler not in NEVER_REPLY and hasattr(socket, "SO_PASSCRED")
 
     @property
     def worker_slots(self) -> int:

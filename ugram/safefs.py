@@ -469,23 +469,68 @@ def _open_path_fd(directory: Dir, name: str) -> int:
 def bind_at(directory: Dir, name: str, sock: socket.socket, mode: int, gid: int) -> os.stat_result:
     """Bind ``sock`` as ``name`` in ``directory`` with exactly ``mode`` and group ``gid``.
 
-    The file is created inside a fresh private (0700) directory of ours, given its group and
-    mode there, and hard-linked to ``name``: ``link`` fails if anything appeared at ``name``
-    meanwhile, so nothing is ever replaced or followed. The caller removes a stale socket
-    first (:func:`probe_at`, :func:`unlink_at`).
+    ``bind`` never follows or replaces anything (EADDRINUSE). In a private or sticky shared
+    directory nobody else can rename our entry, so the socket is bound at its real path (the
+    kernel keeps that name as the server's address: the source of every reply), created
+    owner-only, then given its group and mode through an ``O_PATH`` descriptor of the inode
+    just checked (a socket of ours with one link). In an unsafe directory (accepted with
+    ``allow_unsafe``) another user could swap the entry between bind and chmod, so the file
+    is created inside a fresh private (0700) directory, given its group and mode there, and
+    hard-linked to ``name`` (``link`` fails if anything took ``name`` meanwhile); the
+    socket's own address is then that private name.
+
+    The caller removes a stale socket first (:func:`probe_at`, :func:`unlink_at`).
 
     Returns:
         The socket file's ``lstat`` (its identity for :func:`unlink_at`).
 
     Raises:
-        SocketError-like OSError: the bind, chown, chmod or link failed (``FileExistsError``
-            when something took ``name`` first).
+        FileExistsError: something took ``name`` first.
+        UnsafePathError: the bound inode is not the one we created.
+        OSError: the bind, chown, chmod or link failed.
     """
     _check_name(name)
+    if directory.kind == "unsafe" or not _O_PATH:
+        return _bind_linked(directory, name, sock, mode, gid)
+    # At most the owner's bits of ``mode`` until its group and mode are set below, so the
+    # file is never wider than asked, not even for a moment.
+    old = os.umask(0o777 & ~(mode & 0o700))
+    try:
+        sock.bind(directory.join(name))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise FileExistsError(exc.errno, exc.strerror, directory.join(name)) from None
+        raise
+    finally:
+        os.umask(old)
+    handle = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
+    try:
+        info = os.fstat(handle)
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            raise UnsafePathError(f"{directory.join(name)} changed while ugram bound it")
+        try:
+            _set_owner_mode(f"/proc/self/fd/{handle}", mode, gid)
+        except BaseException:
+            unlink_at(directory, name, (info.st_dev, info.st_ino))
+            raise
+        return os.fstat(handle)
+    finally:
+        os.close(handle)
+
+
+def _set_owner_mode(path: str, mode: int, gid: int) -> None:
+    if gid != -1:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode & 0o7777)
+
+
+def _bind_linked(
+    directory: Dir, name: str, sock: socket.socket, mode: int, gid: int
+) -> os.stat_result:
     private = _private_dir(directory, name)
     temp = "s"
     try:
-        old = os.umask(0o077)  # owner-only inside a directory only we can enter
+        old = os.umask(0o777 & ~(mode & 0o700))  # as in bind_at
         try:
             sock.bind(private.at(temp))
         finally:
