@@ -586,7 +586,12 @@ def unlink_at(directory: Dir, name: str, identity: tuple[int, int] | None = None
 
 @contextlib.contextmanager
 def parent_of(
-    path: str, *, create: bool = False, allow_unsafe: bool = False, what: str = "directory"
+    path: str,
+    *,
+    create: bool = False,
+    mode: int = 0o750,
+    allow_unsafe: bool = False,
+    what: str = "directory",
 ) -> Iterator[tuple[Dir, str]]:
     """Open the directory of ``path`` safely; yield it and the file name in it.
 
@@ -595,7 +600,9 @@ def parent_of(
     """
     full = os.path.abspath(path)
     head, name = os.path.split(full)
-    directory = open_dir(head or "/", create=create, allow_unsafe=allow_unsafe, what=what)
+    directory = open_dir(
+        head or "/", create=create, mode=mode, allow_unsafe=allow_unsafe, what=what
+    )
     try:
         yield directory, name
     finally:

@@ -57,7 +57,8 @@ def write_dead_letter(
     # planted by another user (or hard-linked to one of root's) refused, mode 0600. The
     # default directory (ugram's state directory) is created private when missing.
     create = os.path.dirname(path) == safefs.state_dir()
-    with safefs.parent_of(path, create=create, what="dead-letter directory") as (directory, name):
+    where = safefs.parent_of(path, create=create, mode=0o700, what="dead-letter directory")
+    with where as (directory, name):
         fd = safefs.open_file(directory, name, os.O_WRONLY | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # workers share the file; rotate under the lock
