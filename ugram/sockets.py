@@ -141,7 +141,7 @@ def bind_path(
     """
     with safefs.parent_of(path, create=mkdir, allow_unsafe=allow_unsafe, what=what) as (d, name):
         if d.kind != "private":
-            log.warning("%s %s is %s: prefer a private directory", what, d.path, d.reason)
+            log.warning("%s %s: %s; prefer a private directory", what, d.path, d.reason)
         _clear_stale_at(d, name, path)
         try:
             info = safefs.bind_at(d, name, sock, mode, gid)
