@@ -12,6 +12,7 @@ import difflib
 import grp
 import os
 import re
+import socket
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import msgspec
 
 from .errors import ConfigError
+from .safefs import default_data_path
 
 ENV_PREFIX = "UGRAM_"
 DEFAULT_SOCKET = "/tmp/ugram.sock"
@@ -224,6 +226,15 @@ Mkdir = Annotated[
     bool,
     _meta("create a missing socket directory (mode 0750)", "true or false"),
 ]
+AllowUnsafeDir = Annotated[
+    bool,
+    _meta(
+        "accept socket and data directories that other users may write (without the sticky "
+        "bit) or that another user owns; they could then replace the files ugram creates "
+        "there (see docs/security.md)",
+        "true or false",
+    ),
+]
 Speedups = Annotated[
     bool,
     _meta(
@@ -266,6 +277,12 @@ LogConfig = Annotated[
 ]
 
 
+# Built-in handlers that never call dgram.reply(): no credentials are collected for them.
+NEVER_REPLY = frozenset(
+    ("ugram.builtin:print_json", "ugram.builtin:LogSink", "ugram.builtin:StatsdAggregator")
+)
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every ugram option. Build it with :func:`load_config` or :func:`make_config`."""
 
@@ -294,6 +311,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     burst: Burst = 0
     rate_limit_by: RateLimitBy = "uid"
     mkdir: Mkdir = False
+    allow_unsafe_dir: AllowUnsafeDir = False
     batch_size: BatchSize = 256
     receive_batch: ReceiveBatch = 64
     speedups: Speedups = True
@@ -365,8 +383,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     @property
     def wants_credentials(self) -> bool:
-        """True when the receiver must collect sender credentials."""
-        return bool(self.credentials or self.allow_uid or self.allow_gid or self.rate_limit)
+        """True when the receiver must collect sender credentials.
+
+        Also whenever the handler may reply (every handler but the built-ins that never
+        do): a reply goes to a socket path only if the sender's uid owns it.
+        """
+        if self.credentials or self.allow_uid or self.allow_gid or self.rate_limit:
+            return True
+        return self.handler not in NEVER_REPLY and hasattr(socket, "SO_PASSCRED")
 
     @property
     def worker_slots(self) -> int:
@@ -375,12 +399,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     @property
     def dead_letter_path(self) -> str:
-        """Where poison records go: ``dead_letter``, or beside the socket file."""
+        """Where poison records go: ``dead_letter``, else beside a socket file in a private
+        directory, else in ugram's state directory (never a world-writable one such as /tmp:
+        see :func:`ugram.safefs.default_data_path`)."""
         if self.dead_letter:
             return os.path.abspath(self.dead_letter)
-        if self.socket.startswith("@"):
-            return os.path.abspath(f"ugram-{self.socket[1:]}.dead-letter.jsonl")
-        return os.path.abspath(self.socket) + ".dead-letter.jsonl"
+        return default_data_path(self.socket, ".dead-letter.jsonl")
 
     @property
     def gid(self) -> int:

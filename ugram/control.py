@@ -13,10 +13,12 @@ removed at exit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -25,8 +27,9 @@ from typing import TYPE_CHECKING, TextIO
 
 import msgspec
 
-from .errors import SocketError, UgramError
-from .sockets import MAX_PATH_BYTES, BoundSocket, probe, unlink_if_ours
+from .errors import PathTooLongError, SocketError, SocketInUseError, UgramError
+from .safefs import owner_name
+from .sockets import MAX_PATH_BYTES, BoundSocket, bind_path, unlink_if_ours
 from .stats import REJECT_REASONS
 
 if TYPE_CHECKING:
@@ -53,22 +56,30 @@ def _address(path: str) -> str | bytes:
 # -- binding ----------------------------------------------------------------------------------
 
 
-def bind_stream_socket(path: str, mode: int, gid: int = -1) -> BoundSocket:
+def bind_stream_socket(
+    path: str, mode: int, gid: int = -1, *, allow_unsafe: bool = False
+) -> BoundSocket:
     """Bind and listen on an AF_UNIX stream socket at ``path`` (or ``@name``).
 
-    Like the server socket: never wider than ``mode`` (owner bits only until chown and
-    chmod), a stale socket replaced, anything else refused.
+    Like the server socket (:func:`ugram.sockets.bind_path`): created with exactly ``mode``
+    and ``gid`` in a private directory and linked into place, a stale socket of ours
+    replaced, anything else refused.
 
     Raises:
-        SocketError: the path is too long, in use, not a socket, or cannot be bound.
+        SocketInUseError: another process listens on the path (or holds an abstract name).
+        UnsafePathError: the directory is unsafe, or a component an untrusted symlink.
+        SocketError: the path is too long, not a socket, or cannot be bound.
     """
     if len(os.fsencode(path)) > MAX_PATH_BYTES:
-        raise SocketError(f"{path} is longer than AF_UNIX allows ({MAX_PATH_BYTES} bytes)")
+        raise PathTooLongError(f"{path} is longer than AF_UNIX allows ({MAX_PATH_BYTES} bytes)")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        identity = _bind_file(sock, path, mode, gid) if not path.startswith("@") else None
-        if identity is None:
-            sock.bind(_address(path))
+        identity = None
+        if path.startswith("@"):
+            _bind_abstract_stream(sock, path)
+        else:
+            path = os.path.abspath(path)
+            identity = bind_path(sock, path, mode, gid, allow_unsafe=allow_unsafe)
         sock.listen(16)
     except OSError as exc:
         sock.close()
@@ -78,26 +89,13 @@ def bind_stream_socket(path: str, mode: int, gid: int = -1) -> BoundSocket:
     return BoundSocket(sock, path, identity)
 
 
-def _bind_file(sock: socket.socket, path: str, mode: int, gid: int) -> tuple[int, int]:
-    state = probe(path)
-    if state in ("live", "unknown"):
-        raise SocketError(f"{path} is already in use by another process")
-    if state == "stale":
-        os.unlink(path)  # nobody listens on it: a leftover of a server that died
-    old = os.umask(0o777 & ~(mode & 0o700))
+def _bind_abstract_stream(sock: socket.socket, path: str) -> None:
     try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    info = os.lstat(path)
-    try:
-        if gid != -1:
-            os.chown(path, -1, gid)
-        os.chmod(path, mode)
-    except OSError:
-        os.unlink(path)
+        sock.bind(_address(path))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SocketInUseError(f"{path} is already in use by another process") from None
         raise
-    return info.st_dev, info.st_ino
 
 
 # -- the server side ---------------------------------------------------------------------------
@@ -136,15 +134,28 @@ class ControlServer:
     def bind_for(
         cls, socket_path: str, answer: Callable[[], bytes], config: Config
     ) -> ControlServer | None:
-        """Bind ``<socket_path>.ctl``; log and return None when that is not possible."""
+        """Bind ``<socket_path>.ctl``; return None when its path is too long.
+
+        Raises:
+            SocketError: the path is held by another process (a squatter would otherwise
+                answer ``ugram stats`` in our name), is not a socket, or is unsafe. The
+                operator can turn the control socket off (``control = false``).
+        """
         if not socket_path:
             return None
         path = control_path(socket_path)
         try:
-            bound = bind_stream_socket(path, config.file_mode, config.gid)
-        except SocketError as exc:
+            bound = bind_stream_socket(
+                path, config.file_mode, config.gid, allow_unsafe=config.allow_unsafe_dir
+            )
+        except PathTooLongError as exc:
             log.warning("no control socket (`ugram stats` will not work): %s", exc)
             return None
+        except SocketError as exc:
+            raise type(exc)(
+                f"cannot serve the control socket: {exc} (stop what holds it, or run "
+                "without one: --control=false)"
+            ) from None
         return cls(bound, answer)
 
     def start(self) -> None:
@@ -176,6 +187,7 @@ def fetch(socket_path: str) -> Report:
         sock.settimeout(CLIENT_TIMEOUT)
         try:
             sock.connect(_address(path))
+            _check_peer(sock, socket_path, path)
             data = b"".join(iter(lambda: sock.recv(65536), b""))
         except (FileNotFoundError, ConnectionRefusedError):
             raise UgramError(
@@ -188,6 +200,33 @@ def fetch(socket_path: str) -> Report:
         return msgspec.json.decode(data, type=Report)
     except msgspec.DecodeError as exc:
         raise UgramError(f"{path} answered something that is not a ugram report: {exc}") from None
+
+
+def _check_peer(sock: socket.socket, socket_path: str, path: str) -> None:
+    """Refuse a control socket served by someone other than the server socket's owner.
+
+    Another user could bind ``<socket>.ctl`` first and answer with a forged report. The
+    peer's uid (SO_PEERCRED, from the kernel) must be the owner of the server socket file;
+    for an abstract name (no owner) or a missing file, root or the user running ``ugram
+    stats``.
+
+    Raises:
+        UgramError: the peer is someone else.
+    """
+    if not hasattr(socket, "SO_PEERCRED"):
+        return
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    expected, owner = {0, os.geteuid()}, "root or you"
+    if not socket_path.startswith("@"):
+        with contextlib.suppress(FileNotFoundError):
+            file_owner = os.lstat(os.path.abspath(socket_path)).st_uid
+            expected, owner = {file_owner}, owner_name(file_owner)
+    if uid not in expected:
+        raise UgramError(
+            f"{path} is served by {owner_name(uid)}, not by the server's owner ({owner}): "
+            "refusing its report (another user may have taken the control socket's name)"
+        )
 
 
 def stats_command(

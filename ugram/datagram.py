@@ -6,7 +6,8 @@ import os
 import socket
 from collections.abc import Callable
 
-from .errors import ReplyError
+from . import safefs
+from .errors import ReplyError, UnsafePathError
 
 
 def decode_address(raw: bytes) -> str | None:
@@ -73,8 +74,13 @@ class Datagram:
     def reply(self, payload: bytes) -> None:
         """Send ``payload`` back to the sender through the server socket.
 
+        Only an address the sender provably owns gets a reply: an abstract name as it is; a
+        path only if it is absolute, crosses no symlink, and is a socket owned by the
+        sender's uid (credentials are collected for this whenever the handler may reply).
+
         Raises:
-            ReplyError: the sender bound no address, is gone, or its queue is full.
+            ReplyError: the sender bound no address, does not own it, is gone, or its queue
+                is full.
         """
         try:
             self._send_reply(payload)
@@ -88,7 +94,31 @@ class Datagram:
             raise ReplyError("the sender bound no address: it cannot receive a reply")
         if self._sock is None:
             raise ReplyError("replies are not available here")
-        target: str | bytes = self._address if self._address[0] == 0 else os.fsdecode(self._address)
+        if self._address[0] == 0:  # abstract: no file, nothing to redirect through
+            self._sendto(payload, self._address)
+            return
+        self._reply_to_path(payload, os.fsdecode(self._address))
+
+    def _reply_to_path(self, payload: bytes, path: str) -> None:
+        # A sender could bind a path, then swap it for a symlink to a socket it may not write
+        # (or bind a relative name that resolves in our working directory): reply only to
+        # a socket file its uid owns, reached through a descriptor of that very inode.
+        if self.uid is None:
+            raise ReplyError(
+                f"cannot reply to {path}: the sender's credentials were not collected, so "
+                "its ownership of the path cannot be checked (turn credentials on)"
+            )
+        try:
+            handle = safefs.open_peer_socket(path, self.uid)
+        except UnsafePathError as exc:
+            raise ReplyError(f"cannot reply to {path}: {exc}") from None
+        try:
+            self._sendto(payload, f"/proc/self/fd/{handle}")
+        finally:
+            os.close(handle)
+
+    def _sendto(self, payload: bytes, target: str | bytes) -> None:
+        assert self._sock is not None
         try:
             self._sock.sendto(payload, socket.MSG_DONTWAIT, target)
         except OSError as exc:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import speedups
+from . import safefs, speedups
 from .config import Config
-from .errors import SocketError, UnsupportedPlatformError
+from .errors import SocketError, UnsafePathError, UnsupportedPlatformError
 from .ring import CONTROL_SIZE, check_memory_ordering
 from .sockets import MAX_PATH_BYTES, probe
 
@@ -151,40 +151,40 @@ def check_socket_path(config: Config) -> list[Finding]:
         ]
     directory = os.path.dirname(path)
     try:
-        info = os.stat(directory)
-    except FileNotFoundError:
-        if config.mkdir:
+        opened = safefs.open_dir(directory, allow_unsafe=True, what="socket directory")
+    except UnsafePathError as exc:
+        if "does not exist" in str(exc) and config.mkdir:
             return [Finding("info", f"socket directory {directory}: will be created (mkdir)")]
-        return [
-            Finding(
-                "fail",
-                f"socket directory {directory}: missing",
-                advice="create it, or pass --mkdir",
-            )
-        ]
-    return [_directory_finding(directory, info), _path_finding(path)]
+        advice = "create it, or pass --mkdir" if "does not exist" in str(exc) else ""
+        return [Finding("fail", f"socket directory {directory}: unusable", str(exc), advice)]
+    with opened:
+        finding = _directory_finding(opened, os.fstat(opened.fd), config.allow_unsafe_dir)
+    return [finding, _path_finding(path)]
 
 
-def _directory_finding(directory: str, info: os.stat_result) -> Finding:
+def _directory_finding(opened: safefs.Dir, info: os.stat_result, accepted: bool) -> Finding:
+    directory = opened.path
     mode = stat.S_IMODE(info.st_mode)
-    title = f"socket directory {directory}: {stat.filemode(info.st_mode)} ({mode:04o})"
+    owner = safefs.owner_name(info.st_uid)
+    title = f"socket directory {directory}: {stat.filemode(info.st_mode)} ({mode:04o}, {owner})"
     if not os.access(directory, os.W_OK | os.X_OK):
         return Finding("fail", title, "this user cannot create the socket file there")
-    if mode & 0o002 and not mode & stat.S_ISVTX:
+    if opened.kind == "unsafe":
+        return Finding(
+            "warn" if accepted else "fail",
+            title,
+            f"unsafe: {opened.reason}; another user could replace the socket file"
+            + (" (accepted with allow_unsafe_dir)" if accepted else ": the server refuses it"),
+            "use a directory only the service's user can write (systemd RuntimeDirectory=)",
+        )
+    if opened.kind == "shared":
         return Finding(
             "warn",
             title,
-            "world-writable without the sticky bit: anyone can replace the socket file",
-            "use a directory only the service's user can write (systemd RuntimeDirectory=)",
-        )
-    if mode & 0o002:
-        return Finding(
-            "info",
-            title,
-            "shared with every user (sticky): another user could take the name first",
+            f"shared: {opened.reason}; another user could take the name first",
             "prefer a private directory such as /run/<app>/ (systemd RuntimeDirectory=)",
         )
-    return Finding("ok", title, "private to its owner and group")
+    return Finding("ok", title, "private: only root and the server's user can change it")
 
 
 def _path_finding(path: str) -> Finding:

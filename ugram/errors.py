@@ -43,6 +43,11 @@ class PathTooLongError(SocketError):
     """The socket path is longer than AF_UNIX allows (107 bytes on Linux)."""
 
 
+class UnsafePathError(SocketError):
+    """A path ugram would create or write is not safe: an untrusted symlink, a directory
+    other users may write, or a file another user owns (see ``ugram.safefs``)."""
+
+
 class UnsupportedPlatformError(UgramError, RuntimeError):
     """The platform lacks something ugram needs (memory ordering, memfd, SO_PASSCRED, ...)."""
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
 import sys
 from dataclasses import dataclass
 
-from .errors import NotASocketError, PathTooLongError, SocketError, SocketInUseError
+from . import safefs
+from .errors import (
+    NotASocketError,
+    PathTooLongError,
+    SocketError,
+    SocketInUseError,
+    UnsafePathError,
+)
 
 # sun_path is 108 bytes on Linux, 104 on the BSDs and Darwin, including the trailing NUL.
+log = logging.getLogger("ugram.sockets")
+
 MAX_PATH_BYTES = 107 if sys.platform.startswith("linux") else 103
 
 
@@ -80,39 +89,73 @@ SD_LISTEN_FDS_START = 3
 
 
 def bind_socket(
-    path: str, mode: int, gid: int = -1, mkdir: bool = False, credentials: bool = False
+    path: str,
+    mode: int,
+    gid: int = -1,
+    mkdir: bool = False,
+    credentials: bool = False,
+    allow_unsafe: bool = False,
 ) -> BoundSocket:
     """Bind an AF_UNIX datagram socket at ``path`` with permission bits ``mode`` and group.
 
-    The file never exists with wider permissions than ``mode``, not even for a moment: it is
-    created with the owner's bits only (umask), then given its group, then its full mode.
-    (It is bound at its final path, not under a temporary name linked into place: the kernel
-    keeps the bound name as the server's address, the source of every reply.) A sender of
-    the group may therefore get EACCES during the microseconds before chmod.
+    The file is created in a private directory of ours with exactly ``mode`` and ``gid``, then
+    linked into place (:func:`ugram.safefs.bind_at`): it never exists at ``path`` with wider
+    permissions, and no chmod or chown ever goes through a path another user could swap.
 
     Raises:
         PathTooLongError: the path exceeds the AF_UNIX limit.
         SocketInUseError: a live server already receives on the path.
         NotASocketError: something that is not a socket (or a symlink) sits at the path.
+        UnsafePathError: the directory is one other users may write (see ``allow_unsafe``), or
+            a component is an untrusted symlink.
         SocketError: any other failure (missing directory, permissions, unknown group).
     """
     if path.startswith("@"):
         return _bind_abstract(path, credentials)
     path = os.path.abspath(path)
     _check_length(path)
-    if mkdir:
-        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-    _clear_stale(path)
     sock = _new_socket(credentials)
     try:
-        _bind_restricted(sock, path, mode)
-        info = os.lstat(path)
-        _apply_perms(path, mode, gid)
+        identity = bind_path(sock, path, mode, gid, mkdir=mkdir, allow_unsafe=allow_unsafe)
     except BaseException:
         sock.close()
         raise
     sock.setblocking(False)
-    return BoundSocket(sock, path, (info.st_dev, info.st_ino))
+    return BoundSocket(sock, path, identity)
+
+
+def bind_path(
+    sock: socket.socket,
+    path: str,
+    mode: int,
+    gid: int = -1,
+    *,
+    mkdir: bool = False,
+    allow_unsafe: bool = False,
+    what: str = "socket directory",
+) -> tuple[int, int]:
+    """Bind ``sock`` (datagram or stream) at the absolute ``path``, safely; return its identity.
+
+    Raises:
+        SocketInUseError, NotASocketError, UnsafePathError, SocketError: as :func:`bind_socket`.
+    """
+    with safefs.parent_of(path, create=mkdir, allow_unsafe=allow_unsafe, what=what) as (d, name):
+        if d.kind != "private":
+            log.warning("%s %s: %s; prefer a private directory", what, d.path, d.reason)
+        _clear_stale_at(d, name, path)
+        try:
+            info = safefs.bind_at(d, name, sock, mode, gid)
+        except FileExistsError:
+            raise SocketInUseError(
+                f"{path} appeared while ugram was binding it (another process is using it)"
+            ) from None
+        except OSError as exc:
+            if isinstance(exc, SocketError):
+                raise
+            raise SocketError(
+                f"cannot bind {path} with group {gid} and mode {mode:04o}: {exc.strerror}"
+            ) from None
+    return info.st_dev, info.st_ino
 
 
 def _new_socket(credentials: bool) -> socket.socket:
@@ -160,35 +203,39 @@ def probe(path: str) -> str:
         NotASocketError: the path exists and is not a socket (symlinks included).
         SocketError: the path cannot be inspected (a parent is not a directory, ...).
     """
+    path = os.path.abspath(path)
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return "missing"
-    except OSError as exc:  # e.g. a parent that is a regular file (ENOTDIR)
+        with safefs.parent_of(path, allow_unsafe=True) as (d, name):
+            return _probe_at(d, name, path)
+    except UnsafePathError as exc:
+        if "does not exist" in str(exc):
+            return "missing"
+        raise SocketError(f"cannot use {path}: {exc}") from None
+    except SocketError:
+        raise
+    except OSError as exc:
         raise SocketError(f"cannot use {path}: {exc.strerror}") from None
-    if stat.S_ISLNK(info.st_mode):
-        raise NotASocketError(f"{path} is a symbolic link; refusing to follow or remove it")
-    if not stat.S_ISSOCK(info.st_mode):
+
+
+def _probe_at(d: safefs.Dir, name: str, path: str) -> str:
+    state, info = safefs.probe_at(d, name)
+    if state == "other" and info is not None:
+        if stat.S_ISLNK(info.st_mode):
+            raise NotASocketError(f"{path} is a symbolic link; refusing to follow or remove it")
         kind = "directory" if stat.S_ISDIR(info.st_mode) else "regular file"
         if not stat.S_ISDIR(info.st_mode) and not stat.S_ISREG(info.st_mode):
             kind = "special file"
         raise NotASocketError(f"{path} is a {kind}, not a socket; refusing to remove it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
-        try:
-            client.connect(path)
-        except ConnectionRefusedError:
-            return "stale"
-        except PermissionError:
-            return "unknown"
-        except OSError as exc:
-            if exc.errno == errno.EPROTOTYPE:  # a live stream socket
-                return "live"
-            raise SocketError(f"cannot probe {path}: {exc.strerror}") from None
-    return "live"
+    if state == "stale" and info is not None and info.st_uid not in safefs.trusted_uids():
+        raise SocketInUseError(
+            f"{path} is a leftover socket of {safefs.owner_name(info.st_uid)}; ugram does not "
+            "remove other users' files: remove it or choose another path"
+        )
+    return state
 
 
-def _clear_stale(path: str) -> None:
-    state = probe(path)
+def _clear_stale_at(d: safefs.Dir, name: str, path: str) -> None:
+    state = _probe_at(d, name, path)
     if state == "live":
         raise SocketInUseError(f"{path} is already in use by another server")
     if state == "unknown":
@@ -198,49 +245,14 @@ def _clear_stale(path: str) -> None:
         )
     if state == "stale":
         # Nobody receives on it: a leftover of a server that died. Replacing it is safe.
-        os.unlink(path)
-
-
-def _bind_restricted(sock: socket.socket, path: str, mode: int) -> None:
-    # Only the owner's bits at creation: group and others get nothing until chown has given
-    # the file its final group, so no one outside `mode` can ever reach it.
-    old = os.umask(0o777 & ~(mode & 0o700))
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        raise _bind_error(path, exc) from None
-    finally:
-        os.umask(old)
-
-
-def _bind_error(path: str, exc: OSError) -> SocketError:
-    if exc.errno == errno.EADDRINUSE:
-        return SocketInUseError(f"{path} is already in use by another server")
-    if exc.errno == errno.ENOENT:
-        parent = os.path.dirname(path)
-        return SocketError(
-            f"cannot bind {path}: directory {parent} does not exist (create it, or pass --mkdir)"
-        )
-    return SocketError(f"cannot bind {path}: {exc.strerror}")
-
-
-def _apply_perms(path: str, mode: int, gid: int) -> None:
-    try:
-        if gid != -1:
-            os.chown(path, -1, gid)
-        os.chmod(path, mode)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise SocketError(
-            f"cannot set group {gid} and mode {mode:04o} on {path}: {exc.strerror}"
-        ) from None
+        safefs.unlink_at(d, name)
 
 
 def unlink_if_ours(bound: BoundSocket) -> bool:
     """Remove the socket file if the path still holds the inode we created.
 
     A successor may have re-bound the path after we unlinked ours: its file is left alone.
+    The directory is walked safely again, so a swapped parent cannot redirect the unlink.
 
     Returns:
         True if the file was removed.
@@ -248,13 +260,7 @@ def unlink_if_ours(bound: BoundSocket) -> bool:
     if bound.identity is None:
         return False
     try:
-        info = os.lstat(bound.path)
-    except FileNotFoundError:
+        with safefs.parent_of(bound.path, allow_unsafe=True) as (d, name):
+            return safefs.unlink_at(d, name, bound.identity)
+    except OSError:
         return False
-    if (info.st_dev, info.st_ino) != bound.identity:
-        return False
-    try:
-        os.unlink(bound.path)
-    except FileNotFoundError:
-        return False
-    return True

@@ -357,7 +357,12 @@ class Supervisor:
         check_platform(cfg)
         creds = cfg.wants_credentials
         self._bound = adopt_systemd(credentials=creds) or bind_socket(
-            cfg.socket, cfg.file_mode, cfg.gid, mkdir=cfg.mkdir, credentials=creds
+            cfg.socket,
+            cfg.file_mode,
+            cfg.gid,
+            mkdir=cfg.mkdir,
+            credentials=creds,
+            allow_unsafe=cfg.allow_unsafe_dir,
         )
         if self._bound.identity is None and (cfg.mode != "0660" or cfg.gid != -1):
             log.warning("mode and group do not apply to %s (no socket file)", self._bound.path)

@@ -47,6 +47,7 @@ BAD_VALUES: dict[str, str] = {
     "burst": "-1",
     "rate_limit_by": "ip",
     "mkdir": "perhaps",
+    "allow_unsafe_dir": "perhaps",
     "batch_size": "0",
     "receive_batch": "0",
     "speedups": "fast",

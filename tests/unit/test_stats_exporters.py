@@ -381,13 +381,11 @@ def test_fetch_without_a_server_says_so(sock_dir: Path) -> None:
         fetch(str(sock_dir / "s.sock"))
 
 
-def test_a_control_socket_that_cannot_be_bound_is_only_a_warning(
-    sock_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_control_socket_path_taken_by_something_else_stops_the_start(sock_dir: Path) -> None:
     (sock_dir / "s.sock.ctl").mkdir()
-    server = ControlServer.bind_for(str(sock_dir / "s.sock"), bytes, make_config())
-    assert server is None
-    assert "no control socket" in caplog.text
+    with pytest.raises(SocketError, match=r"control socket.*--control=false"):
+        ControlServer.bind_for(str(sock_dir / "s.sock"), bytes, make_config())
+    assert (sock_dir / "s.sock.ctl").is_dir(), "left as it was"
 
 
 def test_render_shows_totals_rates_and_workers() -> None:
@@ -516,13 +514,19 @@ def test_doctor_advises_raising_the_default_qlen(tmp_path: Path) -> None:
     assert check_qlen(str(tmp_path / "missing")).level == "info"
 
 
-def test_doctor_fails_on_a_missing_directory_and_warns_on_an_open_one(sock_dir: Path) -> None:
+def test_doctor_fails_on_a_missing_directory_and_on_an_open_one(sock_dir: Path) -> None:
     missing = make_config(socket=str(sock_dir / "nope" / "s.sock"))
     assert [f.level for f in check_socket_path(missing)] == ["fail"]
     assert run_checks(missing, io.StringIO()) == 1
     open_dir = sock_dir / "open"
     open_dir.mkdir()
     open_dir.chmod(0o777)
+    findings = check_socket_path(make_config(socket=str(open_dir / "s.sock")))
+    assert findings[0].level == "fail", "the server refuses such a directory"
+    assert "without the sticky bit" in findings[0].detail
+    accepted = make_config(socket=str(open_dir / "s.sock"), allow_unsafe_dir=True)
+    assert check_socket_path(accepted)[0].level == "warn"
+    open_dir.chmod(0o1777)
     findings = check_socket_path(make_config(socket=str(open_dir / "s.sock")))
     assert findings[0].level == "warn"
     assert "sticky" in findings[0].detail

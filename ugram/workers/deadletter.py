@@ -9,6 +9,7 @@ import time
 
 import msgspec
 
+from .. import safefs
 from ..datagram import decode_address
 from ..ring import Record
 
@@ -35,7 +36,8 @@ def write_dead_letter(
     The file therefore never holds much more than ``2 x max_bytes`` on disk.
 
     Raises:
-        OSError: the file cannot be written (the caller logs it; the record is still counted).
+        OSError: the file cannot be written, or is not safe to write (``UnsafePathError``:
+            see :mod:`ugram.safefs`); the caller logs it and the record is still counted.
     """
     creds = record.uid != -1 or record.gid != -1
     line = msgspec.json.encode(
@@ -51,14 +53,21 @@ def write_dead_letter(
             data_base64=base64.b64encode(record.payload).decode("ascii"),
         )
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # workers share the file; rotate under the lock
-        if os.fstat(fd).st_size + len(line) + 1 > max_bytes and os.fstat(fd).st_size:
-            os.replace(path, path + ".1")
+    # The file and its directory go through the trust rules: no symlink followed, a file
+    # planted by another user (or hard-linked to one of root's) refused, mode 0600. The
+    # default directory (ugram's state directory) is created private when missing.
+    create = os.path.dirname(path) == safefs.state_dir()
+    where = safefs.parent_of(path, create=create, mode=0o700, what="dead-letter directory")
+    with where as (directory, name):
+        fd = safefs.open_file(directory, name, os.O_WRONLY | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # workers share the file; rotate under the lock
+            size = os.fstat(fd).st_size
+            if size and size + len(line) + 1 > max_bytes:
+                safefs.rename_in(directory, name, name + ".1")
+                os.close(fd)
+                fd = safefs.open_file(directory, name, os.O_WRONLY | os.O_APPEND, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line + b"\n")
+        finally:
             os.close(fd)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, line + b"\n")
-    finally:
-        os.close(fd)

@@ -1,0 +1,387 @@
+"""Attacks by a second local user on the files and sockets of a server run by root.
+
+Each test starts real servers, lets a real process of another uid plant symlinks, race
+binds or squat names, and checks that no file outside ugram's own was changed, read or
+created (``fs.protected_symlinks`` and ``fs.protected_regular`` may be off: nothing relies
+on them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import child_env, read_records, run_server, send, wait_for
+from tests.security.conftest import Attacker, Victim, plant_hardlink, stop
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A sticky, world-writable directory like /tmp (root's)."""
+    path = Path(tempfile.mkdtemp(prefix="ugs", dir="/tmp"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def serve(
+    path: Path, *args: str, handler: str = "seqrec:Recorder", **kw: object
+) -> subprocess.CompletedProcess[str]:
+    """Run ``ugram serve`` that is expected to fail at start-up; return its result."""
+    cmd = [sys.executable, "-m", "ugram", "serve", handler, "--socket", str(path), *args]
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=30)
+
+
+# -- socket directories ------------------------------------------------------------------------
+
+
+def test_a_socket_directory_owned_by_another_user_is_refused(hostile_dir: Path) -> None:
+    result = serve(hostile_dir / "s.sock")
+    assert result.returncode == 1, result.stderr
+    assert str(hostile_dir) in result.stderr
+    assert "owned by another user, ugattacker" in result.stderr
+    assert "--allow-unsafe-dir" in result.stderr
+    assert os.listdir(hostile_dir) == [], "nothing created there"
+
+
+def test_doctor_does_not_call_an_attackers_directory_private(hostile_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ugram", "doctor", "--socket", str(hostile_dir / "s.sock")],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "private" not in result.stdout.split("socket directory")[1].splitlines()[0]
+    assert "[fail]  socket directory" in result.stdout
+    assert "owned by another user, ugattacker" in result.stdout
+    assert result.returncode == 1
+
+
+def test_a_group_writable_directory_without_sticky_bit_is_refused(tmp_path: Path) -> None:
+    where = Path(tempfile.mkdtemp(prefix="ugg", dir="/tmp"))
+    try:
+        where.chmod(0o770)
+        result = serve(where / "s.sock")
+        assert result.returncode == 1
+        assert "writable by its group without the sticky bit" in result.stderr
+    finally:
+        shutil.rmtree(where)
+
+
+def test_mkdir_does_not_reuse_a_directory_the_attacker_created(
+    attacker: Attacker, shared_dir: Path
+) -> None:
+    planted = shared_dir / "app"
+    attacker.run(
+        "import os, sys; os.mkdir(sys.argv[1], 0o777); os.chmod(sys.argv[1], 0o777)", str(planted)
+    )
+    result = serve(planted / "s.sock", "--mkdir")
+    assert result.returncode == 1, result.stderr
+    assert "owned by another user, ugattacker" in result.stderr
+    assert os.listdir(planted) == []
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o777
+
+
+def test_mkdir_creates_private_directories_whatever_the_umask(shared_dir: Path) -> None:
+    path = shared_dir / "a" / "b" / "s.sock"
+    env = child_env()
+    cmd = [
+        sys.executable,
+        "-c",
+        "import os, runpy, sys; os.umask(0); sys.argv = ['ugram', *sys.argv[1:]]; "
+        "runpy.run_module('ugram', run_name='__main__')",
+    ]
+    proc = subprocess.Popen(
+        [*cmd, "serve", "--socket", str(path), "--mkdir"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: path.exists(), what="the socket")
+        for directory in (shared_dir / "a", shared_dir / "a" / "b"):
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o750
+        assert stat.S_IMODE(path.lstat().st_mode) == 0o660
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+# -- the bind race -----------------------------------------------------------------------------
+
+
+def test_bind_race_never_changes_the_target_of_a_swapped_path(
+    attacker: Attacker, hostile_dir: Path, victim: Victim, racer: str
+) -> None:
+    """The attacker owns the directory (accepted by the operator) and swaps each socket file
+    for a symlink to root's file as soon as it appears: mode and group must never reach it."""
+    names = ["s.sock", "s.sock.ctl", "m.sock"]
+    swapper = attacker.start_program(racer, str(victim.path), str(hostile_dir), "60", *names)
+    try:
+        for round_ in range(10):
+            for name in os.listdir(hostile_dir):
+                if os.path.islink(hostile_dir / name):
+                    attacker.run("import os, sys; os.unlink(sys.argv[1])", str(hostile_dir / name))
+            with run_server(
+                "seqrec:Recorder",
+                hostile_dir / "s.sock",
+                "--allow-unsafe-dir",
+                "--mode",
+                "0666",
+                "--group",
+                str(attacker.gid),
+                "--metrics",
+                str(hostile_dir / "m.sock"),
+                "--workers",
+                "1",
+                wait=False,
+            ) as server:
+                wait_for(
+                    lambda: "listening on" in server.stderr or server.proc.poll() is not None,
+                    what=f"round {round_}: start or refusal",
+                )
+                assert "listening on" in server.stderr, server.stderr[-2000:]
+                server.proc.terminate()
+                server.proc.wait(20)
+            victim.assert_untouched()
+    finally:
+        stop(swapper)
+    victim.assert_untouched()
+
+
+def test_in_a_sticky_directory_the_attacker_cannot_move_the_socket(
+    attacker: Attacker, shared_dir: Path, victim: Victim, racer: str
+) -> None:
+    names = ("s.sock", "s.sock.ctl")
+    swapper = attacker.start_program(racer, str(victim.path), str(shared_dir), "10", *names)
+    try:
+        with run_server("seqrec:Recorder", shared_dir / "s.sock", "--mode", "0666") as server:
+            time.sleep(0.5)
+            assert stat.S_ISSOCK((shared_dir / "s.sock").lstat().st_mode)
+            assert stat.S_ISSOCK((shared_dir / "s.sock.ctl").lstat().st_mode)
+            assert server.stop() == 0
+    finally:
+        stop(swapper)
+    assert "is writable by everyone (sticky)" in server.stderr
+    victim.assert_untouched()
+
+
+# -- the control socket ------------------------------------------------------------------------
+
+SQUATTER = r"""
+import json, os, socket, sys, time
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+os.chmod(path, 0o777)
+srv.listen(8)
+print("ready", flush=True)
+srv.settimeout(20)
+try:
+    while True:
+        conn, _ = srv.accept()
+        conn.sendall(sys.argv[2].encode())
+        conn.close()
+except OSError:
+    pass
+"""
+
+
+def forged_report() -> str:
+
+    return json.dumps({"forged": True, "version": "6.6.6"})
+
+
+def test_a_squatted_control_socket_stops_the_start(attacker: Attacker, shared_dir: Path) -> None:
+    squatter = attacker.start(SQUATTER, str(shared_dir / "s.sock.ctl"), "{}")
+    try:
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline().strip() == "ready"
+        result = serve(shared_dir / "s.sock")
+        assert result.returncode == 1, result.stderr
+        assert "cannot serve the control socket" in result.stderr
+        assert "--control=false" in result.stderr
+        assert not (shared_dir / "s.sock").exists(), "the server socket was cleaned up"
+        with run_server("seqrec:Recorder", shared_dir / "s.sock", "--control=false") as server:
+            assert server.stop() == 0
+    finally:
+        stop(squatter)
+
+
+def test_ugram_stats_refuses_a_report_from_another_user(
+    attacker: Attacker, shared_dir: Path
+) -> None:
+    path = shared_dir / "s.sock"
+    with run_server("seqrec:Recorder", path, "--control=false", "--mode", "0666") as server:
+        squatter = attacker.start(SQUATTER, str(shared_dir / "s.sock.ctl"), forged_report())
+        try:
+            assert squatter.stdout is not None
+            assert squatter.stdout.readline().strip() == "ready"
+            result = subprocess.run(
+                [sys.executable, "-m", "ugram", "stats", "--json", "--socket", str(path)],
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        finally:
+            stop(squatter)
+        assert server.stop() == 0
+    assert result.returncode == 1
+    assert "served by ugattacker" in result.stderr
+    assert "forged" not in result.stdout
+
+
+# -- the dead-letter file ----------------------------------------------------------------------
+
+
+def poison_once(path: Path, out_dir: Path, *args: str) -> str:
+    """Run the poison handler, send one POISON and one good record; return the stderr."""
+    with run_server(
+        "faulty:poison", path, "--workers", "1", "--poison-attempts", "1", *args, out_dir=out_dir
+    ) as server:
+        with send(path, b"POISON", b"good"):
+            pass
+        wait_for(lambda: "good" in read_records(out_dir), timeout=60, what="the good record")
+        assert server.stop() == 0, server.stderr[-3000:]
+    assert server.summary()["quarantined"] == 1
+    return server.stderr
+
+
+def test_default_dead_letter_never_lands_in_a_shared_directory(
+    attacker: Attacker, shared_dir: Path, victim: Victim, out_dir: Path
+) -> None:
+    path = shared_dir / "s.sock"
+    planted = shared_dir / "s.sock.dead-letter.jsonl"
+    attacker.run(
+        "import os, sys; os.symlink(sys.argv[1], sys.argv[2])", str(victim.path), str(planted)
+    )
+    state = Path("/var/lib/ugram") / (str(path).strip("/").replace("/", "_") + ".dead-letter.jsonl")
+    try:
+        poison_once(path, out_dir)
+        victim.assert_untouched()
+        assert planted.is_symlink()
+        letter = json.loads(state.read_text().splitlines()[0])
+        assert letter["data_base64"] == "UE9JU09O"
+        assert stat.S_IMODE(state.stat().st_mode) == 0o600
+        assert stat.S_IMODE(state.parent.stat().st_mode) & 0o007 == 0
+    finally:
+        state.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("plant", ["file-0666", "symlink", "hardlink"])
+def test_an_explicit_dead_letter_path_planted_by_the_attacker_is_refused(
+    attacker: Attacker, shared_dir: Path, victim: Victim, out_dir: Path, plant: str
+) -> None:
+    dead = shared_dir / "dead.jsonl"
+    code = {
+        "file-0666": "import os, sys; os.fchmod(os.open(sys.argv[2], os.O_CREAT, 0o666), 0o666)",
+        "symlink": "import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
+    }.get(plant)
+    if code is None:
+        plant_hardlink(attacker, victim.path, dead)
+    else:
+        done = attacker.run(code, str(victim.path), str(dead))
+        assert done.returncode == 0, done.stderr
+    stderr = poison_once(shared_dir / "s.sock", out_dir, "--dead-letter", str(dead))
+    victim.assert_untouched()
+    if plant == "file-0666":
+        assert dead.read_bytes() == b"", "the attacker's file got no record"
+    assert "dead-letter" in stderr
+
+
+# -- replies ------------------------------------------------------------------------------------
+
+SWAPPER = r"""
+import os, socket, sys, time
+server, mine, target = sys.argv[1], sys.argv[2], sys.argv[3]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(mine)
+sock.sendto(b"reflected", server)
+os.rename(mine, mine + ".away")
+if target.startswith("link:"):
+    try:
+        os.link(target[5:], mine)
+    except PermissionError:  # fs.protected_hardlinks: the test plants it for us
+        print("link-needed", flush=True)
+        while not os.path.exists(mine):
+            time.sleep(0.01)
+else:
+    os.symlink(target, mine)
+print("swapped", flush=True)
+time.sleep(3)
+"""
+
+
+@pytest.mark.parametrize("swap", ["symlink", "hardlink"])
+def test_a_reply_never_reaches_a_socket_the_sender_does_not_own(
+    attacker: Attacker, shared_dir: Path, out_dir: Path, swap: str
+) -> None:
+    guarded_dir = Path(tempfile.mkdtemp(prefix="ugr", dir="/tmp"))
+    guarded_dir.chmod(0o711)
+    guarded = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    guarded.bind(str(guarded_dir / "root-only.sock"))
+    os.chmod(guarded_dir / "root-only.sock", 0o600)
+    guarded.settimeout(2.0)
+    path = shared_dir / "s.sock"
+    try:
+        with run_server(
+            "trustapps:slow_echo", path, "--workers", "1", "--mode", "0666", out_dir=out_dir
+        ) as server:
+            target = str(guarded_dir / "root-only.sock")
+            mine = shared_dir / "a.sock"
+            prefix = "link:" if swap == "hardlink" else ""
+            swapper = attacker.start(SWAPPER, str(path), str(mine), prefix + target)
+            assert swapper.stdout is not None
+            line = swapper.stdout.readline().strip()
+            if line == "link-needed":  # fs.protected_hardlinks is on: plant it for the attacker
+                os.link(target, mine)
+                line = swapper.stdout.readline().strip()
+            assert line == "swapped", stop(swapper)
+            wait_for(lambda: "reflected" in read_records(out_dir), what="the reply attempt")
+            with pytest.raises(TimeoutError):
+                guarded.recv(100)
+            stop(swapper)
+            assert server.stop() == 0
+        assert "does not own it" in server.stderr
+    finally:
+        guarded.close()
+        shutil.rmtree(guarded_dir)
+
+
+def test_a_reply_to_a_relative_name_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender that bound ``rel.sock`` in its own directory must not reach ours."""
+    import ugram
+    from ugram.errors import ReplyError
+
+    monkeypatch.chdir(tmp_path)
+    ours = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.bind("rel.sock")
+    ours.settimeout(0.5)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        dgram = ugram.Datagram(b"x", 0, b"rel.sock", server, creds=(1, os.geteuid(), 0))
+        with pytest.raises(ReplyError, match="not an absolute path"):
+            dgram.reply(b"reflected")
+        with pytest.raises(TimeoutError):
+            ours.recv(10)
+    finally:
+        ours.close()
+        server.close()
