@@ -586,9 +586,11 @@ class MetricsServer:
         health: Callable[[], Health],
         mode: int = 0o660,
         gid: int = -1,
+        allow_unsafe: bool = False,
     ) -> None:
         """Bind ``address`` (``HOST:PORT``, a unix path or ``@name``); unix sockets get
-        ``mode`` and ``gid`` like the server socket.
+        ``mode`` and ``gid`` like the server socket (``allow_unsafe``: see
+        ``allow_unsafe_dir``).
 
         Raises:
             SocketError: the address is malformed or cannot be bound.
@@ -601,7 +603,7 @@ class MetricsServer:
             shown = f"[{host}]" if ":" in host else host
             self.url, name = f"http://{shown}:{port}/metrics", f"{host}:{port}"
         else:
-            self._bound = bind_stream_socket(where, mode, gid)
+            self._bound = bind_stream_socket(where, mode, gid, allow_unsafe=allow_unsafe)
             self._sock = self._bound.sock
             self.url, name = f"unix:{where}:/metrics", "localhost:0"
         self.connections = ConnectionCounters()

@@ -264,7 +264,14 @@ class Observers:
         if cfg.metrics:
             from .metrics import MetricsServer
 
-            server = MetricsServer(cfg.metrics, self.report, self.health, cfg.file_mode, cfg.gid)
+            server = MetricsServer(
+                cfg.metrics,
+                self.report,
+                self.health,
+                cfg.file_mode,
+                cfg.gid,
+                allow_unsafe=cfg.allow_unsafe_dir,
+            )
             self.metrics_url = server.url
             self._served.append(server)
         if cfg.control:
