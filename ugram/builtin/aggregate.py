@@ -4,8 +4,9 @@ workers merge, and the records written for an interval and for the running total
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from math import isfinite
 from typing import TypeVar
 
 import msgspec
@@ -89,11 +90,11 @@ class Bucket:
         if m.type == "c":
             old = self.counters.get(key)
             new = (old or 0.0) + sum(m.values) / m.sample_rate
-            if not math.isfinite(new) or not self._admit(old is not None):
+            if not isfinite(new) or (old is None and not self._admit(False)):
                 return False
             self.counters[key] = new
         elif m.type == "g":
-            if not self._admit(key in self.gauges):
+            if key not in self.gauges and not self._admit(False):
                 return False
             self.set_gauge(key, received_ns, m.values[-1])
         elif m.type == "s":
@@ -105,7 +106,7 @@ class Bucket:
             self.add_members(members, m.members)
         else:
             weight = 1.0 / m.sample_rate
-            if m.values and not math.isfinite(weight * max(map(abs, m.values))):
+            if m.values and not isfinite(weight * max(m.values, key=abs)):
                 return False
             entry = self.samples.get((m.type, key))
             if entry is None:
@@ -125,10 +126,13 @@ class Bucket:
         self.series += 1
         return True
 
-    def add_members(self, target: set[str], new: Iterable[str]) -> None:
+    def add_members(self, target: set[str], new: Collection[str]) -> None:
         """Add ``new`` members to the set ``target``, within the member limits."""
         per_set, overall = self.limits.max_set_members, self.limits.max_members
-        if not per_set and not overall:
+        room = len(new)  # a line's members (few): when all fit, no member-by-member checks
+        if (not per_set or len(target) + room <= per_set) and (
+            not overall or self.members + room <= overall
+        ):
             before = len(target)
             target.update(new)
             self.members += len(target) - before
