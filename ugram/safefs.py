@@ -385,6 +385,37 @@ def write_replace(directory: Dir, name: str, data: bytes, mode: int, fsync: bool
         raise
 
 
+def read_file(directory: Dir, name: str) -> bytes:
+    """Read the file ``name`` in ``directory``; it must pass :func:`check_existing`.
+
+    The file is opened ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO planted there cannot block the
+    reader) and checked on the descriptor, so what is read is the inode that was checked.
+
+    Raises:
+        FileNotFoundError: there is no ``name``.
+        UnsafePathError: ``name`` is a symbolic link or fails :func:`check_existing`.
+        OSError: the file cannot be read.
+    """
+    _check_name(name)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(name, flags, dir_fd=directory.fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise UnsafePathError(
+                f"{directory.join(name)} is a symbolic link; refusing to follow it"
+            ) from None
+        raise
+    try:
+        check_existing(os.fstat(fd), directory.join(name))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _check_target(directory: Dir, name: str) -> None:
     try:
         info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)

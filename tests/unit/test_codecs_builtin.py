@@ -1,5 +1,5 @@
 """The built-in handlers' pieces, in process: options, the rotating file, the log sink, and
-the statsd aggregator's buckets, merge, percentiles and totals."""
+the statsd aggregator's buckets, merge, percentiles, totals and limits."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ugram.builtin import (
 )
 from ugram.builtin.aggregate import (
     Bucket,
+    Limits,
     Totals,
     add_to_totals,
     dump_bucket,
@@ -30,6 +31,7 @@ from ugram.builtin.aggregate import (
     quantile,
     render_interval,
 )
+from ugram.builtin.record import encode_line
 from ugram.codecs.statsd import parse_packet
 from ugram.codecs.syslog import parse_syslog
 
@@ -260,7 +262,7 @@ def test_two_workers_merge_into_one_interval_and_totals(tmp_path: Path) -> None:
     assert first["service_checks"][0]["name"] == "x"
 
     totals = json.loads((tmp_path / "totals.json").read_text())
-    assert totals["counters"] == [{"name": "hits", "tags": [], "value": 7.0}]
+    assert totals["counters"] == [{"name": "hits", "tags": [], "value": 7.0, "updated": 1020.0}]
     assert totals["gauges"][0]["value"] == 40.0
     assert totals["sets"][0]["members"] == ["ann", "bob"]
     assert totals["histograms"][0]["count"] == 2.0
@@ -296,3 +298,112 @@ def test_partials_an_older_ugram_left_are_read(tmp_path: Path) -> None:
     bucket = load_bucket(old)
     assert bucket.gauges == {("g", ()): (1_001_500_000_000, 7.0)}
     assert bucket.counters == {("c", ()): 2.0}
+
+
+# -- what one record, one line or one sender must not cost the others ---------------------------
+
+
+def test_a_sender_path_that_is_not_utf8_is_escaped_and_an_ext_is_an_error_record() -> None:
+    bad_sender = Datagram(b"\xc7\x01\x07x", 10**12, b"/run/a\xffb.sock", None)
+    line, error = encode_line("hello", bad_sender)
+    assert (json.loads(line)["sender"], error) == ("/run/a\\xffb.sock", None)
+
+    line, error = encode_line(msgspec.msgpack.Ext(7, b"x"), bad_sender)
+    out = json.loads(line)
+    assert error is not None
+    assert "cannot be encoded" in out["error"]
+    assert (out["sender"], out["base64"], out["size"]) == ("/run/a\\xffb.sock", "xwEHeA==", 4)
+
+
+def test_a_log_sink_batch_with_an_unencodable_message_keeps_the_others(tmp_path: Path) -> None:
+    sink = LogSink(path=str(tmp_path / "s.jsonl"), fsync="never")
+    sink.setup()
+    messages = ["one", msgspec.msgpack.Ext(1, b""), "three"]
+    sink.handle_batch(messages, [dgram(), dgram(), dgram()])
+    sink.teardown()
+    records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [r.get("text", r.get("error", "")[:6]) for r in records] == ["one", "the me", "three"]
+    assert sink.error_records == 1
+
+
+def feed(worker: StatsdAggregator, payload: bytes, at: float) -> None:
+    for line in parse_packet(payload):
+        worker.handle(line, dgram(at=at))
+
+
+def test_a_line_that_would_overflow_is_refused_and_the_totals_stay_readable(
+    tmp_path: Path,
+) -> None:
+    now = [1000.0]
+    worker = StatsdAggregator(dir=str(tmp_path), flush_interval=10)
+    worker.clock = lambda: now[0]
+    worker.setup()
+    feed(worker, b"big:1e308|c\nbig:1e308|c\nlegit:1|c\nh:1e308|h|@0.5\nh:1|h", 1001.0)
+    now[0] = 1012.5
+    worker.tick()  # interval 1000 merged: the totals are written
+    feed(worker, b"legit:1|c", 1013.0)
+    worker.teardown()  # interval 1010 merged: the totals are read back first
+
+    totals = json.loads((tmp_path / "totals.json").read_text())
+    assert {c["name"]: c["value"] for c in totals["counters"]} == {"big": 1e308, "legit": 2.0}
+    assert [(h["count"], h["sum"]) for h in totals["histograms"]] == [(1.0, 1.0)]
+    assert (totals["lines"], totals["refused_lines"]) == (6, 2)
+
+
+def test_series_and_set_member_limits_refuse_and_count() -> None:
+    limits = Limits(max_series=3, max_set_members=2, max_members=3)
+    b = Bucket(1000.0, limits)
+    for line in parse_packet(b"a:1|c\ns1:x:y:z|s\ns2:p:q|s\nb:1|c\na:2|c\ns1:x|s"):
+        b.add(line, 10**12)
+    assert b.counters == {("a", ()): 3.0}
+    assert b.sets == {("s1", ()): {"x", "y"}, ("s2", ()): {"p"}}
+    assert (b.lines, b.refused_lines, b.refused_members) == (6, 1, 2)
+
+    other = bucket_of(b"a:1|c\nc:1|c")
+    b.merge(other)  # a known series adds up; a new one does not fit
+    assert b.counters == {("a", ()): 4.0}
+    assert b.refused_series == 1
+
+    out = render_interval(b, 10.0)
+    assert (out.refused_lines, out.refused_series, out.refused_members) == (1, 1, 2)
+    totals = add_to_totals(Totals(), b, 10.0, limits)
+    later = Bucket(1010.0, limits)
+    later.add(parse_packet(b"d:1|c")[0], 10**12)
+    totals = add_to_totals(totals, later, 10.0, limits)  # the totals hold 3 series already
+    assert [c.name for c in totals.counters] == ["a"]
+    assert (totals.refused_lines, totals.refused_series, totals.refused_members) == (1, 2, 2)
+
+
+def test_series_not_updated_for_the_ttl_leave_the_totals() -> None:
+    limits = Limits(series_ttl=15)
+    totals = Totals()
+    for start, payload in [
+        (1000.0, b"a:1|c\ng:5|g\ns:x|s\nh:1|h\nb:1|c"),
+        (1010.0, b"b:1|c"),
+        (1020.0, b"b:1|c"),
+    ]:
+        bucket = Bucket(start)
+        for line in parse_packet(payload):
+            bucket.add(line, int((start + 1) * 1e9))
+        totals = add_to_totals(totals, bucket, 10.0, limits)
+    # At the end of the last interval (1030), what was last updated before 1015 is gone.
+    assert [(c.name, c.value, c.updated) for c in totals.counters] == [("b", 3.0, 1030.0)]
+    assert (totals.gauges, totals.sets, totals.histograms) == ([], [], [])
+    assert totals.pruned_series == 4
+
+
+def test_totals_written_before_the_limits_are_read_and_kept() -> None:
+    old = b'{"until": 1010.0, "flushes": 1, "counters": [{"name": "a", "tags": [], "value": 2.0}]}'
+    totals = add_to_totals(
+        msgspec.json.decode(old, type=Totals), Bucket(1010.0), 10.0, Limits(series_ttl=15)
+    )
+    assert [(c.name, c.value, c.updated) for c in totals.counters] == [("a", 2.0, 1010.0)]
+
+
+def test_limit_options_from_the_environment() -> None:
+    env = {"UGSTATSD_MAX_SERIES": "7", "UGSTATSD_SERIES_TTL": "0"}
+    options = load_options("UGSTATSD_", StatsdOptions, {}, env)
+    assert (options.max_series, options.max_set_members, options.series_ttl) == (7, 10_000, 0.0)
+    assert StatsdAggregator(max_members=0).limits.max_members == 0
+    with pytest.raises(ConfigError, match="max_series"):
+        load_options("UGSTATSD_", StatsdOptions, {}, {"UGSTATSD_MAX_SERIES": "-1"})

@@ -21,7 +21,7 @@ import sys
 
 from ..datagram import Datagram
 from .options import load_options as load_options
-from .record import encode, record
+from .record import encode_line
 from .sink import LogSink as LogSink
 from .sink import RotatingFile as RotatingFile
 from .sink import SinkOptions as SinkOptions
@@ -42,8 +42,9 @@ __all__ = [
 def print_json(dgram: Datagram) -> None:
     """Print each datagram as one JSON line on stdout: time, sender, size, and the payload.
 
-    The payload is under ``text`` when it is valid UTF-8, else under ``base64``.
+    The payload is under ``text`` when it is valid UTF-8, else under ``base64``; a sender path
+    that is not UTF-8 is written with ``\\xNN`` escapes.
     """
     # One write per line: lines from several workers never interleave mid-line.
-    sys.stdout.buffer.write(encode(record(dgram.data, dgram)) + b"\n")
+    sys.stdout.buffer.write(encode_line(dgram.data, dgram)[0])
     sys.stdout.buffer.flush()

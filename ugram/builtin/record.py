@@ -15,14 +15,10 @@ encode = msgspec.json.Encoder().encode
 def record(message: object, dgram: Datagram) -> dict[str, object]:
     """The JSON-ready record of a message: ``time``, ``sender``, credentials, then ``size`` and
     ``text`` (or ``base64``) for bytes, ``text`` for a string, ``data`` for anything decoded."""
-    out: dict[str, object] = {
-        "time": datetime.fromtimestamp(dgram.received_at, UTC).isoformat(),
-        "sender": dgram.sender,
-    }
+    out = _head(dgram, dgram.sender)
     if isinstance(message, bytes):
         out["size"] = len(message)
-    if dgram.pid is not None:
-        out.update(pid=dgram.pid, uid=dgram.uid, gid=dgram.gid)
+    _credentials(out, dgram)
     if isinstance(message, bytes):
         try:
             out["text"] = message.decode("utf-8")
@@ -33,3 +29,54 @@ def record(message: object, dgram: Datagram) -> dict[str, object]:
     else:
         out["data"] = message
     return out
+
+
+def encode_line(message: object, dgram: Datagram) -> tuple[bytes, str | None]:
+    """``message`` as one JSON line (newline included), whatever it holds.
+
+    A sender path that is not UTF-8 (``os.fsdecode`` gives surrogates) is written with its
+    bad bytes as ``\\xNN`` escapes. A message that still cannot be encoded (a msgpack
+    ``Ext``, a string with surrogates) becomes an *error record*: time, sender, credentials,
+    the datagram's ``size`` and ``base64``, and ``error`` saying why, so the line is kept,
+    never dropped, and the caller can count it.
+
+    Returns:
+        The line, and the reason when it is an error record (None otherwise).
+    """
+    try:
+        return encode(record(message, dgram)) + b"\n", None
+    except (TypeError, ValueError, OverflowError):  # unsupported type, surrogates
+        pass
+    sender = escaped(dgram.sender)
+    try:
+        out = record(message, dgram)
+        out["sender"] = sender
+        return encode(out) + b"\n", None
+    except (TypeError, ValueError, OverflowError) as exc:
+        reason = f"the message cannot be encoded as JSON: {exc}"
+    out = _head(dgram, sender)
+    out["size"] = len(dgram.data)
+    _credentials(out, dgram)
+    out["base64"] = base64.b64encode(dgram.data).decode("ascii")
+    out["error"] = reason
+    return encode(out) + b"\n", reason
+
+
+def escaped(sender: str | None) -> str | None:
+    """A sender address with the bytes that are not UTF-8 written as ``\\xNN``."""
+    if sender is None:
+        return None
+    try:
+        raw = sender.encode("utf-8", "surrogateescape")  # os.fsdecode's escapes, back to bytes
+    except UnicodeEncodeError:  # a surrogate fsdecode does not make: escape it as it is
+        return sender.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _head(dgram: Datagram, sender: str | None) -> dict[str, object]:
+    return {"time": datetime.fromtimestamp(dgram.received_at, UTC).isoformat(), "sender": sender}
+
+
+def _credentials(out: dict[str, object], dgram: Datagram) -> None:
+    if dgram.pid is not None:
+        out.update(pid=dgram.pid, uid=dgram.uid, gid=dgram.gid)

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .. import safefs
 from ..datagram import Datagram
+from ..errors import UnsafePathError
+from ..logs import RateLimited
 from .options import load_options
-from .record import encode, record
+from .record import encode_line, escaped
+
+log = logging.getLogger("ugram.builtin.sink")
+_warn = RateLimited(log)
+
+FILE_MODE = 0o640  # the log and its rotated files: the owner writes, its group may read
+LOCK_MODE = 0o600
 
 
 class SinkOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -41,18 +51,42 @@ class RotatingFile:
     workers never interleave. Rotation happens under an exclusive ``flock`` on ``<path>.lock``;
     every writer checks, under the same lock, that its descriptor is still the file at
     ``path`` and reopens it when another process rotated it away.
+
+    Every name is opened, renamed and created through :mod:`ugram.safefs`, relative to the
+    directory's descriptor: a symbolic link or another user's file planted at ``path``,
+    ``path.lock`` or ``path.N`` is never followed or written into. The file is created 0640,
+    the lock 0600, whatever the umask. A rotation that cannot be done (a backup name taken by
+    something that is not ours) is logged and skipped: the lines go on to the current file.
     """
 
     def __init__(self, path: str, max_bytes: int, backups: int, sync_on_rotate: bool) -> None:
+        """Open (create) the file and its lock.
+
+        Raises:
+            UnsafePathError: the directory is unsafe (writable by others without the sticky
+                bit, owned by another user, reached through another user's symlink), or
+                ``path`` or ``path.lock`` is a symlink or a file that is not ours.
+            OSError: the directory is missing or the file cannot be opened.
+        """
         self.path = os.path.abspath(path)
+        head, self.name = os.path.split(self.path)
         self.max_bytes = max_bytes
         self.backups = backups
         self.sync_on_rotate = sync_on_rotate
-        self._lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        self._fd = self._open()
+        self._dir = _open_directory(head or "/")
+        try:
+            self._lock = safefs.open_file(self._dir, self.name + ".lock", os.O_RDWR, LOCK_MODE)
+            try:
+                self._fd = self._open()
+            except BaseException:
+                os.close(self._lock)
+                raise
+        except BaseException:
+            self._dir.close()
+            raise
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return safefs.open_file(self._dir, self.name, os.O_WRONLY | os.O_APPEND, FILE_MODE)
 
     def write(self, lines: list[bytes]) -> None:
         """Append ``lines``, rotating before a line that would make the file pass
@@ -65,11 +99,15 @@ class RotatingFile:
         try:
             size = self._follow()
             pending: list[bytes] = []
+            rotating = bool(self.max_bytes)
             for line in lines:
-                if self.max_bytes and size and size + len(line) > self.max_bytes:
+                if rotating and size and size + len(line) > self.max_bytes:
                     self._write_all(b"".join(pending))
-                    pending, size = [], 0
-                    self._rotate()
+                    pending = []
+                    if self._rotate():
+                        size = 0
+                    else:  # logged; try again with the next write, not for every line
+                        rotating = False
                 pending.append(line)
                 size += len(line)
             self._write_all(b"".join(pending))
@@ -83,38 +121,91 @@ class RotatingFile:
 
     def _follow(self) -> int:
         """Reopen ``path`` if another writer rotated it; return its size."""
+        if not self._at_path():
+            self._reopen()
+        return os.fstat(self._fd).st_size
+
+    def _at_path(self) -> bool:
+        """True if the entry at ``path`` is the file this writer writes to."""
         mine = os.fstat(self._fd)
         try:
-            current = os.stat(self.path)
+            current = os.stat(self.name, dir_fd=self._dir.fd, follow_symlinks=False)
         except FileNotFoundError:
-            current = None
-        if current is None or (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
-            os.close(self._fd)
-            self._fd = self._open()
-            mine = os.fstat(self._fd)
-        return mine.st_size
+            return False
+        return (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev)
 
-    def _rotate(self) -> None:
+    def _reopen(self) -> bool:
+        """Open ``path`` anew; when that is refused, keep the old descriptor (logged)."""
+        try:
+            fd = self._open()
+        except OSError as exc:
+            _warn.warning(
+                "LogSink: cannot reopen %s (%s); still writing to the old file", self.path, exc
+            )
+            return False
+        os.close(self._fd)
+        self._fd = fd
+        return True
+
+    def _rotate(self) -> bool:
+        """Shift ``path.N`` up, move ``path`` to ``path.1``, open a new ``path``.
+
+        Returns:
+            False when a rename was refused or failed (logged): nothing more is moved and
+            the current file goes on.
+        """
+        if not self._at_path():
+            # Still writing to a file rotated away, as ``path`` could not be reopened: the
+            # entry at ``path`` is not ours to move.
+            _warn.warning("LogSink: %s is not the file being written; not rotating", self.path)
+            return False
         if self.sync_on_rotate:
             os.fsync(self._fd)
-        for index in range(self.backups - 1, 0, -1):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
-        if self.backups:
-            os.replace(self.path, self.path + ".1")
-        else:
-            os.unlink(self.path)
-        os.close(self._fd)
-        self._fd = self._open()
+        try:
+            for index in range(self.backups - 1, 0, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    safefs.rename_in(self._dir, f"{self.name}.{index}", f"{self.name}.{index + 1}")
+            if self.backups:
+                safefs.rename_in(self._dir, self.name, self.name + ".1")
+            else:
+                os.unlink(self.name, dir_fd=self._dir.fd)
+        except OSError as exc:
+            _warn.warning("LogSink: cannot rotate %s (%s); appending to it", self.path, exc)
+            return False
+        return self._reopen()
 
     def fsync(self) -> None:
         """Flush what was written to the disk."""
         os.fsync(self._fd)
 
     def close(self) -> None:
-        """Close the file and the lock file's descriptor."""
+        """Close the file, the lock file's and the directory's descriptors."""
         os.close(self._fd)
         os.close(self._lock)
+        self._dir.close()
+
+
+def _open_directory(path: str) -> safefs.Dir:
+    """The log file's directory, opened safely; one other users may write is refused.
+
+    Raises:
+        UnsafePathError: see :class:`RotatingFile`.
+    """
+    directory = safefs.open_dir(path, allow_unsafe=True, what="log sink directory")
+    if directory.kind == "unsafe":
+        directory.close()
+        raise UnsafePathError(
+            f"refusing the log sink directory {path}: {directory.reason}, so another user "
+            "could plant or swap the log file there; choose a UGSINK_PATH in a directory only "
+            "the server's user can write"
+        )
+    if directory.kind == "shared":
+        log.warning(
+            "LogSink: %s is %s: other users may take the names the sink rotates to",
+            path,
+            directory.reason,
+        )
+    return directory
 
 
 class LogSink:
@@ -140,18 +231,42 @@ class LogSink:
         self.tick_interval = self.options.fsync_interval
         self._file: RotatingFile | None = None
         self._unsynced = False
+        self.error_records = 0  # messages written as error records (see handle_batch)
 
     def setup(self) -> None:
-        """Open (create) the file."""
+        """Open (create) the file and its lock, ``PATH.lock``.
+
+        Raises:
+            UnsafePathError: the directory or a file there is not safe to write (the
+                message names it, its owner and what to do); the server stops (exit 3).
+        """
         o = self.options
-        self._file = RotatingFile(o.path, o.max_bytes, o.backups, o.fsync != "never")
+        try:
+            self._file = RotatingFile(o.path, o.max_bytes, o.backups, o.fsync != "never")
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"LogSink (UGSINK_PATH={o.path}): {exc}") from None
 
     def handle_batch(self, messages, dgrams: list[Datagram]) -> None:  # type: ignore[no-untyped-def]
         """Write one JSON line per message; ``messages`` is untyped on purpose: it takes
-        whatever the codec gives (bytes with raw, JSON values, SyslogMessage, ...)."""
+        whatever the codec gives (bytes with raw, JSON values, SyslogMessage, ...).
+
+        A message that cannot be encoded as JSON (a msgpack ``Ext``, ...) costs nothing to
+        the others: it is written as an error record (its datagram in base64 and an
+        ``error``), counted in :attr:`error_records` and logged (rate-limited).
+        """
         assert self._file is not None, "setup() was not called"
-        pairs = zip(messages, dgrams, strict=True)
-        self._file.write([encode(record(m, d)) + b"\n" for m, d in pairs])
+        lines = []
+        for message, dgram in zip(messages, dgrams, strict=True):
+            line, error = encode_line(message, dgram)
+            if error is not None:
+                self.error_records += 1
+                _warn.warning(
+                    "LogSink: a message from %s was written as an error record: %s",
+                    escaped(dgram.sender),
+                    error,
+                )
+            lines.append(line)
+        self._file.write(lines)
         if self.options.fsync == "always":
             self._file.fsync()
         else:
@@ -171,3 +286,8 @@ class LogSink:
             self._file.fsync()
         self._file.close()
         self._file = None
+        if self.error_records:
+            log.warning(
+                "LogSink: %d message(s) could not be encoded and were written as error records",
+                self.error_records,
+            )

@@ -8,23 +8,42 @@ import fcntl
 import itertools
 import logging
 import os
+import re
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
+from .. import safefs
 from ..codecs import take_invalid_lines
 from ..codecs.statsd import Line
 from ..datagram import Datagram
+from ..errors import UnsafePathError
+from ..logs import RateLimited
 from ..spec import pid_alive
-from .aggregate import Bucket, Totals, add_to_totals, dump_bucket, load_bucket, render_interval
+from .aggregate import (
+    Bucket,
+    Limits,
+    Totals,
+    add_to_totals,
+    dump_bucket,
+    load_bucket,
+    render_interval,
+)
 from .options import load_options
 from .record import encode
 
 log = logging.getLogger("ugram.builtin.statsd")
+_warn = RateLimited(log)
+
+DIR_MODE = 0o750  # the directory and its partials/ and workers/
+FILE_MODE = 0o640  # statsd.jsonl and totals.json: the owner writes, its group may read
+PRIVATE_MODE = 0o600  # .lock, the partial files, the workers' entries
+OUTPUT, TOTALS, LOCK = "statsd.jsonl", "totals.json", ".lock"
+_PARTIAL = re.compile(r"(\d{1,18})-\d+-[0-9a-f]+-\d+\.msgpack")
 
 
 class Spool:
@@ -34,43 +53,74 @@ class Spool:
     written to a temporary name and renamed, so never read half-written); ``workers/`` one
     empty file per live worker (``<pid>``); ``statsd.jsonl`` and ``totals.json`` the output.
     Whoever holds the ``flock`` on ``.lock`` merges.
+
+    Every file goes through :mod:`ugram.safefs`: the directory and its subdirectories must be
+    owned by root or the server's user and writable by nobody else (created 0750 when
+    missing), files are opened relative to their descriptors without following symlinks and
+    created with explicit modes (0640 output, 0600 the rest), whatever the umask.
     """
 
     def __init__(self, root: str) -> None:
-        self.root = Path(root).absolute()
-        self.partials = self.root / "partials"
-        self.workers = self.root / "workers"
-        self.output = self.root / "statsd.jsonl"
-        self.totals = self.root / "totals.json"
-        self.partials.mkdir(parents=True, exist_ok=True)
-        self.workers.mkdir(exist_ok=True)
-        self._lock = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Open (create) the directory, its subdirectories and the lock.
+
+        Raises:
+            UnsafePathError: a directory is owned by another user or writable by others, a
+                component is another user's symlink, or a file there is a symlink or not
+                ours (the message names it, its owner and what to do).
+            OSError: a directory or the lock cannot be created.
+        """
+        self.path = os.path.abspath(root)
+        self._dirs: list[safefs.Dir] = []
+        try:
+            self.root = self._open(self.path)
+            self.partials = self._open(os.path.join(self.path, "partials"))
+            self.workers = self._open(os.path.join(self.path, "workers"))
+            for name in (OUTPUT, TOTALS):
+                _check_ours(self.root, name)
+            self._lock = safefs.open_file(self.root, LOCK, os.O_RDWR, PRIVATE_MODE)
+        except BaseException:
+            self._close_dirs()
+            raise
         self._token = secrets.token_hex(4)  # two spools in one process never collide
         self._sequence = itertools.count()
+
+    def _open(self, path: str) -> safefs.Dir:
+        directory = safefs.open_dir(
+            path, create=True, mode=DIR_MODE, allow_unsafe=True, what="statsd directory"
+        )
+        self._dirs.append(directory)
+        if directory.kind != "private":
+            raise UnsafePathError(
+                f"refusing the statsd directory {path}: {directory.reason}, so another user "
+                "could plant files there for the server to write through or merge; remove "
+                "it, make it owned by the server's user and not writable by others (chown, "
+                "chmod go-w), or choose another UGSTATSD_DIR"
+            )
+        return directory
 
     def write_partial(self, bucket: Bucket) -> None:
         """Publish one interval's aggregate of this process."""
         start = round(bucket.start * 1000)
         name = f"{start:015d}-{os.getpid()}-{self._token}-{next(self._sequence)}.msgpack"
-        _write_atomically(self.partials / name, dump_bucket(bucket))
+        # No fsync: a partial lives one interval; a torn one after a crash is skipped.
+        safefs.write_replace(self.partials, name, dump_bucket(bucket), PRIVATE_MODE, fsync=False)
 
     def register(self) -> None:
         """Announce this process as a live worker."""
-        (self.workers / str(os.getpid())).touch()
+        os.close(safefs.open_file(self.workers, str(os.getpid()), os.O_WRONLY, PRIVATE_MODE))
 
     def unregister(self) -> None:
         """This process stops: it will write no more partials."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.workers / str(os.getpid())).unlink()
+        safefs.unlink_at(self.workers, str(os.getpid()))
 
     def others_alive(self) -> bool:
         """True while another registered worker process is alive (stale entries are removed)."""
-        for entry in self.workers.iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                if pid_alive(int(entry.name)):
+        for name in os.listdir(self.workers.fd):
+            if name.isdigit() and int(name) != os.getpid():
+                if pid_alive(int(name)):
                     return True
                 with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
+                    os.unlink(name, dir_fd=self.workers.fd)
         return False
 
     @contextlib.contextmanager
@@ -86,34 +136,96 @@ class Spool:
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
-    def ready(self, until_ms: float | None) -> dict[int, list[Path]]:
-        """Partial files by interval start (ms), those starting before ``until_ms`` (all: None)."""
-        groups: dict[int, list[Path]] = {}
-        for path in self.partials.glob("[0-9]*.msgpack"):
-            start = int(path.name.partition("-")[0])
-            if until_ms is None or start < until_ms:
-                groups.setdefault(start, []).append(path)
+    def ready(self, until_ms: float | None) -> dict[int, list[str]]:
+        """Partial file names by interval start (ms), those starting before ``until_ms``
+        (all: None). Names that are not a partial's, and directories, are left alone."""
+        groups: dict[int, list[str]] = {}
+        with os.scandir(self.partials.fd) as entries:
+            names = [e.name for e in entries if not e.is_dir(follow_symlinks=False)]
+        for name in names:
+            match = _PARTIAL.fullmatch(name)
+            if match is not None:
+                start = int(match.group(1))
+                if until_ms is None or start < until_ms:
+                    groups.setdefault(start, []).append(name)
         return groups
 
-    def read_totals(self) -> Totals:
-        """The running totals (empty when there are none yet, or they are unreadable)."""
+    def read_partial(self, name: str) -> Bucket | None:
+        """The aggregate in partial file ``name``; None (logged) when it is not merged: not a
+        regular file owned by root or us with a single link, or unreadable."""
         try:
-            return msgspec.json.decode(self.totals.read_bytes(), type=Totals)
+            return load_bucket(safefs.read_file(self.partials, name))
+        except UnsafePathError as exc:
+            _warn.warning("statsd: skipped a partial aggregate that is not ours: %s", exc)
+        except (OSError, msgspec.DecodeError) as exc:
+            _warn.warning(
+                "statsd: skipped unreadable partial aggregate %s (%s)",
+                self.partials.join(name),
+                exc,
+            )
+        return None
+
+    def remove(self, names: list[str]) -> None:
+        """Remove merged (or skipped) partial files."""
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=self.partials.fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # one that became a directory meanwhile
+                _warn.warning("statsd: cannot remove %s (%s)", self.partials.join(name), exc)
+
+    def read_totals(self) -> Totals:
+        """The running totals (empty when there are none yet, or they are unreadable).
+
+        Raises:
+            UnsafePathError: ``totals.json`` is a symlink or not ours.
+        """
+        try:
+            return msgspec.json.decode(safefs.read_file(self.root, TOTALS), type=Totals)
         except FileNotFoundError:
             return Totals()
         except msgspec.DecodeError as exc:
-            log.error("statsd: %s is unreadable (%s); totals start again", self.totals, exc)
+            log.error(
+                "statsd: %s is unreadable (%s); totals start again", self.root.join(TOTALS), exc
+            )
             return Totals()
 
+    def append_output(self, data: bytes) -> None:
+        """Append interval records to ``statsd.jsonl``."""
+        fd = safefs.open_file(self.root, OUTPUT, os.O_WRONLY | os.O_APPEND, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def write_totals(self, data: bytes) -> None:
+        """Replace ``totals.json`` (atomically: a fresh file, renamed)."""
+        safefs.write_replace(self.root, TOTALS, data, FILE_MODE)
+
     def close(self) -> None:
-        """Release the lock file's descriptor."""
+        """Release the lock file's and the directories' descriptors."""
         os.close(self._lock)
+        self._close_dirs()
+
+    def _close_dirs(self) -> None:
+        for directory in self._dirs:
+            directory.close()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _check_ours(directory: safefs.Dir, name: str) -> None:
+    """Refuse, at start-up, an output file the merge would refuse later."""
+    try:
+        info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafePathError(
+            f"{directory.join(name)} is a symbolic link; refusing to follow it (remove it)"
+        )
+    safefs.check_existing(info, directory.join(name))
 
 
 class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -123,10 +235,23 @@ class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         dir: the directory for the workers' partial aggregates and the output files.
         flush_interval: seconds per interval; intervals are aligned on the clock (multiples
             of it since the epoch), so every worker agrees which interval a line belongs to.
+        max_series: the most series (one metric type, name and tag set) one interval's
+            aggregate, and the totals, hold; lines of further series are refused and counted
+            (0: no limit).
+        max_set_members: the most distinct members one set holds, per interval and in the
+            totals; further members are refused and counted (0: no limit).
+        max_members: the most set members all sets together hold, per interval and in the
+            totals (0: no limit).
+        series_ttl: seconds after which a series not updated is dropped from the totals
+            (0: never).
     """
 
     dir: Annotated[str, msgspec.Meta(min_length=1)] = "ugram-statsd"
     flush_interval: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
+    max_series: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    max_set_members: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    max_members: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    series_ttl: Annotated[float, msgspec.Meta(ge=0)] = 86_400.0
 
 
 class StatsdAggregator:
@@ -151,6 +276,8 @@ class StatsdAggregator:
             ConfigError: an invalid or unknown option (see :class:`StatsdOptions`).
         """
         self.options = load_options("UGSTATSD_", StatsdOptions, options)
+        o = self.options
+        self.limits = Limits(o.max_series, o.max_set_members, o.max_members, o.series_ttl)
         self.interval = self.options.flush_interval
         self.tick_interval = min(1.0, self.interval / 4)
         self.grace = max(0.5, 2 * self.tick_interval)
@@ -159,8 +286,18 @@ class StatsdAggregator:
         self.clock: Callable[[], float] = time.time  # when intervals end (tests replace it)
 
     def setup(self) -> None:
-        """Create the directory and register this worker."""
-        self._spool = Spool(self.options.dir)
+        """Create (or check) the directory and register this worker.
+
+        Raises:
+            UnsafePathError: the directory or a file in it is not safe to use (see
+                :class:`Spool`); the server stops (exit 3) with the message.
+        """
+        try:
+            self._spool = Spool(self.options.dir)
+        except UnsafePathError as exc:
+            raise UnsafePathError(
+                f"StatsdAggregator (UGSTATSD_DIR={self.options.dir}): {exc}"
+            ) from None
         self._spool.register()
 
     def handle(self, line: Line, dgram: Datagram) -> None:
@@ -170,7 +307,7 @@ class StatsdAggregator:
     def _bucket(self, index: int) -> Bucket:
         bucket = self._buckets.get(index)
         if bucket is None:
-            bucket = self._buckets[index] = Bucket(index * self.interval)
+            bucket = self._buckets[index] = Bucket(index * self.interval, self.limits)
         return bucket
 
     def tick(self) -> None:
@@ -213,25 +350,44 @@ class StatsdAggregator:
         groups = spool.ready(until_ms)
         if not groups:
             return
-        totals = spool.read_totals()
+        before = totals = spool.read_totals()
         records = []
         for start in sorted(groups):
-            merged = Bucket(start / 1000)
-            for path in groups[start]:
-                merged.merge(_read_partial(path))
+            merged = Bucket(start / 1000, self.limits)
+            for name in groups[start]:
+                part = spool.read_partial(name)
+                if part is None:
+                    merged.skipped_partials += 1
+                else:
+                    merged.merge(part)
             records.append(encode(render_interval(merged, self.interval)) + b"\n")
-            totals = add_to_totals(totals, merged, self.interval)
-        with open(spool.output, "ab") as out:
-            out.write(b"".join(records))
-        _write_atomically(spool.totals, encode(totals))
-        for paths in groups.values():
-            for path in paths:
-                path.unlink(missing_ok=True)
+            totals = add_to_totals(totals, merged, self.interval, self.limits)
+        spool.append_output(b"".join(records))
+        spool.write_totals(encode(totals))
+        spool.remove([name for names in groups.values() for name in names])
+        self._report(before, totals)
 
-
-def _read_partial(path: Path) -> Bucket:
-    try:
-        return load_bucket(path.read_bytes())
-    except (FileNotFoundError, msgspec.DecodeError) as exc:
-        log.error("statsd: skipped unreadable partial aggregate %s (%s)", path, exc)
-        return Bucket(0.0)
+    def _report(self, before: Totals, after: Totals) -> None:
+        """Log (rate-limited) what the limits refused and pruned in this merge."""
+        lines = after.refused_lines - before.refused_lines
+        series = after.refused_series - before.refused_series
+        members = after.refused_members - before.refused_members
+        if lines or series or members:
+            o = self.options
+            _warn.warning(
+                "statsd: refused %d line(s) and %d series (max_series=%d, or a sum that "
+                "would overflow) and %d set member(s) (max_set_members=%d, max_members=%d)",
+                lines,
+                series,
+                o.max_series,
+                members,
+                o.max_set_members,
+                o.max_members,
+            )
+        pruned = after.pruned_series - before.pruned_series
+        if pruned:
+            log.info(
+                "statsd: dropped %d series not updated for %gs from the totals",
+                pruned,
+                self.options.series_ttl,
+            )
