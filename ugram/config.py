@@ -142,7 +142,8 @@ PoisonAttempts = Annotated[
 DeadLetter = Annotated[
     str,
     _meta(
-        "dead-letter file (JSON lines) for poison records; empty = <socket>.dead-letter.jsonl",
+        "dead-letter file (JSON lines) for poison records; empty = <socket>.dead-letter.jsonl "
+        "in a private socket directory, else in ugram's state directory (docs/security.md)",
         "a file path, or empty",
     ),
 ]
