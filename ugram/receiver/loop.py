@@ -33,6 +33,7 @@ from ..stats import Slot, State, Stats
 from ..wake import clear_wake, signal_wake
 from . import mmsg
 from .admission import ANCILLARY_SIZE, Admission, parse_credentials
+from .rights import PASSED, close_in_ancdata
 from .routing import make_router
 
 log = logging.getLogger("ugram.receiver")
@@ -40,7 +41,8 @@ log = logging.getLogger("ugram.receiver")
 BATCH = 512  # datagrams per readiness event before yielding to the loop
 # plain ints: faster indexes than IntEnum members
 _RECEIVED, _BYTES, _OVERSIZED = int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED)
-_PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED)  # what the C helper's drain counts
+_FDS_CLOSED = int(Slot.FDS_CLOSED)
+_PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED, _FDS_CLOSED)  # what the C helper's drain counts
 SCM_CREDENTIALS: int = getattr(socket, "SCM_CREDENTIALS", -1)
 
 
@@ -163,6 +165,8 @@ class Receiver:
                 return True
             except InterruptedError:
                 continue
+            if len(ancdata) > 1 or (ancdata and ancdata[0][1] in PASSED):  # fds passed
+                self.counters[_FDS_CLOSED] += close_in_ancdata(ancdata)
             self.counters[_RECEIVED] += 1
             if not place(n, view[:n], _encode_address(addr), parse_credentials(ancdata)):
                 return False
@@ -174,6 +178,8 @@ class Receiver:
         assert rx is not None
         for _ in range(max(1, BATCH // rx.size)):
             count = rx.receive()
+            if rx.closed_fds:
+                self.counters[_FDS_CLOSED] += rx.closed_fds
             if not count:
                 return True
             placed = self._place_plain(count) if self.plain else self._place_slots(range(count))
