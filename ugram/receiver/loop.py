@@ -118,6 +118,12 @@ class Receiver:
         """Drain the socket (up to a batch), admit, route and copy each datagram."""
         if self.finished:
             return  # a callback queued before the rings were closed
+        if self.pending:
+            # One pass at a time: datagrams are held (the rings were full), and a pass queued
+            # before that (a drain going on, or on_space) would place new ones ahead of them
+            # and reuse the scratch slots they came from. on_space reads again once every
+            # held one is placed, in order.
+            return
         self._sync_active()
         if self.batch is not None and self.compiled and self.batch.native:
             empty = self._drain_native()
