@@ -193,3 +193,32 @@ def test_a_drain_places_held_datagrams_before_reading_new_ones(bench: Bench) -> 
     bench.finish()
     assert bench.seen == payloads  # each once, in the order they were sent
     assert bench.receiver.counters[Slot.RECEIVED] == len(payloads)
+
+
+def test_space_freed_just_before_the_wait_is_announced_is_used_at_once(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payloads = [b"d%d" % i for i in range(6)]
+    bench.send(*payloads)
+    reader = bench.loop.readers[bench.receiver.sock.fileno()]
+    reader()  # d0, d1, d2: the ring is full
+    ring = bench.receiver.rings[0]
+    announce = ring.wait_for_space
+
+    def worker_frees_space_first() -> None:
+        # The worker acknowledges everything after the receiver's put failed but before
+        # it announced its wait: the worker sees no wait, so it signals nothing.
+        bench.consume()
+        announce()
+
+    monkeypatch.setattr(ring, "wait_for_space", worker_frees_space_first)
+    reader()  # d3 finds the ring full and is held
+    assert bench.seen == payloads[:3]
+    # No signal will come, yet the receiver must not sleep until its 5 ms poll: it looks
+    # again after announcing, places what it held and reads on.
+    assert not bench.receiver.pending
+    assert bench.receiver.space_fd not in bench.loop.readers
+    assert bench.receiver.sock.fileno() in bench.loop.readers
+    bench.run_soon()
+    bench.consume()
+    assert bench.seen == payloads

@@ -27,7 +27,7 @@ import setproctitle
 import uvloop
 
 from .. import logs
-from ..ring import Ring
+from ..ring import Ring, full_fence
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import Slot, State, Stats
 from ..wake import clear_wake, signal_wake
@@ -394,16 +394,41 @@ class Receiver:
         assert self.loop is not None
         self.loop.remove_reader(self.sock.fileno())  # a no-op when it was not reading yet
         self.blocked_since = time.monotonic_ns()
-        self._arm_space_wait()
+        self._wait_for_space()
 
-    def _arm_space_wait(self) -> None:
+    def _wait_for_space(self) -> None:
+        """The held datagrams found no room: announce the wait, look again, then sleep.
+
+        A worker signals space only to an announced wait, so one that freed space between
+        the failed put and the announcement would stay silent, and the receiver would sleep
+        until the 5 ms poll: the second look (a put, which reads the tails anew) catches
+        that. The fence makes the announcement visible before those reads (Dekker's
+        pattern, as a consumer going to sleep does). Left to the poll: a worker that stores
+        its tail and then loads the announcement with no fence between (Ring.end_batch and
+        Ring.ack) can, while that store waits in its store buffer (nanoseconds), miss an
+        announcement whose second look missed the store.
+        """
         assert self.loop is not None
-        target = self.pending[0].target
-        for index, ring in enumerate(self.rings[: self.active]):
-            if target in (-1, None, index):
-                ring.wait_for_space()
+        announced: set[int] = set()
+        while True:
+            # The rings the first held datagram may go to; once they are announced and it
+            # still finds no room, every space a worker frees from now on is signalled.
+            rings = self._rings_for(self.pending[0].target)
+            if rings <= announced:
+                break
+            for index in rings - announced:
+                self.rings[index].wait_for_space()
+            announced |= rings
+            full_fence()
+            if self._place_held():
+                self._resume()
+                return
+        self._publish()
         self.loop.add_reader(self.space_fd, self.on_space)
         self._space_timer = self.loop.call_later(SPACE_POLL, self.on_space)
+
+    def _rings_for(self, target: int | None) -> set[int]:
+        return {i for i in range(self.active) if target in (-1, None, i)}
 
     def on_space(self) -> None:
         """A worker freed space (or the safety timer fired): place the held datagrams."""
@@ -413,6 +438,13 @@ class Receiver:
             self._space_timer.cancel()
         clear_wake(self.space_fd)
         self._sync_active()
+        if self._place_held():
+            self._resume()
+        else:
+            self._wait_for_space()
+
+    def _place_held(self) -> bool:
+        """Place the held datagrams in order; False at the first that still finds no room."""
         while self.pending:
             held = self.pending[0]
             target = held.target
@@ -426,10 +458,13 @@ class Receiver:
                     continue
                 self.pending[0] = held._replace(target=target)
             if not self._put(held.payload, held.address, target, held.recv_ns, held.creds):
-                self._publish()
-                self._arm_space_wait()
-                return
+                return False
             self._done_with(self.pending.popleft())
+        return True
+
+    def _resume(self) -> None:
+        """Everything held is placed: ready the scratch slots and read again."""
+        assert self.loop is not None
         if self.batch is not None:
             self.batch.complete(self.batch.size)
         self.counters[Slot.BLOCKED_NS] += time.monotonic_ns() - self.blocked_since
