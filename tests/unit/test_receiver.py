@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from ugram import speedups
 from ugram.config import make_config
+from ugram.observe import receiver_frozen
 from ugram.receiver import loop as receiver_loop
 from ugram.receiver import mmsg
 from ugram.receiver.loop import Receiver
 from ugram.ring import Ring, create_shared_fd, record_size
 from ugram.spec import ChildSpec
-from ugram.stats import Slot, Stats, supervisor_block
+from ugram.stats import Slot, State, Stats, supervisor_block
 
 RECORD = record_size(2, 0)  # "d0".."d8" from an unbound sender
 
@@ -222,3 +225,24 @@ def test_space_freed_just_before_the_wait_is_announced_is_used_at_once(
     bench.run_soon()
     bench.consume()
     assert bench.seen == payloads
+
+
+def test_a_new_receiver_is_not_judged_on_its_predecessors_heartbeat(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counters = bench.receiver.counters
+    # What a receiver killed for freezing leaves in the block (the supervisor then resets
+    # STATE and starts a new one on the same block).
+    counters[Slot.HEARTBEAT_NS] = time.monotonic_ns() - 10 * 10**9
+    counters[Slot.STATE] = State.EMPTY
+    judged: list[tuple[int, bool]] = []
+
+    class FirstLook(uvloop.Loop):  # type: ignore[misc]
+        def run_forever(self) -> None:
+            # The supervisor's liveness check, made the moment the receiver says it runs.
+            now = time.monotonic_ns()
+            judged.append((int(counters[Slot.STATE]), receiver_frozen(counters, 2.0, now)))
+
+    monkeypatch.setattr(receiver_loop.uvloop, "new_event_loop", FirstLook)
+    bench.receiver.run()
+    assert judged == [(State.RUNNING, False)]

@@ -528,6 +528,10 @@ class Receiver:
         loop.call_soon(self._housekeeping)
         log.debug("receiver: %s", self.describe_path())
         self.counters[Slot.PID] = os.getpid()
+        # The supervisor judges a running receiver by its heartbeat, and until the first
+        # housekeeping pass the block holds the predecessor's (stale if it froze): beat
+        # before saying "running" (x86 keeps the stores in this order; it reads STATE first).
+        self.counters[Slot.HEARTBEAT_NS] = time.monotonic_ns()
         self.counters[Slot.STATE] = State.RUNNING
         try:
             loop.run_forever()
