@@ -122,7 +122,8 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
     Slot.FDS_CLOSED: (
         "receiver",
         "file descriptors senders passed (SCM_RIGHTS) that the receiver closed unused; their "
-        "datagrams go on. Only with credentials on: without, the kernel closes them unseen",
+        "datagrams go on. Only while credentials are collected (credentials, allow_uid, "
+        "allow_gid, rate_limit): otherwise the kernel closes them unseen",
     ),
 }
 
