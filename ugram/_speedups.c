@@ -3,7 +3,8 @@
  * Optional: ugram runs without it (pure-Python paths with the same behaviour), and the
  * `speedups` setting turns it off. Each function does exactly what its Python twin does
  * (Ring.try_put and Ring._read in ugram/ring.py, BatchReceiver.complete and
- * credentials_from_control in ugram/receiver/mmsg.py, Receiver._place_plain and
+ * credentials_from_control in ugram/receiver/mmsg.py, close_in_control in
+ * ugram/receiver/rights.py, Receiver._place_plain and
  * _place_slots in ugram/receiver/loop.py,
  * Worker._record_step and _decode_batch in ugram/workers/loop.py, observe_latency in
  * ugram/stats.py), in the same order of stores, so that the
@@ -227,7 +228,7 @@ static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const
 /* Where the receiver counts (its block of the shared counter table). */
 typedef struct {
     uint64_t *c;
-    Py_ssize_t received, bytes, oversized;
+    Py_ssize_t received, bytes, oversized, fds_closed;
 } ReceiverCounters;
 
 typedef struct {
@@ -272,6 +273,46 @@ static int slot_credentials(const char *sbase, const ScratchLayout *l, const Cre
         at += (c.cmsg_len + 7) & ~(uint64_t)7;
     }
     return 0;
+}
+
+#ifndef SCM_PIDFD
+#define SCM_PIDFD 0x04 /* Linux 6.5: a pidfd of the sender, with SO_PASSPIDFD */
+#endif
+
+/* Close every descriptor the kernel installed in this process with slot i's message
+ * (rights.close_in_control): SCM_RIGHTS, and SCM_PIDFD should the socket pass
+ * pidfds; each would otherwise stay open for good (a sender sending 12 fds a datagram
+ * took the receiver to its descriptor limit in 0.07 s). Only right after recvmmsg: a
+ * successor must never close what a dead predecessor's slots name (those numbers are not
+ * its own). With MSG_CTRUNC the kernel closed what did not fit, and the message holds
+ * only those it installed. Returns how many were closed. */
+static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const CredsLayout *cl,
+                                   Py_ssize_t i)
+{
+    uint64_t len;
+    memcpy(&len, sbase + l->headers_at + i * l->header_stride + cl->controllen_at, 8);
+    if (len > (uint64_t)cl->control_size)
+        len = (uint64_t)cl->control_size;
+    const char *control = sbase + cl->controls_at + i * cl->control_stride;
+    const uint64_t head = sizeof(struct cmsghdr);
+    uint64_t at = 0;
+    Py_ssize_t closed = 0;
+    while (at + head <= len) {
+        struct cmsghdr c;
+        memcpy(&c, control + at, head);
+        if (c.cmsg_len < head)
+            break;
+        uint64_t end = c.cmsg_len < len - at ? c.cmsg_len : len - at;
+        if (c.cmsg_level == SOL_SOCKET && (c.cmsg_type == SCM_RIGHTS || c.cmsg_type == SCM_PIDFD))
+            for (uint64_t k = head; k + sizeof(int) <= end; k += sizeof(int)) {
+                int fd;
+                memcpy(&fd, control + at + k, sizeof fd);
+                if (fd >= 0 && (close(fd) == 0 || errno == EINTR)) /* EINTR: closed too */
+                    closed++;
+            }
+        at += (c.cmsg_len + 7) & ~(uint64_t)7;
+    }
+    return closed;
 }
 
 /* Place scratch slots first..count-1, one record per ring in turn starting at *next_ring,
@@ -366,9 +407,11 @@ PyDoc_STRVAR(drain_doc,
 "The receiver's path without admission or routing, whole: up to `calls`\n"
 "times, recvmmsg up to `batch` datagrams into the scratch area, place each in the next of\n"
 "the first `active` rings in turn (Ring.try_put), count it in `counters` (u64 slots\n"
-"`slots` = (received, bytes, oversized)) and ready the slots again (as reset_slots does).\n"
-"`credentials`: (controllen_at, controls_at, control_stride, control_size) of the slots'\n"
-"ancillary data, when the socket passes credentials: each record carries its sender's.\n"
+"`slots` = (received, bytes, oversized, fds_closed)) and ready the slots again (as\n"
+"reset_slots does). `credentials`: (controllen_at, controls_at, control_stride,\n"
+"control_size) of the slots' ancillary data, when the socket passes credentials: each\n"
+"record carries its sender's, and every descriptor a sender passed (SCM_RIGHTS, SCM_PIDFD)\n"
+"is closed right after the receive and counted in `fds_closed`; the datagram goes on.\n"
 "`empty`: the socket ran dry (after a big batch, a sign of a blocked sender, the socket is\n"
 "polled again a few times within 50 us, with sched_yield() between, to let the sender refill\n"
 "it). Sleeping consumers are woken through their eventfds `wakes` (before a re-poll, and\n"
@@ -398,8 +441,8 @@ static PyObject *drain(PyObject *self, PyObject *args)
     Py_ssize_t held = 0;
     if (!parse_layout(layout_tuple, &l) || !scratch_fits(&scratch, &l, batch, "drain"))
         goto done;
-    if (!PyArg_ParseTuple(slots_tuple, "nnn;slots: received, bytes, oversized", &rc.received,
-                          &rc.bytes, &rc.oversized))
+    if (!PyArg_ParseTuple(slots_tuple, "nnnn;slots: received, bytes, oversized, fds_closed",
+                          &rc.received, &rc.bytes, &rc.oversized, &rc.fds_closed))
         goto done;
     if (creds_tuple != Py_None) {
         cl = &creds_layout;
@@ -422,7 +465,8 @@ static PyObject *drain(PyObject *self, PyObject *args)
     }
     Py_ssize_t n_counters = counters.len / 8;
     if (rc.received < 0 || rc.received >= n_counters || rc.bytes < 0 ||
-        rc.bytes >= n_counters || rc.oversized < 0 || rc.oversized >= n_counters) {
+        rc.bytes >= n_counters || rc.oversized < 0 || rc.oversized >= n_counters ||
+        rc.fds_closed < 0 || rc.fds_closed >= n_counters) {
         PyErr_SetString(PyExc_ValueError, "drain: counter slots outside the counter block");
         goto done;
     }
@@ -505,6 +549,9 @@ static PyObject *drain(PyObject *self, PyObject *args)
             break;
         }
         last_got = got;
+        if (cl != NULL) /* refused before anything else can fail: never kept */
+            for (Py_ssize_t i = 0; i < got; i++)
+                rc.c[rc.fds_closed] += (uint64_t)close_passed_fds(sbase, &l, cl, i);
         Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, cl, 0, got,
                                       limit, clock_ns(CLOCK_REALTIME), &rc, &t);
         if (stop < got) {
@@ -987,7 +1034,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 7
+#define API_VERSION 8
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

@@ -42,7 +42,7 @@ def drain(
     limit: int,
     calls: int,
     counters: memoryview,
-    slots: tuple[int, int, int],
+    slots: tuple[int, int, int, int],
     credentials: tuple[int, int, int, int] | None = None,
     /,
 ) -> tuple[int, int, int, int, int, int]: ...

@@ -293,6 +293,7 @@ def _rows(report: Report) -> dict[str, float]:
         rows[name] = getattr(t, name)
     for name in ("lost", "possibly_lost", "worker_timeouts", "recycled", "boot_failures"):
         rows[name] = getattr(t, name)
+    rows["fds_closed"] = t.fds_closed
     return rows
 
 

@@ -100,6 +100,11 @@ TOTALS: tuple[tuple[str, str, str], ...] = (
     ("ugram_worker_timeouts", "worker_timeouts", "Workers killed by the liveness check."),
     ("ugram_recycled", "recycled", "Workers replaced after max_records, max_rss or SIGHUP."),
     ("ugram_boot_failures", "boot_failures", "Workers that died before running."),
+    (
+        "ugram_fds_closed",
+        "fds_closed",
+        "File descriptors senders passed (SCM_RIGHTS) that the receiver closed unused.",
+    ),
 )
 
 METRICS: tuple[MetricSpec, ...] = (

@@ -68,6 +68,7 @@ class Slot(IntEnum):
     BOOT_FAILURES = 25
     POSSIBLY_LOST = 26
     DRAIN = 27
+    FDS_CLOSED = 28
 
 
 # Who writes each slot, and what it holds. "receiver", "worker" and "supervisor" name the
@@ -118,6 +119,12 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
         "receiver deaths that may have cost one datagram (killed inside recv)",
     ),
     Slot.DRAIN: ("supervisor", "1 once shutdown began: the receiver drains the socket, exits"),
+    Slot.FDS_CLOSED: (
+        "receiver",
+        "file descriptors senders passed (SCM_RIGHTS) that the receiver closed unused; their "
+        "datagrams go on. Only while credentials are collected (credentials, allow_uid, "
+        "allow_gid, rate_limit): otherwise the kernel closes them unseen",
+    ),
 }
 
 # The handling-latency histogram: time from the receiver reading a datagram to the worker
@@ -186,6 +193,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     worker_timeouts: int
     recycled: int
     boot_failures: int = 0
+    fds_closed: int = 0
 
     @property
     def rejected(self) -> int:
@@ -267,6 +275,7 @@ class Stats:
             worker_timeouts=t(Slot.WORKER_TIMEOUTS),
             recycled=t(Slot.RECYCLED),
             boot_failures=t(Slot.BOOT_FAILURES),
+            fds_closed=t(Slot.FDS_CLOSED),
         )
 
     def latency(self) -> Latency:

@@ -62,3 +62,21 @@ def points(msg: Point, dgram: ugram.Datagram) -> None:
 def slow(data: bytes) -> None:
     """Takes 1 ms per record."""
     time.sleep(0.001)
+
+
+class SlowRecorder(Recorder):
+    """A :class:`Recorder` that sleeps after each record: 1 ms in the first worker to start,
+    0.1 ms in the others, so that under a flood one ring stays full and the others fill and
+    empty (the receiver alternates between placing round them and waiting for space)."""
+
+    def setup(self) -> None:
+        super().setup()
+        try:
+            os.close(os.open(f"{OUT}/slowest", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            self.pause = 0.001
+        except FileExistsError:
+            self.pause = 0.0001
+
+    def handle(self, data: bytes) -> None:
+        super().handle(data)
+        time.sleep(self.pause)

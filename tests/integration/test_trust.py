@@ -14,9 +14,11 @@ import sys
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import child_env, read_records, run_server, send, wait_for
+from ugram.control import fetch
 
 SEND_AS = (
     "import socket, sys\n"
@@ -123,6 +125,50 @@ def test_handler_sees_the_senders_credentials(sock_dir: Path, out_dir: Path) -> 
         wait_for(lambda: read_records(out_dir), what="the record")
     pid = int(out.stdout)
     assert read_records(out_dir) == [f"{pid} {pid} {os.getuid()} {os.getgid()}"]
+
+
+def receiver_fds(server_pid: int) -> int:
+    """How many descriptors the server's receiver process holds open."""
+    titles = {p.pid: " ".join(p.cmdline()) for p in psutil.Process(server_pid).children()}
+    (pid,) = [pid for pid, title in titles.items() if "ugram: receiver" in title]
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--credentials",),
+        ("--credentials", "--speedups=false"),
+        ("--credentials", "--receive-batch", "1"),
+        (),
+    ],
+    ids=["credentials-compiled", "credentials-pure-python", "credentials-recvmsg", "none"],
+)
+def test_descriptors_senders_pass_are_closed_and_datagrams_delivered(
+    sock_dir: Path, out_dir: Path, args: tuple[str, ...]
+) -> None:
+    path = sock_dir / "s.sock"
+    count, per_datagram = 300, 6
+    with run_server("seqrec:Recorder", path, "--workers", "1", *args, out_dir=out_dir) as server:
+        wait_for(lambda: fetch(str(path)).receiver.state == "running", what="the receiver")
+        before = receiver_fds(server.proc.pid)
+        passed = [os.open(os.devnull, os.O_RDONLY) for _ in range(per_datagram)]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+                sender.connect(str(path))
+                for i in range(count):
+                    socket.send_fds(sender, [b"%d" % i], passed)
+        finally:
+            for fd in passed:
+                os.close(fd)
+        wait_for(lambda: len(read_records(out_dir)) == count, what=f"{count} records")
+        after = receiver_fds(server.proc.pid)
+        totals = fetch(str(path)).totals
+    assert sorted(map(int, read_records(out_dir))) == list(range(count))
+    assert after == before  # none kept: 6 a datagram would have made 1800
+    # With credentials the kernel installs them and the receiver closes them; without, it
+    # gives the receiver no room for them and closes them itself.
+    assert totals.fds_closed == (count * per_datagram if args else 0)
 
 
 def test_rate_limit_passes_exactly_the_burst_per_sender(sock_dir: Path, out_dir: Path) -> None:

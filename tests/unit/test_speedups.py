@@ -161,7 +161,7 @@ def records_of(ring: Ring) -> list[tuple[Record, int]]:
 
 
 LIMIT = 200
-COUNTED = (int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED))
+COUNTED = (int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED), int(Slot.FDS_CLOSED))
 MIX = 7  # datagrams send_mix sends
 MIX_KEPT = 6  # all but the oversized one
 
@@ -305,6 +305,123 @@ def test_a_full_ring_leaves_the_rest_of_the_batch_with_its_credentials(
     finally:
         rx.close()
         close_ring(ring)
+
+
+# -- descriptors senders pass are closed, never kept ------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def send_fds(path: Path, payloads: list[bytes], fds: list[int]) -> None:
+    """Send each payload with ``fds`` attached (SCM_RIGHTS)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.connect(str(path))
+        for payload in payloads:
+            socket.send_fds(sender, [payload], fds)
+
+
+@pytest.fixture
+def passed() -> Iterator[list[int]]:
+    """Twenty descriptors to pass (of /dev/null), closed at the end."""
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(20)]
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def receive_closing(rx: mmsg.BatchReceiver, wake: int, compiled: bool) -> tuple[int, list[bytes]]:
+    """(descriptors closed, payloads delivered) of one receive, compiled or in Python."""
+    ring = Ring.create(8192)
+    try:
+        if compiled:
+            counters = new_counters()
+            *_, count, _ = rx.drain_native(
+                ([ring.mapping], [wake]), (1, 0), LIMIT, 1, (counters, COUNTED)
+            )
+            assert count == 0
+            return int(counters[Slot.FDS_CLOSED]), [r.payload for r, _ in records_of(ring)]
+        count = rx.receive()
+        payloads = [bytes(rx.payload(i, rx.length(i))) for i in range(count)]
+        return rx.closed_fds, payloads
+    finally:
+        close_ring(ring)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure-python"])
+def test_descriptors_senders_pass_are_closed_and_counted(
+    server: tuple[socket.socket, Path], wake: int, passed: list[int], compiled: bool
+) -> None:
+    sock, path = server
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=compiled)
+    try:
+        before = open_fds()
+        send_fds(path, [b"one", b"two", b"three"], passed[:3])
+        assert receive_closing(rx, wake, compiled) == (9, [b"one", b"two", b"three"])
+        assert open_fds() == before
+    finally:
+        rx.close()
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure-python"])
+def test_descriptors_that_fit_a_cut_control_buffer_are_closed(
+    server: tuple[socket.socket, Path], wake: int, passed: list[int], compiled: bool
+) -> None:
+    sock, path = server
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=compiled)
+    # Room after the credentials for this many; the kernel closes the rest (MSG_CTRUNC).
+    fit = (ANCILLARY_SIZE - socket.CMSG_SPACE(12) - socket.CMSG_LEN(0)) // 4
+    assert fit < len(passed)
+    try:
+        before = open_fds()
+        send_fds(path, [b"a", b"b"], passed)
+        assert receive_closing(rx, wake, compiled) == (2 * fit, [b"a", b"b"])
+        assert open_fds() == before
+    finally:
+        rx.close()
+
+
+SO_PASSPIDFD = 76  # Linux 6.5 (asm-generic/socket.h): each datagram brings a pidfd
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure-python"])
+def test_a_pidfd_the_kernel_passes_is_closed(
+    server: tuple[socket.socket, Path], wake: int, compiled: bool
+) -> None:
+    sock, path = server
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 1)  # as a socket handed over may be
+    except OSError:
+        pytest.skip("this kernel has no SO_PASSPIDFD")
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, ANCILLARY_SIZE, 16, use_speedups=compiled)
+    try:
+        before = open_fds()
+        send_from(path, [b"x", b"y"], None)
+        assert receive_closing(rx, wake, compiled) == (2, [b"x", b"y"])
+        assert open_fds() == before
+    finally:
+        rx.close()
+
+
+def test_without_a_control_buffer_the_kernel_keeps_passed_descriptors_away(
+    server: tuple[socket.socket, Path], passed: list[int]
+) -> None:
+    sock, path = server
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)  # no credentials: no control
+    try:
+        before = open_fds()
+        send_fds(path, [b"a"], passed[:5])
+        assert rx.receive() == 1
+        assert rx.fields[mmsg.FLAGS] & socket.MSG_CTRUNC  # the kernel dropped them itself
+        assert (rx.closed_fds, open_fds()) == (0, before)
+    finally:
+        rx.close()
 
 
 def test_drain_stops_at_a_full_ring_and_marks_only_what_it_placed(

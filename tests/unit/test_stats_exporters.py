@@ -112,7 +112,9 @@ def test_collector_exposes_exactly_the_documented_metrics() -> None:
 
 
 def test_collector_values_come_from_the_report() -> None:
-    samples = scrape(make_report(received=20, handled=15, oversized=3, invalid=2, bytes=99))
+    samples = scrape(
+        make_report(received=20, handled=15, oversized=3, invalid=2, bytes=99, fds_closed=7)
+    )
 
     assert samples["ugram_received_total{}"] == 20
     assert samples["ugram_received_bytes_total{}"] == 99
@@ -120,6 +122,7 @@ def test_collector_values_come_from_the_report() -> None:
     assert samples['ugram_rejected_total{"reason": "oversized"}'] == 3
     assert samples['ugram_rejected_total{"reason": "invalid"}'] == 2
     assert samples['ugram_rejected_total{"reason": "shed"}'] == 0
+    assert samples["ugram_fds_closed_total{}"] == 7
     assert samples['ugram_ring_bytes{"worker": "1"}'] == 100
     assert samples['ugram_worker_handled_total{"worker": "1"}'] == 5
     assert samples['ugram_up{"process": "worker 0"}'] == 1

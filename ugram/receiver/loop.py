@@ -27,12 +27,13 @@ import setproctitle
 import uvloop
 
 from .. import logs
-from ..ring import Ring
+from ..ring import Ring, full_fence
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import Slot, State, Stats
 from ..wake import clear_wake, signal_wake
 from . import mmsg
 from .admission import ANCILLARY_SIZE, Admission, parse_credentials
+from .rights import PASSED, close_in_ancdata
 from .routing import make_router
 
 log = logging.getLogger("ugram.receiver")
@@ -40,7 +41,8 @@ log = logging.getLogger("ugram.receiver")
 BATCH = 512  # datagrams per readiness event before yielding to the loop
 # plain ints: faster indexes than IntEnum members
 _RECEIVED, _BYTES, _OVERSIZED = int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED)
-_PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED)  # what the C helper's drain counts
+_FDS_CLOSED = int(Slot.FDS_CLOSED)
+_PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED, _FDS_CLOSED)  # what the C helper's drain counts
 SCM_CREDENTIALS: int = getattr(socket, "SCM_CREDENTIALS", -1)
 
 
@@ -116,6 +118,12 @@ class Receiver:
         """Drain the socket (up to a batch), admit, route and copy each datagram."""
         if self.finished:
             return  # a callback queued before the rings were closed
+        if self.pending:
+            # One pass at a time: datagrams are held (the rings were full), and a pass queued
+            # before that (a drain going on, or on_space) would place new ones ahead of them
+            # and reuse the scratch slots they came from. on_space reads again once every
+            # held one is placed, in order.
+            return
         self._sync_active()
         if self.batch is not None and self.compiled and self.batch.native:
             empty = self._drain_native()
@@ -163,6 +171,8 @@ class Receiver:
                 return True
             except InterruptedError:
                 continue
+            if len(ancdata) > 1 or (ancdata and ancdata[0][1] in PASSED):  # fds passed
+                self.counters[_FDS_CLOSED] += close_in_ancdata(ancdata)
             self.counters[_RECEIVED] += 1
             if not place(n, view[:n], _encode_address(addr), parse_credentials(ancdata)):
                 return False
@@ -174,6 +184,8 @@ class Receiver:
         assert rx is not None
         for _ in range(max(1, BATCH // rx.size)):
             count = rx.receive()
+            if rx.closed_fds:
+                self.counters[_FDS_CLOSED] += rx.closed_fds
             if not count:
                 return True
             placed = self._place_plain(count) if self.plain else self._place_slots(range(count))
@@ -382,16 +394,41 @@ class Receiver:
         assert self.loop is not None
         self.loop.remove_reader(self.sock.fileno())  # a no-op when it was not reading yet
         self.blocked_since = time.monotonic_ns()
-        self._arm_space_wait()
+        self._wait_for_space()
 
-    def _arm_space_wait(self) -> None:
+    def _wait_for_space(self) -> None:
+        """The held datagrams found no room: announce the wait, look again, then sleep.
+
+        A worker signals space only to an announced wait, so one that freed space between
+        the failed put and the announcement would stay silent, and the receiver would sleep
+        until the 5 ms poll: the second look (a put, which reads the tails anew) catches
+        that. The fence makes the announcement visible before those reads (Dekker's
+        pattern, as a consumer going to sleep does). Left to the poll: a worker that stores
+        its tail and then loads the announcement with no fence between (Ring.end_batch and
+        Ring.ack) can, while that store waits in its store buffer (nanoseconds), miss an
+        announcement whose second look missed the store.
+        """
         assert self.loop is not None
-        target = self.pending[0].target
-        for index, ring in enumerate(self.rings[: self.active]):
-            if target in (-1, None, index):
-                ring.wait_for_space()
+        announced: set[int] = set()
+        while True:
+            # The rings the first held datagram may go to; once they are announced and it
+            # still finds no room, every space a worker frees from now on is signalled.
+            rings = self._rings_for(self.pending[0].target)
+            if rings <= announced:
+                break
+            for index in rings - announced:
+                self.rings[index].wait_for_space()
+            announced |= rings
+            full_fence()
+            if self._place_held():
+                self._resume()
+                return
+        self._publish()
         self.loop.add_reader(self.space_fd, self.on_space)
         self._space_timer = self.loop.call_later(SPACE_POLL, self.on_space)
+
+    def _rings_for(self, target: int | None) -> set[int]:
+        return {i for i in range(self.active) if target in (-1, None, i)}
 
     def on_space(self) -> None:
         """A worker freed space (or the safety timer fired): place the held datagrams."""
@@ -401,6 +438,13 @@ class Receiver:
             self._space_timer.cancel()
         clear_wake(self.space_fd)
         self._sync_active()
+        if self._place_held():
+            self._resume()
+        else:
+            self._wait_for_space()
+
+    def _place_held(self) -> bool:
+        """Place the held datagrams in order; False at the first that still finds no room."""
         while self.pending:
             held = self.pending[0]
             target = held.target
@@ -414,10 +458,13 @@ class Receiver:
                     continue
                 self.pending[0] = held._replace(target=target)
             if not self._put(held.payload, held.address, target, held.recv_ns, held.creds):
-                self._publish()
-                self._arm_space_wait()
-                return
+                return False
             self._done_with(self.pending.popleft())
+        return True
+
+    def _resume(self) -> None:
+        """Everything held is placed: ready the scratch slots and read again."""
+        assert self.loop is not None
         if self.batch is not None:
             self.batch.complete(self.batch.size)
         self.counters[Slot.BLOCKED_NS] += time.monotonic_ns() - self.blocked_since
@@ -481,6 +528,10 @@ class Receiver:
         loop.call_soon(self._housekeeping)
         log.debug("receiver: %s", self.describe_path())
         self.counters[Slot.PID] = os.getpid()
+        # The supervisor judges a running receiver by its heartbeat, and until the first
+        # housekeeping pass the block holds the predecessor's (stale if it froze): beat
+        # before saying "running" (x86 keeps the stores in this order; it reads STATE first).
+        self.counters[Slot.HEARTBEAT_NS] = time.monotonic_ns()
         self.counters[Slot.STATE] = State.RUNNING
         try:
             loop.run_forever()

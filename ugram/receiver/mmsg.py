@@ -19,6 +19,7 @@ import struct
 import sys
 
 from .. import speedups
+from .rights import close_in_control
 
 BATCH = 64
 SOCKADDR_UN_SIZE = 110  # sa_family_t + sun_path[108]
@@ -134,6 +135,7 @@ class BatchReceiver:
         self.size = batch
         self.slot = max_datagram + 1
         self.control_size = control_size
+        self.closed_fds = 0  # descriptors the last receive() closed
         total = scratch_size(max_datagram, control_size, batch)
         fresh = scratch_fd < 0
         self._mm = mmap.mmap(-1, total) if fresh else mmap.mmap(scratch_fd, total)
@@ -202,6 +204,9 @@ class BatchReceiver:
     def receive(self) -> int:
         """Receive what is queued, up to ``batch`` datagrams, without blocking.
 
+        Every descriptor a sender passed with them is closed at once (see
+        :mod:`ugram.receiver.rights`); :attr:`closed_fds` says how many this call closed.
+
         Returns:
             How many datagrams were received (0 when the socket is empty).
 
@@ -209,9 +214,12 @@ class BatchReceiver:
             OSError: any error other than EAGAIN/EINTR.
         """
         assert _LIBC is not None
+        self.closed_fds = 0
         while True:
             count = int(_LIBC.recvmmsg(self.fd, self._headers_ptr, self.size, MSG_DONTWAIT, None))
             if count >= 0:
+                if self.control_size:  # no control buffer: the kernel closed them itself
+                    self.closed_fds = sum(close_in_control(self.control(i)) for i in range(count))
                 return count
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -225,13 +233,15 @@ class BatchReceiver:
         span: tuple[int, int],
         limit: int,
         calls: int,
-        counters: tuple[memoryview, tuple[int, int, int]],
+        counters: tuple[memoryview, tuple[int, int, int, int]],
     ) -> tuple[bool, int, int, int, int, int]:
         """Receive and place in the C helper, up to ``calls`` batches, round-robin over the
         first ``active`` rings from ``next_ring`` (``span``); ``rings`` holds the rings'
         mappings and their consumers' wake-up eventfds. Each datagram is counted in the
-        counter block at the slots ``(received, bytes, oversized)`` (``counters``); with a
-        ``control_size``, each record carries its sender's credentials. Only
+        counter block at the slots ``(received, bytes, oversized, fds_closed)``
+        (``counters``); with a ``control_size``, each record carries its sender's
+        credentials, and the descriptors senders passed are closed as :meth:`receive`
+        closes them (counted at ``fds_closed``). Only
         when :attr:`native`; see ``drain`` in ugram/_speedups.c.
 
         Returns:
