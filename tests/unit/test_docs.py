@@ -160,10 +160,13 @@ def test_every_snapshot_counter_is_exported_as_a_metric() -> None:
     assert {f.name for f in msgspec.structs.fields(Snapshot)} == exported
 
 
-@pytest.mark.parametrize("page", ["operations.md", "handlers.md", "reference.md"])
+PAGES = ("operations.md", "handlers.md", "reference.md", "security.md")
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_docs_pages_exist_and_link_each_other(page: str) -> None:
     text = (DOCS / page).read_text()
-    others = {"operations.md", "handlers.md", "reference.md"} - {page}
+    others = set(PAGES) - {page}
     assert all(other in text for other in others), f"{page} should link {others}"
 
 
