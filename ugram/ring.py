@@ -13,11 +13,12 @@ the buffer, the producer writes a pad marker and starts the record at offset 0.
 
 Memory ordering. CPython gives no fences. The producer writes the record bytes, then stores
 the head (an aligned 8-byte store through a ``memoryview.cast("Q")`` element, which does not
-tear); the consumer loads the head, then reads the record. On x86-64 (TSO) stores are not
-reordered with older stores nor loads with older loads, so this is release/acquire for free.
-On weakly ordered CPUs (aarch64, ppc64, riscv) the record bytes could become visible after
-the head, and a consumer could read garbage: there, :func:`check_memory_ordering` refuses to
-start instead of corrupting silently.
+tear on a 64-bit CPU); the consumer loads the head, then reads the record. On x86-64 (TSO)
+stores are not reordered with older stores nor loads with older loads, so this is
+release/acquire for free. On weakly ordered CPUs (aarch64, ppc64, riscv) the record bytes could
+become visible after the head, and a consumer could read garbage; on 32-bit x86 (i386, i686) a
+u64 store is two 4-byte stores, so a reader can see half of a new head or counter. There,
+:func:`check_memory_ordering` refuses to start instead of corrupting silently.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import mmap
 import os
 import platform
 import struct
+import sys
 import tempfile
 import threading
 from typing import NamedTuple, cast
@@ -51,7 +53,10 @@ PAD_MARK = 0xFFFF_FFFF
 _PAD = struct.Struct("<I")
 FLAG_CREDS = 1
 
-_TSO_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+# x86-64 only: total store order, and aligned 8-byte stores that never tear. 32-bit x86 is
+# TSO too, but its u64 stores are two 4-byte stores (a reader may see half of a new head).
+_SAFE_MACHINES = frozenset({"x86_64", "amd64"})
+_X86_32 = frozenset({"i386", "i486", "i586", "i686", "x86"})
 
 
 class Record(NamedTuple):
@@ -66,16 +71,30 @@ class Record(NamedTuple):
 
 
 def check_memory_ordering(machine: str | None = None) -> None:
-    """Refuse to run the ring on CPUs where plain stores do not publish in order.
+    """Refuse to run the ring where its plain stores are not safe between processes.
+
+    Safe means: stores become visible in program order (total store order) and an aligned
+    8-byte store is one store (no torn head, tail or counter). That is x86-64 with a 64-bit
+    Python, and nothing else yet.
 
     Raises:
-        UnsupportedPlatformError: the CPU is not x86/x86-64 (total store order).
+        UnsupportedPlatformError: the CPU is not x86-64, or this Python is a 32-bit build.
     """
     name = (machine or platform.machine()).lower()
-    if name not in _TSO_MACHINES:
+    if name not in _SAFE_MACHINES:
         raise UnsupportedPlatformError(
-            f"the shared-memory ring needs total store order (x86-64); this CPU is {name!r}, "
-            "where records could be read before they are written. Not supported yet."
+            f"the shared-memory ring runs on x86-64 only; this CPU is {name!r}, where "
+            + (
+                "8-byte stores can tear (a reader may see half of a new head or counter)"
+                if name in _X86_32
+                else "records could be read before they are written (no total store order)"
+            )
+            + ". Not supported yet."
+        )
+    if sys.maxsize <= 2**32:
+        raise UnsupportedPlatformError(
+            f"the shared-memory ring needs a 64-bit Python; this one ({sys.executable}) is "
+            "a 32-bit build, whose 8-byte stores can tear. Use a 64-bit Python."
         )
 
 

@@ -7,6 +7,8 @@ same fd plays a replacement worker after a crash.
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -228,6 +230,24 @@ def test_weakly_ordered_cpus_are_refused(machine: str) -> None:
 @pytest.mark.parametrize("machine", ["x86_64", "AMD64"])
 def test_total_store_order_cpus_are_accepted(machine: str) -> None:
     check_memory_ordering(machine)
+
+
+@pytest.mark.parametrize("machine", ["i386", "i686", "x86"])
+def test_32_bit_x86_is_refused_where_8_byte_stores_tear(
+    monkeypatch: pytest.MonkeyPatch, machine: str
+) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    with pytest.raises(UnsupportedPlatformError, match=f"{machine}.*8-byte stores can tear"):
+        check_memory_ordering()
+    with pytest.raises(UnsupportedPlatformError, match=machine):
+        Ring.create(4096)  # the rings themselves refuse, not only the doctor
+
+
+def test_a_32_bit_python_is_refused_even_on_x86_64(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(sys, "maxsize", 2**31 - 1)
+    with pytest.raises(UnsupportedPlatformError, match="64-bit Python"):
+        check_memory_ordering()
 
 
 def test_wrap_with_a_gap_shorter_than_a_header() -> None:
