@@ -44,6 +44,7 @@ from .handler import DECODE_ERRORS, Handler, load_handler
 log = logging.getLogger("ugram.worker")
 
 SLEEP_TIMEOUT = 0.05  # bounded sleep: a lost wake-up costs at most this much latency
+SLEEP_TIMEOUT_MS = round(SLEEP_TIMEOUT * 1000)
 # Empty polls before sleeping. Spinning only pays where a core is free for it: on two cores
 # a spinning worker takes the CPU the receiver and the senders need.
 SPINS = 100 if len(os.sched_getaffinity(0)) > 2 else 0
@@ -82,6 +83,10 @@ class Worker:
         self._native_call = handler.call if plain else None
         self._native_decode = handler.decode if plain else None
         self.wake_fd = spec.wake_fds[0]
+        # poll(), not select(): an embedding application with many open files hands its
+        # children fds numbered past FD_SETSIZE (1024), which select() refuses.
+        self._waker = select.poll()
+        self._waker.register(self.wake_fd, select.POLLIN)
         self.space_fd = spec.space_fd
         self.sock = socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None
         self.counters = Stats(spec.stats_fd).block(spec.stats_block)
@@ -388,7 +393,7 @@ class Worker:
         ring.set_sleeping(True)
         # Re-check after announcing the sleep: a record published in between is not missed.
         if not ring.has_unread() and not ring.is_drained():
-            select.select([self.wake_fd], [], [], SLEEP_TIMEOUT)
+            self._waker.poll(SLEEP_TIMEOUT_MS)
             clear_wake(self.wake_fd)
         ring.set_sleeping(False)
 
