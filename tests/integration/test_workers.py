@@ -7,12 +7,21 @@ import asyncio
 import contextlib
 import os
 import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_records, send_async, until
+from tests.conftest import (
+    read_records,
+    run_server,
+    send,
+    send_async,
+    until,
+    wait_for,
+)
+from tests.integration.test_faults import wait_workers
 from ugram import Supervisor, make_config
 
 FD_SETSIZE = 1024  # what select() accepts; poll() and epoll have no such limit
@@ -74,3 +83,33 @@ async def test_workers_sleep_on_inherited_fds_past_fd_setsize(
             sup.close()
             await asyncio.wait_for(task, 30)
     assert sorted(read_records(apps_env)) == sorted(p.decode() for p in sent)
+
+
+def test_a_leaking_batch_handler_is_recycled_within_a_bounded_number_of_records(
+    sock_dir: Path, out_dir: Path
+) -> None:
+    """Batches of 1000 never land on a multiple of 1024 records until 128,000: the memory
+    check must not wait for one."""
+    path = sock_dir / "s.sock"
+    sent = [f"r{i}".encode() for i in range(12_000)]
+    with run_server(
+        "batchapps:LeakyBatch",
+        path,
+        *("--workers", "1", "--batch-size", "1000", "--max-rss", "100"),
+        out_dir=out_dir,
+    ) as server:
+        worker = wait_workers(server.proc.pid, 1)[0]
+        worker.suspend()  # everything queues in its ring: then it takes full batches of 1000
+        try:
+            with send(path, *sent):
+                pass
+            time.sleep(0.5)  # the receiver moves the last few queued datagrams to the ring
+        finally:
+            worker.resume()
+        wait_for(lambda: len(read_records(out_dir)) >= len(sent), timeout=60, what="handled")
+        assert server.stop() == 0, server.stderr[-3000:]
+    assert "recycling at" in server.stderr
+    first = (out_dir / f"{worker.pid}.log").read_text().splitlines()
+    # 16 MiB leaked a batch: past 100 MiB within a few batches, and checked every 2 batches.
+    assert len(first) <= 8_000, f"recycled only after {len(first)} records"
+    assert sorted(read_records(out_dir)) == sorted(p.decode() for p in sent)  # exactly once

@@ -51,7 +51,11 @@ SPINS = 100 if len(os.sched_getaffinity(0)) > 2 else 0
 # Plain ints for the hot path: indexing with an IntEnum member costs an __index__ call.
 _COMMAND, _PROGRESS, _BUSY_SINCE_NS = int(Slot.COMMAND), int(Slot.PROGRESS), int(Slot.BUSY_SINCE_NS)
 _HANDLED, _HANDLER_ERRORS, _INVALID = int(Slot.HANDLED), int(Slot.HANDLER_ERRORS), int(Slot.INVALID)
-RSS_CHECK_EVERY = 1024  # records between two memory checks (psutil costs ~20 µs)
+# Memory is checked once at least this many records, or this long, passed since the last
+# check (psutil costs ~20 µs): a batch handler or the C loop moves the record count in steps,
+# so "a multiple of N" would rarely be hit exactly.
+RSS_CHECK_EVERY = 1024
+RSS_CHECK_SECONDS = 1.0
 # The counter slots the C helper's record loop writes (ugram/_speedups.c: run_records).
 _NATIVE_SLOTS = (
     _COMMAND,
@@ -94,6 +98,8 @@ class Worker:
         self.careful_until = 0
         self.recycling = bool(self.record_limit or self.config.max_rss)
         self.records = 0
+        self._rss_checked_at = 0  # records, and monotonic time, of the last memory check
+        self._rss_checked_time = time.monotonic()
         self._ppid = os.getppid()
         self._invalid = logs.RateLimited(log)
         self._errors = logs.RateLimited(log)
@@ -261,7 +267,7 @@ class Worker:
         if self.record_limit:
             room = min(room, self.record_limit - self.records)
         if self.config.max_rss:
-            room = min(room, RSS_CHECK_EVERY - self.records % RSS_CHECK_EVERY)
+            room = min(room, RSS_CHECK_EVERY - (self.records - self._rss_checked_at))
         return max(1, room)
 
     def _report_invalid(self, exc: BaseException) -> None:
@@ -345,12 +351,24 @@ class Worker:
         if self.record_limit and self.records >= self.record_limit:
             log.info("worker %d: recycling after %d records", self.index, self.records)
             return True
-        if self.config.max_rss and self.records % RSS_CHECK_EVERY == 0 and self.records:
+        if self.config.max_rss and self._rss_check_due():
+            self._rss_checked_at, self._rss_checked_time = self.records, time.monotonic()
             rss = psutil.Process().memory_info().rss
             if rss > self.config.max_rss * 1024 * 1024:
-                log.info("worker %d: recycling at %d MiB resident", self.index, rss >> 20)
+                log.info(
+                    "worker %d: recycling at %d MiB resident after %d records",
+                    self.index,
+                    rss >> 20,
+                    self.records,
+                )
                 return True
         return False
+
+    def _rss_check_due(self) -> bool:
+        since = self.records - self._rss_checked_at
+        if since >= RSS_CHECK_EVERY:
+            return True
+        return since > 0 and time.monotonic() - self._rss_checked_time >= RSS_CHECK_SECONDS
 
     def _process(self, record: Record) -> None:
         handler, c = self.handler, self.counters
