@@ -647,6 +647,13 @@ done:
 
 #define CTL_ACKED 17
 #define CTL_IN_HAND 18
+/* The journal (Ring.settle_journal): what ACKED and the handled / handler-error / invalid
+ * counters will say once the record in hand is acknowledged. Counted into before the tail
+ * store, copied to the counters after it, so a kill between any two stores can be settled. */
+#define CTL_J_ACKED 32
+#define CTL_J_HANDLED 33
+#define CTL_J_ERRORS 34
+#define CTL_J_INVALID 35
 
 typedef struct {
     /* u64 slot indexes in the worker's counter block (ugram/stats.py) */
@@ -654,6 +661,16 @@ typedef struct {
     Py_ssize_t latency_first, latency_buckets, latency_sum;
 } CounterSlots;
 
+
+/* After the tail store: the counts, from the journal (release stores: none of them may be
+ * seen, or moved by the compiler, before the tail store that precedes them). */
+static void settle(uint64_t *ctl, uint64_t *c, const CounterSlots *s)
+{
+    store_release(&ctl[CTL_ACKED], ctl[CTL_J_ACKED]);
+    store_release(&c[s->handled], ctl[CTL_J_HANDLED]);
+    store_release(&c[s->handler_errors], ctl[CTL_J_ERRORS]);
+    store_release(&c[s->invalid], ctl[CTL_J_INVALID]);
+}
 
 /* ugram.stats.observe_latency */
 static void observe_latency(uint64_t *c, const CounterSlots *s, int64_t ns)
@@ -732,8 +749,10 @@ PyDoc_STRVAR(run_records_doc,
 "acknowledge it. With `call` set (plain data handlers) the record's payload, decoded by\n"
 "`decode` when not None, goes to `call`; a decode error (one of `decode_errors`) is counted\n"
 "as invalid and passed to on_invalid(exc), an Exception from `call` is counted and passed to\n"
-"on_error(exc). With `call` None, process(record) does everything. Stops before a record\n"
-"when told to retire, or after `allowance` records. Returns how many were handled.");
+"on_error(exc). With `call` None, process(record) does everything but acknowledging. Counts\n"
+"go to the ring's journal before the tail store and to the counters after it\n"
+"(Ring.settle_journal). Stops before a record when told to retire, or after `allowance`\n"
+"records. Returns how many were handled.");
 
 static PyObject *run_records(PyObject *self, PyObject *args)
 {
@@ -807,7 +826,7 @@ static PyObject *run_records(PyObject *self, PyObject *args)
             if (decode != Py_None) {
                 Py_DECREF(message);
                 message = decode_reporting(decode, payload, decode_errors, on_invalid,
-                                           &c[s.invalid]);
+                                           &ctl[CTL_J_INVALID]);
                 if (message == NULL) {
                     if (PyErr_Occurred())
                         goto done;
@@ -815,16 +834,17 @@ static PyObject *run_records(PyObject *self, PyObject *args)
                 }
             }
             if (decoded == 0) {
-                int rc = call_reporting(call, message, on_error, &c[s.handler_errors]);
+                int rc = call_reporting(call, message, on_error, &ctl[CTL_J_ERRORS]);
                 Py_DECREF(message);
                 if (rc < 0)
                     goto done;
-                c[s.handled] += 1;
+                ctl[CTL_J_HANDLED] += 1;
             }
         }
         observe_latency(c, &s, clock_ns(CLOCK_REALTIME) - recv_ns);
+        ctl[CTL_J_ACKED] = ctl[CTL_ACKED] + 1;
         store_release(&ctl[CTL_TAIL], end); /* acknowledged: never replayed */
-        ctl[CTL_ACKED] += 1;
+        settle(ctl, c, &s);
         done++;
     }
     result = PyLong_FromSsize_t(done);
@@ -987,7 +1007,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 7
+#define API_VERSION 8
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

@@ -46,6 +46,11 @@ HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 8, 9, 10, 11
 TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 16, 17, 18, 19, 20
 # supervisor line (offset 192): poison accounting, written by the worker at start-up
 ATTEMPT_POS, ATTEMPTS = 24, 25
+# journal line (offset 256), written only by the worker: what ACKED and the worker's
+# handled / handler-error / invalid counters will say once the record(s) in hand are
+# acknowledged. See Ring.settle_journal for why counting needs it.
+J_ACKED, J_HANDLED, J_ERRORS, J_INVALID = 32, 33, 34, 35
+JOURNAL = (J_HANDLED, J_ERRORS, J_INVALID)  # in the order of settle_journal's counter slots
 
 HEADER = struct.Struct("<IIqiIIHH")  # length, flags, recv_ns, pid, uid, gid, addr_len, 0
 HEADER_SIZE = HEADER.size
@@ -338,10 +343,10 @@ class Ring:
         """Acknowledge every record up to ``end``: they will never be replayed."""
         self.ctl[TAIL] = end
 
-    def end_batch(self, count: int) -> bool:
-        """Count ``count`` acknowledged records. True if the producer waits for space."""
+    def end_batch(self) -> bool:
+        """After a batch was acknowledged: True if the producer waits for space (and it was
+        not signalled yet)."""
         ctl = self.ctl
-        ctl[ACKED] += count
         waiting = ctl[PRODUCER_WAITING]
         if waiting != ctl[SPACE_SIGNALLED]:
             ctl[SPACE_SIGNALLED] = waiting
@@ -355,8 +360,9 @@ class Ring:
             True if the producer waits for space and has not been signalled yet.
         """
         ctl = self.ctl
+        ctl[J_ACKED] = acked = int(ctl[ACKED]) + self._taken  # the journal first (settle_journal)
         ctl[TAIL] = self._rpos
-        ctl[ACKED] += self._taken
+        ctl[ACKED] = acked
         self._taken = 0
         waiting = ctl[PRODUCER_WAITING]
         if waiting != ctl[SPACE_SIGNALLED]:
@@ -381,6 +387,41 @@ class Ring:
         self._taken = 0
         self.ctl[IN_HAND] = tail
         return replayed
+
+    def settle_journal(self, counters: memoryview, slots: tuple[int, int, int]) -> None:
+        """Make the counts agree with the tail after a consumer died (or before a new one
+        starts): ACKED, and the consumer's ``slots`` of ``counters`` (handled, handler
+        errors, invalid), whose journal slots are :data:`JOURNAL` in the same order.
+
+        Why. Acknowledging a record and counting it are stores to different words, and a
+        SIGKILL can land between any two. Counting before the tail store counts twice a
+        record killed in between (it is replayed and counted again); counting after it
+        loses the count of one killed in between. So the consumer does both halves, in this
+        order, for each record (or each batch) in hand:
+
+        1. ``IN_HAND = end`` (before the handler runs);
+        2. the journal: ``J_* = what each count will be`` once this record is acknowledged;
+        3. ``TAIL = end`` (acknowledged: never replayed);
+        4. the counts themselves: ``ACKED = J_ACKED``, ``counter = J_*``.
+
+        A kill before 3 leaves ``IN_HAND > TAIL``: the record is replayed and counted by the
+        successor, so the journal's counts for it are dropped. A kill after 3 leaves
+        ``IN_HAND == TAIL``: the record is done, and its counts are in the journal whether or
+        not step 4 ran: each count becomes the larger of itself and its journal (counts only
+        grow, so a journal behind its count, as after :meth:`reset`, changes nothing). Then
+        the journal is re-armed (equal to the counts) for the next consumer. Readers never
+        see a count above the truth, and see it catch up after a kill, never go back.
+        """
+        ctl = self.ctl
+        acknowledged = int(ctl[IN_HAND]) == int(ctl[TAIL])
+        pairs = (
+            (ACKED, J_ACKED, ctl),
+            *((slot, j, counters) for slot, j in zip(slots, JOURNAL, strict=True)),
+        )
+        for slot, journal, block in pairs:
+            if acknowledged and int(ctl[journal]) > int(block[slot]):
+                block[slot] = int(ctl[journal])
+            ctl[journal] = block[slot]
 
     def note_failed_attempt(self) -> int:
         """Count a failed attempt if the previous consumer died holding the tail record.

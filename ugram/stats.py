@@ -70,6 +70,10 @@ class Slot(IntEnum):
     DRAIN = 27
 
 
+# A worker's counts that go through its ring's journal, in the order of ugram.ring.JOURNAL
+# (ugram.ring.Ring.settle_journal: exact under a SIGKILL between two stores).
+JOURNALED = (int(Slot.HANDLED), int(Slot.HANDLER_ERRORS), int(Slot.INVALID))
+
 # Who writes each slot, and what it holds. "receiver", "worker" and "supervisor" name the
 # block; the supervisor also writes STATE/COMMAND/BUSY_SINCE_NS of a child's block before
 # starting it, and COMMAND of a worker's block to retire it.

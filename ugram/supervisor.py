@@ -46,6 +46,7 @@ from .sockets import BoundSocket, adopt_systemd, bind_socket, unlink_if_ours
 from .spec import ChildSpec
 from .stats import (
     COMMAND_RETIRE,
+    JOURNALED,
     RECEIVER_BLOCK,
     Slot,
     Snapshot,
@@ -690,6 +691,7 @@ class Supervisor:
             self._finish(killed=True)
 
     def _finish(self, killed: bool) -> None:
+        self._settle_counts()
         left_in_rings = sum(ring.count_unacknowledged() for ring in self._rings)
         left_in_rings += self._left_in_scratch()
         left_in_socket = self._drain_socket()
@@ -721,6 +723,16 @@ class Supervisor:
                 f"unhandled={self.unhandled}"
             )
         self._release()
+
+    # -- rings: counts after a kill (worker branch; the logic is in ugram/ring.py) ---------
+
+    def _settle_counts(self) -> None:
+        """Every worker is gone: settle the counts of one killed between two stores (at the
+        deadline: no successor settles them)."""
+        assert self._stats is not None
+        for index, ring in enumerate(self._rings):
+            with self._stats.block(worker_block(index)) as block:
+                ring.settle_journal(block, JOURNALED)
 
     def _drain_socket(self) -> int:
         """Count (and discard) datagrams still queued after every child is gone."""

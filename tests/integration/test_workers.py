@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
+    child_env,
     read_records,
     run_server,
     send,
@@ -113,3 +114,31 @@ def test_a_leaking_batch_handler_is_recycled_within_a_bounded_number_of_records(
     # 16 MiB leaked a batch: past 100 MiB within a few batches, and checked every 2 batches.
     assert len(first) <= 8_000, f"recycled only after {len(first)} records"
     assert sorted(read_records(out_dir)) == sorted(p.decode() for p in sent)  # exactly once
+
+
+@pytest.mark.parametrize("point", ["before-ack", "after-ack"])
+def test_a_kill_between_two_stores_counts_each_record_once(
+    sock_dir: Path, out_dir: Path, point: str
+) -> None:
+    """SIGKILL right before, or right after, the store that acknowledges a record: the
+    handled count still equals what was sent (not one more, not one less). The last record
+    is the one: no later record's counting can hide a count the successor failed to settle."""
+    path = sock_dir / "s.sock"
+    sent = [f"k{i}".encode() for i in range(1_000)]
+    env = child_env(out_dir, UGTEST_KILL_AT=point, UGTEST_KILL_AFTER=str(len(sent)))
+    with run_server(
+        "killpoints:Recorder", path, "--workers", "1", "--speedups=false", env=env
+    ) as server:
+        with send(path, *sent):
+            pass
+        wait_for(
+            lambda: set(read_records(out_dir)) == {p.decode() for p in sent},
+            what=f"every record handled: {server.stderr[-2000:]}",
+        )
+        assert server.stop() == 0, server.stderr[-3000:]
+    summary = server.summary()
+    assert summary["restarts"] == 1  # the premise: the first worker was killed there
+    assert summary["handled"] == len(sent)
+    # Killed before its acknowledgement the record is handled again; after it, never.
+    duplicates = len(read_records(out_dir)) - len(sent)
+    assert (summary["replayed"], duplicates) == ((1, 1) if point == "before-ack" else (0, 0))

@@ -24,7 +24,21 @@ from hypothesis.stateful import (
 )
 
 from ugram.errors import RingFullError, UnsupportedPlatformError
-from ugram.ring import HEADER_SIZE, Record, Ring, check_memory_ordering, record_size
+from ugram.ring import (
+    ACKED,
+    HEAD,
+    HEADER_SIZE,
+    IN_HAND,
+    J_ACKED,
+    J_ERRORS,
+    J_HANDLED,
+    J_INVALID,
+    TAIL,
+    Record,
+    Ring,
+    check_memory_ordering,
+    record_size,
+)
 
 
 @dataclass
@@ -285,6 +299,65 @@ def test_ack_of_a_batch_empties_depth(pair: Pair) -> None:
     assert pair.consumer.depth() == 0
     pair.consumer.ack()
     assert pair.consumer.depth() == 0
+
+
+# -- counting under a kill between two stores (Ring.settle_journal) ----------------------------
+
+COUNTED = (4, 5, 6)  # counter slots for handled, handler errors, invalid
+
+
+def handle_until(consumer: Ring, counters: memoryview, step: int) -> None:
+    """Handle the next record the way a worker does, stopping (as a SIGKILL would) after
+    ``step`` of: 1 in hand, 2 journal, 3 tail stored, 4 counts copied."""
+    ctl = consumer.ctl
+    batch = consumer.take_batch(1)
+    assert batch
+    end = batch[0][1]
+    ctl[IN_HAND] = end
+    if step >= 2:
+        ctl[J_HANDLED] += 1
+        ctl[J_ACKED] = ctl[ACKED] + 1
+    if step >= 3:
+        ctl[TAIL] = end
+    if step >= 4:
+        ctl[ACKED] = ctl[J_ACKED]
+        counters[COUNTED[0]] = ctl[J_HANDLED]
+
+
+@pytest.mark.parametrize("killed_after", [1, 2, 3, 4])
+def test_a_kill_anywhere_in_a_record_leaves_it_counted_once(pair: Pair, killed_after: int) -> None:
+    counters = memoryview(bytearray(64 * 8)).cast("Q")
+    for seq in range(3):
+        assert put(pair.producer, seq, 10)
+    pair.consumer.settle_journal(counters, COUNTED)
+    handle_until(pair.consumer, counters, 4)  # record 0: done
+    handle_until(pair.consumer, counters, killed_after)  # record 1: killed there
+
+    successor = Ring(pair.producer.fd)
+    try:
+        successor.settle_journal(counters, COUNTED)
+        replayed = successor.rewind()
+        # Acknowledged (tail stored) means done and counted; before that, replayed.
+        assert replayed == (0 if killed_after >= 3 else 1)
+        assert counters[COUNTED[0]] == (2 if killed_after >= 3 else 1)
+        assert successor.ctl[ACKED] == counters[COUNTED[0]]
+        while successor.ctl[TAIL] != successor.ctl[HEAD]:  # the rest, to the head
+            handle_until(successor, counters, 4)
+    finally:
+        successor.close()
+    assert counters[COUNTED[0]] == 3  # each of the three exactly once
+    assert pair.consumer.depth() == 0  # ACKED caught up with PUBLISHED: no phantom depth
+    assert [counters[slot] for slot in COUNTED[1:]] == [0, 0]
+    assert [pair.consumer.ctl[j] for j in (J_HANDLED, J_ERRORS, J_INVALID)] == [3, 0, 0]
+
+
+def test_settling_never_lowers_a_count(pair: Pair) -> None:
+    """A journal behind its counts (a ring that was reset) changes nothing."""
+    counters = memoryview(bytearray(64 * 8)).cast("Q")
+    counters[COUNTED[0]], counters[COUNTED[2]] = 500, 7
+    pair.consumer.settle_journal(counters, COUNTED)
+    assert (counters[COUNTED[0]], counters[COUNTED[2]]) == (500, 7)
+    assert (pair.consumer.ctl[J_HANDLED], pair.consumer.ctl[J_INVALID]) == (500, 7)
 
 
 # -- the ring against a model FIFO --------------------------------------------------------------

@@ -3,6 +3,12 @@
 The tail is advanced (acknowledged) only after the handler returned or raised, so a worker
 killed mid-record leaves that record for its replacement: at-least-once delivery, with at
 most one duplicate per killed worker (the record it had in hand).
+
+Counting. A record's counts (handled, handler errors, invalid, the ring's ACKED) go first to
+the ring's journal, then the tail is stored, then the counts are copied from the journal; a
+replacement settles them from the journal (:meth:`ugram.ring.Ring.settle_journal` says why
+that is exact under a SIGKILL between any two stores). ``_process`` and the C helper's loops
+count into the journal, never into the counters directly.
 """
 
 from __future__ import annotations
@@ -25,10 +31,23 @@ from .. import logs, speedups
 from ..config import Config
 from ..datagram import Datagram
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError
-from ..ring import ACKED, ATTEMPTS, IN_HAND, TAIL, Record, Ring
+from ..ring import (
+    ACKED,
+    ATTEMPTS,
+    IN_HAND,
+    J_ACKED,
+    J_ERRORS,
+    J_HANDLED,
+    J_INVALID,
+    JOURNAL,
+    TAIL,
+    Record,
+    Ring,
+)
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import (
     COMMAND_RETIRE,
+    JOURNALED,
     LATENCY_BUCKETS,
     LATENCY_FIRST,
     LATENCY_SUM_NS,
@@ -55,6 +74,8 @@ _HANDLED, _HANDLER_ERRORS, _INVALID = int(Slot.HANDLED), int(Slot.HANDLER_ERRORS
 # check (psutil costs ~20 µs): a batch handler or the C loop moves the record count in steps,
 # so "a multiple of N" would rarely be hit exactly.
 RSS_CHECK_EVERY = 1024
+_J_ACKED, _J_HANDLED, _J_ERRORS, _J_INVALID = J_ACKED, J_HANDLED, J_ERRORS, J_INVALID
+_SETTLED = tuple(zip(JOURNALED, JOURNAL, strict=True))  # (counter, its journal slot)
 RSS_CHECK_SECONDS = 1.0
 # The counter slots the C helper's record loop writes (ugram/_speedups.c: run_records).
 _NATIVE_SLOTS = (
@@ -80,6 +101,7 @@ class Worker:
         self.config: Config = spec.config
         self.handler = handler
         self.ring = Ring(spec.ring_fds[0], use_speedups=self.config.speedups)
+        self.ctl = self.ring.ctl  # the ring's control block: in-hand, tail, the journal
         self._native = speedups.native(self.config.speedups)
         # What the C record loop calls: the handler itself for plain data handlers, else
         # _process (which builds the Datagram the handler wants).
@@ -105,7 +127,9 @@ class Worker:
         self._errors = logs.RateLimited(log)
 
     def recover(self) -> None:
-        """Replay what a dead predecessor left; quarantine the tail record if it is poison."""
+        """Settle a dead predecessor's counts, replay what it left unacknowledged, and
+        quarantine the tail record if it is poison."""
+        self.ring.settle_journal(self.counters, JOURNALED)
         attempts = self.ring.note_failed_attempt()
         if attempts:
             self.careful_until = int(self.ring.ctl[IN_HAND])
@@ -180,7 +204,7 @@ class Worker:
             if batch:
                 idle = 0
                 done = step(batch)
-                if ring.end_batch(0 if step == self._record_step else done):
+                if ring.end_batch():
                     signal_wake(self.space_fd)
                 if done < len(batch):
                     return  # retired or recycled mid-batch: the rest stays for the successor
@@ -209,8 +233,9 @@ class Worker:
         """
         if self._native is not None:
             return self._native_record_step(batch)
-        ctl, c, process, recycling = self.ring.ctl, self.counters, self._process, self.recycling
+        ctl, c, process, recycling = self.ctl, self.counters, self._process, self.recycling
         monotonic_ns, time_ns = time.monotonic_ns, time.time_ns
+        acked = int(ctl[ACKED])
         done = 0
         for record, end in batch:
             if done and (c[_COMMAND] == COMMAND_RETIRE or (recycling and self._recycle_due())):
@@ -218,10 +243,16 @@ class Worker:
             ctl[IN_HAND] = end
             c[_PROGRESS] += 1
             c[_BUSY_SINCE_NS] = monotonic_ns()
-            process(record)
+            rare = process(record)  # counted in the journal
             observe_latency(c, time_ns() - record.recv_ns)
-            ctl[TAIL] = end  # acknowledged: never replayed
-            ctl[ACKED] += 1
+            acked += 1
+            ctl[_J_ACKED] = acked
+            ctl[TAIL] = end  # acknowledged: never replayed; then the counts, from the journal
+            ctl[ACKED] = acked
+            c[_HANDLED] = ctl[_J_HANDLED]
+            if rare:
+                c[_HANDLER_ERRORS] = ctl[_J_ERRORS]
+                c[_INVALID] = ctl[_J_INVALID]
             done += 1
             self.records += 1
         c[_BUSY_SINCE_NS] = 0
@@ -237,7 +268,7 @@ class Worker:
         while True:
             handled: int = run(
                 batch[done:] if done else batch,
-                self.ring.ctl,
+                self.ctl,
                 c,
                 _NATIVE_SLOTS,
                 self._process,
@@ -256,7 +287,7 @@ class Worker:
                 break
         c[_BUSY_SINCE_NS] = 0
         if done < total:
-            self.ring.rewind_to(int(self.ring.ctl[TAIL]))
+            self.ring.rewind_to(int(self.ctl[TAIL]))
         return done
 
     def _allowance(self) -> int:
@@ -278,11 +309,11 @@ class Worker:
 
     def _batch_step(self, batch: list[tuple[Record, int]]) -> int:
         """One handle_batch call for the whole batch, acknowledged together."""
-        c, handler = self.counters, self.handler
-        self.ring.start(batch[-1][1])
+        c, ctl, handler, end = self.counters, self.ctl, self.handler, batch[-1][1]
+        self.ring.start(end)
         c[Slot.PROGRESS] += len(batch)
         c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
-        messages, dgrams = self._decode_batch(batch)
+        messages, dgrams = self._decode_batch(batch)  # the invalid ones counted in the journal
         if messages:
             try:
                 if handler.mode == "both":
@@ -290,16 +321,20 @@ class Worker:
                 else:
                     handler.call(messages)
             except Exception:
-                c[Slot.HANDLER_ERRORS] += len(messages)
+                ctl[_J_ERRORS] += len(messages)
                 self._errors.warning("worker %d: batch handler raised", self.index, exc_info=True)
-            c[Slot.HANDLED] += len(messages)
+            ctl[_J_HANDLED] += len(messages)
         now = time.time_ns()
         if self._native is not None:
             self._native.observe_batch(batch, now, c, _LATENCY_SLOTS)
         else:
             for record, _ in batch:
                 observe_latency(c, now - record.recv_ns)
-        self.ring.finish(batch[-1][1])
+        ctl[_J_ACKED] = acked = int(ctl[ACKED]) + len(batch)
+        self.ring.finish(end)  # acknowledged; then the counts, from the journal
+        ctl[ACKED] = acked
+        for slot, journal in _SETTLED:
+            c[slot] = ctl[journal]
         c[Slot.BUSY_SINCE_NS] = 0
         self.records += len(batch)
         return len(batch)
@@ -316,8 +351,8 @@ class Worker:
                 DECODE_ERRORS,
                 self._report_invalid,
                 make,
-                self.counters,
-                _INVALID,
+                self.ctl,
+                _J_INVALID,
             )
             return decoded
         messages: list[Any] = []
@@ -328,7 +363,7 @@ class Worker:
                     record.payload if handler.decode is None else handler.decode(record.payload)
                 )
             except DECODE_ERRORS as exc:
-                self.counters[_INVALID] += 1
+                self.ctl[_J_INVALID] += 1
                 self._report_invalid(exc)
                 continue
             messages.append(message)
@@ -370,14 +405,19 @@ class Worker:
             return True
         return since > 0 and time.monotonic() - self._rss_checked_time >= RSS_CHECK_SECONDS
 
-    def _process(self, record: Record) -> None:
-        handler, c = self.handler, self.counters
+    def _process(self, record: Record) -> bool:
+        """Decode and handle one record, counting it in the journal (not the counters).
+
+        Returns:
+            True when it was counted as invalid or as a handler error, not only as handled.
+        """
+        handler, ctl = self.handler, self.ctl
         try:
             message = record.payload if handler.decode is None else handler.decode(record.payload)
         except DECODE_ERRORS as exc:
-            c[_INVALID] += 1
+            ctl[_J_INVALID] += 1
             self._report_invalid(exc)
-            return
+            return True
         try:
             if handler.mode == "data":
                 handler.call(message)
@@ -388,9 +428,12 @@ class Worker:
                 else:
                     handler.call(message, dgram)
         except Exception:
-            c[_HANDLER_ERRORS] += 1
+            ctl[_J_ERRORS] += 1
+            ctl[_J_HANDLED] += 1
             self._errors.warning("worker %d: handler raised", self.index, exc_info=True)
-        c[_HANDLED] += 1
+            return True
+        ctl[_J_HANDLED] += 1
+        return False
 
     def _datagram(self, record: Record) -> Datagram:
         return Datagram(
