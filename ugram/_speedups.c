@@ -534,7 +534,8 @@ PyDoc_STRVAR(take_records_doc,
 "take_records(ring, rpos, head_seen, limit, record_type) -> (batch, rpos, head_seen)\n\n"
 "Read up to `limit` published records starting at byte position `rpos`; `batch` is a\n"
 "list of (record, end) pairs, each record a `record_type` (a 6-field tuple subclass:\n"
-"payload, address, recv_ns, pid, uid, gid).");
+"payload, address, recv_ns, pid, uid, gid). Raises ValueError (the ring is corrupt) for a\n"
+"head or a record that no producer can have written.");
 
 static PyObject *make_record(PyTypeObject *type, const char *rec, uint32_t length)
 {
@@ -609,6 +610,10 @@ static PyObject *take_records(PyObject *self, PyObject *args)
             seen = load_acquire(&ctl[CTL_HEAD]); /* before any record byte is read */
             if (pos == seen)
                 break;
+            if (seen < pos || seen - pos > cap || seen % 8) {
+                PyErr_SetString(PyExc_ValueError, "take_records: corrupt ring (head)");
+                goto done;
+            }
         }
         uint64_t off = pos % cap;
         uint32_t mark = 0;
@@ -620,7 +625,10 @@ static PyObject *take_records(PyObject *self, PyObject *args)
         }
         uint32_t length;
         memcpy(&length, data + off, 4);
-        if (length < HEADER_SIZE || off + length > cap) {
+        /* Every record lies whole between the cursor and the head (Ring._read): a zero
+         * length, or one past the head or the buffer, is corruption. */
+        if (length < HEADER_SIZE || off + length > cap ||
+            pos + (((uint64_t)length + 7) & ~(uint64_t)7) > seen) {
             PyErr_SetString(PyExc_ValueError, "take_records: corrupt record length");
             goto done;
         }

@@ -72,7 +72,12 @@ TOTALS: tuple[tuple[str, str, str], ...] = (
         "Seconds the receiver waited for ring space (backpressure on the senders).",
     ),
     ("ugram_restarts", "restarts", "Receiver and worker processes restarted after a crash."),
-    ("ugram_lost", "lost", "Datagrams a killed receiver had read but not yet written."),
+    (
+        "ugram_lost",
+        "lost",
+        "Datagrams a killed receiver had read but not yet written, and records in a ring "
+        "emptied because it was corrupt.",
+    ),
     (
         "ugram_possibly_lost",
         "possibly_lost",
@@ -81,6 +86,11 @@ TOTALS: tuple[tuple[str, str, str], ...] = (
     ("ugram_worker_timeouts", "worker_timeouts", "Workers killed by the liveness check."),
     ("ugram_recycled", "recycled", "Workers replaced after max_records, max_rss or SIGHUP."),
     ("ugram_boot_failures", "boot_failures", "Workers that died before running."),
+    (
+        "ugram_corrupt_rings",
+        "corrupt_rings",
+        "Rings found corrupt and emptied (what they held is counted as lost).",
+    ),
 )
 
 METRICS: tuple[MetricSpec, ...] = (

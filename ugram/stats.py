@@ -68,6 +68,7 @@ class Slot(IntEnum):
     BOOT_FAILURES = 25
     POSSIBLY_LOST = 26
     DRAIN = 27
+    CORRUPT_RINGS = 29
 
 
 # A worker's counts that go through its ring's journal, in the order of ugram.ring.JOURNAL
@@ -106,7 +107,11 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
         "handler error)",
     ),
     Slot.RESTARTS: ("supervisor", "processes restarted after a crash"),
-    Slot.LOST: ("supervisor", "datagrams a killed receiver had read but not yet written"),
+    Slot.LOST: (
+        "supervisor",
+        "datagrams a killed receiver had read but not yet written, and records in a ring "
+        "emptied because it was corrupt",
+    ),
     Slot.HEARTBEAT_NS: (
         "worker, receiver",
         "monotonic time of its last idle-loop (worker) or housekeeping (receiver) pass",
@@ -122,6 +127,11 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
         "receiver deaths that may have cost one datagram (killed inside recv)",
     ),
     Slot.DRAIN: ("supervisor", "1 once shutdown began: the receiver drains the socket, exits"),
+    Slot.CORRUPT_RINGS: (
+        "supervisor",
+        "rings found corrupt (by their worker or the receiver) and emptied; what they held "
+        "is counted in LOST",
+    ),
 }
 
 # The handling-latency histogram: time from the receiver reading a datagram to the worker
@@ -190,6 +200,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     worker_timeouts: int
     recycled: int
     boot_failures: int = 0
+    corrupt_rings: int = 0
 
     @property
     def rejected(self) -> int:
@@ -271,6 +282,7 @@ class Stats:
             worker_timeouts=t(Slot.WORKER_TIMEOUTS),
             recycled=t(Slot.RECYCLED),
             boot_failures=t(Slot.BOOT_FAILURES),
+            corrupt_rings=t(Slot.CORRUPT_RINGS),
         )
 
     def latency(self) -> Latency:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import time
@@ -22,8 +23,9 @@ from tests.conftest import (
     until,
     wait_for,
 )
-from tests.integration.test_faults import wait_workers
+from tests.integration.test_faults import children, wait_workers
 from ugram import Supervisor, make_config
+from ugram.ring import CONTROL_SIZE, HEAD, TAIL, Ring
 
 FD_SETSIZE = 1024  # what select() accepts; poll() and epoll have no such limit
 
@@ -142,3 +144,124 @@ def test_a_kill_between_two_stores_counts_each_record_once(
     # Killed before its acknowledgement the record is handled again; after it, never.
     duplicates = len(read_records(out_dir)) - len(sent)
     assert (summary["replayed"], duplicates) == ((1, 1) if point == "before-ack" else (0, 0))
+
+
+def worker_ring(pid: int) -> Ring:
+    """The ring of the worker ``pid``, mapped here through its fd (a memfd holds no name)."""
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("/memfd:ugram"):
+                continue
+            fd = os.open(f"/proc/{pid}/fd/{name}", os.O_RDWR)
+            try:
+                return Ring(fd, use_speedups=False)
+            except ValueError:  # the counter table: not a ring
+                os.close(fd)
+    raise AssertionError(f"worker {pid} holds no ring")
+
+
+def corrupt(ring: Ring, kind: str) -> None:
+    """Write what no producer or consumer can have written."""
+    if kind == "head":
+        ring.ctl[HEAD] += 12  # not 8-aligned, and past every record
+    elif kind == "tail":
+        ring.ctl[TAIL] = ring.ctl[HEAD] + 64  # ahead of the head
+    else:  # the length of the next record to read: 0, which would never advance
+        at = CONTROL_SIZE + int(ring.ctl[TAIL]) % ring.capacity
+        ring.mapping[at : at + 4] = bytes(4)
+
+
+def payloads(tag: str, count: int) -> list[bytes]:
+    return [json.dumps({"key": f"k{i % 16}", "n": f"{tag}{i}"}).encode() for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "args"),
+    [
+        ("head", ["--speedups=true"]),
+        ("head", ["--speedups=false"]),
+        ("tail", ["--speedups=true"]),
+        ("tail", ["--speedups=false"]),
+        ("length", ["--speedups=true"]),
+        ("length", ["--speedups=false"]),
+        ("head", ["--route-by", "key", "--codec", "json"]),
+    ],
+    ids=[
+        "head-compiled",
+        "head-python",
+        "tail-compiled",
+        "tail-python",
+        "length-compiled",
+        "length-python",
+        "head-route_by",
+    ],
+)
+def test_a_corrupt_ring_costs_that_ring_not_the_server(
+    sock_dir: Path, out_dir: Path, kind: str, args: list[str]
+) -> None:
+    path = sock_dir / "s.sock"
+    with run_server("seqrec:Recorder", path, "--workers", "2", *args, out_dir=out_dir) as server:
+        pid = server.proc.pid
+        originals = wait_workers(pid, 2)
+        victim = originals[0]
+        ring = worker_ring(victim.pid)
+        lost = 0
+        try:
+            with send(path, *payloads("a", 100)):
+                pass
+            wait_for(lambda: len(read_records(out_dir)) == 100, what="the first 100")
+            if kind == "length":  # records waiting in the ring: they are lost with it
+                victim.suspend()
+                with send(path, *payloads("w", 200)):
+                    pass
+                time.sleep(0.5)
+                lost = ring.depth()
+                assert lost > 0
+            corrupt(ring, kind)
+            if kind == "length":
+                victim.resume()
+            if kind == "length" or "--speedups=true" not in args:
+                # A Python producer (or a consumer acknowledging) would overwrite a corrupt
+                # head or tail before anyone saw it: let it be seen first.
+                wait_for(
+                    lambda: ring.marked_corrupt or "emptied it" in server.stderr,
+                    what="the corruption to be found",
+                )
+            # Datagrams waiting in the socket (fewer than its queue holds: no send blocks): a
+            # receiver that fails on the corrupt ring before reading is called back at once,
+            # forever, and spins. The compiled one meets the corrupt ring here.
+            waiting = payloads("c", 8)
+            with send(path, *waiting):
+                pass
+            receiver = children(pid, "receiver")[0]
+            before = receiver.cpu_times()
+            time.sleep(1.0)
+            after = receiver.cpu_times()
+            spent = after.user + after.system - before.user - before.system
+            # Spinning shows as CPU, or (when logging each failure slows it down) as a
+            # traceback per call.
+            assert spent < 0.5, f"the receiver spins: {spent:.2f}s of CPU in 1s"
+            assert server.stderr.count("Traceback") == 0, server.stderr[-2000:]
+            wait_for(lambda: "ring was corrupt: emptied it" in server.stderr, what="the reset")
+            wait_for(lambda: len(children(pid, "workers")) == 2, what="a new worker")
+        finally:
+            ring.close()
+            os.close(ring.fd)
+        (successor,) = (p for p in children(pid, "workers") if p not in originals)
+        later = payloads("b", 400)
+        with send(path, *later):
+            pass
+        done = {json.loads(p)["n"] for p in waiting + later}
+        wait_for(
+            lambda: done <= {json.loads(r)["n"] for r in read_records(out_dir)},
+            what=f"every later record handled: {server.stderr[-3000:]}",
+        )
+        assert server.stop() == 0, server.stderr[-3000:]
+    assert (out_dir / f"{successor.pid}.log").exists(), "the new worker handled nothing"
+    summary = server.summary()
+    assert summary["corrupt_rings"] == 1
+    assert summary["lost"] == lost
+    assert summary["received"] == summary["handled"] + summary["lost"]
+    assert summary["restarts"] == 0  # stopped and replaced, not crashed
+    assert server.stderr.count("corrupt") <= 6, server.stderr[-3000:]  # logged once each
+    assert "Traceback" not in server.stderr, server.stderr[-3000:]

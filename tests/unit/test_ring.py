@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -23,9 +24,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from ugram.errors import RingFullError, UnsupportedPlatformError
+from ugram.errors import RingCorruptError, RingFullError, UnsupportedPlatformError
 from ugram.ring import (
     ACKED,
+    CONTROL_SIZE,
     HEAD,
     HEADER_SIZE,
     IN_HAND,
@@ -33,6 +35,7 @@ from ugram.ring import (
     J_ERRORS,
     J_HANDLED,
     J_INVALID,
+    PUBLISHED,
     TAIL,
     Record,
     Ring,
@@ -358,6 +361,105 @@ def test_settling_never_lowers_a_count(pair: Pair) -> None:
     pair.consumer.settle_journal(counters, COUNTED)
     assert (counters[COUNTED[0]], counters[COUNTED[2]]) == (500, 7)
     assert (pair.consumer.ctl[J_HANDLED], pair.consumer.ctl[J_INVALID]) == (500, 7)
+
+
+# -- corruption: detected, bounded, reset --------------------------------------------------------
+
+
+def returns_within(call: Callable[[], object], seconds: float = 10.0) -> object:
+    """``call()``'s result, failing the test (instead of hanging it) if it loops."""
+    result: list[object] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # raised again below, in the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{call} did not return: it loops"
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def zero_length_at_tail(ring: Ring) -> None:
+    at = CONTROL_SIZE + int(ring.ctl[TAIL]) % ring.capacity
+    ring.mapping[at : at + 4] = bytes(4)
+
+
+def test_a_zero_length_record_is_corruption_not_an_endless_loop(pair: Pair) -> None:
+    for seq in range(3):
+        assert put(pair.producer, seq, 10)
+    zero_length_at_tail(pair.producer)
+
+    with pytest.raises(RingCorruptError, match="0-byte record"):
+        returns_within(pair.consumer.take)
+    with pytest.raises(RingCorruptError):
+        returns_within(lambda: pair.consumer.take_batch(10))
+    # The supervisor's count at shutdown: the depth, as the counters tell it.
+    assert returns_within(pair.consumer.count_unacknowledged) == 3
+
+
+@pytest.mark.parametrize("head", [-8, 12, 4096 + 8], ids=["behind", "unaligned", "past-a-lap"])
+def test_an_impossible_head_is_corruption(pair: Pair, head: int) -> None:
+    assert put(pair.producer, 0, 10)
+    assert pair.consumer.take() is not None
+    pair.consumer.ack()
+    pair.producer.ctl[HEAD] = pair.consumer.read_position + head
+    with pytest.raises(RingCorruptError, match="head"):
+        pair.consumer.take()
+    assert pair.producer.producer_fault() is not None
+
+
+def test_a_corrupt_ring_is_marked_quiesced_reset_and_used_again(pair: Pair) -> None:
+    producer, consumer = pair.producer, pair.consumer
+    supervisor = Ring(producer.fd)
+    try:
+        for seq in range(5):
+            assert put(producer, seq, 10)
+        assert consumer.take() is not None
+        consumer.ack()  # 1 handled, 4 left in the ring
+        assert producer.producer_fault() is None
+        producer.ctl[TAIL] = producer.ctl[HEAD] + 64  # ahead of the head
+        assert producer.producer_fault() == "head 240 and tail 304 are impossible"
+        producer.mark_corrupt()
+        consumer.mark_corrupt()  # both found it: still one mark
+        assert supervisor.marked_corrupt
+        assert not supervisor.quiesced
+        assert not producer.routable()  # the receiver stops writing to it, and says so
+        assert supervisor.quiesced
+
+        assert supervisor.reset() == 4  # the four it held are lost
+        assert not supervisor.marked_corrupt
+        assert (supervisor.ctl[HEAD], supervisor.ctl[TAIL], supervisor.depth()) == (0, 0, 0)
+        assert supervisor.ctl[PUBLISHED] == 1  # what reached a worker, for loss accounting
+
+        assert producer.routable()  # picks up the reset positions
+        successor = Ring(producer.fd)
+        try:
+            for seq in range(5, 8):
+                assert put(producer, seq, 10)
+            assert [r.payload for r, _ in successor.take_batch(10)] == [
+                payload_for(seq, 10) for seq in range(5, 8)
+            ]
+        finally:
+            successor.close()
+    finally:
+        supervisor.close()
+
+
+def test_an_overwritten_header_is_corruption(pair: Pair) -> None:
+    pair.producer.ctl[0] = 0  # the magic
+    assert pair.producer.producer_fault() == "its header was overwritten"
+    with pytest.raises(RingCorruptError, match="does not hold a ugram ring"):
+        Ring(pair.producer.fd)
+    pair.producer.mark_corrupt()
+    pair.producer.reset()
+    Ring(pair.producer.fd).close()  # the header is rebuilt
 
 
 # -- the ring against a model FIFO --------------------------------------------------------------

@@ -30,10 +30,11 @@ import setproctitle
 from .. import logs, speedups
 from ..config import Config
 from ..datagram import Datagram
-from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError
+from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError, RingCorruptError
 from ..ring import (
     ACKED,
     ATTEMPTS,
+    CORRUPT,
     IN_HAND,
     J_ACKED,
     J_ERRORS,
@@ -43,6 +44,7 @@ from ..ring import (
     TAIL,
     Record,
     Ring,
+    mark_corrupt_fd,
 )
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import (
@@ -75,6 +77,7 @@ _HANDLED, _HANDLER_ERRORS, _INVALID = int(Slot.HANDLED), int(Slot.HANDLER_ERRORS
 # so "a multiple of N" would rarely be hit exactly.
 RSS_CHECK_EVERY = 1024
 _J_ACKED, _J_HANDLED, _J_ERRORS, _J_INVALID = J_ACKED, J_HANDLED, J_ERRORS, J_INVALID
+_CORRUPT = CORRUPT
 _SETTLED = tuple(zip(JOURNALED, JOURNAL, strict=True))  # (counter, its journal slot)
 RSS_CHECK_SECONDS = 1.0
 # The counter slots the C helper's record loop writes (ugram/_speedups.c: run_records).
@@ -120,6 +123,7 @@ class Worker:
         self.careful_until = 0
         self.recycling = bool(self.record_limit or self.config.max_rss)
         self.records = 0
+        self.ring_corrupt = False  # found corrupt here: marked, and this worker stops
         self._rss_checked_at = 0  # records, and monotonic time, of the last memory check
         self._rss_checked_time = time.monotonic()
         self._ppid = os.getppid()
@@ -128,7 +132,13 @@ class Worker:
 
     def recover(self) -> None:
         """Settle a dead predecessor's counts, replay what it left unacknowledged, and
-        quarantine the tail record if it is poison."""
+        quarantine the tail record if it is poison. A corrupt ring is marked, not raised."""
+        try:
+            self._recover()
+        except RingCorruptError as exc:
+            self._give_up_ring(exc)
+
+    def _recover(self) -> None:
         self.ring.settle_journal(self.counters, JOURNALED)
         attempts = self.ring.note_failed_attempt()
         if attempts:
@@ -179,7 +189,10 @@ class Worker:
         c[Slot.HEARTBEAT_NS] = time.monotonic_ns()
         c[Slot.STATE] = State.RUNNING
         try:
-            self._loop()
+            if not self.ring_corrupt:
+                self._loop()
+        except RingCorruptError as exc:
+            self._give_up_ring(exc)
         finally:
             c[Slot.STATE] = State.DRAINING
             if self.handler.teardown is not None:
@@ -189,12 +202,27 @@ class Worker:
                     log.exception("worker %d: handler teardown() failed", self.index)
             c[Slot.STATE] = State.STOPPED
 
+    def _give_up_ring(self, exc: RingCorruptError) -> None:
+        """The ring is corrupt: mark it (the supervisor resets it once this worker is gone and
+        starts a new one) and stop, instead of crashing and being restarted onto it."""
+        self.ring.mark_corrupt()
+        self.ring_corrupt = True
+        log.error(
+            "worker %d: its ring is corrupt (%s): exiting; the supervisor empties the ring "
+            "(what it held is counted as lost) and starts a new worker",
+            self.index,
+            exc,
+        )
+
     def _loop(self) -> None:
-        ring, c, handler = self.ring, self.counters, self.handler
+        ring, c, handler, ctl = self.ring, self.counters, self.handler, self.ctl
         step = self._batch_step if handler.batch else self._record_step
         next_tick = time.monotonic() + handler.tick_interval if handler.tick else float("inf")
         idle = 0
         while True:
+            if ctl[_CORRUPT]:  # marked by the receiver: exit; the supervisor resets the ring
+                log.error("worker %d: its ring was found corrupt: exiting", self.index)
+                return
             if c[_COMMAND] == COMMAND_RETIRE or (self.recycling and self._recycle_due()):
                 return
             if handler.tick is not None and time.monotonic() >= next_tick:
@@ -486,7 +514,12 @@ def main(argv: list[str]) -> int:
     except HandlerImportError as exc:
         print(f"ugram: {exc}", file=sys.stderr)
         return EXIT_HANDLER_IMPORT
-    worker = Worker(spec, handler)
+    try:
+        worker = Worker(spec, handler)
+    except RingCorruptError as exc:  # its header overwritten: say so, as _give_up_ring does
+        mark_corrupt_fd(spec.ring_fds[0])
+        log.error("worker %d: its ring is corrupt (%s): exiting", spec.index, exc)
+        return 0
     if handler.setup is not None:
         try:
             handler.setup()
