@@ -76,10 +76,10 @@ _HANDLED, _HANDLER_ERRORS, _INVALID = int(Slot.HANDLED), int(Slot.HANDLER_ERRORS
 # check (psutil costs ~20 µs): a batch handler or the C loop moves the record count in steps,
 # so "a multiple of N" would rarely be hit exactly.
 RSS_CHECK_EVERY = 1024
+RSS_CHECK_SECONDS = 1.0
 _J_ACKED, _J_HANDLED, _J_ERRORS, _J_INVALID = J_ACKED, J_HANDLED, J_ERRORS, J_INVALID
 _CORRUPT = CORRUPT
 _SETTLED = tuple(zip(JOURNALED, JOURNAL, strict=True))  # (counter, its journal slot)
-RSS_CHECK_SECONDS = 1.0
 # The counter slots the C helper's record loop writes (ugram/_speedups.c: run_records).
 _NATIVE_SLOTS = (
     _COMMAND,
