@@ -581,7 +581,8 @@ PyDoc_STRVAR(take_records_doc,
 "take_records(ring, rpos, head_seen, limit, record_type) -> (batch, rpos, head_seen)\n\n"
 "Read up to `limit` published records starting at byte position `rpos`; `batch` is a\n"
 "list of (record, end) pairs, each record a `record_type` (a 6-field tuple subclass:\n"
-"payload, address, recv_ns, pid, uid, gid).");
+"payload, address, recv_ns, pid, uid, gid). Raises ValueError (the ring is corrupt) for a\n"
+"head or a record that no producer can have written.");
 
 static PyObject *make_record(PyTypeObject *type, const char *rec, uint32_t length)
 {
@@ -656,6 +657,10 @@ static PyObject *take_records(PyObject *self, PyObject *args)
             seen = load_acquire(&ctl[CTL_HEAD]); /* before any record byte is read */
             if (pos == seen)
                 break;
+            if (seen < pos || seen - pos > cap || seen % 8) {
+                PyErr_SetString(PyExc_ValueError, "take_records: corrupt ring (head)");
+                goto done;
+            }
         }
         uint64_t off = pos % cap;
         uint32_t mark = 0;
@@ -667,7 +672,10 @@ static PyObject *take_records(PyObject *self, PyObject *args)
         }
         uint32_t length;
         memcpy(&length, data + off, 4);
-        if (length < HEADER_SIZE || off + length > cap) {
+        /* Every record lies whole between the cursor and the head (Ring._read): a zero
+         * length, or one past the head or the buffer, is corruption. */
+        if (length < HEADER_SIZE || off + length > cap ||
+            pos + (((uint64_t)length + 7) & ~(uint64_t)7) > seen) {
             PyErr_SetString(PyExc_ValueError, "take_records: corrupt record length");
             goto done;
         }
@@ -694,6 +702,13 @@ done:
 
 #define CTL_ACKED 17
 #define CTL_IN_HAND 18
+/* The journal (Ring.settle_journal): what ACKED and the handled / handler-error / invalid
+ * counters will say once the record in hand is acknowledged. Counted into before the tail
+ * store, copied to the counters after it, so a kill between any two stores can be settled. */
+#define CTL_J_ACKED 32
+#define CTL_J_HANDLED 33
+#define CTL_J_ERRORS 34
+#define CTL_J_INVALID 35
 
 typedef struct {
     /* u64 slot indexes in the worker's counter block (ugram/stats.py) */
@@ -701,6 +716,16 @@ typedef struct {
     Py_ssize_t latency_first, latency_buckets, latency_sum;
 } CounterSlots;
 
+
+/* After the tail store: the counts, from the journal (release stores: none of them may be
+ * seen, or moved by the compiler, before the tail store that precedes them). */
+static void settle(uint64_t *ctl, uint64_t *c, const CounterSlots *s)
+{
+    store_release(&ctl[CTL_ACKED], ctl[CTL_J_ACKED]);
+    store_release(&c[s->handled], ctl[CTL_J_HANDLED]);
+    store_release(&c[s->handler_errors], ctl[CTL_J_ERRORS]);
+    store_release(&c[s->invalid], ctl[CTL_J_INVALID]);
+}
 
 /* ugram.stats.observe_latency */
 static void observe_latency(uint64_t *c, const CounterSlots *s, int64_t ns)
@@ -779,8 +804,10 @@ PyDoc_STRVAR(run_records_doc,
 "acknowledge it. With `call` set (plain data handlers) the record's payload, decoded by\n"
 "`decode` when not None, goes to `call`; a decode error (one of `decode_errors`) is counted\n"
 "as invalid and passed to on_invalid(exc), an Exception from `call` is counted and passed to\n"
-"on_error(exc). With `call` None, process(record) does everything. Stops before a record\n"
-"when told to retire, or after `allowance` records. Returns how many were handled.");
+"on_error(exc). With `call` None, process(record) does everything but acknowledging. Counts\n"
+"go to the ring's journal before the tail store and to the counters after it\n"
+"(Ring.settle_journal). Stops before a record when told to retire, or after `allowance`\n"
+"records. Returns how many were handled.");
 
 static PyObject *run_records(PyObject *self, PyObject *args)
 {
@@ -854,7 +881,7 @@ static PyObject *run_records(PyObject *self, PyObject *args)
             if (decode != Py_None) {
                 Py_DECREF(message);
                 message = decode_reporting(decode, payload, decode_errors, on_invalid,
-                                           &c[s.invalid]);
+                                           &ctl[CTL_J_INVALID]);
                 if (message == NULL) {
                     if (PyErr_Occurred())
                         goto done;
@@ -862,16 +889,17 @@ static PyObject *run_records(PyObject *self, PyObject *args)
                 }
             }
             if (decoded == 0) {
-                int rc = call_reporting(call, message, on_error, &c[s.handler_errors]);
+                int rc = call_reporting(call, message, on_error, &ctl[CTL_J_ERRORS]);
                 Py_DECREF(message);
                 if (rc < 0)
                     goto done;
-                c[s.handled] += 1;
+                ctl[CTL_J_HANDLED] += 1;
             }
         }
         observe_latency(c, &s, clock_ns(CLOCK_REALTIME) - recv_ns);
+        ctl[CTL_J_ACKED] = ctl[CTL_ACKED] + 1;
         store_release(&ctl[CTL_TAIL], end); /* acknowledged: never replayed */
-        ctl[CTL_ACKED] += 1;
+        settle(ctl, c, &s);
         done++;
     }
     result = PyLong_FromSsize_t(done);
@@ -1034,7 +1062,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 8
+#define API_VERSION 9
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

@@ -56,6 +56,12 @@ class RingFullError(UgramError, BufferError):
     """A record does not fit in a ring even when it is empty (ring too small for max_datagram)."""
 
 
+class RingCorruptError(UgramError, ValueError):
+    """A shared-memory ring holds what no producer and consumer can have written (an
+    impossible head or tail, a record length running past its end, a header that is not
+    ugram's). The ring is marked corrupt, emptied by the supervisor and used again."""
+
+
 class ReplyError(UgramError, OSError):
     """A reply could not be sent to the datagram's sender (unbound sender, queue full, gone)."""
 

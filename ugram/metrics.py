@@ -91,7 +91,12 @@ TOTALS: tuple[tuple[str, str, str], ...] = (
         "Seconds the receiver waited for ring space (backpressure on the senders).",
     ),
     ("ugram_restarts", "restarts", "Receiver and worker processes restarted after a crash."),
-    ("ugram_lost", "lost", "Datagrams a killed receiver had read but not yet written."),
+    (
+        "ugram_lost",
+        "lost",
+        "Datagrams a killed receiver had read but not yet written, and records in a ring "
+        "emptied because it was corrupt.",
+    ),
     (
         "ugram_possibly_lost",
         "possibly_lost",
@@ -104,6 +109,11 @@ TOTALS: tuple[tuple[str, str, str], ...] = (
         "ugram_fds_closed",
         "fds_closed",
         "File descriptors senders passed (SCM_RIGHTS) that the receiver closed unused.",
+    ),
+    (
+        "ugram_corrupt_rings",
+        "corrupt_rings",
+        "Rings found corrupt and emptied (what they held is counted as lost).",
     ),
 )
 

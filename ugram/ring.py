@@ -6,6 +6,14 @@ Layout of the shared file (a memfd created by the supervisor, passed to children
                          separate 64-byte cache lines
     [4096, 4096 + cap)   records: 32-byte header, sender address, payload, padded to 8 bytes
 
+Corruption (a stray write into the shared memory, a bug) must cost that one ring, never the
+server: a consumer that reads an impossible head or record, or a producer that finds an
+impossible head or tail, marks the ring (:meth:`Ring.mark_corrupt`); the receiver stops
+routing to it and says so, the worker exits, and the supervisor empties it
+(:meth:`Ring.reset`, its records counted as lost) and starts a new worker. Reads are bounded
+by the head and by each record's checked length, so a corrupt ring can never make a reader
+loop or read outside the ring.
+
 Head and tail are monotonic byte counters. The consumer advances the tail only after the
 handler returned (acknowledge), so ``[tail, head)`` is exactly what a replacement worker must
 replay if its predecessor died. A record never wraps: when it does not fit before the end of
@@ -13,11 +21,12 @@ the buffer, the producer writes a pad marker and starts the record at offset 0.
 
 Memory ordering. CPython gives no fences. The producer writes the record bytes, then stores
 the head (an aligned 8-byte store through a ``memoryview.cast("Q")`` element, which does not
-tear); the consumer loads the head, then reads the record. On x86-64 (TSO) stores are not
-reordered with older stores nor loads with older loads, so this is release/acquire for free.
-On weakly ordered CPUs (aarch64, ppc64, riscv) the record bytes could become visible after
-the head, and a consumer could read garbage: there, :func:`check_memory_ordering` refuses to
-start instead of corrupting silently.
+tear on a 64-bit CPU); the consumer loads the head, then reads the record. On x86-64 (TSO)
+stores are not reordered with older stores nor loads with older loads, so this is
+release/acquire for free. On weakly ordered CPUs (aarch64, ppc64, riscv) the record bytes could
+become visible after the head, and a consumer could read garbage; on 32-bit x86 (i386, i686) a
+u64 store is two 4-byte stores, so a reader can see half of a new head or counter. There,
+:func:`check_memory_ordering` refuses to start instead of corrupting silently.
 """
 
 from __future__ import annotations
@@ -26,12 +35,13 @@ import mmap
 import os
 import platform
 import struct
+import sys
 import tempfile
 import threading
 from typing import NamedTuple, cast
 
 from . import speedups
-from .errors import RingFullError, UnsupportedPlatformError
+from .errors import RingCorruptError, RingFullError, UnsupportedPlatformError
 
 CONTROL_SIZE = 4096
 MAGIC = 0x5547_5241_4D31_0001  # "UGRAM1", version 1
@@ -42,8 +52,16 @@ _MAGIC, _CAPACITY = 0, 1
 HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 8, 9, 10, 11
 # consumer line (offset 128): written only by the worker
 TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 16, 17, 18, 19, 20
-# supervisor line (offset 192): poison accounting, written by the worker at start-up
-ATTEMPT_POS, ATTEMPTS = 24, 25
+# supervisor line (offset 192): poison accounting, written by the worker at start-up; and
+# the corruption mark (see Ring.mark_corrupt): 0, MARKED (by the worker or the receiver) or
+# QUIESCED (the receiver stopped writing to it), back to 0 by the supervisor's reset.
+ATTEMPT_POS, ATTEMPTS, CORRUPT = 24, 25, 26
+MARKED, QUIESCED = 1, 2
+# journal line (offset 256), written only by the worker: what ACKED and the worker's
+# handled / handler-error / invalid counters will say once the record(s) in hand are
+# acknowledged. See Ring.settle_journal for why counting needs it.
+J_ACKED, J_HANDLED, J_ERRORS, J_INVALID = 32, 33, 34, 35
+JOURNAL = (J_HANDLED, J_ERRORS, J_INVALID)  # in the order of settle_journal's counter slots
 
 HEADER = struct.Struct("<IIqiIIHH")  # length, flags, recv_ns, pid, uid, gid, addr_len, 0
 HEADER_SIZE = HEADER.size
@@ -51,7 +69,10 @@ PAD_MARK = 0xFFFF_FFFF
 _PAD = struct.Struct("<I")
 FLAG_CREDS = 1
 
-_TSO_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+# x86-64 only: total store order, and aligned 8-byte stores that never tear. 32-bit x86 is
+# TSO too, but its u64 stores are two 4-byte stores (a reader may see half of a new head).
+_SAFE_MACHINES = frozenset({"x86_64", "amd64"})
+_X86_32 = frozenset({"i386", "i486", "i586", "i686", "x86"})
 
 
 class Record(NamedTuple):
@@ -66,16 +87,30 @@ class Record(NamedTuple):
 
 
 def check_memory_ordering(machine: str | None = None) -> None:
-    """Refuse to run the ring on CPUs where plain stores do not publish in order.
+    """Refuse to run the ring where its plain stores are not safe between processes.
+
+    Safe means: stores become visible in program order (total store order) and an aligned
+    8-byte store is one store (no torn head, tail or counter). That is x86-64 with a 64-bit
+    Python, and nothing else yet.
 
     Raises:
-        UnsupportedPlatformError: the CPU is not x86/x86-64 (total store order).
+        UnsupportedPlatformError: the CPU is not x86-64, or this Python is a 32-bit build.
     """
     name = (machine or platform.machine()).lower()
-    if name not in _TSO_MACHINES:
+    if name not in _SAFE_MACHINES:
         raise UnsupportedPlatformError(
-            f"the shared-memory ring needs total store order (x86-64); this CPU is {name!r}, "
-            "where records could be read before they are written. Not supported yet."
+            f"the shared-memory ring runs on x86-64 only; this CPU is {name!r}, where "
+            + (
+                "8-byte stores can tear (a reader may see half of a new head or counter)"
+                if name in _X86_32
+                else "records could be read before they are written (no total store order)"
+            )
+            + ". Not supported yet."
+        )
+    if sys.maxsize <= 2**32:
+        raise UnsupportedPlatformError(
+            f"the shared-memory ring needs a 64-bit Python; this one ({sys.executable}) is "
+            "a 32-bit build, whose 8-byte stores can tear. Use a 64-bit Python."
         )
 
 
@@ -116,6 +151,13 @@ def create_shared_fd(size: int) -> int:
     return fd
 
 
+def mark_corrupt_fd(fd: int) -> None:
+    """:meth:`Ring.mark_corrupt` for a ring whose header is too damaged to open as a Ring."""
+    with mmap.mmap(fd, CONTROL_SIZE) as mm, memoryview(mm) as raw, raw.cast("Q") as ctl:
+        if not ctl[CORRUPT]:
+            ctl[CORRUPT] = MARKED
+
+
 class Ring:
     """A view of one ring. The receiver uses the producer half, a worker the consumer half."""
 
@@ -131,8 +173,10 @@ class Ring:
         self.fd = fd
         self._mm = mmap.mmap(fd, size)
         self.ctl = memoryview(self._mm)[:CONTROL_SIZE].cast("Q")
-        if self.ctl[_MAGIC] != MAGIC:
-            raise ValueError(f"fd {fd} does not hold a ugram ring")
+        if self.ctl[_MAGIC] != MAGIC or not 0 < self.ctl[_CAPACITY] <= size - CONTROL_SIZE:
+            self.ctl.release()
+            self._mm.close()
+            raise RingCorruptError(f"fd {fd} does not hold a ugram ring")
         self.capacity = int(self.ctl[_CAPACITY])
         self.data = memoryview(self._mm)[CONTROL_SIZE : CONTROL_SIZE + self.capacity]
         self._head = int(self.ctl[HEAD])  # producer's unpublished head
@@ -142,6 +186,7 @@ class Ring:
         self._rpos = int(self.ctl[TAIL])  # consumer's read cursor
         self._head_seen = self._rpos
         self._taken = 0  # records taken since the last ack
+        self._excluded = False  # producer: not routed to, marked corrupt (see routable)
         self._native = speedups.native(use_speedups)
 
     @classmethod
@@ -269,11 +314,19 @@ class Ring:
         return record
 
     def _read(self) -> Record | None:
+        """The record at the read cursor, or None at the head.
+
+        Raises:
+            RingCorruptError: the head, or the record, cannot be what a producer wrote.
+        """
         pos = self._rpos
         if pos == self._head_seen:
-            self._head_seen = int(self.ctl[HEAD])  # the acquire: loaded before record bytes
-            if pos == self._head_seen:
+            head = int(self.ctl[HEAD])  # the acquire: loaded before record bytes
+            if head == pos:
                 return None
+            if head < pos or head - pos > self.capacity or head & 7:
+                raise RingCorruptError(f"head {head} cannot follow read position {pos}")
+            self._head_seen = head
         mm, cap = self._mm, self.capacity
         off = pos % cap
         # Too little room left for a header, or a pad marker: the record starts at offset 0.
@@ -282,12 +335,17 @@ class Ring:
             off = 0
         base = CONTROL_SIZE + off
         length, flags, recv_ns, pid, uid, gid, alen, _ = HEADER.unpack_from(mm, base)
+        end = pos + ((length + 7) & ~7)
+        # Every record lies whole between the cursor and the head: a zero length (which
+        # would never advance) or one running past the head or the buffer is corruption.
+        if length < HEADER_SIZE + alen or off + length > cap or end > self._head_seen:
+            raise RingCorruptError(f"a {length}-byte record at {pos} (head {self._head_seen})")
         if not flags & FLAG_CREDS:
             uid = gid = -1  # Record's convention for "no credentials"
         start = base + HEADER_SIZE
         address = mm[start : start + alen] if alen else b""
         payload = mm[start + alen : base + length]
-        self._rpos = pos + ((length + 7) & ~7)
+        self._rpos = end
         return Record(payload, address, recv_ns, pid, uid, gid)
 
     def take_batch(self, limit: int) -> list[tuple[Record, int]]:
@@ -296,11 +354,17 @@ class Ring:
         Returns ``(record, end)`` pairs; the caller brackets each record with
         :meth:`start` and :meth:`finish` (or writes those slots itself, in a hot loop) and
         calls :meth:`end_batch` after the last one.
+
+        Raises:
+            RingCorruptError: the head, or a record, cannot be what a producer wrote.
         """
         if self._native is not None:
-            taken, self._rpos, self._head_seen = self._native.take_records(
-                self._mm, self._rpos, self._head_seen, limit, Record
-            )
+            try:
+                taken, self._rpos, self._head_seen = self._native.take_records(
+                    self._mm, self._rpos, self._head_seen, limit, Record
+                )
+            except ValueError as exc:  # the C helper's checks are _read's
+                raise RingCorruptError(str(exc)) from exc
             return cast("list[tuple[Record, int]]", taken)
         batch: list[tuple[Record, int]] = []
         read = self._read
@@ -319,10 +383,10 @@ class Ring:
         """Acknowledge every record up to ``end``: they will never be replayed."""
         self.ctl[TAIL] = end
 
-    def end_batch(self, count: int) -> bool:
-        """Count ``count`` acknowledged records. True if the producer waits for space."""
+    def end_batch(self) -> bool:
+        """After a batch was acknowledged: True if the producer waits for space (and it was
+        not signalled yet)."""
         ctl = self.ctl
-        ctl[ACKED] += count
         waiting = ctl[PRODUCER_WAITING]
         if waiting != ctl[SPACE_SIGNALLED]:
             ctl[SPACE_SIGNALLED] = waiting
@@ -336,8 +400,9 @@ class Ring:
             True if the producer waits for space and has not been signalled yet.
         """
         ctl = self.ctl
+        ctl[J_ACKED] = acked = int(ctl[ACKED]) + self._taken  # the journal first (settle_journal)
         ctl[TAIL] = self._rpos
-        ctl[ACKED] += self._taken
+        ctl[ACKED] = acked
         self._taken = 0
         waiting = ctl[PRODUCER_WAITING]
         if waiting != ctl[SPACE_SIGNALLED]:
@@ -362,6 +427,41 @@ class Ring:
         self._taken = 0
         self.ctl[IN_HAND] = tail
         return replayed
+
+    def settle_journal(self, counters: memoryview, slots: tuple[int, int, int]) -> None:
+        """Make the counts agree with the tail after a consumer died (or before a new one
+        starts): ACKED, and the consumer's ``slots`` of ``counters`` (handled, handler
+        errors, invalid), whose journal slots are :data:`JOURNAL` in the same order.
+
+        Why. Acknowledging a record and counting it are stores to different words, and a
+        SIGKILL can land between any two. Counting before the tail store counts twice a
+        record killed in between (it is replayed and counted again); counting after it
+        loses the count of one killed in between. So the consumer does both halves, in this
+        order, for each record (or each batch) in hand:
+
+        1. ``IN_HAND = end`` (before the handler runs);
+        2. the journal: ``J_* = what each count will be`` once this record is acknowledged;
+        3. ``TAIL = end`` (acknowledged: never replayed);
+        4. the counts themselves: ``ACKED = J_ACKED``, ``counter = J_*``.
+
+        A kill before 3 leaves ``IN_HAND > TAIL``: the record is replayed and counted by the
+        successor, so the journal's counts for it are dropped. A kill after 3 leaves
+        ``IN_HAND == TAIL``: the record is done, and its counts are in the journal whether or
+        not step 4 ran: each count becomes the larger of itself and its journal (counts only
+        grow, so a journal behind its count, as after :meth:`reset`, changes nothing). Then
+        the journal is re-armed (equal to the counts) for the next consumer. Readers never
+        see a count above the truth, and see it catch up after a kill, never go back.
+        """
+        ctl = self.ctl
+        acknowledged = int(ctl[IN_HAND]) == int(ctl[TAIL])
+        pairs = (
+            (ACKED, J_ACKED, ctl),
+            *((slot, j, counters) for slot, j in zip(slots, JOURNAL, strict=True)),
+        )
+        for slot, journal, block in pairs:
+            if acknowledged and int(ctl[journal]) > int(block[slot]):
+                block[slot] = int(ctl[journal])
+            ctl[journal] = block[slot]
 
     def note_failed_attempt(self) -> int:
         """Count a failed attempt if the previous consumer died holding the tail record.
@@ -416,19 +516,96 @@ class Ring:
     def count_unacknowledged(self) -> int:
         """Count the records between tail and head by walking them (exact; for a quiet ring).
 
-        Unlike :meth:`depth` this does not rely on the acknowledged counter, which lags
-        behind the tail when a consumer is killed mid-batch.
+        Unlike :meth:`depth` this does not rely on the acknowledged counter. A corrupt ring
+        cannot be walked: then its depth, as far as the counters can tell, is the answer.
         """
-        walker = Ring(self.fd)
+        try:
+            walker = Ring(self.fd, use_speedups=False)
+        except RingCorruptError:
+            return max(0, self.depth())
         try:
             walker._rpos = walker._head_seen = int(self.ctl[TAIL])
             count = 0
-            while walker._read() is not None:
+            while walker._read() is not None:  # ends: every read advances, up to the head
                 count += 1
             return count
+        except RingCorruptError:
+            return max(0, self.depth())
         finally:
             walker.close()
 
     def used_bytes(self) -> int:
         """Bytes published and not yet acknowledged."""
         return int(self.ctl[HEAD]) - int(self.ctl[TAIL])
+
+    # -- corruption -------------------------------------------------------------------------
+
+    def mark_corrupt(self) -> None:
+        """Say that this ring cannot be trusted (a producer or consumer found it corrupt).
+
+        The receiver stops routing to it and confirms it (QUIESCED), the worker exits, and
+        the supervisor then empties it with :meth:`reset` and starts a new worker.
+        """
+        if not self.ctl[CORRUPT]:  # a receiver's QUIESCED stays: it says more
+            self.ctl[CORRUPT] = MARKED
+
+    @property
+    def marked_corrupt(self) -> bool:
+        """True from :meth:`mark_corrupt` until the supervisor's :meth:`reset`."""
+        return bool(self.ctl[CORRUPT])
+
+    @property
+    def quiesced(self) -> bool:
+        """True once the producer stopped writing to a ring marked corrupt."""
+        return int(self.ctl[CORRUPT]) == QUIESCED
+
+    def producer_fault(self) -> str | None:
+        """Producer side: what makes this ring unsafe to write (a header that is not ugram's,
+        a head and tail no producer and consumer can have written), or None."""
+        ctl, cap = self.ctl, self.capacity
+        if ctl[_MAGIC] != MAGIC or ctl[_CAPACITY] != cap:
+            return "its header was overwritten"
+        head, tail = int(ctl[HEAD]), int(ctl[TAIL])  # head first: ours, it cannot move
+        if head & 7 or tail > head or head - tail > cap:
+            return f"head {head} and tail {tail} are impossible"
+        return None
+
+    def routable(self) -> bool:
+        """Producer side: whether records may be put into this ring now.
+
+        Not while it is marked corrupt: the producer then confirms that it no longer writes
+        to it (QUIESCED), which the supervisor waits for before it resets the ring. Once it
+        was reset, the producer picks up the ring's new positions before it puts again.
+        """
+        state = self.ctl[CORRUPT]
+        if state:
+            if state != QUIESCED:
+                self.ctl[CORRUPT] = QUIESCED
+            self._excluded = True
+            return False
+        if self._excluded:
+            self._excluded = False
+            ctl = self.ctl
+            self._head, self._published = int(ctl[HEAD]), int(ctl[PUBLISHED])
+            self._tail_seen, self._pending = int(ctl[TAIL]), 0
+        return True
+
+    def reset(self) -> int:
+        """Empty a ring marked corrupt and rebuild its header, then unmark it (supervisor;
+        its worker is gone and its producer quiesced or gone).
+
+        Returns:
+            How many records it held that are now lost (published and not acknowledged, as
+            far as its counters can still tell). ``PUBLISHED`` drops by as many: it counts
+            what is or was in the ring, and the receiver's loss accounting sums it.
+        """
+        ctl, cap = self.ctl, self.capacity
+        published = int(ctl[PUBLISHED])
+        lost = min(max(0, published - int(ctl[ACKED])), cap // HEADER_SIZE)
+        ctl[_MAGIC], ctl[_CAPACITY] = MAGIC, cap
+        ctl[PUBLISHED] = ctl[ACKED] = ctl[J_ACKED] = published - lost
+        for slot in (HEAD, TAIL, IN_HAND, CONSUMER_WAITING, ATTEMPT_POS, ATTEMPTS, *JOURNAL):
+            ctl[slot] = 0  # a zero journal settles nothing: counts only grow (settle_journal)
+        ctl[SPACE_SIGNALLED] = ctl[PRODUCER_WAITING]  # no wait for space outstanding
+        ctl[CORRUPT] = 0  # last: the producer may route to it again
+        return lost

@@ -69,7 +69,12 @@ class Slot(IntEnum):
     POSSIBLY_LOST = 26
     DRAIN = 27
     FDS_CLOSED = 28
+    CORRUPT_RINGS = 29
 
+
+# A worker's counts that go through its ring's journal, in the order of ugram.ring.JOURNAL
+# (ugram.ring.Ring.settle_journal: exact under a SIGKILL between two stores).
+JOURNALED = (int(Slot.HANDLED), int(Slot.HANDLER_ERRORS), int(Slot.INVALID))
 
 # Who writes each slot, and what it holds. "receiver", "worker" and "supervisor" name the
 # block; the supervisor also writes STATE/COMMAND/BUSY_SINCE_NS of a child's block before
@@ -103,7 +108,11 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
         "handler error)",
     ),
     Slot.RESTARTS: ("supervisor", "processes restarted after a crash"),
-    Slot.LOST: ("supervisor", "datagrams a killed receiver had read but not yet written"),
+    Slot.LOST: (
+        "supervisor",
+        "datagrams a killed receiver had read but not yet written, and records in a ring "
+        "emptied because it was corrupt",
+    ),
     Slot.HEARTBEAT_NS: (
         "worker, receiver",
         "monotonic time of its last idle-loop (worker) or housekeeping (receiver) pass",
@@ -123,7 +132,13 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
         "receiver",
         "file descriptors senders passed (SCM_RIGHTS) that the receiver closed unused; their "
         "datagrams go on. Only while credentials are collected (credentials, allow_uid, "
-        "allow_gid, rate_limit): otherwise the kernel closes them unseen",
+        "allow_gid, rate_limit, or a handler that may reply): otherwise the kernel closes "
+        "them unseen",
+    ),
+    Slot.CORRUPT_RINGS: (
+        "supervisor",
+        "rings found corrupt (by their worker or the receiver) and emptied; what they held "
+        "is counted in LOST",
     ),
 }
 
@@ -194,6 +209,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     recycled: int
     boot_failures: int = 0
     fds_closed: int = 0
+    corrupt_rings: int = 0
 
     @property
     def rejected(self) -> int:
@@ -276,6 +292,7 @@ class Stats:
             recycled=t(Slot.RECYCLED),
             boot_failures=t(Slot.BOOT_FAILURES),
             fds_closed=t(Slot.FDS_CLOSED),
+            corrupt_rings=t(Slot.CORRUPT_RINGS),
         )
 
     def latency(self) -> Latency:

@@ -33,6 +33,7 @@ from .errors import (
     EXIT_WORKER_BOOT,
     ChildCrashedError,
     HandlerError,
+    RingCorruptError,
     ShutdownTimeoutError,
     UnsupportedPlatformError,
 )
@@ -46,6 +47,7 @@ from .sockets import BoundSocket, adopt_systemd, bind_socket, unlink_if_ours
 from .spec import ChildSpec
 from .stats import (
     COMMAND_RETIRE,
+    JOURNALED,
     RECEIVER_BLOCK,
     Slot,
     Snapshot,
@@ -61,6 +63,7 @@ log = logging.getLogger("ugram.supervisor")
 TICK = 0.05
 RESPAWN_BACKOFF_MAX = 5.0
 KILL_GRACE = 0.3  # between the traceback request (SIGUSR1) and SIGKILL of a stuck worker
+CORRUPT_GRACE = 2.0  # for the worker of a ring marked corrupt to exit before it is killed
 RECEIVER_REJECTS = (Slot.OVERSIZED, Slot.INVALID, Slot.UNAUTHORIZED, Slot.RATE_LIMITED, Slot.SHED)
 HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGCHLD", "SIGHUP", "SIGTTIN", "SIGTTOU")
 
@@ -441,6 +444,7 @@ class Supervisor:
         if self._phase in (Phase.NEW, Phase.STOPPED):
             return
         self._reap()
+        self._tend_corrupt_rings()
         self._respawn_due()
         self._watch_liveness()
         self._advance_retirements()
@@ -467,6 +471,8 @@ class Supervisor:
         else:
             del self._workers[child.index]
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.WORKER_STOPPED)
+            if self._rings[child.index].marked_corrupt:
+                return  # _tend_corrupt_rings resets its ring, then starts a new worker
         if code == 0:
             self._exited_cleanly(child)
         elif child.role == "worker" and code == EXIT_HANDLER_IMPORT:
@@ -695,6 +701,7 @@ class Supervisor:
             self._finish(killed=True)
 
     def _finish(self, killed: bool) -> None:
+        self._settle_counts()
         left_in_rings = sum(ring.count_unacknowledged() for ring in self._rings)
         left_in_rings += self._left_in_scratch()
         left_in_socket = self._drain_socket()
@@ -721,11 +728,53 @@ class Supervisor:
                 f"rejected={snap.rejected} handler_errors={snap.handler_errors} "
                 f"invalid={snap.invalid} oversized={snap.oversized} "
                 f"replayed={snap.replayed} quarantined={snap.quarantined} lost={snap.lost} "
-                f"possibly_lost={snap.possibly_lost} "
+                f"possibly_lost={snap.possibly_lost} corrupt_rings={snap.corrupt_rings} "
                 f"restarts={snap.restarts} boot_failures={snap.boot_failures} "
                 f"unhandled={self.unhandled}"
             )
         self._release()
+
+    # -- rings: counts after a kill, corruption (worker branch; the logic is in ring.py) ---
+
+    def _tend_corrupt_rings(self) -> None:
+        """Reset each ring marked corrupt (by its worker or the receiver): stop its worker,
+        wait until the receiver confirms it stopped writing to it, empty it (what it held is
+        counted as lost), and start a new worker on it."""
+        assert self._stats is not None
+        for index, ring in enumerate(self._rings):
+            if not ring.marked_corrupt:
+                continue
+            self._respawn_at.pop(("worker", index), None)  # not onto the corrupt ring
+            child = self._workers.get(index)
+            if child is not None:  # it exits by itself on the mark; killed if it does not
+                if not child.kill_at:
+                    self._stats.block(worker_block(index))[Slot.COMMAND] = COMMAND_RETIRE
+                    child.kill_at = time.monotonic() + CORRUPT_GRACE
+                elif time.monotonic() >= child.kill_at:
+                    child.proc.kill()
+                continue
+            if self._receiver is not None and not ring.quiesced:
+                continue
+            lost = ring.reset()
+            self._control[Slot.LOST] += lost
+            self._control[Slot.CORRUPT_RINGS] += 1
+            error = RingCorruptError(
+                f"worker {index}'s ring was corrupt: emptied it ({lost} record(s) lost)"
+            )
+            log.error("%s; starting a new worker on it", error)
+            self._callbacks.emit_error(error)
+            if index < self._active or index in self._retiring:
+                self._spawn("worker", index)
+
+    def _settle_counts(self) -> None:
+        """Every worker is gone: settle the counts of one killed between two stores (at the
+        deadline: no successor settles them)."""
+        assert self._stats is not None
+        for index, ring in enumerate(self._rings):
+            if ring.marked_corrupt:  # its journal is no more trustworthy than the rest
+                continue
+            with self._stats.block(worker_block(index)) as block:
+                ring.settle_journal(block, JOURNALED)
 
     def _drain_socket(self) -> int:
         """Count (and discard) datagrams still queued after every child is gone."""

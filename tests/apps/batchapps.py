@@ -43,3 +43,16 @@ class PoisonBatch:
             os._exit(7)
         with open(f"{OUT}/{os.getpid()}.log", "ab") as out:
             out.write(b"".join(item + b"\n" for item in items))
+
+
+class LeakyBatch:
+    """A batch handler that keeps 16 KiB per item forever (a memory leak) and appends each
+    batch's payloads, one line each, to ``$UGTEST_OUT/<pid>.log``."""
+
+    def setup(self) -> None:
+        self.fd = os.open(f"{OUT}/{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.hoard: list[bytes] = []
+
+    def handle_batch(self, items: list[bytes]) -> None:
+        self.hoard.extend(b"x" * 16384 + item for item in items)  # touched: resident grows
+        os.write(self.fd, b"".join(item + b"\n" for item in items))

@@ -7,7 +7,10 @@ same fd plays a replacement worker after a crash.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import platform
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -21,8 +24,24 @@ from hypothesis.stateful import (
     rule,
 )
 
-from ugram.errors import RingFullError, UnsupportedPlatformError
-from ugram.ring import HEADER_SIZE, Record, Ring, check_memory_ordering, record_size
+from ugram.errors import RingCorruptError, RingFullError, UnsupportedPlatformError
+from ugram.ring import (
+    ACKED,
+    CONTROL_SIZE,
+    HEAD,
+    HEADER_SIZE,
+    IN_HAND,
+    J_ACKED,
+    J_ERRORS,
+    J_HANDLED,
+    J_INVALID,
+    PUBLISHED,
+    TAIL,
+    Record,
+    Ring,
+    check_memory_ordering,
+    record_size,
+)
 
 
 @dataclass
@@ -230,6 +249,24 @@ def test_total_store_order_cpus_are_accepted(machine: str) -> None:
     check_memory_ordering(machine)
 
 
+@pytest.mark.parametrize("machine", ["i386", "i686", "x86"])
+def test_32_bit_x86_is_refused_where_8_byte_stores_tear(
+    monkeypatch: pytest.MonkeyPatch, machine: str
+) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    with pytest.raises(UnsupportedPlatformError, match=f"{machine}.*8-byte stores can tear"):
+        check_memory_ordering()
+    with pytest.raises(UnsupportedPlatformError, match=machine):
+        Ring.create(4096)  # the rings themselves refuse, not only the doctor
+
+
+def test_a_32_bit_python_is_refused_even_on_x86_64(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(sys, "maxsize", 2**31 - 1)
+    with pytest.raises(UnsupportedPlatformError, match="64-bit Python"):
+        check_memory_ordering()
+
+
 def test_wrap_with_a_gap_shorter_than_a_header() -> None:
     """The pad mark in an 8-24 byte gap before the end is found, not read as a header."""
     ring = Ring.create(8192)
@@ -265,6 +302,164 @@ def test_ack_of_a_batch_empties_depth(pair: Pair) -> None:
     assert pair.consumer.depth() == 0
     pair.consumer.ack()
     assert pair.consumer.depth() == 0
+
+
+# -- counting under a kill between two stores (Ring.settle_journal) ----------------------------
+
+COUNTED = (4, 5, 6)  # counter slots for handled, handler errors, invalid
+
+
+def handle_until(consumer: Ring, counters: memoryview, step: int) -> None:
+    """Handle the next record the way a worker does, stopping (as a SIGKILL would) after
+    ``step`` of: 1 in hand, 2 journal, 3 tail stored, 4 counts copied."""
+    ctl = consumer.ctl
+    batch = consumer.take_batch(1)
+    assert batch
+    end = batch[0][1]
+    ctl[IN_HAND] = end
+    if step >= 2:
+        ctl[J_HANDLED] += 1
+        ctl[J_ACKED] = ctl[ACKED] + 1
+    if step >= 3:
+        ctl[TAIL] = end
+    if step >= 4:
+        ctl[ACKED] = ctl[J_ACKED]
+        counters[COUNTED[0]] = ctl[J_HANDLED]
+
+
+@pytest.mark.parametrize("killed_after", [1, 2, 3, 4])
+def test_a_kill_anywhere_in_a_record_leaves_it_counted_once(pair: Pair, killed_after: int) -> None:
+    counters = memoryview(bytearray(64 * 8)).cast("Q")
+    for seq in range(3):
+        assert put(pair.producer, seq, 10)
+    pair.consumer.settle_journal(counters, COUNTED)
+    handle_until(pair.consumer, counters, 4)  # record 0: done
+    handle_until(pair.consumer, counters, killed_after)  # record 1: killed there
+
+    successor = Ring(pair.producer.fd)
+    try:
+        successor.settle_journal(counters, COUNTED)
+        replayed = successor.rewind()
+        # Acknowledged (tail stored) means done and counted; before that, replayed.
+        assert replayed == (0 if killed_after >= 3 else 1)
+        assert counters[COUNTED[0]] == (2 if killed_after >= 3 else 1)
+        assert successor.ctl[ACKED] == counters[COUNTED[0]]
+        while successor.ctl[TAIL] != successor.ctl[HEAD]:  # the rest, to the head
+            handle_until(successor, counters, 4)
+    finally:
+        successor.close()
+    assert counters[COUNTED[0]] == 3  # each of the three exactly once
+    assert pair.consumer.depth() == 0  # ACKED caught up with PUBLISHED: no phantom depth
+    assert [counters[slot] for slot in COUNTED[1:]] == [0, 0]
+    assert [pair.consumer.ctl[j] for j in (J_HANDLED, J_ERRORS, J_INVALID)] == [3, 0, 0]
+
+
+def test_settling_never_lowers_a_count(pair: Pair) -> None:
+    """A journal behind its counts (a ring that was reset) changes nothing."""
+    counters = memoryview(bytearray(64 * 8)).cast("Q")
+    counters[COUNTED[0]], counters[COUNTED[2]] = 500, 7
+    pair.consumer.settle_journal(counters, COUNTED)
+    assert (counters[COUNTED[0]], counters[COUNTED[2]]) == (500, 7)
+    assert (pair.consumer.ctl[J_HANDLED], pair.consumer.ctl[J_INVALID]) == (500, 7)
+
+
+# -- corruption: detected, bounded, reset --------------------------------------------------------
+
+
+def returns_within(call: Callable[[], object], seconds: float = 10.0) -> object:
+    """``call()``'s result, failing the test (instead of hanging it) if it loops."""
+    result: list[object] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # raised again below, in the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{call} did not return: it loops"
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def zero_length_at_tail(ring: Ring) -> None:
+    at = CONTROL_SIZE + int(ring.ctl[TAIL]) % ring.capacity
+    ring.mapping[at : at + 4] = bytes(4)
+
+
+def test_a_zero_length_record_is_corruption_not_an_endless_loop(pair: Pair) -> None:
+    for seq in range(3):
+        assert put(pair.producer, seq, 10)
+    zero_length_at_tail(pair.producer)
+
+    with pytest.raises(RingCorruptError, match="0-byte record"):
+        returns_within(pair.consumer.take)
+    with pytest.raises(RingCorruptError):
+        returns_within(lambda: pair.consumer.take_batch(10))
+    # The supervisor's count at shutdown: the depth, as the counters tell it.
+    assert returns_within(pair.consumer.count_unacknowledged) == 3
+
+
+@pytest.mark.parametrize("head", [-8, 12, 4096 + 8], ids=["behind", "unaligned", "past-a-lap"])
+def test_an_impossible_head_is_corruption(pair: Pair, head: int) -> None:
+    assert put(pair.producer, 0, 10)
+    assert pair.consumer.take() is not None
+    pair.consumer.ack()
+    pair.producer.ctl[HEAD] = pair.consumer.read_position + head
+    with pytest.raises(RingCorruptError, match="head"):
+        pair.consumer.take()
+    assert pair.producer.producer_fault() is not None
+
+
+def test_a_corrupt_ring_is_marked_quiesced_reset_and_used_again(pair: Pair) -> None:
+    producer, consumer = pair.producer, pair.consumer
+    supervisor = Ring(producer.fd)
+    try:
+        for seq in range(5):
+            assert put(producer, seq, 10)
+        assert consumer.take() is not None
+        consumer.ack()  # 1 handled, 4 left in the ring
+        assert producer.producer_fault() is None
+        producer.ctl[TAIL] = producer.ctl[HEAD] + 64  # ahead of the head
+        assert producer.producer_fault() == "head 240 and tail 304 are impossible"
+        producer.mark_corrupt()
+        consumer.mark_corrupt()  # both found it: still one mark
+        assert supervisor.marked_corrupt
+        assert not supervisor.quiesced
+        assert not producer.routable()  # the receiver stops writing to it, and says so
+        assert supervisor.quiesced
+
+        assert supervisor.reset() == 4  # the four it held are lost
+        assert not supervisor.marked_corrupt
+        assert (supervisor.ctl[HEAD], supervisor.ctl[TAIL], supervisor.depth()) == (0, 0, 0)
+        assert supervisor.ctl[PUBLISHED] == 1  # what reached a worker, for loss accounting
+
+        assert producer.routable()  # picks up the reset positions
+        successor = Ring(producer.fd)
+        try:
+            for seq in range(5, 8):
+                assert put(producer, seq, 10)
+            assert [r.payload for r, _ in successor.take_batch(10)] == [
+                payload_for(seq, 10) for seq in range(5, 8)
+            ]
+        finally:
+            successor.close()
+    finally:
+        supervisor.close()
+
+
+def test_an_overwritten_header_is_corruption(pair: Pair) -> None:
+    pair.producer.ctl[0] = 0  # the magic
+    assert pair.producer.producer_fault() == "its header was overwritten"
+    with pytest.raises(RingCorruptError, match="does not hold a ugram ring"):
+        Ring(pair.producer.fd)
+    pair.producer.mark_corrupt()
+    pair.producer.reset()
+    Ring(pair.producer.fd).close()  # the header is rebuilt
 
 
 # -- the ring against a model FIFO --------------------------------------------------------------

@@ -18,9 +18,23 @@ from hypothesis import strategies as st
 from ugram import speedups
 from ugram.config import make_config
 from ugram.doctor import check_speedups
+from ugram.errors import RingCorruptError
 from ugram.receiver import mmsg
 from ugram.receiver.admission import ANCILLARY_SIZE, SCM_CREDENTIALS
-from ugram.ring import ACKED, CONTROL_SIZE, HEAD, IN_HAND, PUBLISHED, TAIL, Record, Ring
+from ugram.ring import (
+    ACKED,
+    CONTROL_SIZE,
+    HEAD,
+    IN_HAND,
+    J_ACKED,
+    J_ERRORS,
+    J_HANDLED,
+    J_INVALID,
+    PUBLISHED,
+    TAIL,
+    Record,
+    Ring,
+)
 from ugram.stats import (
     COMMAND_RETIRE,
     LATENCY_BUCKETS,
@@ -662,6 +676,72 @@ def test_run_records_lets_system_exit_through_with_the_record_in_hand(
         )
     assert ring.ctl[IN_HAND] == batch[0][1]
     assert ring.ctl[TAIL] == 0  # not acknowledged: a replacement handles it again
+
+
+def test_run_records_counts_through_the_journal_so_a_kill_is_settled_exactly(
+    loaded: tuple[Ring, list[tuple[Record, int]]],
+) -> None:
+    ring, batch = loaded
+    counters = memoryview(bytearray(64 * 8)).cast("Q")
+    counted = (int(Slot.HANDLED), int(Slot.HANDLER_ERRORS), int(Slot.INVALID))
+
+    def dies_counted(record: object) -> None:
+        ring.ctl[J_HANDLED] += 1  # counted as Worker._process counts, then killed
+        raise SystemExit(9)
+
+    with pytest.raises(SystemExit):
+        native.run_records(
+            batch, ring.ctl, counters, SLOTS, dies_counted, None, None, (), print, print, 99
+        )
+    assert (ring.ctl[IN_HAND], ring.ctl[TAIL]) == (batch[0][1], 0)  # in hand, unacknowledged
+    assert counters[Slot.HANDLED] == 0  # counted in the journal only
+    successor = Ring(ring.fd)
+    try:
+        successor.settle_journal(counters, counted)
+        assert successor.rewind() == 1
+        assert run(successor, successor.take_batch(99), Calls(), counters, 99) == 5
+    finally:
+        successor.close()
+    assert [counters[slot] for slot in counted] == [4, 1, 1]  # the replay counted once
+    assert [ring.ctl[j] for j in (J_HANDLED, J_ERRORS, J_INVALID)] == [4, 1, 1]
+    assert ring.ctl[ACKED] == ring.ctl[J_ACKED] == 5
+
+
+@pytest.mark.parametrize(
+    ("damage", "limit"),
+    [("zero-length", 10), ("head-behind", 2), ("head-unaligned", 3), ("past-head", 1)],
+)
+def test_take_records_refuses_a_corrupt_ring_like_the_python_reader(
+    damage: str, limit: int
+) -> None:
+    """Each damage is found before any record past it is returned (``limit``: as many as a
+    reader that does not check would return, valid-looking, without noticing)."""
+    ring = Ring.create(4096)
+    views = [Ring(ring.fd, use_speedups=flag) for flag in (True, False)]
+    record = 8 * ((32 + 3 + 7) // 8)  # bytes a record of 3 takes
+    try:
+        for payload in (b"one", b"two", b"six"):
+            assert ring.try_put(payload, b"", 1)
+        if damage == "zero-length":
+            ring.mapping[CONTROL_SIZE : CONTROL_SIZE + 4] = bytes(4)
+        elif damage == "head-behind":  # read to the head, then the head moves back
+            for view in views:
+                assert len(view.take_batch(10)) == 3
+            for payload in (b"abc", b"def", b"ghi"):  # valid records past the new head
+                assert ring.try_put(payload, b"", 1)
+            ring.ctl[HEAD] = record
+        elif damage == "head-unaligned":
+            ring.ctl[HEAD] += 4
+        else:  # the first record's length runs past the head (not past the buffer)
+            ring.ctl[HEAD] = record
+            ring.mapping[CONTROL_SIZE : CONTROL_SIZE + 4] = (200).to_bytes(4, "little")
+        for view in views:
+            with pytest.raises(RingCorruptError):
+                view.take_batch(limit)
+    finally:
+        for view in views:
+            view.close()
+        close_ring(ring)
 
 
 def test_native_functions_refuse_buffers_that_are_not_rings() -> None:

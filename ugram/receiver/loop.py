@@ -69,7 +69,6 @@ class Receiver:
         self.sock = socket.socket(fileno=spec.socket_fd)
         self.sock.setblocking(False)
         self.rings = [Ring(fd, use_speedups=self.config.speedups) for fd in spec.ring_fds]
-        self._maps = [ring.mapping for ring in self.rings]  # for the C helper's drain
         self.wake_fds = spec.wake_fds
         self.space_fd = spec.space_fd
         self.stats = Stats(spec.stats_fd)
@@ -80,6 +79,8 @@ class Receiver:
         self.buffer = bytearray(self.config.max_datagram + 1)
         self.view = memoryview(self.buffer)
         self.next_ring = 0
+        self._corrupt_seen: set[int] = set()  # rings marked corrupt, as last seen
+        self._route_to(list(range(self.active)))  # the rings routed to (see _sync_routes)
         self.pending: deque[Held] = deque()  # datagrams read but not yet in a ring
         self.admission = Admission(self.config)
         self.screening = self.admission.active
@@ -125,6 +126,9 @@ class Receiver:
             # held one is placed, in order.
             return
         self._sync_active()
+        if not self.routes:
+            self._wait_for_a_route()
+            return
         if self.batch is not None and self.compiled and self.batch.native:
             empty = self._drain_native()
         elif self.batch is not None:
@@ -201,16 +205,23 @@ class Receiver:
         :meth:`_place_slots`."""
         rx = self.batch
         assert rx is not None
+        routed = self.route_rings
         try:
             empty, self.next_ring, _, oversized, count, following = rx.drain_native(
-                (self._maps, self.wake_fds),
-                (self.active, self.next_ring),
+                (self._route_maps, self._route_wakes),
+                (len(routed), self.next_ring),
                 self.limit,
                 max(1, BATCH // rx.size),
                 (self.counters, _PLAIN_COUNTERS),
             )
+        except ValueError:
+            # A ring it refuses to write to (before reading anything): route around it, or
+            # uvloop calls us straight back into the same error, forever.
+            if not self._route_around_corrupt_rings():
+                raise
+            return False
         finally:  # also after an error: what it placed before is in the rings
-            for ring in self.rings[: self.active]:
+            for ring in routed:
                 ring.resync_producer()
         if oversized:
             self._warn.warning("rejected a datagram larger than max_datagram=%d", self.limit)
@@ -228,7 +239,8 @@ class Receiver:
         assert rx is not None
         fields, base, stride = rx.layout
         view, desc, address_of = rx.view, rx.desc, rx.address
-        c, rings, limit, active = self.counters, self.rings, self.limit, self.active
+        c, rings, limit = self.counters, self.route_rings, self.limit
+        active = len(rings)
         next_ring, now, nbytes = self.next_ring, time.time_ns(), 0
         for i in range(count):
             at = i * mmsg.STRIDE
@@ -351,15 +363,17 @@ class Receiver:
         # SIGTTIN/SIGTTOU change how many rings are routed to; acknowledging the value tells
         # the supervisor when a retired ring will receive no more records.
         active = int(self.control[Slot.ACTIVE]) or len(self.rings)
-        if active != self.active:
-            self.active = active
-            self.next_ring %= active
+        self.active = active
         self.counters[Slot.ACTIVE_SEEN] = active
+        self._sync_routes()
 
     def _route(self, payload: memoryview) -> int | None:
-        if self.router is not None:
-            return self.router(payload, self.active)
-        return -1  # round-robin over rings with room
+        if self.router is not None and self.routes:
+            at = self.router(payload, len(self.routes))
+            return None if at is None else self.routes[at]
+        # Round-robin over rings with room; also a keyed datagram held while every ring was
+        # corrupt (none to map its key onto): it goes to the first ring back.
+        return -1
 
     def _put(
         self,
@@ -370,10 +384,10 @@ class Receiver:
         creds: tuple[int, int, int] | None = None,
     ) -> bool:
         ns = time.time_ns() if recv_ns is None else recv_ns
-        rings = self.rings
         if target >= 0:  # routed by key: only that worker's ring keeps the key's order
-            return rings[target].try_put(payload, address, ns, creds)
-        count = self.active
+            return self.rings[target].try_put(payload, address, ns, creds)
+        rings = self.route_rings
+        count = len(rings)
         start = self.next_ring
         for step in range(count):
             index = (start + step) % count
@@ -386,6 +400,59 @@ class Receiver:
         for ring, wake_fd in zip(self.rings, self.wake_fds, strict=True):
             if ring.publish():
                 signal_wake(wake_fd)
+
+    # -- corrupt rings (worker branch; the ring side is in ugram/ring.py) -------------------
+
+    def _sync_routes(self) -> None:
+        """Route to the active rings not marked corrupt: round-robin skips a corrupt ring and
+        route_by maps keys onto the others, until the supervisor has reset it."""
+        routable = [ring.routable() for ring in self.rings]  # all: unused ones confirm too
+        routes = [index for index in range(self.active) if routable[index]]
+        if routes == self.routes:
+            return
+        for index in sorted(set(self.routes) - set(routes)):
+            if not routable[index]:
+                log.error("receiver: not routing to worker %d's ring until it is reset", index)
+        for index in sorted(set(routes) - set(self.routes)):
+            if index in self._corrupt_seen:
+                log.info("receiver: worker %d's ring was reset: routing to it again", index)
+        self._corrupt_seen = {i for i, ok in enumerate(routable) if not ok}
+        self._route_to(routes)
+
+    def _route_to(self, routes: list[int]) -> None:
+        self.routes = routes
+        self.route_rings = [self.rings[index] for index in routes]
+        self._route_maps = [ring.mapping for ring in self.route_rings]  # for the C drain
+        self._route_wakes = [self.wake_fds[index] for index in routes]
+        self.next_ring = self.next_ring % len(routes) if routes else 0
+
+    def _route_around_corrupt_rings(self) -> bool:
+        """Mark every routed ring that no producer could have left as it is (the C helper's
+        drain refuses to write to one); True when there was one."""
+        found = False
+        for index in self.routes:
+            fault = self.rings[index].producer_fault()
+            if fault is not None:
+                log.error("receiver: worker %d's ring is corrupt: %s", index, fault)
+                self.rings[index].mark_corrupt()
+                found = True
+        if found:
+            self._sync_routes()
+        return found
+
+    def _wait_for_a_route(self) -> None:
+        """Every ring is marked corrupt: read nothing for now (the kernel queue holds the
+        datagrams and senders wait, as on full rings) and look again shortly."""
+        assert self.loop is not None
+        self.loop.remove_reader(self.sock.fileno())
+        self.loop.call_later(SPACE_POLL, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        if self.finished or self.pending:  # pending: on_space resumes reading
+            return
+        assert self.loop is not None
+        self.loop.add_reader(self.sock.fileno(), self.on_readable)
+        self.on_readable()
 
     # -- backpressure -----------------------------------------------------------------------
 
@@ -428,7 +495,8 @@ class Receiver:
         self._space_timer = self.loop.call_later(SPACE_POLL, self.on_space)
 
     def _rings_for(self, target: int | None) -> set[int]:
-        return {i for i in range(self.active) if target in (-1, None, i)}
+        # Only rings the receiver routes to: a corrupt one waiting for its reset is skipped.
+        return {i for i in self.routes if target in (-1, None, i)}
 
     def on_space(self) -> None:
         """A worker freed space (or the safety timer fired): place the held datagrams."""
@@ -438,6 +506,9 @@ class Receiver:
             self._space_timer.cancel()
         clear_wake(self.space_fd)
         self._sync_active()
+        if not self.routes:  # every ring waits for its reset: look again shortly
+            self._wait_for_space()
+            return
         if self._place_held():
             self._resume()
         else:
@@ -448,8 +519,9 @@ class Receiver:
         while self.pending:
             held = self.pending[0]
             target = held.target
-            if target is None or target >= self.active:
-                # Not checked yet (the rest of a batch), or its worker was retired meanwhile.
+            if target is None or (target >= 0 and target not in self.routes):
+                # Not checked yet (the rest of a batch), or its worker was retired meanwhile
+                # (or its ring found corrupt).
                 if target is None:
                     self.counters[_RECEIVED] += 1
                 target = self._admit(held.size, held.payload, held.creds)
@@ -506,6 +578,7 @@ class Receiver:
             self.loop.stop()
             return
         self.counters[Slot.HEARTBEAT_NS] = time.monotonic_ns()  # liveness, for the supervisor
+        self._route_around_corrupt_rings()
         self._sync_active()
         self.admission.housekeeping()
         if self.control[Slot.DRAIN] and not self.draining:

@@ -3,6 +3,12 @@
 The tail is advanced (acknowledged) only after the handler returned or raised, so a worker
 killed mid-record leaves that record for its replacement: at-least-once delivery, with at
 most one duplicate per killed worker (the record it had in hand).
+
+Counting. A record's counts (handled, handler errors, invalid, the ring's ACKED) go first to
+the ring's journal, then the tail is stored, then the counts are copied from the journal; a
+replacement settles them from the journal (:meth:`ugram.ring.Ring.settle_journal` says why
+that is exact under a SIGKILL between any two stores). ``_process`` and the C helper's loops
+count into the journal, never into the counters directly.
 """
 
 from __future__ import annotations
@@ -24,11 +30,26 @@ import setproctitle
 from .. import logs, speedups
 from ..config import Config
 from ..datagram import Datagram
-from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError
-from ..ring import ACKED, ATTEMPTS, IN_HAND, TAIL, Record, Ring
+from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError, RingCorruptError
+from ..ring import (
+    ACKED,
+    ATTEMPTS,
+    CORRUPT,
+    IN_HAND,
+    J_ACKED,
+    J_ERRORS,
+    J_HANDLED,
+    J_INVALID,
+    JOURNAL,
+    TAIL,
+    Record,
+    Ring,
+    mark_corrupt_fd,
+)
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import (
     COMMAND_RETIRE,
+    JOURNALED,
     LATENCY_BUCKETS,
     LATENCY_FIRST,
     LATENCY_SUM_NS,
@@ -44,13 +65,21 @@ from .handler import DECODE_ERRORS, Handler, load_handler
 log = logging.getLogger("ugram.worker")
 
 SLEEP_TIMEOUT = 0.05  # bounded sleep: a lost wake-up costs at most this much latency
+SLEEP_TIMEOUT_MS = round(SLEEP_TIMEOUT * 1000)
 # Empty polls before sleeping. Spinning only pays where a core is free for it: on two cores
 # a spinning worker takes the CPU the receiver and the senders need.
 SPINS = 100 if len(os.sched_getaffinity(0)) > 2 else 0
 # Plain ints for the hot path: indexing with an IntEnum member costs an __index__ call.
 _COMMAND, _PROGRESS, _BUSY_SINCE_NS = int(Slot.COMMAND), int(Slot.PROGRESS), int(Slot.BUSY_SINCE_NS)
 _HANDLED, _HANDLER_ERRORS, _INVALID = int(Slot.HANDLED), int(Slot.HANDLER_ERRORS), int(Slot.INVALID)
-RSS_CHECK_EVERY = 1024  # records between two memory checks (psutil costs ~20 µs)
+# Memory is checked once at least this many records, or this long, passed since the last
+# check (psutil costs ~20 µs): a batch handler or the C loop moves the record count in steps,
+# so "a multiple of N" would rarely be hit exactly.
+RSS_CHECK_EVERY = 1024
+RSS_CHECK_SECONDS = 1.0
+_J_ACKED, _J_HANDLED, _J_ERRORS, _J_INVALID = J_ACKED, J_HANDLED, J_ERRORS, J_INVALID
+_CORRUPT = CORRUPT
+_SETTLED = tuple(zip(JOURNALED, JOURNAL, strict=True))  # (counter, its journal slot)
 # The counter slots the C helper's record loop writes (ugram/_speedups.c: run_records).
 _NATIVE_SLOTS = (
     _COMMAND,
@@ -75,6 +104,7 @@ class Worker:
         self.config: Config = spec.config
         self.handler = handler
         self.ring = Ring(spec.ring_fds[0], use_speedups=self.config.speedups)
+        self.ctl = self.ring.ctl  # the ring's control block: in-hand, tail, the journal
         self._native = speedups.native(self.config.speedups)
         # What the C record loop calls: the handler itself for plain data handlers, else
         # _process (which builds the Datagram the handler wants).
@@ -82,6 +112,10 @@ class Worker:
         self._native_call = handler.call if plain else None
         self._native_decode = handler.decode if plain else None
         self.wake_fd = spec.wake_fds[0]
+        # poll(), not select(): an embedding application with many open files hands its
+        # children fds numbered past FD_SETSIZE (1024), which select() refuses.
+        self._waker = select.poll()
+        self._waker.register(self.wake_fd, select.POLLIN)
         self.space_fd = spec.space_fd
         self.sock = socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None
         self.counters = Stats(spec.stats_fd).block(spec.stats_block)
@@ -89,12 +123,23 @@ class Worker:
         self.careful_until = 0
         self.recycling = bool(self.record_limit or self.config.max_rss)
         self.records = 0
+        self.ring_corrupt = False  # found corrupt here: marked, and this worker stops
+        self._rss_checked_at = 0  # records, and monotonic time, of the last memory check
+        self._rss_checked_time = time.monotonic()
         self._ppid = os.getppid()
         self._invalid = logs.RateLimited(log)
         self._errors = logs.RateLimited(log)
 
     def recover(self) -> None:
-        """Replay what a dead predecessor left; quarantine the tail record if it is poison."""
+        """Settle a dead predecessor's counts, replay what it left unacknowledged, and
+        quarantine the tail record if it is poison. A corrupt ring is marked, not raised."""
+        try:
+            self._recover()
+        except RingCorruptError as exc:
+            self._give_up_ring(exc)
+
+    def _recover(self) -> None:
+        self.ring.settle_journal(self.counters, JOURNALED)
         attempts = self.ring.note_failed_attempt()
         if attempts:
             self.careful_until = int(self.ring.ctl[IN_HAND])
@@ -144,7 +189,10 @@ class Worker:
         c[Slot.HEARTBEAT_NS] = time.monotonic_ns()
         c[Slot.STATE] = State.RUNNING
         try:
-            self._loop()
+            if not self.ring_corrupt:
+                self._loop()
+        except RingCorruptError as exc:
+            self._give_up_ring(exc)
         finally:
             c[Slot.STATE] = State.DRAINING
             if self.handler.teardown is not None:
@@ -154,12 +202,27 @@ class Worker:
                     log.exception("worker %d: handler teardown() failed", self.index)
             c[Slot.STATE] = State.STOPPED
 
+    def _give_up_ring(self, exc: RingCorruptError) -> None:
+        """The ring is corrupt: mark it (the supervisor resets it once this worker is gone and
+        starts a new one) and stop, instead of crashing and being restarted onto it."""
+        self.ring.mark_corrupt()
+        self.ring_corrupt = True
+        log.error(
+            "worker %d: its ring is corrupt (%s): exiting; the supervisor empties the ring "
+            "(what it held is counted as lost) and starts a new worker",
+            self.index,
+            exc,
+        )
+
     def _loop(self) -> None:
-        ring, c, handler = self.ring, self.counters, self.handler
+        ring, c, handler, ctl = self.ring, self.counters, self.handler, self.ctl
         step = self._batch_step if handler.batch else self._record_step
         next_tick = time.monotonic() + handler.tick_interval if handler.tick else float("inf")
         idle = 0
         while True:
+            if ctl[_CORRUPT]:  # marked by the receiver: exit; the supervisor resets the ring
+                log.error("worker %d: its ring was found corrupt: exiting", self.index)
+                return
             if c[_COMMAND] == COMMAND_RETIRE or (self.recycling and self._recycle_due()):
                 return
             if handler.tick is not None and time.monotonic() >= next_tick:
@@ -169,7 +232,7 @@ class Worker:
             if batch:
                 idle = 0
                 done = step(batch)
-                if ring.end_batch(0 if step == self._record_step else done):
+                if ring.end_batch():
                     signal_wake(self.space_fd)
                 if done < len(batch):
                     return  # retired or recycled mid-batch: the rest stays for the successor
@@ -198,8 +261,9 @@ class Worker:
         """
         if self._native is not None:
             return self._native_record_step(batch)
-        ctl, c, process, recycling = self.ring.ctl, self.counters, self._process, self.recycling
+        ctl, c, process, recycling = self.ctl, self.counters, self._process, self.recycling
         monotonic_ns, time_ns = time.monotonic_ns, time.time_ns
+        acked = int(ctl[ACKED])
         done = 0
         for record, end in batch:
             if done and (c[_COMMAND] == COMMAND_RETIRE or (recycling and self._recycle_due())):
@@ -207,10 +271,16 @@ class Worker:
             ctl[IN_HAND] = end
             c[_PROGRESS] += 1
             c[_BUSY_SINCE_NS] = monotonic_ns()
-            process(record)
+            rare = process(record)  # counted in the journal
             observe_latency(c, time_ns() - record.recv_ns)
-            ctl[TAIL] = end  # acknowledged: never replayed
-            ctl[ACKED] += 1
+            acked += 1
+            ctl[_J_ACKED] = acked
+            ctl[TAIL] = end  # acknowledged: never replayed; then the counts, from the journal
+            ctl[ACKED] = acked
+            c[_HANDLED] = ctl[_J_HANDLED]
+            if rare:
+                c[_HANDLER_ERRORS] = ctl[_J_ERRORS]
+                c[_INVALID] = ctl[_J_INVALID]
             done += 1
             self.records += 1
         c[_BUSY_SINCE_NS] = 0
@@ -226,7 +296,7 @@ class Worker:
         while True:
             handled: int = run(
                 batch[done:] if done else batch,
-                self.ring.ctl,
+                self.ctl,
                 c,
                 _NATIVE_SLOTS,
                 self._process,
@@ -245,7 +315,7 @@ class Worker:
                 break
         c[_BUSY_SINCE_NS] = 0
         if done < total:
-            self.ring.rewind_to(int(self.ring.ctl[TAIL]))
+            self.ring.rewind_to(int(self.ctl[TAIL]))
         return done
 
     def _allowance(self) -> int:
@@ -256,7 +326,7 @@ class Worker:
         if self.record_limit:
             room = min(room, self.record_limit - self.records)
         if self.config.max_rss:
-            room = min(room, RSS_CHECK_EVERY - self.records % RSS_CHECK_EVERY)
+            room = min(room, RSS_CHECK_EVERY - (self.records - self._rss_checked_at))
         return max(1, room)
 
     def _report_invalid(self, exc: BaseException) -> None:
@@ -267,11 +337,11 @@ class Worker:
 
     def _batch_step(self, batch: list[tuple[Record, int]]) -> int:
         """One handle_batch call for the whole batch, acknowledged together."""
-        c, handler = self.counters, self.handler
-        self.ring.start(batch[-1][1])
+        c, ctl, handler, end = self.counters, self.ctl, self.handler, batch[-1][1]
+        self.ring.start(end)
         c[Slot.PROGRESS] += len(batch)
         c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
-        messages, dgrams = self._decode_batch(batch)
+        messages, dgrams = self._decode_batch(batch)  # the invalid ones counted in the journal
         if messages:
             try:
                 if handler.mode == "both":
@@ -279,16 +349,20 @@ class Worker:
                 else:
                     handler.call(messages)
             except Exception:
-                c[Slot.HANDLER_ERRORS] += len(messages)
+                ctl[_J_ERRORS] += len(messages)
                 self._errors.warning("worker %d: batch handler raised", self.index, exc_info=True)
-            c[Slot.HANDLED] += len(messages)
+            ctl[_J_HANDLED] += len(messages)
         now = time.time_ns()
         if self._native is not None:
             self._native.observe_batch(batch, now, c, _LATENCY_SLOTS)
         else:
             for record, _ in batch:
                 observe_latency(c, now - record.recv_ns)
-        self.ring.finish(batch[-1][1])
+        ctl[_J_ACKED] = acked = int(ctl[ACKED]) + len(batch)
+        self.ring.finish(end)  # acknowledged; then the counts, from the journal
+        ctl[ACKED] = acked
+        for slot, journal in _SETTLED:
+            c[slot] = ctl[journal]
         c[Slot.BUSY_SINCE_NS] = 0
         self.records += len(batch)
         return len(batch)
@@ -305,8 +379,8 @@ class Worker:
                 DECODE_ERRORS,
                 self._report_invalid,
                 make,
-                self.counters,
-                _INVALID,
+                self.ctl,
+                _J_INVALID,
             )
             return decoded
         messages: list[Any] = []
@@ -317,7 +391,7 @@ class Worker:
                     record.payload if handler.decode is None else handler.decode(record.payload)
                 )
             except DECODE_ERRORS as exc:
-                self.counters[_INVALID] += 1
+                self.ctl[_J_INVALID] += 1
                 self._report_invalid(exc)
                 continue
             messages.append(message)
@@ -340,21 +414,38 @@ class Worker:
         if self.record_limit and self.records >= self.record_limit:
             log.info("worker %d: recycling after %d records", self.index, self.records)
             return True
-        if self.config.max_rss and self.records % RSS_CHECK_EVERY == 0 and self.records:
+        if self.config.max_rss and self._rss_check_due():
+            self._rss_checked_at, self._rss_checked_time = self.records, time.monotonic()
             rss = psutil.Process().memory_info().rss
             if rss > self.config.max_rss * 1024 * 1024:
-                log.info("worker %d: recycling at %d MiB resident", self.index, rss >> 20)
+                log.info(
+                    "worker %d: recycling at %d MiB resident after %d records",
+                    self.index,
+                    rss >> 20,
+                    self.records,
+                )
                 return True
         return False
 
-    def _process(self, record: Record) -> None:
-        handler, c = self.handler, self.counters
+    def _rss_check_due(self) -> bool:
+        since = self.records - self._rss_checked_at
+        if since >= RSS_CHECK_EVERY:
+            return True
+        return since > 0 and time.monotonic() - self._rss_checked_time >= RSS_CHECK_SECONDS
+
+    def _process(self, record: Record) -> bool:
+        """Decode and handle one record, counting it in the journal (not the counters).
+
+        Returns:
+            True when it was counted as invalid or as a handler error, not only as handled.
+        """
+        handler, ctl = self.handler, self.ctl
         try:
             message = record.payload if handler.decode is None else handler.decode(record.payload)
         except DECODE_ERRORS as exc:
-            c[_INVALID] += 1
+            ctl[_J_INVALID] += 1
             self._report_invalid(exc)
-            return
+            return True
         try:
             if handler.mode == "data":
                 handler.call(message)
@@ -365,9 +456,12 @@ class Worker:
                 else:
                     handler.call(message, dgram)
         except Exception:
-            c[_HANDLER_ERRORS] += 1
+            ctl[_J_ERRORS] += 1
+            ctl[_J_HANDLED] += 1
             self._errors.warning("worker %d: handler raised", self.index, exc_info=True)
-        c[_HANDLED] += 1
+            return True
+        ctl[_J_HANDLED] += 1
+        return False
 
     def _datagram(self, record: Record) -> Datagram:
         return Datagram(
@@ -388,7 +482,7 @@ class Worker:
         ring.set_sleeping(True)
         # Re-check after announcing the sleep: a record published in between is not missed.
         if not ring.has_unread() and not ring.is_drained():
-            select.select([self.wake_fd], [], [], SLEEP_TIMEOUT)
+            self._waker.poll(SLEEP_TIMEOUT_MS)
             clear_wake(self.wake_fd)
         ring.set_sleeping(False)
 
@@ -420,7 +514,12 @@ def main(argv: list[str]) -> int:
     except HandlerImportError as exc:
         print(f"ugram: {exc}", file=sys.stderr)
         return EXIT_HANDLER_IMPORT
-    worker = Worker(spec, handler)
+    try:
+        worker = Worker(spec, handler)
+    except RingCorruptError as exc:  # its header overwritten: say so, as _give_up_ring does
+        mark_corrupt_fd(spec.ring_fds[0])
+        log.error("worker %d: its ring is corrupt (%s): exiting", spec.index, exc)
+        return 0
     if handler.setup is not None:
         try:
             handler.setup()
