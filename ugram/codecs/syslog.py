@@ -19,7 +19,8 @@ of 9999).
 
 Limits, in characters: a message may be as long as a datagram (``max_datagram``), but a header
 field longer than RFC 5424 allows makes the datagram ``invalid``: HOSTNAME 255
-(:data:`MAX_HOSTNAME`) and PROCID 128 (:data:`MAX_PROCID`), in both formats; APP-NAME 48
+(:data:`MAX_HOSTNAME`; in RFC 3164, where the host is a guess, a longer first word is kept as
+message text instead) and PROCID 128 (:data:`MAX_PROCID`), in both formats; APP-NAME 48
 (:data:`MAX_APP_NAME`), MSGID 32 (:data:`MAX_MSGID`), an SD-ID or PARAM-NAME 32
 (:data:`MAX_SD_NAME`) and a PARAM-VALUE, unescaped, 8192 (:data:`MAX_SD_VALUE`; RFC 5424 sets
 none). A header that does not parse is still read as RFC 3164, whatever its lengths, and an
@@ -285,7 +286,9 @@ def _parse_3164(text: str) -> dict[str, Any]:
         if tag is None and not space:
             return {**fields, "message": rest}
         if len(hostname) > MAX_HOSTNAME:
-            raise _too_long("HOSTNAME", MAX_HOSTNAME)
+            # RFC 3164's HOSTNAME is a guess (the first word): one too long for a host name
+            # is message text (a URL, a JSON blob), never a reason to drop the line.
+            return {**fields, "message": rest}
         fields["hostname"] = hostname
         rest = after
     if tag is not None:
