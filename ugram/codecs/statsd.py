@@ -12,14 +12,22 @@ Each line is one of:
 Unknown ``|`` sections (newer protocol versions: ``|e:``, ``|card:``) are ignored. The handler
 is called once per line that parses; bad lines are skipped, logged and counted (see
 :mod:`ugram.codecs.base`), and a datagram without any good line is ``invalid``.
+
+Limits, in bytes: a line longer than :data:`MAX_LINE` (8 KiB, without its line end) is a bad
+line, and so is one with a field longer than :data:`MAX_FIELD` (1 KiB): a metric name, one
+value or set member, one tag, a container id, an event's host, aggregation key, priority,
+source or alert type, a service check's name or host. An event's title and text and a service
+check's message are bounded by the line alone.
+
+Parsing takes time linear in the line: no regular expression reads the line (``float()``
+reads a value), and every scan is a ``bytes`` method.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import re
 from collections.abc import Iterable
+from math import isfinite
 from typing import Any, Literal, TypeAlias
 
 import msgspec
@@ -28,6 +36,13 @@ from ..errors import HandlerImportError
 from .base import CodecError, Decode, parse_lines
 
 NAME = "statsd"
+
+MAX_LINE = 8192
+"""The longest line read, in bytes: the DogStatsD clients' default payload over a Unix socket,
+and the Datadog Agent's default buffer (which a longer line would not fit either)."""
+MAX_FIELD = 1024
+"""The longest name, value, set member, tag, container id or event/service check field, in
+bytes (Datadog allows 200 characters for a metric name or a tag)."""
 
 MetricType = Literal["c", "g", "ms", "h", "s", "d"]
 METRIC_TYPES: frozenset[str] = frozenset(("c", "g", "ms", "h", "s", "d"))
@@ -117,56 +132,79 @@ def parse_line(line: bytes) -> Line:
     """Parse one DogStatsD line.
 
     Raises:
-        CodecError: the line is not a valid metric, event or service check.
+        CodecError: the line is not a valid metric, event or service check, or it (or one of
+            its fields) is longer than :data:`MAX_LINE` (:data:`MAX_FIELD`).
     """
+    limits = len(line) > MAX_FIELD  # else neither the line nor a field can be too long
+    if limits and len(line) > MAX_LINE:
+        raise CodecError(f"statsd: line longer than {MAX_LINE} bytes")
     try:
         if line.startswith(b"_e{"):
-            return _event(line)
+            return _event(line, limits)
         if line.startswith(b"_sc|"):
-            return _service_check(line)
-        return _metric(line)
+            return _service_check(line, limits)
+        return _metric(line, limits)
     except UnicodeDecodeError as exc:
         raise CodecError(f"statsd: not UTF-8: {exc.reason}") from None
 
 
 # -- metrics ----------------------------------------------------------------------------------
 
-_NUMBER = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_TIMESTAMP = re.compile(rb"\d{1,12}")
 
-
-def _metric(line: bytes) -> Metric:
+def _metric(line: bytes, limits: bool) -> Metric:
     name, colon, rest = line.partition(b":")
     sections = rest.split(b"|")
     if not name or not colon or len(sections) < 2:
         raise CodecError("statsd: not name:value|type")
     kind = sections[1].decode()
     if kind not in METRIC_TYPES:
-        raise CodecError(f"statsd: unknown metric type {kind!r}")
+        raise CodecError(f"statsd: unknown metric type {kind[:40]!r}")
     raw_values = sections[0].split(b":")
     fields: dict[str, Any] = {"name": name.decode(), "type": kind}
     if kind == "s":
         fields["members"] = _members(raw_values)
     else:
-        fields["values"] = tuple(_number(value) for value in raw_values)
+        fields["values"] = tuple(map(_number, raw_values))
     for section in sections[2:]:
         _metric_section(section, fields)
+    if limits:  # checked last: a line that does not parse costs no more for its length
+        _limit("metric name", name)
+        _limit("set member" if kind == "s" else "value", *raw_values)
+        _limit_sections(sections[2:], _METRIC_LIMITS)
     return Metric(**fields)
 
 
 def _members(raw: list[bytes]) -> tuple[str, ...]:
     if not all(raw):
         raise CodecError("statsd: empty set value")
-    return tuple(value.decode() for value in raw)
+    return tuple(map(bytes.decode, raw))
+
+
+_NUMBER_START = b"+-.0123456789"
+_NUMBER_END = b".0123456789"
 
 
 def _number(raw: bytes) -> float:
-    if not _NUMBER.fullmatch(raw):
-        raise CodecError(f"statsd: not a number: {raw[:40]!r}")
-    value = float(raw)
-    if not math.isfinite(value):
+    """``[+-]?(\\d+\\.?\\d*|\\.\\d+)([eE][+-]?\\d+)?`` (ASCII digits) as a finite float.
+
+    ``float()`` reads that syntax, and besides it only surrounding whitespace, ``_`` between
+    digits, ``inf``, ``infinity`` and ``nan``: refused here by the first and last byte and the
+    ``_``. (The regular expression this replaces took time quadratic in a run of digits.)
+
+    Raises:
+        CodecError: not that syntax, or too large for a float.
+    """
+    if raw.isdigit() and len(raw) < 300:  # the usual value, and one no float overflows on
+        return float(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CodecError(f"statsd: not a number: {raw[:40]!r}") from None
+    if raw[0] in _NUMBER_START and raw[-1] in _NUMBER_END and b"_" not in raw:
+        if isfinite(value):
+            return value
         raise CodecError(f"statsd: value out of range: {raw[:40]!r}")
-    return value
+    raise CodecError(f"statsd: not a number: {raw[:40]!r}")
 
 
 def _metric_section(section: bytes, fields: dict[str, Any]) -> None:
@@ -185,18 +223,57 @@ def _metric_section(section: bytes, fields: dict[str, Any]) -> None:
 
 
 def _tags(raw: bytes) -> tuple[str, ...]:
-    return tuple(tag for tag in raw.decode().split(",") if tag)
+    return tuple(filter(None, raw.decode().split(",")))  # without the empty ones
 
 
 def _timestamp(raw: bytes) -> int:
-    if not _TIMESTAMP.fullmatch(raw):
+    if not (raw.isdigit() and len(raw) <= 12):  # \d{1,12}: bytes.isdigit() is ASCII only
         raise CodecError(f"statsd: not a timestamp: {raw[:40]!r}")
     return int(raw)
 
 
+# -- limits -----------------------------------------------------------------------------------
+
+# The sections whose value is a field, by prefix: what the field is (in "#", each tag is one).
+_METRIC_LIMITS = {b"@": "sample rate", b"c:": "container id", b"#": "tag"}
+_EVENT_LIMITS = {
+    b"h:": "event hostname",
+    b"k:": "event aggregation key",
+    b"p:": "event priority",
+    b"s:": "event source type",
+    b"t:": "event alert type",
+    b"#": "tag",
+}
+_CHECK_LIMITS = {b"h:": "service check hostname", b"#": "tag"}
+
+
+def _limit(what: str, *fields: bytes) -> None:
+    """Check that none of ``fields`` is longer than :data:`MAX_FIELD`.
+
+    Raises:
+        CodecError: one is (the message calls it ``what``).
+    """
+    if max(map(len, fields)) > MAX_FIELD:
+        raise CodecError(f"statsd: {what} longer than {MAX_FIELD} bytes")
+
+
+def _limit_sections(sections: Iterable[bytes], limits: dict[bytes, str]) -> None:
+    """Check the fields of the ``sections`` that ``limits`` names (by prefix) with :func:`_limit`.
+
+    Raises:
+        CodecError: one is too long.
+    """
+    for section in sections:
+        if len(section) <= MAX_FIELD:  # nor is its field then
+            continue
+        for prefix, what in limits.items():
+            if section.startswith(prefix):
+                value = section[len(prefix) :]
+                _limit(what, *(value.split(b",") if prefix == b"#" else (value,)))
+
+
 # -- events and service checks ----------------------------------------------------------------
 
-_EVENT_HEAD = re.compile(rb"_e\{(\d{1,6}),(\d{1,6})\}:")
 _EVENT_FIELDS = {
     b"d:": "timestamp",
     b"h:": "hostname",
@@ -207,23 +284,40 @@ _EVENT_FIELDS = {
 }
 
 
-def _event(line: bytes) -> Event:
-    head = _EVENT_HEAD.match(line)
-    if head is None:
-        raise CodecError("statsd: not _e{title_length,text_length}:title|text")
-    title_end = head.end() + int(head.group(1))
-    text_end = title_end + 1 + int(head.group(2))
+def _event(line: bytes, limits: bool) -> Event:
+    head_end, title_length, text_length = _event_head(line)
+    title_end = head_end + title_length
+    text_end = title_end + 1 + text_length
     if line[title_end : title_end + 1] != b"|" or text_end > len(line):
         raise CodecError("statsd: event title/text lengths do not match the line")
     if text_end < len(line) and line[text_end : text_end + 1] != b"|":
         raise CodecError("statsd: event text longer than its length")
     fields: dict[str, Any] = {
-        "title": _unescape(line[head.end() : title_end]),
+        "title": _unescape(line[head_end:title_end]),
         "text": _unescape(line[title_end + 1 : text_end]),
     }
-    for section in _sections(line[text_end + 1 :]):
+    sections = _sections(line[text_end + 1 :])
+    for section in sections:
         _event_section(section, fields)
+    if limits:  # checked last: a line that does not parse costs no more for its length
+        _limit_sections(sections, _EVENT_LIMITS)
     return Event(**fields)
+
+
+def _event_head(line: bytes) -> tuple[int, int, int]:
+    """Read ``_e{T,X}:`` (T and X: 1 to 6 ASCII digits): (where it ends, T, X).
+
+    Raises:
+        CodecError: the line does not start so.
+    """
+    # "_e{" + 6 digits + "," + 6 digits + "}:" is 18 bytes; as no digit is "}", the first
+    # "}:" is the one that ends the head, if the line has one
+    close = line.find(b"}:", 3, 19)
+    if close > 0:
+        title, comma, text = line[3:close].partition(b",")
+        if comma and title.isdigit() and text.isdigit() and len(title) <= 6 and len(text) <= 6:
+            return close + 2, int(title), int(text)
+    raise CodecError("statsd: not _e{title_length,text_length}:title|text")
 
 
 def _event_section(section: bytes, fields: dict[str, Any]) -> None:
@@ -237,7 +331,7 @@ def _event_section(section: bytes, fields: dict[str, Any]) -> None:
         fields[name] = section[2:].decode()
 
 
-def _service_check(line: bytes) -> ServiceCheck:
+def _service_check(line: bytes, limits: bool) -> ServiceCheck:
     parts = line.split(b"|")
     if len(parts) < 3 or not parts[1] or parts[2] not in (b"0", b"1", b"2", b"3"):
         raise CodecError("statsd: not _sc|name|status with status 0-3")
@@ -251,11 +345,14 @@ def _service_check(line: bytes) -> ServiceCheck:
             fields["tags"] = _tags(section[1:])
         elif section.startswith(b"m:"):
             fields["message"] = _unescape(section[2:]).replace("m\\:", "m:")
+    if limits:  # checked last: a line that does not parse costs no more for its length
+        _limit("service check name", parts[1])
+        _limit_sections(parts[3:], _CHECK_LIMITS)
     return ServiceCheck(**fields)
 
 
-def _sections(raw: bytes) -> Iterable[bytes]:
-    return raw.split(b"|") if raw else ()
+def _sections(raw: bytes) -> list[bytes]:
+    return raw.split(b"|") if raw else []
 
 
 def _unescape(raw: bytes) -> str:

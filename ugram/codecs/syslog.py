@@ -13,7 +13,22 @@ Tolerant of what real local clients send, one message per datagram:
 * No ``<PRI>`` (or one above 191): ``user.notice`` (13), as RFC 3164 section 4.3.3 says.
 
 An RFC 6587 octet count before ``<PRI>`` and trailing NUL, CR and LF are dropped, invalid
-UTF-8 is replaced (U+FFFD). Only an empty datagram is ``invalid``.
+UTF-8 is replaced (U+FFFD). An empty datagram is ``invalid``, and so is one whose RFC 3339
+timestamp without a zone is out of range in the receiving host's (year 1, or the last hours
+of 9999).
+
+Limits, in characters: a message may be as long as a datagram (``max_datagram``), but a header
+field longer than RFC 5424 allows makes the datagram ``invalid``: HOSTNAME 255
+(:data:`MAX_HOSTNAME`; in RFC 3164, where the host is a guess, a longer first word is kept as
+message text instead) and PROCID 128 (:data:`MAX_PROCID`), in both formats; APP-NAME 48
+(:data:`MAX_APP_NAME`), MSGID 32 (:data:`MAX_MSGID`), an SD-ID or PARAM-NAME 32
+(:data:`MAX_SD_NAME`) and a PARAM-VALUE, unescaped, 8192 (:data:`MAX_SD_VALUE`; RFC 5424 sets
+none). A header that does not parse is still read as RFC 3164, whatever its lengths, and an
+RFC 3164 TAG is still read up to 64 characters (a longer word is not a tag).
+
+Parsing takes time linear in the datagram: each regular expression below either reads a
+bounded number of characters or gives back each character it took at most once (see the
+comment above them).
 """
 
 from __future__ import annotations
@@ -37,6 +52,18 @@ FACILITIES = (
 )  # fmt: skip
 SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 DEFAULT_PRI = 13  # user.notice: RFC 3164 4.3.3, for a message without a valid PRI
+MAX_HOSTNAME = 255
+"""The longest HOSTNAME (RFC 5424 section 6.2.4), also for RFC 3164's."""
+MAX_APP_NAME = 48
+"""The longest RFC 5424 APP-NAME (section 6.2.5)."""
+MAX_PROCID = 128
+"""The longest PROCID (RFC 5424 section 6.2.6), also for RFC 3164's ``TAG[PID]``."""
+MAX_MSGID = 32
+"""The longest RFC 5424 MSGID (section 6.2.7)."""
+MAX_SD_NAME = 32
+"""The longest SD-ID or PARAM-NAME (RFC 5424 section 6.3: SD-NAME)."""
+MAX_SD_VALUE = 8192
+"""The longest structured data PARAM-VALUE, unescaped (RFC 5424 sets no limit)."""
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -100,6 +127,12 @@ def make_decoder(message_type: Any) -> Decode | None:
 
 # -- parsing ----------------------------------------------------------------------------------
 
+# None of these can take more than linear time (an attacker writes the text): the bounded ones
+# (_OCTET_COUNT, _PRI, _RFC3339, _TS_3164, _TS_ISO, _SD_UNESCAPE) read a few dozen characters
+# at most; in the others each unbounded repetition is of one class, or of alternatives that
+# start with different characters ([^"\\] or \\), and what follows it (a space, "=", '"',
+# "]") is not in that class, so a failing match gives back each character once, testing one
+# character each time, and no repetition is nested in another.
 _OCTET_COUNT = re.compile(r"\d{1,6} (?=<)")
 _PRI = re.compile(r"<(\d{1,3})>")
 _HEAD_5424 = re.compile(r"([1-9]\d{0,2}) (\S+) (\S+) (\S+) (\S+) (\S+) ")
@@ -122,7 +155,9 @@ def parse_syslog(payload: bytes) -> SyslogMessage:
     """Parse one syslog datagram (RFC 5424, RFC 3164, or ``<PRI>`` and text).
 
     Raises:
-        CodecError: the datagram is empty (or only NULs and line ends).
+        CodecError: the datagram is empty (or only NULs and line ends), a header field is
+            longer than its limit (:data:`MAX_HOSTNAME`, ...), or an RFC 3339 timestamp
+            without a zone cannot be put in the receiving host's.
     """
     text = payload.decode("utf-8", "replace").rstrip("\x00\r\n")
     octets = _OCTET_COUNT.match(text)
@@ -144,10 +179,6 @@ def _split_pri(text: str) -> tuple[int, str]:
     return int(match.group(1)), text[match.end() :]
 
 
-def _nil(value: str) -> str | None:
-    return None if value == "-" else value
-
-
 def _parse_5424(text: str) -> dict[str, Any] | None:
     head = _HEAD_5424.match(text)
     if head is None:
@@ -157,19 +188,41 @@ def _parse_5424(text: str) -> dict[str, Any] | None:
     sd = _structured_data(text, head.end())
     if (stamp != "-" and timestamp is None) or sd is None:
         return None
-    elements, end = sd
+    elements, end, sd_too_long = sd
     if end < len(text) and text[end] != " ":
         return None
+    if (
+        len(hostname) > MAX_HOSTNAME
+        or len(app_name) > MAX_APP_NAME
+        or len(procid) > MAX_PROCID
+        or len(msgid) > MAX_MSGID
+        or sd_too_long
+    ):
+        raise _too_long_5424((hostname, app_name, procid, msgid), sd_too_long)
     return {
         "version": int(version),
         "timestamp": timestamp,
-        "hostname": _nil(hostname),
-        "app_name": _nil(app_name),
-        "procid": _nil(procid),
-        "msgid": _nil(msgid),
+        # "-" is NILVALUE (inline: this runs for every message)
+        "hostname": None if hostname == "-" else hostname,
+        "app_name": None if app_name == "-" else app_name,
+        "procid": None if procid == "-" else procid,
+        "msgid": None if msgid == "-" else msgid,
         "structured_data": elements,
         "message": text[end + 1 :].removeprefix("\ufeff"),
     }
+
+
+def _too_long(field: str, most: int) -> CodecError:
+    return CodecError(f"syslog: {field} longer than {most} characters")
+
+
+def _too_long_5424(header: tuple[str, str, str, str], sd_too_long: str | None) -> CodecError:
+    names = ("HOSTNAME", "APP-NAME", "PROCID", "MSGID")
+    limits = (MAX_HOSTNAME, MAX_APP_NAME, MAX_PROCID, MAX_MSGID)
+    for field, most, value in zip(names, limits, header, strict=True):
+        if len(value) > most:
+            return _too_long(field, most)
+    return CodecError(f"syslog: {sd_too_long}")
 
 
 def _rfc3339(text: str) -> datetime | None:
@@ -181,27 +234,44 @@ def _rfc3339(text: str) -> datetime | None:
         return None
 
 
-def _structured_data(text: str, pos: int) -> tuple[dict[str, dict[str, str]], int] | None:
-    """Parse ``-`` or ``[id k="v" ...]...`` at ``pos``: (elements, end), or None."""
+def _structured_data(
+    text: str, pos: int
+) -> tuple[dict[str, dict[str, str]], int, str | None] | None:
+    """Parse ``-`` or ``[id k="v" ...]...`` at ``pos``: (elements, end, which name or value
+    is over its limit, or None), or None when it does not parse.
+
+    A field over its limit is only reported, so that structured data that does not parse
+    still makes the text RFC 3164, as it would if the field were short.
+    """
     if text.startswith("-", pos):
-        return {}, pos + 1
+        return {}, pos + 1, None
     elements: dict[str, dict[str, str]] = {}
+    too_long: str | None = None
     if not text.startswith("[", pos):
         return None
     while text.startswith("[", pos):
         sd_id = _SD_ID.match(text, pos + 1)
         if sd_id is None:
             return None
+        if sd_id.end() - pos - 1 > MAX_SD_NAME:
+            too_long = too_long or f"SD-ID longer than {MAX_SD_NAME} characters"
         params = elements.setdefault(sd_id.group(), {})
         pos = sd_id.end()
         while not text.startswith("]", pos):
             param = _SD_PARAM.match(text, pos)
             if param is None:
                 return None
-            params[param.group(1)] = _SD_UNESCAPE.sub(r"\1", param.group(2))
+            name, value = param.group(1, 2)
+            if "\\" in value:
+                value = _SD_UNESCAPE.sub(r"\1", value)
+            if len(name) > MAX_SD_NAME:
+                too_long = too_long or f"PARAM-NAME longer than {MAX_SD_NAME} characters"
+            if len(value) > MAX_SD_VALUE:
+                too_long = too_long or f"PARAM-VALUE longer than {MAX_SD_VALUE} characters"
+            params[name] = value
             pos = param.end()
         pos += 1
-    return elements, pos
+    return elements, pos, too_long
 
 
 def _parse_3164(text: str) -> dict[str, Any]:
@@ -215,10 +285,17 @@ def _parse_3164(text: str) -> dict[str, Any]:
         tag = _TAG.match(after) if space else None
         if tag is None and not space:
             return {**fields, "message": rest}
+        if len(hostname) > MAX_HOSTNAME:
+            # RFC 3164's HOSTNAME is a guess (the first word): one too long for a host name
+            # is message text (a URL, a JSON blob), never a reason to drop the line.
+            return {**fields, "message": rest}
         fields["hostname"] = hostname
         rest = after
     if tag is not None:
-        fields.update(app_name=tag.group(1), procid=tag.group(2) or None)
+        app_name, procid = tag.groups()
+        if procid is not None and len(procid) > MAX_PROCID:
+            raise _too_long("PROCID", MAX_PROCID)
+        fields.update(app_name=app_name, procid=procid or None)
         rest = rest[tag.end() :]
     return {**fields, "message": rest}
 
@@ -235,11 +312,24 @@ def _timestamp_3164(text: str) -> tuple[datetime | None, str]:
             when = datetime.fromisoformat(stamp)
         except ValueError:
             return None, text[iso.end() :]
-        return (when if when.tzinfo else when.astimezone()), text[iso.end() :]
+        return (when if when.tzinfo else _local(when)), text[iso.end() :]
     bsd = _TS_3164.match(text)
     if bsd is None:
         return None, text
     return _bsd_time(*bsd.groups()), text[bsd.end() :]
+
+
+def _local(when: datetime) -> datetime:
+    """A naive ``when`` in the receiving host's zone.
+
+    Raises:
+        CodecError: ``when`` is out of range there (the C library's ValueError or
+            OverflowError, for a time in year 1 or at the very end of year 9999).
+    """
+    try:
+        return when.astimezone()
+    except (ValueError, OverflowError) as exc:
+        raise CodecError(f"syslog: timestamp out of range in this zone: {exc}") from None
 
 
 def _bsd_time(month: str, day: str, hour: str, minute: str, second: str) -> datetime | None:
