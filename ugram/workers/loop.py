@@ -82,6 +82,9 @@ class Worker:
         self._native_call = handler.call if plain else None
         self._native_decode = handler.decode if plain else None
         self.wake_fd = spec.wake_fds[0]
+        # poll, not select: in an application with many files open the fd is above 1024
+        self._waker = select.poll()
+        self._waker.register(self.wake_fd, select.POLLIN)
         self.space_fd = spec.space_fd
         self.sock = socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None
         self.counters = Stats(spec.stats_fd).block(spec.stats_block)
@@ -388,7 +391,7 @@ class Worker:
         ring.set_sleeping(True)
         # Re-check after announcing the sleep: a record published in between is not missed.
         if not ring.has_unread() and not ring.is_drained():
-            select.select([self.wake_fd], [], [], SLEEP_TIMEOUT)
+            self._waker.poll(SLEEP_TIMEOUT * 1000)
             clear_wake(self.wake_fd)
         ring.set_sleeping(False)
 
