@@ -134,7 +134,8 @@ class Supervisor:
         self._rolling: list[int] = []  # SIGHUP: slots still to restart, one at a time
         self._handover: Handover | None = None  # SIGHUP: the slot being replaced now
         self._standby_at = -1  # the stats block of a booting SIGHUP replacement
-        self._started_up = False  # every initial worker has run: boot failures are retried
+        self._ran: set[int] = set()  # slots where a worker got past booting at least once
+        self._started_up = False  # every initial slot has run: boot failures are retried
         self._deadline = 0.0
         self._signals: list[int] = []
         self._last_seen = (0, 0)
@@ -501,12 +502,12 @@ class Supervisor:
                 self._on_exit(child, code)
 
     def _note_started(self) -> None:
-        """Start-up is over once every initial worker has got past booting."""
-        if self._started_up or self._phase is not Phase.RUNNING:
+        """Start-up is over once a worker of every initial slot has got past booting: the
+        handler imports and sets up."""
+        if self._started_up:
             return
-        workers = self._workers
-        if all(i in workers and not self._booting(workers[i]) for i in range(self.config.workers)):
-            self._started_up = True
+        self._ran.update(i for i, child in self._workers.items() if not self._booting(child))
+        self._started_up = all(i in self._ran for i in range(self.config.workers))
 
     def _on_exit(self, child: Child, code: int) -> None:
         handover = self._handover
@@ -521,6 +522,8 @@ class Supervisor:
         else:
             del self._workers[child.index]
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.WORKER_STOPPED)
+            if not self._booting(child):
+                self._ran.add(child.index)  # it ran, even if no tick saw it running
             if handover is not None and handover.retired and child.index == handover.index:
                 self._replaced(handover, child, code)
                 return

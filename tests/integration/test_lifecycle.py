@@ -284,8 +284,10 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
 files = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
 assert files[-1] > 1024
 from ugram import Supervisor, make_config
-config = make_config(socket=sys.argv[1], handler="seqrec:Recorder", workers=2)
-sys.exit(Supervisor(config).run())
+server = Supervisor(make_config(socket=sys.argv[1], handler="seqrec:Recorder", workers=2))
+code = server.run()
+print("restarts", server.statistics().restarts)
+sys.exit(code)
 """
 
 
@@ -293,11 +295,12 @@ def test_embedded_in_a_process_with_fds_above_1024(sock_dir: Path, out_dir: Path
     path = sock_dir / "s.sock"
     app = sock_dir / "app.py"
     app.write_text(textwrap.dedent(EMBEDDING_APP))
-    err = sock_dir / "app.stderr"
-    with open(err, "wb") as stderr:
+    err, out = sock_dir / "app.stderr", sock_dir / "app.stdout"
+    with open(err, "wb") as stderr, open(out, "wb") as stdout:
         proc = subprocess.Popen(
             [sys.executable, str(app), str(path)],
             env=child_env(out_dir),
+            stdout=stdout,
             stderr=stderr,
             start_new_session=True,
         )
@@ -314,3 +317,5 @@ def test_embedded_in_a_process_with_fds_above_1024(sock_dir: Path, out_dir: Path
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert sorted(read_records(out_dir)) == sorted(f"fd{i}" for i in range(100))
+    # Its children too wait on fds above 1024: none of them died of it.
+    assert out.read_text().split() == ["restarts", "0"], err.read_text()[-3000:]
