@@ -789,12 +789,19 @@ class Supervisor:
             return
         self._control[Slot.BOOT_FAILURES] += 1
         self._rolling.clear()
-        log.error(
-            "SIGHUP: reload abandoned: the new worker %d failed to start (%s); the running "
-            "workers keep the code they have",
-            handover.index,
-            _why(code),
-        )
+        if handover.retired:  # READY, then died: the old worker, told to go, gets a fresh one
+            log.error(
+                "SIGHUP: reload abandoned: the new worker %d died before taking over (%s)",
+                handover.index,
+                _how(code),
+            )
+        else:
+            log.error(
+                "SIGHUP: reload abandoned: the new worker %d failed to start (%s); the "
+                "running workers keep the code they have",
+                handover.index,
+                _why(code),
+            )
         self._callbacks.emit_server_info(f"SIGHUP: reload abandoned ({_why(code)})")
 
     def _report(self) -> None:
