@@ -261,6 +261,8 @@ def test_sigterm_to_the_receiver_alone_causes_no_churn(sock_dir: Path, out_dir: 
         pid = server.proc.pid
         wait_for(lambda: len(worker_pids(pid)) == 2, what="2 workers")
         workers = worker_pids(pid)
+        # Titled once it ignores SIGTERM; before that, Python's default would kill it.
+        wait_for(lambda: children(pid, "receiver"), what="the receiver")
         (receiver,) = children(pid, "receiver")
         receiver.send_signal(signal.SIGTERM)
         time.sleep(1.5)
