@@ -158,7 +158,8 @@ DeadLetterMax = Annotated[
 BootRetries = Annotated[
     int,
     _meta(
-        "consecutive worker boot failures (with backoff) before the server stops",
+        "consecutive worker boot failures (with backoff) at start-up before the server "
+        "stops; once started, a worker that cannot boot is retried while the others serve",
         "an integer from 1 to 100",
         ge=1,
         le=100,

@@ -24,6 +24,10 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
         stats_block: this process's block in the table.
         control_block: the supervisor's block (active worker count, ...).
         scratch_fd: the receiver's shared recvmmsg area (-1: none, one datagram per read).
+        standby_block: a SIGHUP replacement's block while it boots (-1: an ordinary worker).
+            It imports the handler and runs ``setup()`` reporting there, then waits for the
+            supervisor to order it to take over ``stats_block`` and its ring (the worker it
+            replaces has exited by then) or to exit.
     """
 
     role: str
@@ -37,6 +41,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     stats_block: int
     control_block: int
     scratch_fd: int = -1
+    standby_block: int = -1
 
     def fds(self) -> list[int]:
         """Every fd the child must inherit."""

@@ -32,6 +32,12 @@ def supervisor_block(max_workers: int) -> int:
     return max_workers + 1
 
 
+def standby_block(max_workers: int) -> int:
+    """The block of a SIGHUP replacement while it boots (one at a time), after the
+    supervisor's; once it takes over a slot it writes that slot's block instead."""
+    return max_workers + 2
+
+
 class Slot(IntEnum):
     """The u64 slots of a process's block (a receiver and a worker use different ones).
 
@@ -117,7 +123,11 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
         "worker, receiver",
         "monotonic time of its last idle-loop (worker) or housekeeping (receiver) pass",
     ),
-    Slot.COMMAND: ("supervisor", "order to the worker: 1 = finish this record and exit"),
+    Slot.COMMAND: (
+        "supervisor",
+        "order to the worker: 1 = finish this record and exit; to a booted SIGHUP "
+        "replacement: 2 = take over the slot",
+    ),
     Slot.ACTIVE: ("supervisor", "how many workers the receiver routes to"),
     Slot.ACTIVE_SEEN: ("receiver", "the ACTIVE value the receiver routes with now"),
     Slot.WORKER_TIMEOUTS: ("supervisor", "workers killed by the liveness check"),
@@ -171,6 +181,7 @@ def observe_latency(block: memoryview, ns: int) -> None:
 _LATENCY_FIRST, _LATENCY_BUCKETS, _LATENCY_SUM_NS = LATENCY_FIRST, LATENCY_BUCKETS, LATENCY_SUM_NS
 
 COMMAND_RETIRE = 1
+COMMAND_TAKE_OVER = 2  # to a booted SIGHUP replacement: the old worker is gone, take its slot
 
 
 class State(IntEnum):
@@ -181,6 +192,7 @@ class State(IntEnum):
     RUNNING = 2
     DRAINING = 3
     STOPPED = 4
+    READY = 5  # a SIGHUP replacement, booted, waiting to take over its slot
 
 
 REJECT_REASONS = ("invalid", "oversized", "unauthorized", "rate_limited", "shed")
@@ -246,7 +258,8 @@ class Latency(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Stats:
-    """The shared counter table: block 0 is the receiver's, block ``i + 1`` worker ``i``'s."""
+    """The shared counter table: block 0 is the receiver's, block ``i + 1`` worker ``i``'s,
+    then the supervisor's and a booting SIGHUP replacement's (:func:`standby_block`)."""
 
     def __init__(self, fd: int) -> None:
         """Map the table in ``fd`` (made by :meth:`create`)."""

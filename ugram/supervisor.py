@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from types import FrameType
 
+import msgspec
 import setproctitle
 
 from . import speedups
@@ -42,17 +43,19 @@ from .health import Liveness, stall_reason
 from .observe import Observers, receiver_frozen
 from .receiver import mmsg
 from .receiver.admission import ANCILLARY_SIZE
-from .ring import PUBLISHED, Ring, create_shared_fd
+from .ring import CLOSED, PUBLISHED, Ring, create_shared_fd
 from .sockets import BoundSocket, adopt_systemd, bind_socket, unlink_if_ours
 from .spec import ChildSpec
 from .stats import (
     COMMAND_RETIRE,
+    COMMAND_TAKE_OVER,
     JOURNALED,
     RECEIVER_BLOCK,
     Slot,
     Snapshot,
     State,
     Stats,
+    standby_block,
     supervisor_block,
     worker_block,
 )
@@ -93,6 +96,20 @@ class Child:
         return "receiver" if self.role == "receiver" else f"worker {self.index}"
 
 
+@dataclass
+class Handover:
+    """SIGHUP, one slot: its replacement boots first, and only then is the old one retired.
+
+    The ring has one consumer at a time, so the replacement (the standby) takes it over only
+    once the old worker has exited; a standby that cannot boot leaves the old one running.
+    """
+
+    index: int
+    standby: Child
+    retired: bool = False  # the old worker was told to retire: the slot is the standby's
+    called_off: bool = False  # the standby was told to exit without taking over
+
+
 class Supervisor:
     """Runs a ugram server: ``Supervisor(config).run()`` blocks until it stops.
 
@@ -118,6 +135,10 @@ class Supervisor:
         self._liveness: dict[int, Liveness] = {}
         self._retiring: set[int] = set()  # SIGTTOU: slots that go away once drained
         self._rolling: list[int] = []  # SIGHUP: slots still to restart, one at a time
+        self._handover: Handover | None = None  # SIGHUP: the slot being replaced now
+        self._standby_at = -1  # the stats block of a booting SIGHUP replacement
+        self._ran: set[int] = set()  # slots where a worker got past booting at least once
+        self._started_up = False  # every initial slot has run: boot failures are retried
         self._deadline = 0.0
         self._signals: list[int] = []
         self._last_seen = (0, 0)
@@ -206,10 +227,14 @@ class Supervisor:
         # The blocking form owns its process: name it for ps/top. serve() leaves an
         # embedding application's title alone.
         setproctitle.setproctitle(f"ugram: supervisor {self.config.socket}")
+        # poll, not select: an embedding application with many files open gives us fds
+        # above FD_SETSIZE (1024), which select() refuses.
+        poller = select.poll()
+        poller.register(read_fd, select.POLLIN)
         try:
             self.start()
             while self._phase is not Phase.STOPPED:
-                select.select([read_fd], [], [], TICK)
+                poller.poll(TICK * 1000)
                 _drain_pipe(read_fd)
                 self._handle_signals()
                 self.tick()
@@ -266,7 +291,13 @@ class Supervisor:
             self.request_stop()
 
     def handle_hup(self) -> None:
-        """SIGHUP: restart every worker, one at a time, re-importing the handler."""
+        """SIGHUP: restart every worker, one at a time, re-importing the handler.
+
+        Each replacement boots (imports the handler, runs ``setup()``) beside the worker it
+        replaces; only then is the old one retired, and the replacement takes over its ring
+        once it has exited. The next slot follows once that replacement runs. A replacement
+        that cannot boot abandons the reload: the running workers keep the code they have.
+        """
         self._rolling = sorted(i for i in self._workers if i not in self._retiring)
         self._callbacks.emit_server_info(f"SIGHUP: reloading {len(self._rolling)} worker(s)")
 
@@ -319,7 +350,9 @@ class Supervisor:
         """Drain and stop within ``timeout`` seconds (default: graceful_timeout).
 
         Returns:
-            The exit code (0 when everything was handled).
+            The exit code: 0 when everything was handled and every child finished; 5 when
+            children still running at the deadline were killed (their ``teardown()`` cut
+            off) though no record was left.
 
         Raises:
             ShutdownTimeoutError: records were left unhandled when the time ran out.
@@ -335,7 +368,8 @@ class Supervisor:
         return self.exit_code
 
     def close(self) -> None:
-        """Stop at once: kill every child, count what was left, clean up."""
+        """Stop at once: kill every child, count what was left, clean up (exit code 5 if
+        a child was still running)."""
         if self._phase is Phase.STOPPED:
             return
         if self._phase is Phase.NEW:
@@ -376,13 +410,14 @@ class Supervisor:
             self._rings = [Ring.create(cfg.ring_size) for _ in range(slots)]
             self._wakes = [make_wake() for _ in range(slots)]
             self._space = make_wake()
-            self._stats = Stats.create(slots + 2)
+            self._stats = Stats.create(slots + 3)  # + receiver, supervisor, standby
             self._scratch = _create_scratch(cfg)
             self._observers = Observers(self)  # binds now: a bad metrics address stops us here
         except BaseException:
             self._release()
             raise
         self._control = self._stats.block(supervisor_block(slots))
+        self._standby_at = standby_block(slots)
         self._set_active(cfg.workers)
         self._phase = Phase.RUNNING
         for index in range(cfg.workers):
@@ -437,6 +472,17 @@ class Supervisor:
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.WORKER_STARTED)
         log.debug("started %s (pid %d)", child.name, proc.pid)
 
+    def _spawn_standby(self, index: int) -> Child:
+        """Start a SIGHUP replacement for slot ``index``; it boots, then waits for its turn."""
+        assert self._stats is not None
+        spec = msgspec.structs.replace(self._spec("worker", index), standby_block=self._standby_at)
+        block = self._stats.block(self._standby_at)
+        block[Slot.STATE] = State.EMPTY
+        block[Slot.COMMAND] = 0
+        proc = subprocess.Popen(spec.argv(), pass_fds=spec.fds())
+        log.info("SIGHUP: starting the new worker %d (pid %d)", index, proc.pid)
+        return Child("worker", index, proc, time.monotonic())
+
     # -- the main loop ----------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -445,6 +491,7 @@ class Supervisor:
             return
         self._reap()
         self._tend_corrupt_rings()
+        self._note_started()
         self._respawn_due()
         self._watch_liveness()
         self._advance_retirements()
@@ -454,7 +501,8 @@ class Supervisor:
             self._advance_drain()
 
     def _children(self) -> list[Child]:
-        return [*self._workers.values(), *([self._receiver] if self._receiver else [])]
+        standby = [self._handover.standby] if self._handover else []
+        return [*self._workers.values(), *([self._receiver] if self._receiver else []), *standby]
 
     def _reap(self) -> None:
         for child in self._children():
@@ -462,7 +510,19 @@ class Supervisor:
             if code is not None:
                 self._on_exit(child, code)
 
+    def _note_started(self) -> None:
+        """Start-up is over once a worker of every initial slot has got past booting: the
+        handler imports and sets up."""
+        if self._started_up:
+            return
+        self._ran.update(i for i, child in self._workers.items() if not self._booting(child))
+        self._started_up = all(i in self._ran for i in range(self.config.workers))
+
     def _on_exit(self, child: Child, code: int) -> None:
+        handover = self._handover
+        if handover is not None and child is handover.standby:
+            self._standby_exited(handover, code)
+            return
         if child.role == "receiver":
             self._receiver = None
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.RECEIVER_STOPPED)
@@ -471,35 +531,61 @@ class Supervisor:
         else:
             del self._workers[child.index]
             self._callbacks.emit_info(self.socket_path, child.name, ConnState.WORKER_STOPPED)
+            if not self._booting(child):
+                self._ran.add(child.index)  # it ran, even if no tick saw it running
+            if handover is not None and handover.retired and child.index == handover.index:
+                self._replaced(handover, child, code)
+                return
             if self._rings[child.index].marked_corrupt:
                 return  # _tend_corrupt_rings resets its ring, then starts a new worker
         if code == 0:
             self._exited_cleanly(child)
-        elif child.role == "worker" and code == EXIT_HANDLER_IMPORT:
-            self._fatal(code, f"{child.name} could not import the handler {self.config.handler}")
-        elif child.role == "worker" and self._booting(child):
+        elif child.role == "worker" and (code == EXIT_HANDLER_IMPORT or self._booting(child)):
             self._boot_failed(child, code)
         else:
             self._crashed(child, code)
 
     def _exited_cleanly(self, child: Child) -> None:
-        unfinished = child.role == "worker" and bool(self._rings[child.index].used_bytes())
-        if self._phase is not Phase.RUNNING:
-            if unfinished:
-                self._spawn(child.role, child.index)  # recycled mid-drain: finish its ring
+        if child.role == "receiver":
+            if self._phase is Phase.RUNNING:
+                # Not told to drain (the DRAIN flag), so not meant to stop: a new receiver
+                # takes the socket, and rings it may have closed are open again.
+                log.warning("the receiver exited on its own; starting a new one")
+                self._reopen_rings()
+                self._control[Slot.RESTARTS] += 1
+                self._spawn("receiver", 0)
             return
-        if child.role == "worker" and child.index in self._retiring:
-            if unfinished:
-                # Recycled or reloaded before its ring was empty: a successor finishes the
-                # ring, then is retired like any other once it is drained.
-                self._spawn(child.role, child.index)
+        index = child.index
+        if self._phase is not Phase.RUNNING:
+            if self._ring_needs_worker(index):
+                self._spawn("worker", index)  # recycled mid-drain: its ring is not finished
+            return
+        if index in self._retiring:
+            if self._rings[index].used_bytes():
+                # Recycled before its ring was empty: a successor finishes the ring, then is
+                # retired like any other once it is drained.
+                self._spawn("worker", index)
                 return
-            self._retiring.discard(child.index)
+            self._retiring.discard(index)
             log.info("%s retired", child.name)
             return
-        # Recycled (max_records, max_rss) or reloaded (SIGHUP): replace it at once.
+        # Recycled (max_records, max_rss): replace it at once.
         self._control[Slot.RECYCLED] += 1
-        self._spawn(child.role, child.index)
+        self._spawn("worker", index)
+
+    def _ring_needs_worker(self, index: int) -> bool:
+        """Records are left in the ring, or may still be placed there: the receiver has not
+        closed it (it is still draining the socket) and may route to it."""
+        ring = self._rings[index]
+        if ring.used_bytes():
+            return True
+        if ring.ctl[CLOSED]:
+            return False  # closed after its last record: nothing more can arrive
+        return index < self._active or not self._receiver_caught_up()
+
+    def _reopen_rings(self) -> None:
+        for ring in self._rings:
+            ring.reopen()
 
     def _booting(self, child: Child) -> bool:
         assert self._stats is not None
@@ -510,14 +596,22 @@ class Supervisor:
         failures = self._boot_failures.get(child.index, 0) + 1
         self._boot_failures[child.index] = failures
         self._control[Slot.BOOT_FAILURES] += 1
-        if failures >= self.config.boot_retries:
-            self._fatal(
-                EXIT_WORKER_BOOT,
-                f"{child.name} failed to start {failures} times in a row ({_how(code)})",
-            )
-            return
+        if not self._started_up:
+            # At start-up the handler or its setup() is broken: stop rather than respawn.
+            if code == EXIT_HANDLER_IMPORT:
+                self._fatal(
+                    code, f"{child.name} could not import the handler {self.config.handler}"
+                )
+                return
+            if failures >= self.config.boot_retries:
+                self._fatal(
+                    EXIT_WORKER_BOOT,
+                    f"{child.name} failed to start {failures} times in a row ({_why(code)})",
+                )
+                return
+        # Once started, the other workers go on serving: this slot is retried, backing off.
         delay = min(RESPAWN_BACKOFF_MAX, 0.1 * 2**failures)
-        log.error("%s failed to start (%s); retrying in %.1fs", child.name, _how(code), delay)
+        log.error("%s failed to start (%s); retrying in %.1fs", child.name, _why(code), delay)
         self._respawn_at[(child.role, child.index)] = time.monotonic() + delay
 
     def _crashed(self, child: Child, code: int) -> None:
@@ -614,29 +708,112 @@ class Supervisor:
     def _advance_retirements(self) -> None:
         """Retire a SIGTTOU'd worker once the receiver stopped routing to it and it drained."""
         assert self._stats is not None
-        seen = int(self._stats.block(RECEIVER_BLOCK)[Slot.ACTIVE_SEEN])
-        receiver_caught_up = self._receiver is None or seen == self._active
+        receiver_caught_up = self._receiver_caught_up()
         for index in sorted(self._retiring):
             child = self._workers.get(index)
             if child is None or not receiver_caught_up or self._rings[index].used_bytes():
                 continue
             self._stats.block(worker_block(index))[Slot.COMMAND] = COMMAND_RETIRE
 
+    def _receiver_caught_up(self) -> bool:
+        """The receiver routes with the current worker count (SIGTTIN/SIGTTOU)."""
+        assert self._stats is not None
+        seen = int(self._stats.block(RECEIVER_BLOCK)[Slot.ACTIVE_SEEN])
+        return self._receiver is None or seen == self._active
+
+    # -- SIGHUP: one slot at a time, each replacement booted before the old worker retires --
+
     def _advance_rolling(self) -> None:
-        """SIGHUP: retire the next worker once the previous replacement is running."""
-        if not self._rolling or self._stats is None or self._phase is not Phase.RUNNING:
+        """Move the slot being replaced on; start the next once the previous one runs."""
+        if self._handover is not None:
+            self._advance_handover(self._handover)
             return
-        for child in self._workers.values():
-            state = self._stats.block(worker_block(child.index))[Slot.STATE]
-            if state in (State.EMPTY, State.BOOTING):
-                return  # a replacement is still starting
-        if any(key[0] == "worker" for key in self._respawn_at):
+        if not self._rolling or self._phase is not Phase.RUNNING or self._any_booting():
             return
         index = self._rolling.pop(0)
-        if index in self._workers:
-            self._stats.block(worker_block(index))[Slot.COMMAND] = COMMAND_RETIRE
-        if not self._rolling:
+        if index in self._workers and index not in self._retiring:
+            self._handover = Handover(index, self._spawn_standby(index))
+        elif not self._rolling:
             self._callbacks.emit_server_info("SIGHUP: last worker restarted")
+
+    def _any_booting(self) -> bool:
+        """A worker is starting or waiting to be restarted: no slot is to go down now."""
+        if any(key[0] == "worker" for key in self._respawn_at):
+            return True
+        return any(self._booting(child) for child in self._workers.values())
+
+    def _advance_handover(self, handover: Handover) -> None:
+        assert self._stats is not None
+        if handover.retired or handover.called_off:
+            return  # waiting for the old worker, or the standby, to exit (see _on_exit)
+        if self._stats.block(self._standby_at)[Slot.STATE] != State.READY:
+            return  # still booting; a failure shows as its exit
+        if self._phase is not Phase.RUNNING or handover.index in self._retiring:
+            self._call_off(handover)
+            return
+        handover.retired = True
+        index = handover.index
+        if self._respawn_at.pop(("worker", index), None) is not None or index not in self._workers:
+            self._take_over(handover)  # the old worker died meanwhile: nothing to wait for
+            return
+        self._stats.block(worker_block(index))[Slot.COMMAND] = COMMAND_RETIRE
+
+    def _call_off(self, handover: Handover) -> None:
+        """Tell the standby to exit without touching the ring (the old worker stays)."""
+        assert self._stats is not None
+        handover.called_off = True
+        self._stats.block(self._standby_at)[Slot.COMMAND] = COMMAND_RETIRE
+
+    def _replaced(self, handover: Handover, child: Child, code: int) -> None:
+        """The retired worker exited: its standby takes the slot."""
+        if code != 0:
+            # Died while finishing: the standby replays what it had in hand.
+            error = ChildCrashedError(f"{child.name} (pid {child.proc.pid}) died: {_how(code)}")
+            log.error("%s; its replacement takes over", error)
+            self._callbacks.emit_error(error)
+            self._control[Slot.RESTARTS] += 1
+        self._take_over(handover)
+
+    def _take_over(self, handover: Handover) -> None:
+        assert self._stats is not None
+        self._handover = None
+        index, child = handover.index, handover.standby
+        block = self._stats.block(worker_block(index))
+        block[Slot.STATE] = State.EMPTY  # booting, to the watchers, until it runs
+        block[Slot.COMMAND] = 0
+        block[Slot.BUSY_SINCE_NS] = 0
+        self._workers[index] = child
+        self._liveness[index] = Liveness(since=time.monotonic())
+        self._boot_failures.pop(index, None)
+        self._control[Slot.RECYCLED] += 1
+        # Only now, with the old worker reaped: one consumer of the ring at a time.
+        self._stats.block(self._standby_at)[Slot.COMMAND] = COMMAND_TAKE_OVER
+        self._callbacks.emit_info(self.socket_path, child.name, ConnState.WORKER_STARTED)
+        log.info("SIGHUP: %s replaced (now pid %d)", child.name, child.proc.pid)
+        if not self._rolling and self._phase is Phase.RUNNING:
+            self._callbacks.emit_server_info("SIGHUP: last worker restarted")
+
+    def _standby_exited(self, handover: Handover, code: int) -> None:
+        self._handover = None
+        if handover.called_off and code == 0:
+            log.info("SIGHUP: the new worker %d was called off", handover.index)
+            return
+        self._control[Slot.BOOT_FAILURES] += 1
+        self._rolling.clear()
+        if handover.retired:  # READY, then died: the old worker, told to go, gets a fresh one
+            log.error(
+                "SIGHUP: reload abandoned: the new worker %d died before taking over (%s)",
+                handover.index,
+                _how(code),
+            )
+        else:
+            log.error(
+                "SIGHUP: reload abandoned: the new worker %d failed to start (%s); the "
+                "running workers keep the code they have",
+                handover.index,
+                _why(code),
+            )
+        self._callbacks.emit_server_info(f"SIGHUP: reload abandoned ({_why(code)})")
 
     def _report(self) -> None:
         if self._stats is None:
@@ -667,6 +844,8 @@ class Supervisor:
         self._timeout_used = timeout
         self._deadline = time.monotonic() + timeout
         self._rolling.clear()
+        if self._handover is not None and not self._handover.retired:
+            self._call_off(self._handover)  # the old worker drains its own ring
         # New senders get ENOENT from now on, and connected ones EPIPE: what is queued stays
         # readable and is drained, and nothing can slip in after the drain's last read.
         # (Not on a socket systemd lent us: the shutdown would outlive us on its socket.)
@@ -689,7 +868,7 @@ class Supervisor:
         alive = self._children()
         waiting_respawn = bool(self._respawn_at)
         if not alive and not waiting_respawn:
-            self._finish(killed=False)
+            self._finish(killed=[])
         elif time.monotonic() >= self._deadline:
             for child in alive:
                 child.proc.kill()
@@ -698,9 +877,14 @@ class Supervisor:
             if self._receiver is not None:
                 self._account_lost(crashed=False)
             self._respawn_at.clear()
-            self._finish(killed=True)
+            self._finish(killed=[f"{child.name} (pid {child.proc.pid})" for child in alive])
 
-    def _finish(self, killed: bool) -> None:
+    def _finish(self, killed: list[str]) -> None:
+        """Count what was left, set the exit code, report, release everything.
+
+        Args:
+            killed: the children that were still running at the deadline and were killed.
+        """
         self._settle_counts()
         left_in_rings = sum(ring.count_unacknowledged() for ring in self._rings)
         left_in_rings += self._left_in_scratch()
@@ -711,15 +895,11 @@ class Supervisor:
         self._final = snap
         if self._fatal_code is not None:
             self.exit_code = self._fatal_code
-        elif self.unhandled:
+        elif self.unhandled or killed:
+            # Killed at the deadline: even with every record handled, a teardown() (a final
+            # flush, a closed connection) was cut off. Not a clean stop.
             self.exit_code = EXIT_UNHANDLED
-            log.error(
-                "stopped with %d record(s) left unhandled (%d in rings, %d in the socket queue)%s",
-                self.unhandled,
-                left_in_rings,
-                left_in_socket,
-                " after the graceful timeout" if killed else "",
-            )
+            self._report_unclean(left_in_rings, left_in_socket, killed)
         else:
             self.exit_code = EXIT_OK
         if snap is not None:
@@ -775,6 +955,23 @@ class Supervisor:
                 continue
             with self._stats.block(worker_block(index)) as block:
                 ring.settle_journal(block, JOURNALED)
+
+    def _report_unclean(self, left_in_rings: int, left_in_socket: int, killed: list[str]) -> None:
+        if killed:
+            log.error(
+                "%s killed at the graceful timeout (%gs): still running, so teardown() did "
+                "not finish",
+                ", ".join(killed),
+                self._timeout_used,
+            )
+        if self.unhandled:
+            log.error(
+                "stopped with %d record(s) left unhandled (%d in rings, %d in the socket queue)%s",
+                self.unhandled,
+                left_in_rings,
+                left_in_socket,
+                " after the graceful timeout" if killed else "",
+            )
 
     def _drain_socket(self) -> int:
         """Count (and discard) datagrams still queued after every child is gone."""
@@ -849,6 +1046,15 @@ def _how(code: int) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+def _why(code: int) -> str:
+    """Why a worker failed to boot, from its exit code."""
+    if code == EXIT_HANDLER_IMPORT:
+        return "the handler could not be imported"
+    if code == EXIT_WORKER_BOOT:
+        return "setup() failed"
+    return _how(code)
 
 
 def _drain_pipe(fd: int) -> None:

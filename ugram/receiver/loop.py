@@ -551,7 +551,7 @@ class Receiver:
     # -- lifecycle --------------------------------------------------------------------------
 
     def begin_drain(self) -> None:
-        """SIGTERM: read until the socket is empty, then close the rings and exit."""
+        """The supervisor's DRAIN flag: read until the socket is empty, close the rings, exit."""
         if self.draining:
             return
         self.draining = True
@@ -586,11 +586,10 @@ class Receiver:
         self.loop.call_later(0.05, self._housekeeping)
 
     def run(self) -> None:
-        """Run the read loop until drained (SIGTERM) or the supervisor disappears."""
+        """Run the read loop until drained (DRAIN flag) or the supervisor disappears."""
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         self.loop = loop
-        loop.add_signal_handler(signal.SIGTERM, self.begin_drain)
         # Recover before the first read: the next recvmmsg overwrites the scratch slots.
         self._sync_active()  # route only to live workers' rings, from the very first datagram
         self.recover()
@@ -635,7 +634,11 @@ def _encode_address(addr: str | bytes | None) -> bytes:
 def main(argv: list[str]) -> int:
     """Receiver process entry point."""
     spec = spec_from_argv(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
+    # The supervisor decides what Ctrl-C and SIGTERM mean, and says so with the DRAIN flag:
+    # a receiver that drained on a signal of its own would close every ring under a server
+    # that goes on running (or, sent to the whole group, beat the supervisor's unlink).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The supervisor sends SIGUSR1 before killing a frozen receiver: its traceback is logged.
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     setproctitle.setproctitle(f"ugram: receiver {spec.config.socket}")

@@ -61,6 +61,7 @@ from ..stats import (
 from ..wake import clear_wake, signal_wake
 from .deadletter import write_dead_letter
 from .handler import DECODE_ERRORS, Handler, load_handler
+from .standby import called_off, stand_by
 
 log = logging.getLogger("ugram.worker")
 
@@ -507,7 +508,9 @@ def main(argv: list[str]) -> int:
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     setproctitle.setproctitle(f"ugram: worker {spec.index}")
     logs.configure_from(spec.config, f"worker-{spec.index}", strict=False)
-    counters = Stats(spec.stats_fd).block(spec.stats_block)
+    ppid = os.getppid()
+    standby = spec.standby_block >= 0  # a SIGHUP replacement: boots beside the old worker
+    counters = Stats(spec.stats_fd).block(spec.standby_block if standby else spec.stats_block)
     counters[Slot.STATE] = State.BOOTING
     try:
         handler = load_handler(spec.config)
@@ -526,6 +529,9 @@ def main(argv: list[str]) -> int:
         except Exception:
             log.exception("worker %d: handler setup() failed", spec.index)
             return EXIT_WORKER_BOOT
+    if standby and not stand_by(counters, spec.index, ppid):
+        called_off(handler, counters, spec.index)
+        return 0
     worker.recover()
     worker.run()
     return 0
