@@ -336,8 +336,18 @@ def open_file(directory: Dir, name: str, flags: int, mode: int) -> int:
     else:
         os.fchmod(fd, mode & 0o7777)
         return fd
+    return _open_existing(directory, name, base)
+
+
+def _open_existing(directory: Dir, name: str, flags: int) -> int:
+    """Open an existing ``name`` (``flags`` include ``O_NOFOLLOW``) that passes the checks.
+
+    Raises:
+        UnsafePathError: ``name`` is a symbolic link or fails :func:`check_existing`.
+        OSError: it cannot be opened (``FileNotFoundError`` when it is gone).
+    """
     try:
-        fd = os.open(name, base, dir_fd=directory.fd)
+        fd = os.open(name, flags, dir_fd=directory.fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):
             raise UnsafePathError(
@@ -397,17 +407,8 @@ def read_file(directory: Dir, name: str) -> bytes:
         OSError: the file cannot be read.
     """
     _check_name(name)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = _open_existing(directory, name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        fd = os.open(name, flags, dir_fd=directory.fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK):
-            raise UnsafePathError(
-                f"{directory.join(name)} is a symbolic link; refusing to follow it"
-            ) from None
-        raise
-    try:
-        check_existing(os.fstat(fd), directory.join(name))
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
