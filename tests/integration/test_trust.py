@@ -140,9 +140,8 @@ def receiver_fds(server_pid: int) -> int:
         ("--credentials",),
         ("--credentials", "--speedups=false"),
         ("--credentials", "--receive-batch", "1"),
-        (),
     ],
-    ids=["credentials-compiled", "credentials-pure-python", "credentials-recvmsg", "none"],
+    ids=["credentials-compiled", "credentials-pure-python", "credentials-recvmsg"],
 )
 def test_descriptors_senders_pass_are_closed_and_datagrams_delivered(
     sock_dir: Path, out_dir: Path, args: tuple[str, ...]
