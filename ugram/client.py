@@ -17,6 +17,11 @@ on every call, and accounts the gap (``outages``, ``unavailable_seconds``).
 
 The socket is connected once, so the kernel resolves the path once, and ``poll`` on it tells
 when the *server's* queue has room again (an unconnected socket would always look writable).
+
+A path is resolved by :func:`ugram.safefs.socket_target` before each connect: a symlink is
+followed only if it is owned by root or the client's user in a directory nobody else may
+change, so a link another user planted cannot send a privileged client's datagrams to a
+socket of its choosing (:class:`~ugram.errors.UnsafePathError` instead).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any, Final, Literal, Self, TextIO, get_args
 
 import msgspec
 
+from . import safefs
 from .errors import (
     ClientClosedError,
     ConfigError,
@@ -144,6 +150,24 @@ def server_address(path: str | os.PathLike[str]) -> str | bytes:
     if not sys.platform.startswith("linux"):
         raise ConfigError(f"{text}: abstract socket names (@name) exist only on Linux")
     return b"\0" + text[1:].encode()
+
+
+def connect_to(sock: socket.socket, address: str | bytes) -> None:
+    """Connect ``sock`` to a server address from :func:`server_address`.
+
+    An abstract name is connected as it is; a path through :func:`ugram.safefs.socket_target`,
+    which follows no symlink another user could have planted.
+
+    Raises:
+        UnsafePathError: a component of the path is an untrusted symlink or not a directory
+            (``errno`` ``ENOENT`` when a directory is missing).
+        OSError: the connect failed (``ENOENT``, ``ECONNREFUSED``: no server there).
+    """
+    if isinstance(address, bytes):
+        sock.connect(address)
+        return
+    with safefs.socket_target(address) as target:
+        sock.connect(target)
 
 
 def make_encoder(codec: ClientCodec) -> Callable[[Any], bytes] | None:
@@ -266,11 +290,12 @@ class _Core:
         """The connected socket, connecting first if needed; None while no server listens.
 
         A failed attempt is not repeated before the backoff delay has passed, so a client
-        facing a missing server makes one system call per delay, not one per datagram.
+        facing a missing server makes one attempt per delay, not one per datagram.
 
         Raises:
             ClientClosedError: the client is closed.
-            OSError: connecting failed for another reason (e.g. PermissionError).
+            OSError: connecting failed for another reason (e.g. PermissionError, or an
+                UnsafePathError: the path crosses a symlink another user planted).
         """
         if self._closed:
             raise ClientClosedError(f"{type(self).__name__} for {self.path} is closed")
@@ -282,7 +307,7 @@ class _Core:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(self._blocking)
         try:
-            sock.connect(self._address)
+            connect_to(sock, self._address)
         except OSError as exc:
             sock.close()
             if exc.errno not in GONE_ERRNOS:
@@ -522,7 +547,7 @@ class _ReplyEndpoint:
             OSError: connecting failed for another reason than a missing server.
         """
         try:
-            self.sock.connect(self.server)
+            connect_to(self.sock, self.server)
         except OSError as exc:
             if exc.errno in GONE_ERRNOS:
                 return False
@@ -1154,7 +1179,7 @@ def _await_server(path: str, wait: float) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
         while True:
             try:
-                probe.connect(server_address(path))
+                connect_to(probe, server_address(path))
                 return
             except OSError as exc:
                 if exc.errno not in GONE_ERRNOS:

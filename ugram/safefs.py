@@ -8,12 +8,15 @@ ugram may run as root next to hostile local users, and ``fs.protected_symlinks``
    component at a time from ``/`` with ``O_DIRECTORY | O_NOFOLLOW``; a symlink component is
    followed only if it is owned by root or by us and sits in a directory no other user may
    write (``/var/run -> /run`` is fine, ``/tmp/evil -> /etc`` is not). Files are opened
-   ``O_NOFOLLOW | O_CLOEXEC`` relative to the directory fd, never by path again.
+   ``O_NOFOLLOW | O_CLOEXEC`` relative to the directory fd, never by path again. A client
+   connecting to a socket path (:func:`socket_target`) keeps the same rule, for the last
+   component too, and connects through a descriptor of the inode it checked.
 2. **Directories are classified** (:func:`classify`): *private* (owned by root or us, writable
    by nobody else), *shared* (world- or group-writable with the sticky bit, like ``/tmp``:
    allowed, warned) and *unsafe* (writable by others without the sticky bit, or owned by
    another non-root user, or below such a directory): refused unless the operator passes
-   ``allow_unsafe``.
+   ``allow_unsafe``. Nothing is created below an unsafe directory that will be refused:
+   the walk refuses before its first ``mkdir`` there.
 3. **Mode and owner are set only on an inode ugram created itself**, through a descriptor or
    inside a private directory of its own, never through a path another user could swap. A
    socket file is bound inside a fresh 0700 directory, given its group and mode there, then
@@ -21,15 +24,21 @@ ugram may run as root next to hostile local users, and ``fs.protected_symlinks``
 4. **A file that already exists** is used only if it is a regular file owned by root or us,
    with a single link (a hard link to ``/etc/shadow`` would pass every other test) and not
    writable by group or others; otherwise the caller gets :class:`UnsafePathError` naming the
-   path, its owner and what to do.
+   path, its owner and what to do. It is opened ``O_NONBLOCK | O_NOCTTY`` and checked on the
+   descriptor before it is used, so a FIFO or a device planted at the name can neither block
+   the server nor become its terminal.
 5. **Explicit modes**: every file and directory gets the mode the caller names (``fchmod``
-   after creation), whatever the umask.
+   after creation), whatever the umask; a directory created for a socket also gets the
+   socket's group (``fchown`` on the directory's descriptor).
+6. **Probes never wait**: telling a live socket from a stale one is a non-blocking
+   ``connect``, so a squatter whose queue is full cannot hang start-up or ``ugram doctor``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import socket
@@ -124,46 +133,79 @@ class Dir:
         return os.path.join(self.path, name)
 
 
+UNSAFE_ADVICE = (
+    "use a directory only the server's user can write (for example a systemd "
+    "RuntimeDirectory=), or accept the risk with --allow-unsafe-dir"
+)
+
+
+@dataclass(frozen=True)
+class _Making:
+    """How a walk creates missing directories (None: it does not)."""
+
+    mode: int
+    gid: int
+    allow_unsafe: bool
+    advice: str  # what the refusal of an unsafe directory tells the operator to do
+
+
 def open_dir(
     path: str,
     *,
     create: bool = False,
     mode: int = 0o750,
+    gid: int = -1,
     allow_unsafe: bool = False,
     what: str = "directory",
+    advice: str = UNSAFE_ADVICE,
 ) -> Dir:
     """Walk to the directory ``path`` without following untrusted symlinks, and open it.
 
     Args:
         path: the directory (relative paths are taken from the working directory).
-        create: create missing components (each with ``mode``, owned by us).
+        create: create missing components (each with ``mode`` and group ``gid``, owned by
+            us). Below an unsafe directory they are created only with ``allow_unsafe``:
+            otherwise the walk refuses before creating anything.
         mode: the permission bits of directories created here.
+        gid: the group of directories created here (-1: the process's).
         allow_unsafe: accept a directory other users may write (the operator's choice).
         what: what the directory is for, in messages ("socket directory", ...).
+        advice: what the refusal of an unsafe directory tells the operator to do.
 
     Raises:
         UnsafePathError: a component is an untrusted symlink, is not a directory, is missing
-            (without ``create``), was created by someone else while we created it, or the
-            directory is unsafe and ``allow_unsafe`` is off.
+            (without ``create``; its ``errno`` is then ``ENOENT``), was created by someone
+            else while we created it, or the directory is unsafe and ``allow_unsafe`` is
+            off. Its ``errno`` is the system call's where one failed.
     """
     full = os.path.abspath(path)
+    making = _Making(mode, gid, allow_unsafe, advice) if create else None
     try:
-        fd, kind, reason = _walk(full, create, mode, what)
+        fd, kind, reason = _walk(full, making, what)
     except UnsafePathError:
         raise
     except OSError as exc:
-        raise UnsafePathError(f"cannot open {what} {full}: {exc.strerror or exc}") from None
+        raise _path_error(f"cannot open {what} {full}: {exc.strerror or exc}", exc.errno) from None
     if kind == "unsafe" and not allow_unsafe:
         os.close(fd)
-        raise UnsafePathError(
-            f"refusing {what} {full}: {reason}, so another user could replace what ugram "
-            "creates there; use a directory only the server's user can write (for example a "
-            "systemd RuntimeDirectory=), or accept the risk with --allow-unsafe-dir"
-        )
+        raise UnsafePathError(_refusal(f"{what} {full}", reason, advice))
     return Dir(fd, full, kind, reason)
 
 
-def _walk(full: str, create: bool, mode: int, what: str) -> tuple[int, DirKind, str]:
+def _refusal(what: str, reason: str, advice: str) -> str:
+    """The refusal of an unsafe directory: ``what`` is its role and path."""
+    consequence = "so another user could replace what ugram creates there"
+    return f"refusing {what}: {reason}, {consequence}; {advice}"
+
+
+def _path_error(message: str, code: int | None) -> UnsafePathError:
+    """An :class:`UnsafePathError` whose ``errno`` says what failed (ENOENT: missing)."""
+    error = UnsafePathError(message)
+    error.errno = code  # callers tell a missing path from a refused one by it
+    return error
+
+
+def _walk(full: str, making: _Making | None, what: str) -> tuple[int, DirKind, str]:
     parts = deque(p for p in full.split("/") if p)
     fd = os.open("/", _DIR_FLAGS)
     kind, reason = classify(os.fstat(fd))
@@ -173,7 +215,7 @@ def _walk(full: str, create: bool, mode: int, what: str) -> tuple[int, DirKind, 
             name = parts.popleft()
             if name == ".":
                 continue
-            nfd = _step(fd, name, where, kind, create, mode, f"{what} {full}")
+            nfd = _step(fd, name, where, (kind, reason), making, f"{what} {full}")
             if isinstance(nfd, str):  # a trusted symlink: walk its target instead
                 hops += 1
                 if hops > _MAX_SYMLINKS:
@@ -205,18 +247,32 @@ def _worse(
 
 
 def _step(
-    fd: int, name: str, where: str, kind: DirKind, create: bool, mode: int, what: str
+    fd: int,
+    name: str,
+    where: str,
+    state: tuple[DirKind, str],
+    making: _Making | None,
+    what: str,
 ) -> int | str:
-    """Open ``name`` in ``fd`` as a directory; a trusted symlink returns its target."""
+    """Open ``name`` in ``fd`` as a directory; a trusted symlink returns its target.
+
+    ``state`` is the kind of ``fd`` (and its ancestors) and why.
+    """
+    kind = state[0]
     try:
         return _open_dir_at(fd, name)
     except FileNotFoundError:
-        if not create:
-            raise UnsafePathError(
+        if making is None:
+            raise _path_error(
                 f"{what} does not exist: {os.path.join(where, name)} is missing (create it, "
-                "or pass --mkdir)"
+                "or pass --mkdir)",
+                errno.ENOENT,
             ) from None
-        return _make_dir_at(fd, name, mode, where)
+        if kind == "unsafe" and not making.allow_unsafe:
+            # Other users could swap what we create here, and the walk would be refused at
+            # its end anyway: refuse before the first mkdir, leaving nothing behind.
+            raise UnsafePathError(_refusal(what, state[1], making.advice)) from None
+        return _make_dir_at(fd, name, making, where)
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
             raise
@@ -241,21 +297,39 @@ def _open_dir_at(fd: int, name: str) -> int:
         return os.open(name, _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
 
 
-def _make_dir_at(fd: int, name: str, mode: int, where: str) -> int:
+def _make_dir_at(fd: int, name: str, making: _Making, where: str) -> int:
     here = os.path.join(where, name)
+    # Owner-only until its group and mode are set below: never wider than asked.
     # Raced with someone: the checks below decide whether what is there is usable.
     with contextlib.suppress(FileExistsError):
-        os.mkdir(name, mode & 0o777, dir_fd=fd)
+        os.mkdir(name, making.mode & 0o700, dir_fd=fd)
     nfd = _open_dir_at(fd, name)
-    info = os.fstat(nfd)
-    if info.st_uid != os.geteuid():
+    try:
+        info = os.fstat(nfd)
+        if info.st_uid != os.geteuid():
+            raise UnsafePathError(
+                f"{here} was created by {owner_name(info.st_uid)}, not by ugram; remove it or "
+                "create the directory yourself"
+            )
+        # On the descriptor of the directory just checked, never by path: explicit group
+        # and mode, whatever the umask (chown first: it may clear set-id bits).
+        _fd_set_owner_mode(nfd, making.mode, making.gid)
+    except BaseException:
         os.close(nfd)
-        raise UnsafePathError(
-            f"{here} was created by {owner_name(info.st_uid)}, not by ugram; remove it or "
-            "create the directory yourself"
-        )
-    os.fchmod(nfd, mode & 0o7777)  # explicit mode, whatever the umask
+        raise
     return nfd
+
+
+def _fd_set_owner_mode(fd: int, mode: int, gid: int) -> None:
+    """``fchown``/``fchmod`` ``fd``; an ``O_PATH`` descriptor goes through ``/proc/self/fd``."""
+    try:
+        if gid != -1:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode & 0o7777)
+    except OSError as exc:
+        if exc.errno != errno.EBADF or not _LINUX:
+            raise
+        _set_owner_mode(f"/proc/self/fd/{fd}", mode, gid)  # the inode of fd, not a path
 
 
 def state_dir() -> str:
@@ -298,7 +372,10 @@ def check_existing(info: os.stat_result, path: str) -> None:
             elsewhere, or writable by group or others.
     """
     if not stat.S_ISREG(info.st_mode):
-        raise UnsafePathError(f"{path} exists and is not a regular file; refusing to use it")
+        raise UnsafePathError(
+            f"{path} is {_kind_of(info)}, not a regular file; refusing to use it (another "
+            "user may have planted it): remove it or choose another path"
+        )
     if info.st_uid not in trusted_uids():
         raise UnsafePathError(
             f"{path} is owned by {owner_name(info.st_uid)}, not by the server's user; "
@@ -316,19 +393,35 @@ def check_existing(info: os.stat_result, path: str) -> None:
         )
 
 
+def _kind_of(info: os.stat_result) -> str:
+    """What a non-regular file is, for messages ("a FIFO (named pipe)", ...)."""
+    mode = info.st_mode
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((text for test, text in kinds if test(mode)), "a special file")
+
+
 def open_file(directory: Dir, name: str, flags: int, mode: int) -> int:
     """Open (creating with exactly ``mode`` if missing) the file ``name`` in ``directory``.
 
     ``flags`` are the access flags (``os.O_WRONLY | os.O_APPEND``, ...); ``O_CREAT``,
-    ``O_NOFOLLOW`` and ``O_CLOEXEC`` are added. An existing file must pass
-    :func:`check_existing`.
+    ``O_NOFOLLOW``, ``O_NOCTTY`` and ``O_CLOEXEC`` are added. An existing file must pass
+    :func:`check_existing`; it is opened non-blocking and checked before it is used, so a
+    FIFO planted at ``name`` is refused instead of blocking the caller forever.
 
     Raises:
-        UnsafePathError: the existing file fails the checks, or ``name`` is a symlink.
+        UnsafePathError: the existing file fails the checks (a FIFO, a device, another
+            user's file, ...), or ``name`` is a symlink.
         OSError: the file cannot be opened or created.
     """
     _check_name(name)
-    base = flags | os.O_NOFOLLOW | os.O_CLOEXEC
+    base = flags | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
     try:
         fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o777, dir_fd=directory.fd)
     except FileExistsError:
@@ -342,24 +435,42 @@ def open_file(directory: Dir, name: str, flags: int, mode: int) -> int:
 def _open_existing(directory: Dir, name: str, flags: int) -> int:
     """Open an existing ``name`` (``flags`` include ``O_NOFOLLOW``) that passes the checks.
 
+    The open is non-blocking (a FIFO without a reader, or a device, would block it) and
+    ``O_NONBLOCK`` is cleared again only once the descriptor proved to be a regular file.
+
     Raises:
         UnsafePathError: ``name`` is a symbolic link or fails :func:`check_existing`.
         OSError: it cannot be opened (``FileNotFoundError`` when it is gone).
     """
     try:
-        fd = os.open(name, flags, dir_fd=directory.fd)
+        fd = os.open(name, flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=directory.fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):
             raise UnsafePathError(
                 f"{directory.join(name)} is a symbolic link; refusing to follow it"
             ) from None
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads, or a device with no unit
+            _refuse_special(directory, name)
         raise
     try:
         check_existing(os.fstat(fd), directory.join(name))
+        if not flags & os.O_NONBLOCK:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _refuse_special(directory: Dir, name: str) -> None:
+    """Raise :func:`check_existing`'s refusal for ``name`` if it is not a regular file.
+
+    Raises:
+        UnsafePathError: ``name`` is a FIFO, a device, a socket, ...
+    """
+    info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    if not stat.S_ISREG(info.st_mode):
+        check_existing(info, directory.join(name))
 
 
 def write_replace(directory: Dir, name: str, data: bytes, mode: int, fsync: bool = True) -> None:
@@ -398,8 +509,9 @@ def write_replace(directory: Dir, name: str, data: bytes, mode: int, fsync: bool
 def read_file(directory: Dir, name: str) -> bytes:
     """Read the file ``name`` in ``directory``; it must pass :func:`check_existing`.
 
-    The file is opened ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO planted there cannot block the
-    reader) and checked on the descriptor, so what is read is the inode that was checked.
+    The file is opened as :func:`open_file` opens an existing one (``O_NOFOLLOW``, non-blocking:
+    a FIFO planted there cannot block the reader) and checked on the descriptor, so what is
+    read is the inode that was checked.
 
     Raises:
         FileNotFoundError: there is no ``name``.
@@ -407,7 +519,7 @@ def read_file(directory: Dir, name: str) -> bytes:
         OSError: the file cannot be read.
     """
     _check_name(name)
-    fd = _open_existing(directory, name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = _open_existing(directory, name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         chunks = []
         while chunk := os.read(fd, 1 << 20):
@@ -475,21 +587,41 @@ def _connect_state(directory: Dir, name: str) -> str:
     target = f"/proc/self/fd/{handle}" if _LINUX else directory.join(name)
     try:
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-            with socket.socket(socket.AF_UNIX, kind) as client:
-                try:
-                    client.connect(target)
-                except ConnectionRefusedError:
-                    return "stale"
-                except PermissionError:
-                    return "unknown"
-                except OSError as exc:
-                    if exc.errno == errno.EPROTOTYPE:
-                        continue  # a live socket of the other type
-                    raise
-                return "live"
-        return "live"
+            state = _try_connect(kind, target)
+            if state is not None:
+                return state
+        return "live"  # neither type (SOCK_SEQPACKET): someone is bound there
     finally:
         os.close(handle)
+
+
+def _try_connect(kind: socket.SocketKind, target: str) -> str | None:
+    """What a non-blocking ``connect`` of a ``kind`` socket to ``target`` tells.
+
+    Non-blocking, because a stream socket whose listener never accepts has a full backlog
+    and a blocking connect would wait for it forever (a squatter could hang start-up and
+    ``ugram doctor``). Datagram connects never wait: they only name the peer.
+
+    Returns:
+        ``live`` (connected, or a backlog that is full: someone listens), ``stale``
+        (refused: nobody is bound), ``unknown`` (not ours to connect to), or None (a socket
+        of the other type).
+    """
+    with socket.socket(socket.AF_UNIX, kind) as client:
+        client.setblocking(False)
+        try:
+            client.connect(target)
+        except BlockingIOError:  # EAGAIN (a full backlog) or EINPROGRESS
+            return "live"
+        except ConnectionRefusedError:
+            return "stale"
+        except PermissionError:
+            return "unknown"
+        except OSError as exc:
+            if exc.errno == errno.EPROTOTYPE:
+                return None
+            raise
+    return "live"
 
 
 def _open_path_fd(directory: Dir, name: str) -> int:
@@ -622,6 +754,7 @@ def parent_of(
     *,
     create: bool = False,
     mode: int = 0o750,
+    gid: int = -1,
     allow_unsafe: bool = False,
     what: str = "directory",
 ) -> Iterator[tuple[Dir, str]]:
@@ -633,7 +766,7 @@ def parent_of(
     full = os.path.abspath(path)
     head, name = os.path.split(full)
     directory = open_dir(
-        head or "/", create=create, mode=mode, allow_unsafe=allow_unsafe, what=what
+        head or "/", create=create, mode=mode, gid=gid, allow_unsafe=allow_unsafe, what=what
     )
     try:
         yield directory, name
@@ -686,3 +819,58 @@ def open_peer_socket(path: str, uid: int) -> int:
         what = "not a socket" if not stat.S_ISSOCK(info.st_mode) else "owned by another user"
         raise UnsafePathError(f"{path} is {what}: the sender does not own it")
     return target
+
+
+# -- clients -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def socket_target(path: str) -> Iterator[str]:
+    """Yield an address that reaches the socket file at ``path`` for ``connect``/``sendto``.
+
+    The path is walked by the rules of :func:`open_dir` (any directory class is accepted:
+    a client creates nothing), and a symlink, whether a directory or the last component, is
+    followed only if it is owned by root or us in a directory other users may not change.
+    On Linux the address is ``/proc/self/fd/N`` of an ``O_PATH`` descriptor of the inode
+    found, closed on exit, so no later swap of the path redirects the connect; elsewhere it
+    is the resolved path (the walk's race accepted).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        UnsafePathError: a component is an untrusted symlink or not a directory (its
+            ``errno`` is ``ENOENT`` when a directory is missing).
+    """
+    full = os.path.abspath(path)
+    for _ in range(_MAX_SYMLINKS):
+        head, name = os.path.split(full)
+        with open_dir(head or "/", allow_unsafe=True, what="socket directory") as directory:
+            _check_name(name)
+            info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                full = os.path.join(head, _trusted_link(directory, name, info))
+                continue
+            if not _O_PATH:
+                yield directory.join(name)
+                return
+            handle = _open_path_fd(directory, name)
+        try:
+            if not stat.S_ISLNK(os.fstat(handle).st_mode):  # swapped since the stat: retry
+                yield f"/proc/self/fd/{handle}"
+                return
+        finally:
+            os.close(handle)
+    raise UnsafePathError(f"too many symbolic links in {path}")
+
+
+def _trusted_link(directory: Dir, name: str, info: os.stat_result) -> str:
+    """The target of the symlink ``name`` in ``directory`` if rule 1 lets us follow it.
+
+    Raises:
+        UnsafePathError: it is owned by another user, or sits in an unsafe directory.
+    """
+    if info.st_uid not in trusted_uids() or directory.kind == "unsafe":
+        raise UnsafePathError(
+            f"{directory.join(name)} is a symbolic link owned by {owner_name(info.st_uid)} in "
+            "a directory other users may change; refusing to follow it"
+        )
+    return os.readlink(name, dir_fd=directory.fd)

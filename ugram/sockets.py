@@ -136,10 +136,21 @@ def bind_path(
 ) -> tuple[int, int]:
     """Bind ``sock`` (datagram or stream) at the absolute ``path``, safely; return its identity.
 
+    With ``mkdir``, missing directories are created with :func:`mkdir_mode` and group
+    ``gid``, so that whoever may send to the socket can reach it.
+
     Raises:
         SocketInUseError, NotASocketError, UnsafePathError, SocketError: as :func:`bind_socket`.
     """
-    with safefs.parent_of(path, create=mkdir, allow_unsafe=allow_unsafe, what=what) as (d, name):
+    parent = safefs.parent_of(
+        path,
+        create=mkdir,
+        mode=mkdir_mode(mode),
+        gid=gid,
+        allow_unsafe=allow_unsafe,
+        what=what,
+    )
+    with parent as (d, name):
         if d.kind != "private":
             log.warning("%s %s: %s; prefer a private directory", what, d.path, d.reason)
         _clear_stale_at(d, name, path)
@@ -156,6 +167,15 @@ def bind_path(
                 f"cannot bind {path} with group {gid} and mode {mode:04o}: {exc.strerror}"
             ) from None
     return info.st_dev, info.st_ino
+
+
+def mkdir_mode(mode: int) -> int:
+    """The mode of directories ``--mkdir`` creates for a socket of mode ``mode``.
+
+    0750: the owner and the socket's group may reach the socket (the directories get its
+    group); 0755 when the socket lets others write to it, so they can reach it too.
+    """
+    return 0o755 if mode & 0o002 else 0o750
 
 
 def _new_socket(credentials: bool) -> socket.socket:
@@ -208,7 +228,7 @@ def probe(path: str) -> str:
         with safefs.parent_of(path, allow_unsafe=True) as (d, name):
             return _probe_at(d, name, path)
     except UnsafePathError as exc:
-        if "does not exist" in str(exc):
+        if exc.errno == errno.ENOENT:  # a directory of the path is missing
             return "missing"
         raise SocketError(f"cannot use {path}: {exc}") from None
     except SocketError:

@@ -175,6 +175,26 @@ def test_statsd_refuses_a_directory_another_user_prepared(
     assert sorted(os.listdir(spool)) == [".lock", ".totals.json.tmp", "statsd.jsonl", "totals.json"]
 
 
+def test_statsd_creates_nothing_below_a_directory_another_user_owns(
+    sock_dir: Path, shared: Path, vault: Vault
+) -> None:
+    planted = shared / "theirs"
+    as_attacker(f"mkdir -m 0777 {planted}")
+    spool = planted / "app" / "statsd"
+    path = sock_dir / "dsd.sock"
+    env = child_env(None, UGSTATSD_DIR=str(spool))
+    args = ("--codec", "statsd", "--workers", "1", "--boot-retries", "1")
+    with run_server(AGGREGATOR, path, *args, env=env, wait=False) as server:
+        if not refused_at_start(server):
+            server.stop()
+        code = server.proc.wait(30)
+
+    assert code == 3, server.stderr
+    assert f"refusing the statsd directory {spool}" in server.stderr
+    assert f"{planted} is owned by another user, {ATTACKER}" in server.stderr
+    assert os.listdir(planted) == [], "refused before creating anything there"
+
+
 @pytest.mark.parametrize("umask", [0o000, 0o022])
 def test_statsd_modes_do_not_follow_the_umask(sock_dir: Path, umask: int) -> None:
     path, spool = sock_dir / "dsd.sock", sock_dir / "statsd"
@@ -285,7 +305,7 @@ def test_statsd_caps_series_and_set_members_in_a_real_server(sock_dir: Path) -> 
 # -- LogSink: links planted at its file, its lock, its rotated files --------------------------
 
 
-@pytest.mark.parametrize("planted", ["file", "lock", "directory"])
+@pytest.mark.parametrize("planted", ["file", "lock", "directory", "fifo"])
 def test_log_sink_never_writes_through_what_another_user_planted(
     sock_dir: Path, shared: Path, vault: Vault, planted: str
 ) -> None:
@@ -296,6 +316,9 @@ def test_log_sink_never_writes_through_what_another_user_planted(
     elif planted == "lock":
         as_attacker(f"ln -s {vault.path}/created-by-root {sink}.lock")
         expected = f"{sink}.lock is a symbolic link"
+    elif planted == "fifo":  # nobody reads it: a blocking open for writing never returns
+        as_attacker(f"mkfifo -m 0666 {sink}")
+        expected = f"{sink} is a FIFO (named pipe), not a regular file"
     else:
         sink = shared / "logs" / "app.jsonl"
         as_attacker(f"mkdir -m 0755 {sink.parent}")

@@ -122,6 +122,105 @@ def test_mkdir_creates_private_directories_whatever_the_umask(shared_dir: Path) 
         proc.communicate(timeout=20)
 
 
+def test_mkdir_creates_nothing_below_a_directory_another_user_may_write(
+    attacker: Attacker, shared_dir: Path
+) -> None:
+    planted = shared_dir / "app"
+    attacker.run(
+        "import os, sys; os.mkdir(sys.argv[1], 0o777); os.chmod(sys.argv[1], 0o777)", str(planted)
+    )
+    result = serve(planted / "a" / "b" / "s.sock", "--mkdir")
+    assert result.returncode == 1, result.stderr
+    assert f"{planted} is owned by another user, ugattacker" in result.stderr
+    assert "--allow-unsafe-dir" in result.stderr
+    assert os.listdir(planted) == [], "refused before creating anything there"
+
+
+def test_mkdir_gives_its_directories_the_sockets_group(
+    attacker: Attacker, shared_dir: Path, out_dir: Path
+) -> None:
+    """A member of ``--group`` (here the second user's group) can reach the socket."""
+    path = shared_dir / "a" / "b" / "s.sock"
+    args = ("--mkdir", "--group", str(attacker.gid), "--workers", "1")
+    with run_server("seqrec:Recorder", path, *args, out_dir=out_dir) as server:
+        for directory in (shared_dir / "a", shared_dir / "a" / "b"):
+            info = directory.stat()
+            assert (info.st_uid, info.st_gid) == (0, attacker.gid), directory
+            assert stat.S_IMODE(info.st_mode) == 0o750, directory
+        done = attacker.run(
+            "import socket, sys\n"
+            "sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+            "sock.sendto(b'from the group', sys.argv[1])",
+            str(path),
+        )
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: "from the group" in read_records(out_dir), what="the group's datagram")
+        assert server.stop() == 0
+
+
+# -- the live/stale probe ----------------------------------------------------------------------
+
+BACKLOGGED = r"""
+import socket, sys, time
+path, kind = sys.argv[1], sys.argv[2]
+held = []
+if kind == "stream":  # listens, never accepts: one pending connection fills backlog 0
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(0)
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setblocking(False)
+        try:
+            client.connect(path)
+        except BlockingIOError:
+            break
+        held.append(client)
+else:  # bound, never reads: its queue is full
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    client.setblocking(False)
+    try:
+        while True:
+            client.sendto(b"x", path)
+    except BlockingIOError:
+        pass
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("stream", "s.sock"), ("dgram", "s.sock"), ("stream", "s.sock.ctl")]
+)
+def test_a_squatter_with_a_full_backlog_cannot_hang_serve_or_doctor(
+    attacker: Attacker, shared_dir: Path, kind: str, name: str
+) -> None:
+    """The live/stale probe must not wait on a socket nobody accepts on (a subprocess
+    timeout, not a clock, is the failure)."""
+    squatter = attacker.start(BACKLOGGED, str(shared_dir / name), kind)
+    try:
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline().strip() == "ready", stop(squatter)
+        result = serve(shared_dir / "s.sock")
+        assert result.returncode == 1, result.stderr
+        if name == "s.sock":
+            assert f"{shared_dir / name} is already in use by another server" in result.stderr
+        else:
+            assert "cannot serve the control socket" in result.stderr
+        doctor = subprocess.run(
+            [sys.executable, "-m", "ugram", "doctor", "--socket", str(shared_dir / name)],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert f"socket {shared_dir / name}: live" in doctor.stdout, doctor.stdout
+    finally:
+        stop(squatter)
+
+
 # -- the bind race -----------------------------------------------------------------------------
 
 
@@ -284,7 +383,7 @@ def test_default_dead_letter_never_lands_in_a_shared_directory(
         state.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("plant", ["file-0666", "symlink", "hardlink"])
+@pytest.mark.parametrize("plant", ["file-0666", "symlink", "hardlink", "fifo"])
 def test_an_explicit_dead_letter_path_planted_by_the_attacker_is_refused(
     attacker: Attacker, shared_dir: Path, victim: Victim, out_dir: Path, plant: str
 ) -> None:
@@ -292,6 +391,8 @@ def test_an_explicit_dead_letter_path_planted_by_the_attacker_is_refused(
     code = {
         "file-0666": "import os, sys; os.fchmod(os.open(sys.argv[2], os.O_CREAT, 0o666), 0o666)",
         "symlink": "import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
+        # Nobody reads it: a blocking open for writing would wait forever.
+        "fifo": "import os, sys; os.mkfifo(sys.argv[2], 0o666)",
     }.get(plant)
     if code is None:
         plant_hardlink(attacker, victim.path, dead)
@@ -302,6 +403,9 @@ def test_an_explicit_dead_letter_path_planted_by_the_attacker_is_refused(
     victim.assert_untouched()
     if plant == "file-0666":
         assert dead.read_bytes() == b"", "the attacker's file got no record"
+    if plant == "fifo":
+        assert stat.S_ISFIFO(dead.lstat().st_mode)
+        assert f"{dead} is a FIFO (named pipe), not a regular file" in stderr
     assert "dead-letter" in stderr
 
 
@@ -385,3 +489,72 @@ def test_a_reply_to_a_relative_name_is_refused(
     finally:
         ours.close()
         server.close()
+
+
+# -- ugram send --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded() -> Iterator[socket.socket]:
+    """Root's socket in a searchable root-only directory: ``<dir>/root-only.sock``, 0600."""
+    home = Path(tempfile.mkdtemp(prefix="ugq", dir="/tmp"))
+    home.chmod(0o711)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(home / "root-only.sock"))
+    os.chmod(home / "root-only.sock", 0o600)
+    sock.settimeout(1.0)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        shutil.rmtree(home)
+
+
+@pytest.mark.parametrize("planted", ["socket", "directory"])
+def test_ugram_send_follows_no_symlink_another_user_planted(
+    attacker: Attacker, shared_dir: Path, guarded: socket.socket, planted: str
+) -> None:
+    """Root sends to a path in /tmp; the attacker's link there must not take the datagram to
+    root's own socket (where the attacker could not send it)."""
+    import ugram
+    from ugram.errors import UnsafePathError
+
+    target = Path(guarded.getsockname())
+    link = shared_dir / ("evil.sock" if planted == "socket" else "d")
+    pointed = target if planted == "socket" else target.parent
+    done = attacker.run("import os, sys; os.symlink(*sys.argv[1:])", str(pointed), str(link))
+    assert done.returncode == 0, done.stderr
+    path = link if planted == "socket" else link / target.name
+    result = subprocess.run(
+        [sys.executable, "-m", "ugram", "send", str(path), "from root"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"{link} is a symbolic link owned by ugattacker" in result.stderr
+    client = ugram.Client(path, policy="drop")
+    with client, pytest.raises(UnsafePathError, match="refusing to follow it"):
+        client.send(b"from root's client")
+    with pytest.raises(TimeoutError):
+        guarded.recv(100)
+
+
+def test_ugram_send_follows_a_symlink_of_root_in_a_private_directory(sock_dir: Path) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(sock_dir / "real.sock"))
+    receiver.settimeout(10.0)
+    os.symlink("real.sock", sock_dir / "link.sock")  # like /dev/log -> /run/systemd/...
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ugram", "send", str(sock_dir / "link.sock"), "through"],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        assert receiver.recv(100) == b"through"
+    finally:
+        receiver.close()

@@ -42,6 +42,10 @@ _warn = RateLimited(log)
 DIR_MODE = 0o750  # the directory and its partials/ and workers/
 FILE_MODE = 0o640  # statsd.jsonl and totals.json: the owner writes, its group may read
 PRIVATE_MODE = 0o600  # .lock, the partial files, the workers' entries
+_ADVICE = (
+    "remove it, make it owned by the server's user and not writable by others (chown, "
+    "chmod go-w), or choose another UGSTATSD_DIR"
+)
 OUTPUT, TOTALS, LOCK = "statsd.jsonl", "totals.json", ".lock"
 _PARTIAL = re.compile(r"(\d{1,18})-\d+-[0-9a-f]+-\d+\.msgpack")
 
@@ -85,16 +89,16 @@ class Spool:
         self._sequence = itertools.count()
 
     def _open(self, path: str) -> safefs.Dir:
+        # Not allow_unsafe: below an unsafe directory the walk refuses before creating
+        # anything, instead of creating directories there and refusing them afterwards.
         directory = safefs.open_dir(
-            path, create=True, mode=DIR_MODE, allow_unsafe=True, what="statsd directory"
+            path, create=True, mode=DIR_MODE, what="the statsd directory", advice=_ADVICE
         )
         self._dirs.append(directory)
         if directory.kind != "private":
             raise UnsafePathError(
                 f"refusing the statsd directory {path}: {directory.reason}, so another user "
-                "could plant files there for the server to write through or merge; remove "
-                "it, make it owned by the server's user and not writable by others (chown, "
-                "chmod go-w), or choose another UGSTATSD_DIR"
+                f"could plant files there for the server to write through or merge; {_ADVICE}"
             )
         return directory
 
