@@ -226,7 +226,11 @@ ReceiveBatch = Annotated[
 ]
 Mkdir = Annotated[
     bool,
-    _meta("create a missing socket directory (mode 0750)", "true or false"),
+    _meta(
+        "create a missing socket directory (mode 0750, or 0755 when mode lets others write; "
+        "group: the socket's group)",
+        "true or false",
+    ),
 ]
 AllowUnsafeDir = Annotated[
     bool,
