@@ -861,6 +861,8 @@ class Supervisor:
         self._last_seen = (snap.received, snap.handler_errors)
 
     def _fatal(self, code: int, message: str) -> None:
+        if self._fatal_code is not None:
+            return  # the other workers failing the same way: said once already
         log.critical("%s; stopping the server", message)
         self._callbacks.emit_server_info(f"fatal: {message}", logged=True)
         if self._phase is Phase.RUNNING:
