@@ -14,6 +14,7 @@ from .errors import HandlerImportError as HandlerImportError
 from .errors import PayloadTooLargeError as PayloadTooLargeError
 from .errors import ReplyError as ReplyError
 from .errors import RequestTimeoutError as RequestTimeoutError
+from .errors import ServerFailedError as ServerFailedError
 from .errors import ServerUnavailableError as ServerUnavailableError
 from .errors import ShutdownTimeoutError as ShutdownTimeoutError
 from .errors import SocketError as SocketError
@@ -40,6 +41,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ReplyError",
     "RequestTimeoutError",
+    "ServerFailedError",
     "ServerUnavailableError",
     "ShutdownTimeoutError",
     "Snapshot",

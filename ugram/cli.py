@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterable, Sequence
 
 from . import __version__, logs
 from .client import send_command
 from .config import ENV_PREFIX, field_help, field_kind, field_names, load_config
-from .errors import EXIT_CONFIG, EXIT_ERROR, ConfigError, UgramError
+from .errors import EXIT_CONFIG, EXIT_ERROR, ConfigError, ServerFailedError, UgramError
 from .supervisor import Supervisor
 
 
@@ -112,7 +113,7 @@ def _add_send(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ugram`` command; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), sys.argv[1:] if argv is None else list(argv))
     try:
         if args.command == "serve":
             return serve(args)
@@ -126,9 +127,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ugram: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:
+        # `ugram stats | head -1`: the reader has gone, which is no error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UgramError, OSError) as exc:
         print(f"ugram: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``, accepting what argparse alone would refuse but a user means.
+
+    A value that starts with ``-`` is taken as the value of the flag before it
+    (``--mode -rw-rw----``), and ``ugram send`` takes DATA after its options too
+    (``ugram send PATH --codec json '{"b": 2}'``).
+    """
+    args, extra = parser.parse_known_args(_join_dash_values(parser, argv))
+    if extra and args.command == "send" and not any(item.startswith("-") for item in extra):
+        args.data = [*args.data, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    flags = _value_flags(parser)
+    joined: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item in flags:
+            value = next(items, None)
+            if value is not None and value.startswith("-") and value not in flags:
+                joined.append(f"{item}={value}")
+                continue
+            joined.append(item)
+            if value is not None:
+                joined.append(value)
+            continue
+        joined.append(item)
+    return joined
+
+
+def _value_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long flag (of any subcommand) that takes exactly one value."""
+    flags: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _value_flags(sub)
+        elif action.nargs is None and action.option_strings:
+            flags |= {flag for flag in action.option_strings if flag.startswith("--")}
+    return flags
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -141,7 +192,10 @@ def serve(args: argparse.Namespace) -> int:
     config = load_config(_cli_values(args), file=args.config).config
     logs.configure_from(config, "supervisor")
     logging.getLogger("ugram").debug("config: %r", config)
-    return Supervisor(config).run()
+    try:
+        return Supervisor(config).run()
+    except ServerFailedError as exc:  # the reason is logged already
+        return exc.exit_code
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, object]:
@@ -255,6 +309,7 @@ def show_config(args: argparse.Namespace) -> int:
     if resolved.config.log_config:
         logs.load_log_config(resolved.config.log_config)
     values = msgspec.to_builtins(resolved.config)
+    values["mode"] = f"0o{resolved.config.file_mode:03o}"  # as octal, whichever form was given
     if args.as_json:
         table = {k: {"value": v, "source": resolved.sources[k]} for k, v in values.items()}
         print(msgspec.json.encode(table).decode())
@@ -269,6 +324,8 @@ def show_config(args: argparse.Namespace) -> int:
 def _toml(value: object) -> str:
     import json
 
+    if isinstance(value, str) and value.startswith("0o"):
+        return value  # a mode: an octal integer in TOML
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -62,7 +62,14 @@ Seconds = Annotated[
     float,
     _meta("seconds to drain at shutdown before killing", "a number of seconds >= 0", ge=0),
 ]
-SocketPath = Annotated[str, _meta("socket path", "a non-empty filesystem path", min_length=1)]
+SocketPath = Annotated[
+    str,
+    _meta(
+        "socket path",
+        "a non-empty filesystem path, or @name for a Linux abstract socket",
+        min_length=1,
+    ),
+]
 HandlerSpec = Annotated[
     str,
     _meta(
@@ -82,8 +89,9 @@ GroupValue = Annotated[
     str | int,
     _meta("group of the socket file", "a gid, a group name, or -1 for the process group"),
 ]
+ServerCodec = Literal["raw", "json", "msgpack", "lines", "syslog", "statsd"]
 Codec = Annotated[
-    Literal["raw", "json", "msgpack", "lines", "syslog", "statsd"],
+    ServerCodec,
     _meta(
         "how workers decode each datagram for the handler",
         "raw, json, msgpack, lines (one message per line), syslog (RFC 5424/3164) or "
@@ -174,7 +182,7 @@ Credentials = Annotated[
     ),
 ]
 IdList = Annotated[
-    list[str],
+    list[str | int],
     _meta(
         "only these senders are admitted; others are rejected as unauthorized",
         "user/group names or numeric ids (repeat the flag, or comma-separate)",
@@ -184,8 +192,7 @@ RateLimit = Annotated[
     str,
     _meta(
         "per-sender rate limit; excess datagrams are rejected as rate_limited",
-        "N/s, N/m or N/h (N > 0), or empty for none",
-        pattern=r"^$|^\s*\d+(\.\d+)?\s*(/\s*[smh])?\s*$",
+        "N/s, N/m or N/h (N > 0; a bare N means N/s), or empty for none",
     ),
 ]
 Burst = Annotated[
@@ -651,7 +658,7 @@ def _suggest(name: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-_AT_FIELD = re.compile(r"at `\$\.(\w+)`")
+_AT_FIELD = re.compile(r"at `\$\.(\w+)(?:\[\d+\])?`")
 # greedy and DOTALL: the key may be empty or hold a backtick or a newline
 _UNKNOWN = re.compile(r"unknown field `(.*)`", re.DOTALL)
 
@@ -674,7 +681,9 @@ def _explain(message: str, values: Mapping[str, Any]) -> str:
     detail = message[: at.start()].rstrip(" -")
     if detail.startswith("invalid value for "):
         return detail
-    return f"{_line(name, values.get(name), _allowed(name))}: {detail}"
+    line = _line(name, values.get(name), _allowed(name))
+    # "Expected `str` matching regex '^...$'" says nothing the allowed forms do not.
+    return line if "matching regex" in detail else f"{line}: {detail}"
 
 
 def mode_string(mode: int) -> str:

@@ -77,6 +77,15 @@ class ShutdownTimeoutError(UgramError, TimeoutError):
         )
 
 
+class ServerFailedError(UgramError, RuntimeError):
+    """The server could not start serving (the handler cannot be imported, its ``setup()``
+    keeps failing) and has stopped; ``exit_code`` is the code ``ugram serve`` exits with."""
+
+    def __init__(self, exit_code: int, reason: str) -> None:
+        self.exit_code = exit_code
+        super().__init__(f"{reason} (exit code {exit_code})")
+
+
 class ChildCrashedError(UgramError, RuntimeError):
     """A receiver or worker process exited unexpectedly (it is restarted)."""
 

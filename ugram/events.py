@@ -61,9 +61,11 @@ class Callbacks:
         for callback in self.info:
             _call(callback, local, remote, state)
 
-    def emit_server_info(self, message: str) -> None:
-        """Log ``message`` and call every ``on_server_info`` callback with it."""
-        log.info("%s", message)
+    def emit_server_info(self, message: str, *, logged: bool = False) -> None:
+        """Log ``message`` (unless the caller has: ``logged``) and call every
+        ``on_server_info`` callback with it."""
+        if not logged:
+            log.info("%s", message)
         for callback in self.server_info:
             _call(callback, message)
 

@@ -15,6 +15,7 @@ import logging.config
 import sys
 import time
 import tomllib
+import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,7 +150,12 @@ def _bad(path: str, why: str) -> ConfigError:
 
 
 class RateLimited:
-    """Log at most ``burst`` messages per ``interval`` seconds, then say how many were held."""
+    """Log at most ``burst`` messages per ``interval`` seconds, then say how many were held.
+
+    The count of what was held back is logged when the interval is over: by the next
+    warning, or by :func:`flush_held`, which every process calls while idle and at exit, so
+    a burst that is never followed by another warning is still accounted for.
+    """
 
     def __init__(self, logger: logging.Logger, burst: int = 10, interval: float = 10.0) -> None:
         self._logger = logger
@@ -158,21 +164,44 @@ class RateLimited:
         self._window = 0.0
         self._count = 0
         self._suppressed = 0
+        _LIMITERS.add(self)
 
-    def warning(self, msg: str, *args: object, exc_info: bool | BaseException = False) -> None:
+    def warning(
+        self,
+        msg: str,
+        *args: object,
+        exc_info: bool | BaseException = False,
+        times: int = 1,
+    ) -> None:
         """Log a warning unless the budget for this interval is spent (``exc_info``: True
-        for the exception being handled, or an exception instance)."""
-        now = time.monotonic()
-        if now - self._window >= self._interval:
-            if self._suppressed:
-                self._logger.warning(
-                    "suppressed %d similar message(s) in the last %.0fs",
-                    self._suppressed,
-                    self._interval,
-                )
-            self._window, self._count, self._suppressed = now, 0, 0
-        if self._count < self._burst:
-            self._count += 1
+        for the exception being handled, or an exception instance). ``times``: how many
+        occurrences this call stands for (a compiled loop counts them in one pass)."""
+        self.flush()
+        logged = min(times, self._burst - self._count)
+        for _ in range(max(0, logged)):
             self._logger.warning(msg, *args, exc_info=exc_info)
-        else:
-            self._suppressed += 1
+        self._count += max(0, logged)
+        self._suppressed += times - max(0, logged)
+
+    def flush(self, final: bool = False) -> None:
+        """Log the count of what was held back once the interval is over (or now: ``final``)."""
+        now = time.monotonic()
+        if not final and now - self._window < self._interval:
+            return
+        if self._suppressed:
+            self._logger.warning(
+                "held back %d similar message(s) (at most %d every %.0fs are logged)",
+                self._suppressed,
+                self._burst,
+                self._interval,
+            )
+        self._window, self._count, self._suppressed = now, 0, 0
+
+
+_LIMITERS: weakref.WeakSet[RateLimited] = weakref.WeakSet()
+
+
+def flush_held(final: bool = False) -> None:
+    """Report what every rate limit of this process held back (see :class:`RateLimited`)."""
+    for limiter in list(_LIMITERS):
+        limiter.flush(final)

@@ -35,6 +35,7 @@ from .errors import (
     ChildCrashedError,
     HandlerError,
     RingCorruptError,
+    ServerFailedError,
     ShutdownTimeoutError,
     UnsupportedPlatformError,
 )
@@ -143,7 +144,9 @@ class Supervisor:
         self._signals: list[int] = []
         self._last_seen = (0, 0)
         self._fatal_code: int | None = None
+        self._fatal_reason = ""
         self._timeout_used = config.graceful_timeout
+        self._cut_short = False  # a forced stop (second SIGINT, fatal error) ended the drain
         self._final: Snapshot | None = None
         self._scratch = -1
         self._control = memoryview(bytearray(512)).cast("Q")  # the shared block once started
@@ -219,6 +222,9 @@ class Supervisor:
 
         Raises:
             SocketError: the socket cannot be bound (nothing was started).
+            ServerFailedError: the workers could not boot (the handler cannot be imported,
+                or its ``setup()`` keeps failing): the server has stopped, and
+                ``exit_code`` says why (4 or 3), as ``ugram serve`` would exit.
         """
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -244,7 +250,18 @@ class Supervisor:
             os.close(write_fd)
             if self._phase is not Phase.STOPPED:
                 self.close()
+        return self._outcome()
+
+    def _outcome(self) -> int:
+        """The exit code of a server that has stopped.
+
+        Raises:
+            ServerFailedError: it stopped because it could not serve at all: a failure that
+                embedding code ignoring the return value must still see.
+        """
         assert self.exit_code is not None
+        if self._fatal_code is not None:
+            raise ServerFailedError(self._fatal_code, self._fatal_reason)
         return self.exit_code
 
     def request_stop(self, force: bool = False) -> None:
@@ -253,6 +270,7 @@ class Supervisor:
             self._begin_drain(self.config.graceful_timeout)
         if force and self._phase is Phase.DRAINING:
             self._deadline = 0.0
+            self._cut_short = True
 
     def _install_signals(self, wake_fd: int) -> dict[int, object]:
         previous: dict[int, object] = {-1: signal.set_wakeup_fd(wake_fd)}
@@ -338,13 +356,16 @@ class Supervisor:
         """Start the server and run it until it stops; return the exit code.
 
         Installs no signal handlers: the embedding application calls :meth:`shutdown`.
+
+        Raises:
+            SocketError: the socket cannot be bound (nothing was started).
+            ServerFailedError: the workers could not boot (as for :meth:`run`).
         """
         self.start()
         while self._phase is not Phase.STOPPED:
             await asyncio.sleep(TICK)
             self.tick()
-        assert self.exit_code is not None
-        return self.exit_code
+        return self._outcome()
 
     async def shutdown(self, timeout: float | None = None) -> int:  # noqa: ASYNC109
         """Drain and stop within ``timeout`` seconds (default: graceful_timeout).
@@ -402,7 +423,8 @@ class Supervisor:
             allow_unsafe=cfg.allow_unsafe_dir,
         )
         if self._bound.identity is None and (cfg.mode != "0660" or cfg.gid != -1):
-            log.warning("mode and group do not apply to %s (no socket file)", self._bound.path)
+            why = _no_mode_why(self._bound)
+            log.warning("mode and group do not apply to %s: %s", self._bound.path, why)
         slots = cfg.worker_slots
         try:
             # Rings for every slot SIGTTIN may use: an unused ring costs only its control page
@@ -424,11 +446,6 @@ class Supervisor:
             self._spawn("worker", index)
         self._spawn("receiver", 0)
         self._observers.start()  # threads only once the children exist
-        self._callbacks.emit_server_info(
-            f"listening on {self._bound.path} with {cfg.workers} worker(s), "
-            f"handler {cfg.handler}, codec {cfg.codec}; "
-            f"per-datagram loops {speedups.describe(cfg.speedups)}"
-        )
 
     def _spec(self, role: str, index: int) -> ChildSpec:
         assert self._bound is not None
@@ -517,6 +534,19 @@ class Supervisor:
             return
         self._ran.update(i for i, child in self._workers.items() if not self._booting(child))
         self._started_up = all(i in self._ran for i in range(self.config.workers))
+        if self._started_up and self._phase is Phase.RUNNING:
+            self._announce()
+
+    def _announce(self) -> None:
+        # Only once every worker has imported the handler and run setup(): a handler that
+        # cannot be served is reported as that, never after a claim that the server listens.
+        assert self._bound is not None
+        cfg = self.config
+        self._callbacks.emit_server_info(
+            f"listening on {self._bound.path} with {cfg.workers} worker(s), "
+            f"handler {cfg.handler}, codec {cfg.codec}; "
+            f"per-datagram loops {speedups.describe(cfg.speedups)}"
+        )
 
     def _on_exit(self, child: Child, code: int) -> None:
         handover = self._handover
@@ -600,7 +630,9 @@ class Supervisor:
             # At start-up the handler or its setup() is broken: stop rather than respawn.
             if code == EXIT_HANDLER_IMPORT:
                 self._fatal(
-                    code, f"{child.name} could not import the handler {self.config.handler}"
+                    code,
+                    f"{child.name} could not load the handler {self.config.handler} "
+                    "(the reason is above)",
                 )
                 return
             if failures >= self.config.boot_retries:
@@ -829,12 +861,16 @@ class Supervisor:
         self._last_seen = (snap.received, snap.handler_errors)
 
     def _fatal(self, code: int, message: str) -> None:
+        if self._fatal_code is not None:
+            return  # the other workers failing the same way: said once already
         log.critical("%s; stopping the server", message)
-        self._callbacks.emit_server_info(f"fatal: {message}")
+        self._callbacks.emit_server_info(f"fatal: {message}", logged=True)
         if self._phase is Phase.RUNNING:
             self._begin_drain(0.0)
         self._deadline = 0.0
+        self._cut_short = True
         self._fatal_code = code
+        self._fatal_reason = message
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -957,12 +993,16 @@ class Supervisor:
                 ring.settle_journal(block, JOURNALED)
 
     def _report_unclean(self, left_in_rings: int, left_in_socket: int, killed: list[str]) -> None:
+        when = (
+            "when the stop was forced"
+            if self._cut_short
+            else f"at the graceful timeout ({self._timeout_used:g}s)"
+        )
         if killed:
             log.error(
-                "%s killed at the graceful timeout (%gs): still running, so teardown() did "
-                "not finish",
+                "%s killed %s: still running, so teardown() did not finish",
                 ", ".join(killed),
-                self._timeout_used,
+                when,
             )
         if self.unhandled:
             log.error(
@@ -970,7 +1010,7 @@ class Supervisor:
                 self.unhandled,
                 left_in_rings,
                 left_in_socket,
-                " after the graceful timeout" if killed else "",
+                f", the children killed {when}" if killed else "",
             )
 
     def _drain_socket(self) -> int:
@@ -1063,3 +1103,15 @@ def _drain_pipe(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def _no_mode_why(bound: BoundSocket) -> str:
+    """Why ``mode`` and ``group`` were not applied to a socket without a file of ours."""
+    if bound.adopted and not bound.is_abstract:
+        return (
+            "the socket is systemd's: its mode and group come from the unit "
+            "(SocketMode=, SocketGroup=)"
+        )
+    if bound.adopted:
+        return "the socket is systemd's, and an abstract socket has no file"
+    return "an abstract socket has no file"

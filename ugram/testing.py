@@ -32,7 +32,7 @@ from typing import Any, Self
 import setproctitle
 
 from .client import Client, ClientCodec, make_encoder
-from .config import make_config
+from .config import ServerCodec, make_config
 from .datagram import Datagram
 from .errors import ReplyError
 from .stats import Snapshot
@@ -142,7 +142,7 @@ class TestServer:
 def run_server(
     handler: object,
     *,
-    codec: ClientCodec = "raw",
+    codec: ServerCodec = "raw",
     workers: int = 1,
     **options: Any,
 ) -> Iterator[TestServer]:
@@ -155,7 +155,9 @@ def run_server(
 
     Args:
         handler: ``"module:attr"``, or an importable top-level handler function or class.
-        codec: how workers decode payloads, and how ``server.client`` encodes objects.
+        codec: how workers decode payloads (any ``--codec``), and how ``server.client``
+            encodes objects (json and msgpack encode them; every other codec sends bytes or
+            str as they are).
         workers: worker processes.
         options: any other :class:`~ugram.Config` field (``max_datagram``, ``route_by``, ...).
 
@@ -166,6 +168,17 @@ def run_server(
     """
     spec = handler_spec(handler)
     directory = tempfile.mkdtemp(prefix="ugram-", dir="/tmp")  # AF_UNIX paths are short
+    try:
+        with _serving(spec, codec, workers, directory, options) as server:
+            yield server
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _serving(
+    spec: str, codec: ServerCodec, workers: int, directory: str, options: dict[str, Any]
+) -> Iterator[TestServer]:
     options.setdefault("socket", os.path.join(directory, "test.sock"))
     config = make_config(handler=spec, codec=codec, workers=workers, **options)
     title = setproctitle.getproctitle()
@@ -174,7 +187,10 @@ def run_server(
     supervisor = Supervisor(config)
     # A stopped server makes the client raise ServerUnavailableError instead of waiting forever.
     client = Client(
-        config.socket, codec=codec, max_datagram=config.max_datagram, wait_for_server=10.0
+        config.socket,
+        codec=client_codec(codec),
+        max_datagram=config.max_datagram,
+        wait_for_server=10.0,
     )
     try:
         supervisor.start()
@@ -192,7 +208,11 @@ def run_server(
         else:
             os.environ["PYTHONPATH"] = saved_path
         setproctitle.setproctitle(title)
-        shutil.rmtree(directory, ignore_errors=True)
+
+
+def client_codec(codec: ServerCodec) -> ClientCodec:
+    """The client codec that feeds a server of ``codec``: text codecs take raw bytes."""
+    return codec if codec in ("json", "msgpack") else "raw"
 
 
 class _RecordingDatagram(Datagram):
@@ -242,12 +262,12 @@ class Harness:
 
     __test__ = False
 
-    def __init__(self, handler: object, *, codec: ClientCodec = "raw") -> None:
+    def __init__(self, handler: object, *, codec: ServerCodec = "raw") -> None:
         """Load ``handler`` (``"module:attr"``, a function, a class or an object).
 
         Args:
             handler: what ``ugram serve`` would be given, or the object itself.
-            codec: ``raw``, ``json`` or ``msgpack``, as the server's ``--codec``.
+            codec: as the server's ``--codec`` (raw, json, msgpack, lines, syslog, statsd).
 
         Raises:
             HandlerImportError: the handler's signature cannot be served (as at start-up).
@@ -263,7 +283,7 @@ class Harness:
         self.codec = codec
         self.handled = 0
         self.replies: list[bytes] = []
-        self._encode = make_encoder(codec)
+        self._encode = make_encoder(client_codec(codec))
 
     def __enter__(self) -> Self:
         if self.handler.setup is not None:

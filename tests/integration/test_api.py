@@ -80,7 +80,8 @@ async def test_callbacks_report_lifecycle_workers_and_handler_errors(
 
     task = asyncio.create_task(sup.serve())
     try:
-        await until(lambda: sup.is_running or task.done(), what="serving")
+        # "listening on" comes once every worker has booted (imported the handler).
+        await until(lambda: bool(messages) or task.done(), what="listening")
         started = {(r, s) for _, r, s in infos}
         assert started >= {
             ("worker 0", ConnState.WORKER_STARTED),
@@ -127,7 +128,7 @@ async def test_raising_callbacks_do_not_break_the_server(
 
     task = asyncio.create_task(sup.serve())
     try:
-        await until(lambda: sup.is_running or task.done(), what="serving")
+        await until(lambda: bool(messages) or task.done(), what="listening")
         assert sup.is_running, task.exception() if task.done() else None
         await send_async(path, *(str(i).encode() for i in range(1, 21)))
         await until(lambda: sup.statistics().handled == 20, what="20 handled")

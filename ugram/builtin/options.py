@@ -4,6 +4,7 @@ variables, and a TOML or JSON file named by ``<PREFIX>CONFIG``."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +41,22 @@ def load_options(
     try:
         return msgspec.convert(values, kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid {prefix}* option: {exc}") from None
+        raise ConfigError(_explain(prefix, str(exc), values)) from None
+
+
+_AT_FIELD = re.compile(r" - at `\$\.(\w+)")
+
+
+def _explain(prefix: str, message: str, values: Mapping[str, Any]) -> str:
+    """One line naming the option as the user set it (``UGSINK_MAX_BYTES``) and its value."""
+    at = _AT_FIELD.search(message)
+    if at is None:
+        return f"invalid {prefix}* option: {message}"
+    name = at.group(1)
+    return (
+        f"invalid value for {prefix}{name.upper()} (option {name}): "
+        f"{values.get(name)!r}: {message[: at.start()]}"
+    )
 
 
 def _read_options(path: str) -> dict[str, Any]:

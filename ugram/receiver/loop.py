@@ -224,7 +224,9 @@ class Receiver:
             for ring in routed:
                 ring.resync_producer()
         if oversized:
-            self._warn.warning("rejected a datagram larger than max_datagram=%d", self.limit)
+            self._warn.warning(
+                "rejected a datagram larger than max_datagram=%d", self.limit, times=oversized
+            )
         if count:  # a ring filled in the middle of a batch
             if not self._place_slots(range(following, count)):
                 return False
@@ -581,6 +583,7 @@ class Receiver:
         self._route_around_corrupt_rings()
         self._sync_active()
         self.admission.housekeeping()
+        logs.flush_held()
         if self.control[Slot.DRAIN] and not self.draining:
             self.begin_drain()
         self.loop.call_later(0.05, self._housekeeping)
@@ -609,6 +612,7 @@ class Receiver:
             loop.run_forever()
         finally:
             loop.close()
+            logs.flush_held(final=True)
 
     def describe_path(self) -> str:
         """Which per-datagram path reads: compiled, or which Python loop and why."""

@@ -30,7 +30,7 @@ import msgspec
 from .. import codecs
 from ..config import Config
 from ..datagram import Datagram
-from ..errors import HandlerImportError
+from ..errors import ConfigError, HandlerImportError
 
 Decode = Callable[[bytes], Any]
 
@@ -98,6 +98,8 @@ def load_handler(config: Config) -> Handler:
     if inspect.isclass(target):
         try:
             target = target()
+        except ConfigError as exc:  # a built-in's bad option: name it, not an import failure
+            raise HandlerImportError(f"bad option for {config.handler}: {exc}") from exc
         except Exception as exc:
             raise HandlerImportError(
                 f"handler class {config.handler} could not be instantiated: {exc!r}"

@@ -480,6 +480,7 @@ class Worker:
     def _sleep(self) -> None:
         ring = self.ring
         self.counters[Slot.HEARTBEAT_NS] = time.monotonic_ns()
+        logs.flush_held()  # idle: a good moment to say what the rate limits held back
         ring.set_sleeping(True)
         # Re-check after announcing the sleep: a record published in between is not missed.
         if not ring.has_unread() and not ring.is_drained():
@@ -533,5 +534,8 @@ def main(argv: list[str]) -> int:
         called_off(handler, counters, spec.index)
         return 0
     worker.recover()
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        logs.flush_held(final=True)
     return 0
