@@ -65,13 +65,17 @@ def owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def classify(info: os.stat_result) -> tuple[DirKind, str]:
+def classify(info: os.stat_result, trusted: frozenset[int] | None = None) -> tuple[DirKind, str]:
     """Tell whether a directory is private, shared (sticky) or unsafe, and why.
+
+    Args:
+        info: the directory's status.
+        trusted: the owners that may make it private (default :func:`trusted_uids`).
 
     Returns:
         The kind, and a reason a log line can print ("" for private).
     """
-    if info.st_uid not in trusted_uids():
+    if info.st_uid not in (trusted or trusted_uids()):
         return "unsafe", f"owned by another user, {owner_name(info.st_uid)}"
     writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if not writable:
@@ -131,6 +135,7 @@ def open_dir(
     mode: int = 0o750,
     allow_unsafe: bool = False,
     what: str = "directory",
+    trusted: frozenset[int] | None = None,
 ) -> Dir:
     """Walk to the directory ``path`` without following untrusted symlinks, and open it.
 
@@ -140,6 +145,8 @@ def open_dir(
         mode: the permission bits of directories created here.
         allow_unsafe: accept a directory other users may write (the operator's choice).
         what: what the directory is for, in messages ("socket directory", ...).
+        trusted: the owners whose directories and symlinks count as private (default
+            :func:`trusted_uids`; ``ugram stats`` adds the owner of the file it checks).
 
     Raises:
         UnsafePathError: a component is an untrusted symlink, is not a directory, is missing
@@ -148,7 +155,7 @@ def open_dir(
     """
     full = os.path.abspath(path)
     try:
-        fd, kind, reason = _walk(full, create, mode, what)
+        fd, kind, reason = _walk(full, create, mode, what, trusted or trusted_uids())
     except UnsafePathError:
         raise
     except OSError as exc:
@@ -163,17 +170,19 @@ def open_dir(
     return Dir(fd, full, kind, reason)
 
 
-def _walk(full: str, create: bool, mode: int, what: str) -> tuple[int, DirKind, str]:
+def _walk(
+    full: str, create: bool, mode: int, what: str, trusted: frozenset[int]
+) -> tuple[int, DirKind, str]:
     parts = deque(p for p in full.split("/") if p)
     fd = os.open("/", _DIR_FLAGS)
-    kind, reason = classify(os.fstat(fd))
+    kind, reason = classify(os.fstat(fd), trusted)
     where, hops = "/", 0
     try:
         while parts:
             name = parts.popleft()
             if name == ".":
                 continue
-            nfd = _step(fd, name, where, kind, create, mode, f"{what} {full}")
+            nfd = _step(fd, name, where, kind, create, mode, f"{what} {full}", trusted)
             if isinstance(nfd, str):  # a trusted symlink: walk its target instead
                 hops += 1
                 if hops > _MAX_SYMLINKS:
@@ -185,7 +194,7 @@ def _walk(full: str, create: bool, mode: int, what: str) -> tuple[int, DirKind, 
                 continue
             os.close(fd)
             fd, where = nfd, os.path.join(where, name)
-            kind, reason = _worse((kind, reason), classify(os.fstat(fd)), where)
+            kind, reason = _worse((kind, reason), classify(os.fstat(fd), trusted), where)
     except BaseException:
         os.close(fd)
         raise
@@ -205,7 +214,14 @@ def _worse(
 
 
 def _step(
-    fd: int, name: str, where: str, kind: DirKind, create: bool, mode: int, what: str
+    fd: int,
+    name: str,
+    where: str,
+    kind: DirKind,
+    create: bool,
+    mode: int,
+    what: str,
+    trusted: frozenset[int],
 ) -> int | str:
     """Open ``name`` in ``fd`` as a directory; a trusted symlink returns its target."""
     try:
@@ -224,7 +240,7 @@ def _step(
     here = os.path.join(where, name)
     if not stat.S_ISLNK(info.st_mode):
         raise UnsafePathError(f"{here}: Not a directory")
-    if info.st_uid not in trusted_uids() or kind == "unsafe":
+    if info.st_uid not in trusted or kind == "unsafe":
         raise UnsafePathError(
             f"{here} is a symbolic link owned by {owner_name(info.st_uid)} in a directory "
             "other users may change; refusing to follow it"

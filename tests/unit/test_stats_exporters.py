@@ -13,6 +13,7 @@ import select
 import socket
 import stat
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ugram import logs, metrics
 from ugram.config import make_config
-from ugram.control import ControlServer, bind_stream_socket, control_path, fetch, render
+from ugram.control import (
+    MAX_REPORT_BYTES,
+    ControlServer,
+    bind_stream_socket,
+    control_path,
+    fetch,
+    render,
+)
 from ugram.doctor import check_qlen, check_socket_path, run_checks
 from ugram.errors import ConfigError, NotASocketError, SocketError, UgramError
 from ugram.events import Callbacks, ConnState
@@ -403,6 +411,49 @@ def test_render_shows_totals_rates_and_workers() -> None:
     assert rows["1"][:3] == ["11", "running", "1"]  # worker 1: pid, state, ring depth
     assert "— healthy" in text
     assert "p50 <= 8 us" in text
+
+
+def test_render_escapes_every_string_the_server_sent() -> None:
+    hostile = "\x1b]0;owned\x07\r\nfake line\u2028\u202e"
+    report = msgspec.structs.replace(
+        make_report(healthy=False),
+        version=hostile,
+        socket=hostile,
+        phase=hostile,
+        receiver=ProcessInfo(pid=2, state=hostile),
+        workers=[msgspec.structs.replace(w, state=hostile) for w in make_report().workers],
+        health=Health(ok=False, reasons=[hostile, hostile]),
+    )
+    text = render(report, report)
+    assert text.count("\n") == render(make_report(), make_report()).count("\n")
+    assert all(ch == "\n" or ch.isprintable() for ch in text), repr(text)
+    assert "\\x1b]0;owned\\x07\\r\\nfake line\\u2028\\u202e" in text
+    assert not any(line.startswith("fake line") for line in text.splitlines())
+
+
+def serve_bytes(path: str, data: bytes) -> socket.socket:
+    """A stream socket at ``path`` answering one connection with ``data`` (from a thread)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):  # the client may stop reading first
+            conn.sendall(data)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return listener
+
+
+def test_fetch_reads_at_most_the_cap_and_says_so(sock_dir: Path) -> None:
+    socket_path = str(sock_dir / "s.sock")
+    endless = b"[" * (MAX_REPORT_BYTES + 1)
+    with (
+        serve_bytes(control_path(socket_path), endless),
+        pytest.raises(UgramError, match=r"s\.sock\.ctl sent more than 4 MiB"),
+    ):
+        fetch(socket_path)
 
 
 # -- logging --------------------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""Attacks by a second local user on what operators read: ``ugram stats``, its control
+socket and the metrics endpoint of a server run by root.
+
+The attacker forges a whole server in a shared directory for ``ugram stats`` to trust, holds
+the metrics endpoint's connections open, and floods the control socket; each test checks
+what a user would see.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.conftest import child_env
+from tests.security.conftest import Attacker, stop
+from ugram.control import expected_peer
+from ugram.health import Health
+from ugram.observe import ProcessInfo, Report
+from ugram.stats import LATENCY_BOUNDS, Latency, Snapshot
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A sticky, world-writable directory like /tmp (root's)."""
+    path = Path(tempfile.mkdtemp(prefix="ugs", dir="/tmp"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def ugram(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``ugram`` command as root (the victim), with a deadline."""
+    cmd = [sys.executable, "-m", "ugram", *args]
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=30)
+
+
+# -- ugram stats: a forged server in a shared directory ----------------------------------------
+
+# The attacker binds both names ugram stats reads: a datagram socket at the server's path
+# and a stream socket at <path>.ctl that answers every connection with a forged report.
+FAKE_SERVER = r"""
+import os, socket, sys
+path, report = sys.argv[1], sys.argv[2].encode()
+server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+server.bind(path)
+ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+ctl.bind(path + ".ctl")
+os.chmod(path + ".ctl", 0o777)
+ctl.listen(8)
+print("ready", flush=True)
+ctl.settimeout(30)
+try:
+    while True:
+        conn, _ = ctl.accept()
+        conn.sendall(report)
+        conn.close()
+except OSError:
+    pass
+"""
+
+# Escapes a terminal acts on: clear the screen (C0 ESC, and the C1 CSI U+009B), a line
+# break to forge a line of output, and a bidi override to reorder what is shown.
+HOSTILE = "\x1b[2J\x9b31m\u202e\nugram: all clear"
+
+
+def forged_report(socket_path: str) -> str:
+    """A report that decodes as a real one, with terminal escapes in its strings."""
+    zeros = {f.name: 0 for f in msgspec.structs.fields(Snapshot)}
+    report = Report(
+        version="6.6.6-forged",
+        time=1000.0,
+        pid=1,
+        socket=socket_path + HOSTILE,
+        phase="running" + HOSTILE,
+        uptime_seconds=1.0,
+        active_workers=0,
+        worker_slots=0,
+        totals=Snapshot(**zeros),
+        receiver=ProcessInfo(pid=1, state="running" + HOSTILE),
+        workers=[],
+        latency=Latency(bounds=list(LATENCY_BOUNDS), counts=[0] * 31, sum_seconds=0.0),
+        health=Health(ok=False, reasons=["forged" + HOSTILE]),
+        metrics="",
+        config={"handler": HOSTILE},
+    )
+    return msgspec.json.encode(report).decode()
+
+
+@pytest.fixture
+def fake_server(attacker: Attacker, shared_dir: Path) -> Iterator[Path]:
+    """The attacker's server socket and control socket in the shared directory."""
+    path = shared_dir / "s.sock"
+    proc = attacker.start(FAKE_SERVER, str(path), forged_report(str(path)))
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", stop(proc)
+        assert path.lstat().st_uid == attacker.uid
+        yield path
+    finally:
+        stop(proc)
+
+
+def test_stats_refuses_a_server_forged_whole_in_a_shared_directory(fake_server: Path) -> None:
+    """The attacker owns the server socket file too: in a sticky directory that proves
+    nothing, so only root or the user running ``ugram stats`` may answer."""
+    result = ugram("stats", "--json", "--socket", str(fake_server))
+    assert result.returncode == 1, result.stdout
+    assert "forged" not in result.stdout
+    assert "served by ugattacker" in result.stderr
+    assert "writable by everyone (sticky), so any user may own s.sock" in result.stderr
+    assert "--expect-user ugattacker" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_stats_escapes_what_a_server_it_was_told_to_trust_sends(
+    fake_server: Path, as_json: bool
+) -> None:
+    """With ``--expect-user`` the report is read, but its strings reach the terminal inert."""
+    args = ["--json"] if as_json else ["--interval", "0.05"]
+    result = ugram("stats", *args, "--expect-user", "ugattacker", "--socket", str(fake_server))
+    assert result.returncode == 0, result.stderr
+    assert "6.6.6-forged" in result.stdout
+    assert all(ch == "\n" or ch.isprintable() for ch in result.stdout), repr(result.stdout)
+    assert not any(line.startswith("ugram: all clear") for line in result.stdout.splitlines())
+    if as_json:
+        assert msgspec.json.decode(result.stdout)["socket"] == str(fake_server) + HOSTILE
+    else:
+        assert "\\x1b[2J\\x9b31m\\u202e\\nugram: all clear" in result.stdout
+
+
+def socket_at(path: Path, uid: int) -> socket.socket:
+    """A socket file at ``path`` owned by ``uid`` (root makes it and hands it over)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    os.chown(path, uid, -1)
+    return sock
+
+
+def test_stats_trusts_a_socket_owner_only_where_nobody_else_makes_names(
+    attacker: Attacker, shared_dir: Path
+) -> None:
+    private = Path(tempfile.mkdtemp(prefix="ugp", dir="/tmp"))
+    own = Path(tempfile.mkdtemp(prefix="ugo", dir="/tmp"))
+    try:
+        private.chmod(0o755)
+        own.chmod(0o750)
+        os.chown(own, attacker.uid, attacker.gid)  # a service user's RuntimeDirectory=
+        socks = [socket_at(d / "s.sock", attacker.uid) for d in (private, own, shared_dir)]
+        try:
+            for trusted in (private, own):
+                peer = expected_peer(str(trusted / "s.sock"))
+                assert peer.uids == {attacker.uid}, peer
+                assert "the owner of" in peer.who
+            shared = expected_peer(str(shared_dir / "s.sock"))
+            assert shared.uids == {0}
+            assert "sticky" in shared.doubt
+            assert expected_peer(str(shared_dir / "s.sock"), attacker.uid).uids == {attacker.uid}
+        finally:
+            for sock in socks:
+                sock.close()
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(own, ignore_errors=True)
