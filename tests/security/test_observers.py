@@ -9,18 +9,20 @@ what a user would see.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from tests.conftest import child_env
+from tests.conftest import child_env, run_server, wait_for
 from tests.security.conftest import Attacker, stop
 from ugram.control import expected_peer
 from ugram.health import Health
@@ -173,3 +175,91 @@ def test_stats_trusts_a_socket_owner_only_where_nobody_else_makes_names(
     finally:
         shutil.rmtree(private, ignore_errors=True)
         shutil.rmtree(own, ignore_errors=True)
+
+
+# -- the metrics endpoint: connections held open -----------------------------------------------
+
+# Holds ``count`` connections to the endpoint for ``seconds``, each trickling a request head
+# too long to finish under the deadline, and opens a new one for each the server closes (as
+# a real attacker would: the cap is only full while it keeps refilling it).
+SLOWLORIS = r"""
+import select, socket, sys, time
+where, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+HEAD = b"GET /healthz HTTP/1.0\r\n" + b"X-Slow: 0123456789\r\n" * 1000
+
+def connect():
+    if where.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(where)
+    else:
+        host, port = where.rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)))
+    sock.setblocking(False)
+    return sock
+
+socks = {connect(): 0 for _ in range(count)}
+print("ready", flush=True)
+cut = 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    readable = select.select(list(socks), [], [], 0.2)[0]
+    for sock in readable:  # answered or closed: the server cut it off
+        sock.close()
+        del socks[sock]
+        cut += 1
+    while len(socks) < count:
+        try:
+            socks[connect()] = 0
+        except OSError:
+            break
+    for sock, sent in list(socks.items()):
+        try:
+            socks[sock] += sock.send(HEAD[sent : sent + 1])
+        except OSError:
+            pass
+print(cut, flush=True)
+"""
+
+
+def healthz(where: str, timeout: float = 5.0) -> bytes:
+    """The answer to one GET /healthz, or what went wrong (``timeout``: liveness, not speed)."""
+    family = socket.AF_UNIX if where.startswith("/") else socket.AF_INET
+    host, _, port = where.rpartition(":")
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(where if family == socket.AF_UNIX else (host, int(port)))
+            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            return b"".join(iter(lambda: sock.recv(65536), b""))
+    except OSError as exc:  # refused, reset, or no answer within the timeout
+        return repr(exc).encode()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_connections_held_open_by_another_user_do_not_lock_out_healthz(
+    attacker: Attacker, shared_dir: Path, transport: str
+) -> None:
+    path = shared_dir / "s.sock"
+    value = "127.0.0.1:0" if transport == "tcp" else str(shared_dir / "m.sock")
+    args = ("--workers", "1", "--mode", "0666", "--metrics", value)
+    with run_server("seqrec:Recorder", path, *args) as server:
+        wait_for(lambda: "serving metrics on" in server.stderr, what="the metrics endpoint")
+        where = value
+        if transport == "tcp":
+            host, port = re.findall(r"serving metrics on http://(.+):(\d+)/", server.stderr)[0]
+            where = f"{host}:{port}"
+        wait_for(lambda: healthz(where).endswith(b"\r\n\r\nok\n"), what="a healthy server")
+        slowloris = attacker.start(SLOWLORIS, where, "100", "12")
+        try:
+            assert slowloris.stdout is not None
+            assert slowloris.stdout.readline().strip() == "ready", stop(slowloris)
+            answers = []
+            for _ in range(20):
+                answers.append(healthz(where))
+                time.sleep(0.25)
+            cut = int(slowloris.stdout.readline() or "0")
+        finally:
+            stop(slowloris)
+        assert server.stop() == 0
+    assert all(answer.startswith(b"HTTP/1.0 200 ") for answer in answers), answers
+    assert cut >= 36, "the attacker held the cap full and kept refilling it"

@@ -263,6 +263,42 @@ def test_a_client_that_does_not_read_is_cut_off_without_holding_others(
     assert 0 < len(received) < len(full)
 
 
+def test_past_the_cap_a_connection_is_refused_only_when_none_is_still_sending_its_head(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 2)
+    release = threading.Event()
+
+    def slow_health() -> Health:
+        release.wait(20)
+        return Health(ok=True, reasons=[])
+
+    path = str(sock_dir / "m.sock")
+    server = MetricsServer(path, make_report, slow_health)
+    server.start()
+    busy = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    try:
+        for sock in busy:  # two whole requests, answered only once released
+            sock.connect(path)
+            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        endpoint = server._endpoint
+        _wait(lambda: len(endpoint._open) == 2 and not endpoint._reading, "both heads read")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as third:
+            third.settimeout(5)
+            third.connect(path)
+            refused = b"".join(iter(lambda: third.recv(65536), b""))
+        release.set()
+        answers = [b"".join(iter(lambda s=sock: s.recv(65536), b"")) for sock in busy]
+    finally:
+        release.set()
+        for sock in busy:
+            sock.close()
+        server.close()
+    assert refused.startswith(b"HTTP/1.0 503 "), refused
+    assert all(answer.endswith(b"\r\n\r\nok\n") for answer in answers)
+    assert (server.connections.refused, server.connections.evicted) == (1, 0)
+
+
 BAD_REQUESTS = [
     (b"garbage\r\n\r\n", b"HTTP/1.0 400 "),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n\n", b"HTTP/1.0 400 "),  # TLS, say
