@@ -5,6 +5,11 @@ The supervisor listens on an AF_UNIX stream socket next to the server socket
 group, so whoever may send datagrams may also read the counters. Each connection gets one
 JSON :class:`~ugram.observe.Report` and is closed: no request, no state.
 
+Whoever may connect may do so in a loop, and building a report costs the supervisor CPU
+(under the GIL, which its lifecycle work shares), so the socket is served one connection at
+a time and a report, once built, is the answer to every connection for
+:data:`ANSWER_MAX_AGE` (longer when building it took long: see :class:`CachedAnswer`).
+
 The file gets the same care as the server socket: created with no wider permissions than
 asked, a stale one replaced, anything that is not a socket refused, and only our own inode
 removed at exit.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import socket
 import socketserver
@@ -49,6 +55,8 @@ log = logging.getLogger("ugram.control")
 CONTROL_SUFFIX = ".ctl"
 CLIENT_TIMEOUT = 5.0
 MAX_REPORT_BYTES = 4 * 2**20  # what `ugram stats` reads at most; a report is a few KB
+ANSWER_MAX_AGE = 0.1  # seconds one built report answers every connection
+BUILD_SHARE = 0.1  # at most this share of the time goes to building reports, under a flood
 
 
 def control_path(socket_path: str) -> str:
@@ -110,6 +118,40 @@ def _bind_abstract_stream(sock: socket.socket, path: str) -> None:
 # -- the server side ---------------------------------------------------------------------------
 
 
+class CachedAnswer:
+    """``build()`` at most once per :data:`ANSWER_MAX_AGE`: the same bytes in between.
+
+    A build that takes long keeps its answer longer, so that under a flood of connections
+    building takes at most :data:`BUILD_SHARE` of the time whatever the report's size. Not
+    thread-safe: the control socket calls it from its one serving thread.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], bytes],
+        max_age: float = ANSWER_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Answer with ``build()``, rebuilt once ``max_age`` seconds of ``clock`` passed."""
+        self._build, self._max_age, self._clock = build, max_age, clock
+        self._answer = b""
+        self._fresh_until = -math.inf
+        self.requests = 0  # answers given
+        self.builds = 0  # reports built for them
+
+    def __call__(self) -> bytes:
+        """The answer: the last one built while it is fresh, else a new one."""
+        self.requests += 1
+        started = self._clock()
+        if started >= self._fresh_until:
+            self._answer = self._build()
+            self.builds += 1
+            done = self._clock()
+            took = done - started
+            self._fresh_until = done + max(self._max_age, took * (1 - BUILD_SHARE) / BUILD_SHARE)
+        return self._answer
+
+
 class _Server(socketserver.UnixStreamServer):
     answer: Callable[[], bytes]
 
@@ -126,15 +168,29 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class ControlServer:
-    """Answers every connection on the control socket with one JSON report."""
+    """Answers every connection on the control socket with one JSON report.
 
-    def __init__(self, bound: BoundSocket, answer: Callable[[], bytes]) -> None:
-        """Serve ``answer()`` on the listening socket in ``bound`` (owned from now on)."""
+    Connections are served one at a time (the rest wait in the listen backlog), each with
+    the report of :class:`CachedAnswer`: a client that connects in a loop gets the same
+    bytes again instead of making the supervisor build a report for each connection.
+    """
+
+    def __init__(
+        self,
+        bound: BoundSocket,
+        answer: Callable[[], bytes],
+        *,
+        max_age: float = ANSWER_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Serve ``answer()`` on the listening socket in ``bound`` (owned from now on),
+        built anew at most once per ``max_age`` seconds of ``clock``."""
         self.bound = bound
+        self.answer = CachedAnswer(answer, max_age, clock)
         self._server = _Server(bound.path, _Handler, bind_and_activate=False)
         self._server.socket.close()
         self._server.socket = bound.sock
-        self._server.answer = answer
+        self._server.answer = self.answer
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="ugram-control", daemon=True
         )

@@ -8,9 +8,12 @@ what a user would see.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +25,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.conftest import child_env, run_server, wait_for
+from tests.conftest import child_env, read_records, run_server, send_all, wait_for
 from tests.security.conftest import Attacker, stop
 from ugram.control import expected_peer
 from ugram.health import Health
@@ -263,3 +266,76 @@ def test_connections_held_open_by_another_user_do_not_lock_out_healthz(
         assert server.stop() == 0
     assert all(answer.startswith(b"HTTP/1.0 200 ") for answer in answers), answers
     assert cut >= 36, "the attacker held the cap full and kept refilling it"
+
+
+# -- the control socket: a flood of connections ------------------------------------------------
+
+# Connects to the control socket in a loop from four threads until the stop file appears,
+# and prints how many reports it got and the distinct build times they carried.
+CTL_FLOOD = r"""
+import json, os, re, socket, sys, threading
+path, stop_file = sys.argv[1], sys.argv[2]
+answers, times = [0], set()
+
+def flood():
+    while not os.path.exists(stop_file):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            try:
+                sock.connect(path)
+                data = b"".join(iter(lambda: sock.recv(65536), b""))
+            except OSError:
+                continue
+        found = re.search(rb'"time":([0-9.e+-]+)', data)
+        if found:
+            answers[0] += 1
+            times.add(float(found.group(1)))
+
+threads = [threading.Thread(target=flood) for _ in range(4)]
+for thread in threads:
+    thread.start()
+print("ready", flush=True)
+for thread in threads:
+    thread.join()
+print(json.dumps({"answers": answers[0], "times": sorted(times)}), flush=True)
+"""
+
+
+def test_a_control_socket_flood_builds_few_reports_and_the_server_goes_on(
+    attacker: Attacker, shared_dir: Path, out_dir: Path
+) -> None:
+    path, stop_file = shared_dir / "s.sock", shared_dir / "stop-flood"
+    payloads = [f"d{i}".encode() for i in range(3000)]
+    args = ("--workers", "2", "--mode", "0666")
+    with run_server("seqrec:Recorder", path, *args, out_dir=out_dir) as server:
+        flood = attacker.start(CTL_FLOOD, f"{path}.ctl", str(stop_file))
+        try:
+            assert flood.stdout is not None
+            assert flood.stdout.readline().strip() == "ready", stop(flood)
+            send_all(path, *payloads[:1500])
+            server.proc.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda: server.stderr.count("replaced (now pid") == 2,
+                timeout=120,
+                what="the SIGHUP reload to replace both workers, under the flood",
+            )
+            send_all(path, *payloads[1500:])
+            wait_for(
+                lambda: len(set(read_records(out_dir))) == len(payloads),
+                timeout=120,
+                what="every datagram handled, under the flood",
+            )
+            stop_file.touch()
+            flooded = json.loads(flood.stdout.readline())
+        finally:
+            stop_file.touch()
+            stop(flood)
+        assert server.stop() == 0, server.stderr[-3000:]
+
+    assert set(read_records(out_dir)) == {p.decode() for p in payloads}
+    # Many answers, few reports: no two built less than ANSWER_MAX_AGE (0.1 s) apart, by the
+    # server's own clock (the gap includes building one, so it is never shorter).
+    times = flooded["times"]
+    assert flooded["answers"] >= 2 * len(times), flooded["answers"]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps, default=1.0) >= 0.09, sorted(gaps)[:10]

@@ -26,6 +26,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ugram import control as control_module
 from ugram import logs, metrics
 from ugram.config import make_config
 from ugram.control import (
@@ -421,6 +422,46 @@ def test_control_socket_leaves_a_successors_file_alone(
     Path(socket_path + ".ctl").write_text("a successor's")
     server.close()
     assert Path(socket_path + ".ctl").read_text() == "a successor's"
+
+
+def test_control_socket_builds_a_report_at_most_once_per_max_age(sock_dir: Path) -> None:
+    socket_path = str(sock_dir / "s.sock")
+    now, built = [0.0], []
+
+    def build() -> bytes:
+        built.append(now[0])
+        return msgspec.json.encode(make_report(received=len(built)))
+
+    bound = bind_stream_socket(control_path(socket_path), 0o600)
+    server = ControlServer(bound, build, max_age=0.1, clock=lambda: now[0])
+    server.start()
+    try:
+        first = [fetch(socket_path) for _ in range(50)]
+        now[0] = 0.09  # still fresh
+        first += [fetch(socket_path) for _ in range(50)]
+        now[0] = 0.1
+        second = fetch(socket_path)
+    finally:
+        server.close()
+    assert built == [0.0, 0.1]
+    assert {report.totals.received for report in first} == {1}
+    assert second.totals.received == 2
+    assert (server.answer.requests, server.answer.builds) == (101, 2)
+
+
+def test_a_slow_report_is_kept_longer_so_a_flood_cannot_keep_building_it() -> None:
+    now = [0.0]
+
+    def slow_build() -> bytes:
+        now[0] += 1.0  # a report that takes a second to build
+        return b"{}"
+
+    answer = control_module.CachedAnswer(slow_build, max_age=0.1, clock=lambda: now[0])
+    for _ in range(100):  # a request every 0.1 s, each older than max_age
+        answer()
+        now[0] += 0.1
+    # Each build (1 s) keeps its answer for 9 s: building is at most 10% of the time.
+    assert answer.builds == 2, now
 
 
 def test_fetch_without_a_server_says_so(sock_dir: Path) -> None:
