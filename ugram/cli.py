@@ -285,6 +285,13 @@ def _add_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     stats.add_argument("--watch", action="store_true", help="refresh until interrupted")
     stats.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     stats.add_argument("--count", type=int, default=0, help="with --watch: stop after N frames")
+    stats.add_argument(
+        "--expect-user",
+        metavar="USER",
+        help="the user (name or uid) the server runs as; the report is refused from anyone "
+        "else (default: the socket file's owner where only trusted users could have made it, "
+        "else root or you)",
+    )
 
 
 def _add_doctor(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -344,7 +351,8 @@ def stats(args: argparse.Namespace) -> int:
 
     Raises:
         UgramError: no server answers on the control socket.
-        ConfigError: --interval is not positive, or the configuration is invalid.
+        ConfigError: --interval is not positive, --expect-user names no user, or the
+            configuration is invalid.
     """
     from .control import stats_command
 
@@ -356,7 +364,24 @@ def stats(args: argparse.Namespace) -> int:
         watch=args.watch,
         interval=args.interval,
         count=args.count,
+        expect_uid=None if args.expect_user is None else _uid_of(args.expect_user),
     )
+
+
+def _uid_of(user: str) -> int:
+    """The uid of a user name or number.
+
+    Raises:
+        ConfigError: no such user.
+    """
+    import pwd
+
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise ConfigError(f"invalid value for --expect-user: no user named {user!r}") from None
 
 
 def doctor(args: argparse.Namespace) -> int:

@@ -11,7 +11,10 @@ The endpoint listens on ``HOST:PORT`` or on a unix stream socket (a path, or ``@
 The app is a plain WSGI callable; an event loop in a thread of its own reads requests and
 writes responses (one HTTP/1.0 request a connection) and a few threads run the app, so a
 slow or hostile client holds one connection, never the endpoint: each has deadlines for its
-request and its response, and past :data:`MAX_CONNECTIONS` open ones a new one is refused.
+request and its response, and at most :data:`MAX_CONNECTIONS` are open. A new connection
+past the cap cuts off the oldest one still sending its request head (clients that hold
+connections open cannot lock out a scrape or a health check); only when every open one is
+past its head is the new one refused.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from .stats import REJECT_REASONS
 log = logging.getLogger("ugram.metrics")
 
 # What one client may hold of the endpoint.
-MAX_CONNECTIONS = 64  # open at once; past it a new connection gets 503 and is closed
+MAX_CONNECTIONS = 64  # open at once; past it the oldest still sending its head is cut off
 MAX_HANDLING = 8  # requests answered at once (the threads that run the app)
 REQUEST_TIMEOUT = 5.0  # for the whole request head, however slowly it trickles in
 WRITE_TIMEOUT = 5.0  # for the whole response: a client that does not read is cut off
@@ -149,7 +152,15 @@ METRICS: tuple[MetricSpec, ...] = (
         "ugram_metrics_connections_refused_total",
         "counter",
         "",
-        f"Connections to this endpoint closed at once (503): {MAX_CONNECTIONS} were already open.",
+        f"Connections to this endpoint closed at once (503): {MAX_CONNECTIONS} were already "
+        "open, each past its request head.",
+    ),
+    MetricSpec(
+        "ugram_metrics_connections_evicted_total",
+        "counter",
+        "",
+        f"Connections to this endpoint cut off (503) to make room for a new one: {MAX_CONNECTIONS} "
+        "were open, and this was the oldest still sending its request head.",
     ),
     MetricSpec(
         "ugram_metrics_connections_timed_out_total",
@@ -359,13 +370,21 @@ class ConnectionCounters:
     def __init__(self) -> None:
         """Start at zero; the first event is logged at once, later ones once a minute."""
         self.refused = 0
+        self.evicted = 0
         self.timed_out = 0
         self._quiet_until = -math.inf
 
     def note_refused(self) -> None:
         """Count a connection closed at once because too many were open."""
         self.refused += 1
-        self._warn(f"refused a connection: {MAX_CONNECTIONS} already open")
+        self._warn(f"refused a connection: {MAX_CONNECTIONS} already open, all past their head")
+
+    def note_evicted(self) -> None:
+        """Count a connection cut off before its request head to make room for a new one."""
+        self.evicted += 1
+        self._warn(
+            f"cut off the oldest connection still sending its request: {MAX_CONNECTIONS} open"
+        )
 
     def note_timed_out(self, why: str) -> None:
         """Count a connection cut off at a deadline (``why``: which one)."""
@@ -373,11 +392,17 @@ class ConnectionCounters:
         self._warn(f"cut off a connection: {why}")
 
     def collect(self) -> Iterator[Metric]:
-        """The two counters, as metric families (a prometheus-client collector)."""
+        """The three counters, as metric families (a prometheus-client collector)."""
         yield CounterMetricFamily(
             "ugram_metrics_connections_refused",
             "Connections to the metrics endpoint closed at once: too many were open.",
             value=self.refused,
+        )
+        yield CounterMetricFamily(
+            "ugram_metrics_connections_evicted",
+            "Connections to the metrics endpoint cut off to make room for a new one: the "
+            "oldest still sending its request.",
+            value=self.evicted,
         )
         yield CounterMetricFamily(
             "ugram_metrics_connections_timed_out",
@@ -394,10 +419,11 @@ class ConnectionCounters:
             return
         self._quiet_until = now + LOG_INTERVAL
         log.warning(
-            "metrics endpoint: %s (%d refused and %d cut off so far; at most one such warning "
-            "a minute, see ugram_metrics_connections_*_total)",
+            "metrics endpoint: %s (%d refused, %d evicted and %d timed out so far; at most one "
+            "such warning a minute, see ugram_metrics_connections_*_total)",
             what,
             self.refused,
+            self.evicted,
             self.timed_out,
         )
 
@@ -513,9 +539,12 @@ def _close(writer: asyncio.StreamWriter) -> None:
 class _Endpoint:
     """The connections of one endpoint, on its event loop: read a request, answer, close.
 
-    At most :data:`MAX_CONNECTIONS` are open; a request head must arrive within
-    :data:`REQUEST_TIMEOUT` and the response be read within :data:`WRITE_TIMEOUT`; the app
-    runs in a pool of :data:`MAX_HANDLING` threads, so the loop itself never waits on it.
+    At most :data:`MAX_CONNECTIONS` are open: past it, the oldest connection still sending
+    its request head is cut off for the new one (so holding connections open, or trickling
+    bytes under the deadline, cannot lock a scrape out), and only when none is left to cut
+    is the new one refused. A request head must arrive within :data:`REQUEST_TIMEOUT` and
+    the response be read within :data:`WRITE_TIMEOUT`; the app runs in a pool of
+    :data:`MAX_HANDLING` threads, so the loop itself never waits on it.
     """
 
     def __init__(
@@ -525,35 +554,61 @@ class _Endpoint:
         self._app, self._pool, self.counters = app, pool, counters
         host, _, port = name.rpartition(":")
         self._base = {"SERVER_NAME": host, "SERVER_PORT": port, "SCRIPT_NAME": ""}
-        self._open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self._open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}  # counted in the cap
+        # The open connections still sending their request head, oldest first (dicts keep
+        # insertion order): the ones a new connection may push out.
+        self._reading: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()  # every connection task, evicted included
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection (the asyncio server's callback); never raises."""
         task = asyncio.current_task()
         assert task is not None  # the server runs each callback as a task
-        if len(self._open) >= MAX_CONNECTIONS:
+        if len(self._open) >= MAX_CONNECTIONS and not self._evict_oldest_reader():
             self.counters.note_refused()
             writer.write(_plain("503 Service Unavailable", "too many connections, try again\n"))
             _close(writer)
             return
-        self._open[task] = writer
+        self._open[task] = self._reading[task] = writer
+        self._tasks.add(task)
         writer.transport.set_write_buffer_limits(high=0)  # drain() waits for all of it
         try:
-            await self._exchange(reader, writer)
+            await self._exchange(task, reader, writer)
         except OSError as exc:  # the client reset or left mid-way: nothing to answer
             log.debug("metrics endpoint: %s", exc)
         except Exception:
             log.warning("metrics endpoint: error serving a client", exc_info=True)
         finally:
-            del self._open[task]
+            self._open.pop(task, None)
+            self._reading.pop(task, None)
+            self._tasks.discard(task)
             _close(writer)
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _evict_oldest_reader(self) -> bool:
+        """Cut off the oldest connection still sending its request head; False if none is.
+
+        Its task sees the end of the stream and finishes as if the client had left.
+        """
+        if not self._reading:
+            return False
+        task, writer = next(iter(self._reading.items()))
+        del self._reading[task], self._open[task]
+        self.counters.note_evicted()
+        writer.write(_plain("503 Service Unavailable", "too many connections, try again\n"))
+        writer.transport.abort()  # at once: its room is what the new connection gets
+        return True
+
+    async def _exchange(
+        self, task: asyncio.Task[Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         peer = writer.get_extra_info("peername")
         remote = peer[0] if isinstance(peer, tuple) else "unix"
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 lines = await _read_head(reader)
+            if task not in self._reading:  # evicted while its last bytes arrived
+                return
+            del self._reading[task]
             if lines is None:
                 return
             environ = _environ(lines, self._base | {"REMOTE_ADDR": remote})
@@ -585,7 +640,7 @@ class _Endpoint:
         # connection task. A reset connection ends its task as a client leaving would.
         for writer in self._open.values():
             writer.transport.abort()
-        await asyncio.gather(*self._open, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 # -- the server -------------------------------------------------------------------------------

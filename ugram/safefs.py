@@ -74,13 +74,17 @@ def owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def classify(info: os.stat_result) -> tuple[DirKind, str]:
+def classify(info: os.stat_result, trusted: frozenset[int] | None = None) -> tuple[DirKind, str]:
     """Tell whether a directory is private, shared (sticky) or unsafe, and why.
+
+    Args:
+        info: the directory's status.
+        trusted: the owners that may make it private (default :func:`trusted_uids`).
 
     Returns:
         The kind, and a reason a log line can print ("" for private).
     """
-    if info.st_uid not in trusted_uids():
+    if info.st_uid not in (trusted or trusted_uids()):
         return "unsafe", f"owned by another user, {owner_name(info.st_uid)}"
     writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if not writable:
@@ -158,6 +162,7 @@ def open_dir(
     allow_unsafe: bool = False,
     what: str = "directory",
     advice: str = UNSAFE_ADVICE,
+    trusted: frozenset[int] | None = None,
 ) -> Dir:
     """Walk to the directory ``path`` without following untrusted symlinks, and open it.
 
@@ -171,6 +176,8 @@ def open_dir(
         allow_unsafe: accept a directory other users may write (the operator's choice).
         what: what the directory is for, in messages ("socket directory", ...).
         advice: what the refusal of an unsafe directory tells the operator to do.
+        trusted: the owners whose directories and symlinks count as private (default
+            :func:`trusted_uids`; ``ugram stats`` adds the owner of the file it checks).
 
     Raises:
         UnsafePathError: a component is an untrusted symlink, is not a directory, is missing
@@ -181,7 +188,7 @@ def open_dir(
     full = os.path.abspath(path)
     making = _Making(mode, gid, allow_unsafe, advice) if create else None
     try:
-        fd, kind, reason = _walk(full, making, what)
+        fd, kind, reason = _walk(full, making, what, trusted or trusted_uids())
     except UnsafePathError:
         raise
     except OSError as exc:
@@ -205,17 +212,19 @@ def _path_error(message: str, code: int | None) -> UnsafePathError:
     return error
 
 
-def _walk(full: str, making: _Making | None, what: str) -> tuple[int, DirKind, str]:
+def _walk(
+    full: str, making: _Making | None, what: str, trusted: frozenset[int]
+) -> tuple[int, DirKind, str]:
     parts = deque(p for p in full.split("/") if p)
     fd = os.open("/", _DIR_FLAGS)
-    kind, reason = classify(os.fstat(fd))
+    kind, reason = classify(os.fstat(fd), trusted)
     where, hops = "/", 0
     try:
         while parts:
             name = parts.popleft()
             if name == ".":
                 continue
-            nfd = _step(fd, name, where, (kind, reason), making, f"{what} {full}")
+            nfd = _step(fd, name, where, (kind, reason), making, f"{what} {full}", trusted)
             if isinstance(nfd, str):  # a trusted symlink: walk its target instead
                 hops += 1
                 if hops > _MAX_SYMLINKS:
@@ -227,7 +236,7 @@ def _walk(full: str, making: _Making | None, what: str) -> tuple[int, DirKind, s
                 continue
             os.close(fd)
             fd, where = nfd, os.path.join(where, name)
-            kind, reason = _worse((kind, reason), classify(os.fstat(fd)), where)
+            kind, reason = _worse((kind, reason), classify(os.fstat(fd), trusted), where)
     except BaseException:
         os.close(fd)
         raise
@@ -253,6 +262,7 @@ def _step(
     state: tuple[DirKind, str],
     making: _Making | None,
     what: str,
+    trusted: frozenset[int],
 ) -> int | str:
     """Open ``name`` in ``fd`` as a directory; a trusted symlink returns its target.
 
@@ -280,7 +290,7 @@ def _step(
     here = os.path.join(where, name)
     if not stat.S_ISLNK(info.st_mode):
         raise UnsafePathError(f"{here}: Not a directory")
-    if info.st_uid not in trusted_uids() or kind == "unsafe":
+    if info.st_uid not in trusted or kind == "unsafe":
         raise UnsafePathError(
             f"{here} is a symbolic link owned by {owner_name(info.st_uid)} in a directory "
             "other users may change; refusing to follow it"

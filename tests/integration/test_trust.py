@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -19,6 +20,7 @@ import pytest
 
 from tests.conftest import child_env, read_records, run_server, send, wait_for
 from ugram.control import fetch
+from ugram.observe import Report
 
 SEND_AS = (
     "import socket, sys\n"
@@ -134,6 +136,15 @@ def receiver_fds(server_pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def report_since(path: Path, since: float) -> Report:
+    """A report read after ``since``: the control socket answers with one up to 0.1 s old."""
+    deadline = time.monotonic() + 20
+    while (report := fetch(str(path))).time < since:
+        assert time.monotonic() < deadline, "no report newer than the records"
+        time.sleep(0.02)
+    return report
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -162,7 +173,7 @@ def test_descriptors_senders_pass_are_closed_and_datagrams_delivered(
                 os.close(fd)
         wait_for(lambda: len(read_records(out_dir)) == count, what=f"{count} records")
         after = receiver_fds(server.proc.pid)
-        totals = fetch(str(path)).totals
+        totals = report_since(path, time.time()).totals
     assert sorted(map(int, read_records(out_dir))) == list(range(count))
     assert after == before  # none kept: 6 a datagram would have made 1800
     # With credentials the kernel installs them and the receiver closes them; without, it

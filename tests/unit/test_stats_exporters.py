@@ -13,6 +13,7 @@ import select
 import socket
 import stat
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,9 +26,17 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ugram import control as control_module
 from ugram import logs, metrics
 from ugram.config import make_config
-from ugram.control import ControlServer, bind_stream_socket, control_path, fetch, render
+from ugram.control import (
+    MAX_REPORT_BYTES,
+    ControlServer,
+    bind_stream_socket,
+    control_path,
+    fetch,
+    render,
+)
 from ugram.doctor import check_qlen, check_socket_path, run_checks
 from ugram.errors import ConfigError, NotASocketError, SocketError, UgramError
 from ugram.events import Callbacks, ConnState
@@ -255,6 +264,42 @@ def test_a_client_that_does_not_read_is_cut_off_without_holding_others(
     assert 0 < len(received) < len(full)
 
 
+def test_past_the_cap_a_connection_is_refused_only_when_none_is_still_sending_its_head(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 2)
+    release = threading.Event()
+
+    def slow_health() -> Health:
+        release.wait(20)
+        return Health(ok=True, reasons=[])
+
+    path = str(sock_dir / "m.sock")
+    server = MetricsServer(path, make_report, slow_health)
+    server.start()
+    busy = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    try:
+        for sock in busy:  # two whole requests, answered only once released
+            sock.connect(path)
+            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        endpoint = server._endpoint
+        _wait(lambda: len(endpoint._open) == 2 and not endpoint._reading, "both heads read")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as third:
+            third.settimeout(5)
+            third.connect(path)
+            refused = b"".join(iter(lambda: third.recv(65536), b""))
+        release.set()
+        answers = [b"".join(iter(lambda s=sock: s.recv(65536), b"")) for sock in busy]
+    finally:
+        release.set()
+        for sock in busy:
+            sock.close()
+        server.close()
+    assert refused.startswith(b"HTTP/1.0 503 "), refused
+    assert all(answer.endswith(b"\r\n\r\nok\n") for answer in answers)
+    assert (server.connections.refused, server.connections.evicted) == (1, 0)
+
+
 BAD_REQUESTS = [
     (b"garbage\r\n\r\n", b"HTTP/1.0 400 "),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n\n", b"HTTP/1.0 400 "),  # TLS, say
@@ -379,6 +424,46 @@ def test_control_socket_leaves_a_successors_file_alone(
     assert Path(socket_path + ".ctl").read_text() == "a successor's"
 
 
+def test_control_socket_builds_a_report_at_most_once_per_max_age(sock_dir: Path) -> None:
+    socket_path = str(sock_dir / "s.sock")
+    now, built = [0.0], []
+
+    def build() -> bytes:
+        built.append(now[0])
+        return msgspec.json.encode(make_report(received=len(built)))
+
+    bound = bind_stream_socket(control_path(socket_path), 0o600)
+    server = ControlServer(bound, build, max_age=0.1, clock=lambda: now[0])
+    server.start()
+    try:
+        first = [fetch(socket_path) for _ in range(50)]
+        now[0] = 0.09  # still fresh
+        first += [fetch(socket_path) for _ in range(50)]
+        now[0] = 0.1
+        second = fetch(socket_path)
+    finally:
+        server.close()
+    assert built == [0.0, 0.1]
+    assert {report.totals.received for report in first} == {1}
+    assert second.totals.received == 2
+    assert (server.answer.requests, server.answer.builds) == (101, 2)
+
+
+def test_a_slow_report_is_kept_longer_so_a_flood_cannot_keep_building_it() -> None:
+    now = [0.0]
+
+    def slow_build() -> bytes:
+        now[0] += 1.0  # a report that takes a second to build
+        return b"{}"
+
+    answer = control_module.CachedAnswer(slow_build, max_age=0.1, clock=lambda: now[0])
+    for _ in range(100):  # a request every 0.1 s, each older than max_age
+        answer()
+        now[0] += 0.1
+    # Each build (1 s) keeps its answer for 9 s: building is at most 10% of the time.
+    assert answer.builds == 2, now
+
+
 def test_fetch_without_a_server_says_so(sock_dir: Path) -> None:
     with pytest.raises(UgramError, match=r"no ugram server answers on .*s\.sock\.ctl"):
         fetch(str(sock_dir / "s.sock"))
@@ -403,6 +488,49 @@ def test_render_shows_totals_rates_and_workers() -> None:
     assert rows["1"][:3] == ["11", "running", "1"]  # worker 1: pid, state, ring depth
     assert "— healthy" in text
     assert "p50 <= 8 us" in text
+
+
+def test_render_escapes_every_string_the_server_sent() -> None:
+    hostile = "\x1b]0;owned\x07\r\nfake line\u2028\u202e"
+    report = msgspec.structs.replace(
+        make_report(healthy=False),
+        version=hostile,
+        socket=hostile,
+        phase=hostile,
+        receiver=ProcessInfo(pid=2, state=hostile),
+        workers=[msgspec.structs.replace(w, state=hostile) for w in make_report().workers],
+        health=Health(ok=False, reasons=[hostile, hostile]),
+    )
+    text = render(report, report)
+    assert text.count("\n") == render(make_report(), make_report()).count("\n")
+    assert all(ch == "\n" or ch.isprintable() for ch in text), repr(text)
+    assert "\\x1b]0;owned\\x07\\r\\nfake line\\u2028\\u202e" in text
+    assert not any(line.startswith("fake line") for line in text.splitlines())
+
+
+def serve_bytes(path: str, data: bytes) -> socket.socket:
+    """A stream socket at ``path`` answering one connection with ``data`` (from a thread)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):  # the client may stop reading first
+            conn.sendall(data)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return listener
+
+
+def test_fetch_reads_at_most_the_cap_and_says_so(sock_dir: Path) -> None:
+    socket_path = str(sock_dir / "s.sock")
+    endless = b"[" * (MAX_REPORT_BYTES + 1)
+    with (
+        serve_bytes(control_path(socket_path), endless),
+        pytest.raises(UgramError, match=r"s\.sock\.ctl sent more than 4 MiB"),
+    ):
+        fetch(socket_path)
 
 
 # -- logging --------------------------------------------------------------------------------------
