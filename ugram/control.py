@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import msgspec
 
+from . import safefs
 from .errors import (
     PathTooLongError,
     SocketError,
@@ -259,7 +260,7 @@ def fetch(socket_path: str, expect_uid: int | None = None) -> Report:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(CLIENT_TIMEOUT)
         try:
-            sock.connect(_address(path))
+            _connect(sock, path)
             _check_peer(sock, path, expected)
             data = _read_capped(sock, path)
         except (FileNotFoundError, ConnectionRefusedError):
@@ -273,6 +274,20 @@ def fetch(socket_path: str, expect_uid: int | None = None) -> Report:
         return msgspec.json.decode(data, type=Report)
     except msgspec.DecodeError as exc:
         raise UgramError(f"{path} answered something that is not a ugram report: {exc}") from None
+
+
+def _connect(sock: socket.socket, path: str) -> None:
+    """Connect to ``path`` following no symlink another user could have planted.
+
+    Raises:
+        FileNotFoundError: nothing is at ``path``.
+        OSError: the connection failed (UnsafePathError: an untrusted symlink on the way).
+    """
+    if path.startswith("@"):
+        sock.connect(_address(path))
+        return
+    with safefs.socket_target(path) as target:
+        sock.connect(target)
 
 
 def _read_capped(sock: socket.socket, path: str) -> bytes:
