@@ -243,3 +243,19 @@ def send(path: Path | str, *payloads: bytes, bind: str | None = None) -> socket.
     for payload in payloads:
         sock.sendto(payload, str(path))
     return sock
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the doc lines tests/integration/test_doc_blocks.py left out, and why."""
+    notes = [
+        f"{report.nodeid}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", "") == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "doc_line_not_run"
+    ]
+    if notes:
+        terminalreporter.section("doc lines not run")
+        for note in notes:
+            terminalreporter.line(note)
