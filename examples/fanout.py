@@ -3,10 +3,11 @@ topic receives them.
 
     ugram serve examples.fanout:FanOut --codec json --route-by topic --socket /tmp/events.sock
 
-A subscriber sends ``{"topic": "orders", "op": "subscribe"}`` from a socket bound to an
-address (a path or an abstract ``@name``): it gets ``{"subscribed": "orders"}`` back, then
-every event published on ``orders``, byte for byte as the publisher sent it. Publishing needs
-no address: ``{"topic": "orders", "data": ...}`` (``op`` defaults to ``publish``).
+A subscriber sends ``{"topic": "orders", "op": "subscribe"}`` from a socket bound to a path
+it owns: it gets ``{"subscribed": "orders"}`` back, then every event published on ``orders``,
+byte for byte as the publisher sent it. (Not an abstract ``@name``: the server refuses to
+reply to one by default, since whoever binds the name after the subscriber would get it.)
+Publishing needs no address: ``{"topic": "orders", "data": ...}`` (``op`` defaults to ``publish``).
 
 ``--route-by topic`` sends every datagram of one topic to the same worker, so each worker
 holds the subscribers of its own topics and events keep their order per topic. A slow
@@ -20,9 +21,12 @@ is gone (its socket closed) is forgotten.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
 import sys
-import uuid
+import tempfile
+import weakref
 from typing import Literal
 
 import msgspec
@@ -80,7 +84,9 @@ class FanOut:
 
 
 def subscribe(path: str, *topics: str, timeout: float = 5.0) -> socket.socket:
-    """Bind a socket to a fresh abstract address and subscribe it to ``topics``.
+    """Bind a socket in a fresh private directory and subscribe it to ``topics``.
+
+    The directory is removed once the socket is garbage-collected (or at exit).
 
     Returns:
         The socket: ``recv()`` on it returns the events.
@@ -89,7 +95,9 @@ def subscribe(path: str, *topics: str, timeout: float = 5.0) -> socket.socket:
         TimeoutError: the server did not confirm a subscription within ``timeout`` seconds.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(b"\0fanout-" + uuid.uuid4().hex.encode())
+    home = tempfile.mkdtemp(prefix="fanout-")
+    weakref.finalize(sock, shutil.rmtree, home, True)
+    sock.bind(os.path.join(home, "events.sock"))
     sock.settimeout(timeout)
     for topic in topics:
         sock.sendto(msgspec.json.encode({"topic": topic, "op": "subscribe"}), path)

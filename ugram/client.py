@@ -32,7 +32,6 @@ import contextlib
 import errno
 import itertools
 import os
-import secrets
 import select
 import shutil
 import socket
@@ -522,20 +521,24 @@ def _check_options(
 
 
 class _ReplyEndpoint:
-    """A private bound address for one request: ``\\0ugram-client-<random>`` on Linux, a
-    socket in a fresh temporary directory elsewhere; connected to the server, so only the
-    server's replies are received."""
+    """A private bound address for one request: ``reply.sock`` in a fresh directory of its
+    own, connected to the server, so only the server's replies are received.
+
+    Not an abstract name: any local user may bind one once it is free, so a server refuses
+    to reply to those by default. Until the socket is connected, the directory is 0700:
+    nobody can queue a forged reply. Connected, the kernel takes datagrams for it from the
+    server's socket only, and the directory (0711) and socket (0622) let a server that runs
+    as another, unprivileged user reach it.
+    """
 
     def __init__(self, server: str | bytes) -> None:
         self.server = server
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._dir: str | None = None
         try:
-            if sys.platform.startswith("linux"):
-                self.sock.bind(b"\0ugram-client-" + secrets.token_hex(8).encode())
-            else:
-                self._dir = tempfile.mkdtemp(prefix="ugram-")
-                self.sock.bind(os.path.join(self._dir, "reply.sock"))
+            self._dir = tempfile.mkdtemp(prefix="ugram-", dir=_reply_parent())
+            self.path = os.path.join(self._dir, "reply.sock")
+            self.sock.bind(self.path)
         except BaseException:
             self.close()
             raise
@@ -552,12 +555,23 @@ class _ReplyEndpoint:
             if exc.errno in GONE_ERRNOS:
                 return False
             raise
+        assert self._dir is not None
+        os.chmod(self.path, 0o622)
+        os.chmod(self._dir, 0o711)
         return True
 
     def close(self) -> None:
         self.sock.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _reply_parent() -> str:
+    """Where request sockets are made: the temporary directory, resolved (a server refuses
+    to reply through a symlink), or ``/tmp`` when that would make a path too long."""
+    parent = os.path.realpath(tempfile.gettempdir())
+    # "/ugram-" + 8 random characters + "/reply.sock" must fit in sun_path with its NUL
+    return parent if len(os.fsencode(parent)) + 26 <= 107 else "/tmp"
 
 
 class Client(_Core):

@@ -231,6 +231,15 @@ ReceiveBatch = Annotated[
         le=1024,
     ),
 ]
+AllowAbstractReplies = Annotated[
+    bool,
+    _meta(
+        "let dgram.reply() answer senders bound to an abstract @name; off: a ReplyError, as "
+        "such a name proves no ownership and, once its sender exits, whoever binds it next "
+        "gets the reply (see docs/security.md)",
+        "true or false",
+    ),
+]
 Mkdir = Annotated[
     bool,
     _meta(
@@ -323,6 +332,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     rate_limit: RateLimit = ""
     burst: Burst = 0
     rate_limit_by: RateLimitBy = "uid"
+    allow_abstract_replies: AllowAbstractReplies = False
     mkdir: Mkdir = False
     allow_unsafe_dir: AllowUnsafeDir = False
     batch_size: BatchSize = 256

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from . import safefs
 from .errors import ReplyError, UnsafePathError
+from .escaping import printable
 
 
 def decode_address(raw: bytes) -> str | None:
@@ -17,6 +18,15 @@ def decode_address(raw: bytes) -> str | None:
     if raw[0] == 0:
         return "@" + raw[1:].decode("utf-8", "backslashreplace")
     return os.fsdecode(raw)
+
+
+def abstract_reply_refused(sender: str) -> ReplyError:
+    """The error for a reply to the abstract name ``sender`` while those are not allowed."""
+    return ReplyError(
+        f"refusing to reply to {printable(sender)}: an abstract name proves no ownership (once "
+        "its sender exits, any local user may bind it and get the reply); bind the sender "
+        "to a socket path (ugram.Client.request does), or set allow_abstract_replies = true"
+    )
 
 
 class Datagram:
@@ -35,6 +45,7 @@ class Datagram:
 
     __slots__ = (
         "_address",
+        "_allow_abstract",
         "_on_reply_error",
         "_sock",
         "data",
@@ -53,6 +64,8 @@ class Datagram:
         sock: socket.socket | None,
         creds: tuple[int, int, int] | None = None,
         on_reply_error: Callable[[], object] | None = None,
+        *,
+        allow_abstract: bool = False,
     ) -> None:
         self.data = data
         self.received_ns = recv_ns
@@ -60,6 +73,7 @@ class Datagram:
         self._address = address
         self._sock = sock
         self._on_reply_error = on_reply_error
+        self._allow_abstract = allow_abstract
         self.pid: int | None = None
         self.uid: int | None = None
         self.gid: int | None = None
@@ -74,13 +88,15 @@ class Datagram:
     def reply(self, payload: bytes) -> None:
         """Send ``payload`` back to the sender through the server socket.
 
-        Only an address the sender provably owns gets a reply: an abstract name as it is; a
-        path only if it is absolute, crosses no symlink, and is a socket owned by the
-        sender's uid (credentials are collected for this whenever the handler may reply).
+        Only an address the sender provably owns gets a reply: a path only if it is
+        absolute, crosses no symlink, and is a socket owned by the sender's uid (credentials
+        are collected for this whenever the handler may reply). An abstract name proves
+        nothing (whoever binds it next would get the reply), so it gets one only with
+        ``allow_abstract_replies = true``.
 
         Raises:
-            ReplyError: the sender bound no address, does not own it, is gone, or its queue
-                is full.
+            ReplyError: the sender bound no address, does not own it, bound an abstract
+                name (unless allowed), is gone, or its queue is full.
         """
         try:
             self._send_reply(payload)
@@ -94,7 +110,9 @@ class Datagram:
             raise ReplyError("the sender bound no address: it cannot receive a reply")
         if self._sock is None:
             raise ReplyError("replies are not available here")
-        if self._address[0] == 0:  # abstract: no file, nothing to redirect through
+        if self._address[0] == 0:  # abstract: no file, no owner, nothing to check
+            if not self._allow_abstract:
+                raise abstract_reply_refused(self.sender or "@")
             self._sendto(payload, self._address)
             return
         self._reply_to_path(payload, os.fsdecode(self._address))
@@ -105,13 +123,13 @@ class Datagram:
         # a socket file its uid owns, reached through a descriptor of that very inode.
         if self.uid is None:
             raise ReplyError(
-                f"cannot reply to {path}: the sender's credentials were not collected, so "
-                "its ownership of the path cannot be checked (turn credentials on)"
+                f"cannot reply to {printable(path)}: the sender's credentials were not "
+                "collected, so its ownership of the path cannot be checked (turn credentials on)"
             )
         try:
             handle = safefs.open_peer_socket(path, self.uid)
         except UnsafePathError as exc:
-            raise ReplyError(f"cannot reply to {path}: {exc}") from None
+            raise ReplyError(f"cannot reply to {printable(path)}: {exc}") from None
         try:
             self._sendto(payload, f"/proc/self/fd/{handle}")
         finally:
@@ -122,7 +140,9 @@ class Datagram:
         try:
             self._sock.sendto(payload, socket.MSG_DONTWAIT, target)
         except OSError as exc:
-            raise ReplyError(f"cannot reply to {self.sender}: {exc.strerror or exc}") from None
+            raise ReplyError(
+                f"cannot reply to {printable(self.sender or '')}: {exc.strerror or exc}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Datagram({len(self.data)} bytes from {self.sender!r})"

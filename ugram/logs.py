@@ -15,12 +15,15 @@ import logging.config
 import sys
 import time
 import tomllib
+import traceback
 import weakref
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .errors import ConfigError
+from .escaping import json_text, printable
 
 if TYPE_CHECKING:
     from .config import Config
@@ -28,9 +31,76 @@ if TYPE_CHECKING:
 FORMAT = "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
 LOG_CONFIG_ALLOWED = "a readable .json or .toml file holding a logging.dictConfig dictionary"
 
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+ExcInfo: TypeAlias = (
+    tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+)
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`FORMAT`, with each record on lines of its own: the message is written
+    :func:`~ugram.escaping.printable` (one line, no control characters), and so is every
+    exception's message in a traceback. A sender name or a payload excerpt in a message, or
+    a handler's exception quoting a payload, thus never starts a forged line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's lines (the message's, then the traceback's)."""
+        # Another handler's formatter may have cached its unescaped traceback on the record.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line's text, its message escaped."""
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: ExcInfo) -> str:
+        """The traceback, each exception's message escaped (see :func:`format_exception`)."""
+        return format_exception(ei[1]) if ei[1] is not None else "NoneType: None"
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback of ``exc`` and the exceptions it was raised from or during, like
+    :func:`traceback.format_exception`, but with each exception's message (and notes) on
+    one line of its own, :func:`~ugram.escaping.printable`: stack lines come from the code,
+    messages may quote what a sender sent. Exception groups show their own message only.
+    """
+    chain: list[tuple[str | None, traceback.TracebackException]] = []
+    current: traceback.TracebackException | None = traceback.TracebackException.from_exception(exc)
+    while current is not None:
+        link: str | None = None
+        following = None
+        if current.__cause__ is not None:
+            link, following = _CAUSE, current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            link, following = _CONTEXT, current.__context__
+        chain.append((link, current))
+        current = following
+    out: list[str] = []
+    for link, item in reversed(chain):
+        if link is not None:
+            out.append(link)
+        if item.stack:
+            out.append("Traceback (most recent call last):\n")
+            out.extend(item.stack.format())
+        out.extend(printable(line.rstrip("\n")) + "\n" for line in item.format_exception_only())
+    return "".join(out).rstrip("\n")
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, process, pid, logger, message (and exception)."""
+    """One JSON object a line: time, level, process, pid, logger, message (and exception).
+
+    Characters JSON leaves raw (C1 controls, line separators, bidirectional controls) are
+    written as ``\\uNNNN`` escapes, so no reader splits or reorders a line.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as a single JSON line."""
@@ -46,7 +116,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return json_text(json.dumps(entry, ensure_ascii=False, default=str))
 
 
 def configure(
@@ -66,7 +136,7 @@ def configure(
     root = logging.getLogger()
     handler = _own_handler(root)
     if handler is not None:
-        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT))
+        handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root.setLevel(level.upper())
     if log_config:
         _apply_dict_config(load_log_config(log_config), log_config)

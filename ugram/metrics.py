@@ -48,6 +48,7 @@ from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from .control import bind_stream_socket
 from .errors import SocketError
+from .escaping import printable_bytes
 from .health import Health
 from .observe import Report
 from .sockets import BoundSocket, unlink_if_ours
@@ -622,7 +623,7 @@ class _Endpoint:
         loop = asyncio.get_running_loop()
         response = await loop.run_in_executor(self._pool, _respond, self._app, environ)
         status = response[: response.find(b"\r\n")].decode("latin-1")
-        log.debug('%s "%s" %s', remote, lines[0].decode("latin-1"), status)
+        log.debug('%s "%s" %s', remote, printable_bytes(lines[0]), status)
         await self._send(writer, response)
 
     async def _send(self, writer: asyncio.StreamWriter, response: bytes) -> None:

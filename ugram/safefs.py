@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import UnsafePathError
+from .escaping import printable
 
 DirKind = Literal["private", "shared", "unsafe"]
 
@@ -801,10 +802,10 @@ def open_peer_socket(path: str, uid: int) -> int:
     if not _O_PATH:
         raise UnsafePathError("replies to socket paths need O_PATH (Linux)")
     if not path.startswith("/"):
-        raise UnsafePathError(f"{path!r} is not an absolute path")
+        raise UnsafePathError(f"{printable(path)} is not an absolute path")
     parts = [p for p in path.split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
-        raise UnsafePathError(f"{path!r} is not a plain absolute path")
+        raise UnsafePathError(f"{printable(path)} is not a plain absolute path")
     flags = _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open("/", flags | os.O_DIRECTORY)
     try:
@@ -813,21 +814,22 @@ def open_peer_socket(path: str, uid: int) -> int:
                 nfd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
             except OSError as exc:
                 raise UnsafePathError(
-                    f"{path}: {part} is not a plain directory ({exc.strerror})"
+                    f"{printable(path)}: {printable(part)} is not a plain directory "
+                    f"({exc.strerror})"
                 ) from None
             os.close(fd)
             fd = nfd
         try:
             target = os.open(parts[-1], flags, dir_fd=fd)
         except OSError as exc:
-            raise UnsafePathError(f"{path}: {exc.strerror}") from None
+            raise UnsafePathError(f"{printable(path)}: {exc.strerror}") from None
     finally:
         os.close(fd)
     info = os.fstat(target)
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid != uid:
         os.close(target)
         what = "not a socket" if not stat.S_ISSOCK(info.st_mode) else "owned by another user"
-        raise UnsafePathError(f"{path} is {what}: the sender does not own it")
+        raise UnsafePathError(f"{printable(path)} is {what}: the sender does not own it")
     return target
 
 

@@ -33,14 +33,14 @@ import setproctitle
 
 from .client import Client, ClientCodec, make_encoder
 from .config import ServerCodec, make_config
-from .datagram import Datagram
+from .datagram import Datagram, abstract_reply_refused
 from .errors import ReplyError
 from .stats import Snapshot
 from .supervisor import Supervisor
 from .workers.handler import Handler, load_handler
 
 TICK = 0.02
-TEST_SENDER = "@ugram-testing-client"
+TEST_SENDER = "/run/ugram-testing/client.sock"
 
 __all__ = ["Harness", "TestServer", "handler_spec", "run_server"]
 
@@ -218,24 +218,29 @@ def client_codec(codec: ServerCodec) -> ClientCodec:
 class _RecordingDatagram(Datagram):
     """A Datagram whose replies are recorded instead of sent."""
 
-    __slots__ = ("replies",)
+    __slots__ = ("allow_abstract", "replies")
 
-    def __init__(self, data: bytes, sender: str | None) -> None:
+    def __init__(self, data: bytes, sender: str | None, allow_abstract: bool) -> None:
         address = b"" if sender is None else os.fsencode(sender)
         if address.startswith(b"@"):
             address = b"\0" + address[1:]
         super().__init__(data, time.time_ns(), address, None, (os.getpid(), os.getuid(), 0))
         self.gid = os.getgid()
+        self.allow_abstract = allow_abstract
         self.replies: list[bytes] = []
 
     def reply(self, payload: bytes) -> None:
         """Record ``payload``.
 
         Raises:
-            ReplyError: the (simulated) sender bound no address.
+            ReplyError: the (simulated) sender bound no address, or an abstract ``@name``
+                while abstract replies are not allowed (as a server would refuse it).
         """
-        if self.sender is None:
+        sender = self.sender
+        if sender is None:
             raise ReplyError("the sender bound no address: it cannot receive a reply")
+        if sender.startswith("@") and not self.allow_abstract:
+            raise abstract_reply_refused(sender)
         self.replies.append(bytes(payload))
 
 
@@ -262,12 +267,20 @@ class Harness:
 
     __test__ = False
 
-    def __init__(self, handler: object, *, codec: ServerCodec = "raw") -> None:
+    def __init__(
+        self,
+        handler: object,
+        *,
+        codec: ServerCodec = "raw",
+        allow_abstract_replies: bool = False,
+    ) -> None:
         """Load ``handler`` (``"module:attr"``, a function, a class or an object).
 
         Args:
             handler: what ``ugram serve`` would be given, or the object itself.
             codec: as the server's ``--codec`` (raw, json, msgpack, lines, syslog, statsd).
+            allow_abstract_replies: as the server's option: replies to an ``@name`` sender
+                are recorded instead of raising ReplyError.
 
         Raises:
             HandlerImportError: the handler's signature cannot be served (as at start-up).
@@ -283,6 +296,7 @@ class Harness:
         self.codec = codec
         self.handled = 0
         self.replies: list[bytes] = []
+        self.allow_abstract_replies = allow_abstract_replies
         self._encode = make_encoder(client_codec(codec))
 
     def __enter__(self) -> Self:
@@ -314,7 +328,7 @@ class Harness:
         data = self._payload(obj)
         handler = self.handler
         message: Any = data if handler.decode is None else handler.decode(data)
-        dgram = _RecordingDatagram(data, sender)
+        dgram = _RecordingDatagram(data, sender, self.allow_abstract_replies)
         if handler.mode == "data":
             handler.call(message)
         elif handler.mode == "dgram":

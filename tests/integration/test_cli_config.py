@@ -48,6 +48,7 @@ BAD_VALUES: dict[str, str] = {
     "rate_limit_by": "ip",
     "mkdir": "perhaps",
     "allow_unsafe_dir": "perhaps",
+    "allow_abstract_replies": "perhaps",
     "batch_size": "0",
     "receive_batch": "0",
     "speedups": "fast",

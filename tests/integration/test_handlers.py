@@ -135,8 +135,9 @@ async def test_handler_raising_every_tenth_is_counted_and_worker_goes_on(
 def test_reply_round_trip(sock_dir: Path, kind: str) -> None:
     path = sock_dir / "s.sock"
     bind = str(sock_dir / "c.sock") if kind == "path" else f"\0ugtest-{uuid.uuid4().hex}"
+    allow = ["--allow-abstract-replies"] if kind == "abstract" else []
     with (
-        run_server("seqrec:echo", path, "--workers", "2") as server,
+        run_server("seqrec:echo", path, "--workers", "2", *allow) as server,
         client(bind) as sock,
     ):
         for word in (b"hello", b"world", b"ugram"):
@@ -144,6 +145,23 @@ def test_reply_round_trip(sock_dir: Path, kind: str) -> None:
             assert sock.recv(100) == word.upper()
         assert server.stop() == 0, server.stderr
     assert server.summary()["handler_errors"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_reply_to_an_abstract_name_is_refused_by_default(
+    sock_dir: Path, apps_env: Path
+) -> None:
+    """An abstract name proves no ownership: by default the reply is refused and counted."""
+    path = sock_dir / "s.sock"
+    async with serving(path, handler="seqrec:echo", workers=1) as sup:
+        with client(f"\0ugtest-{uuid.uuid4().hex}") as sock:
+            sock.sendto(b"anyone there?", str(path))
+            await until(lambda: sup.statistics().handled == 1, what="the reply attempt")
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):  # the sender is still there: nothing came
+                sock.recv(100)
+        stats = await stop(sup)
+    assert (stats.handled, stats.handler_errors, stats.reply_errors) == (1, 1, 1)
 
 
 def test_reply_comes_from_the_server_path(sock_dir: Path) -> None:

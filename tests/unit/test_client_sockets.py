@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -183,13 +184,24 @@ def test_buffer_close_counts_what_is_left(sock_dir: Path) -> None:
     assert not client._flusher.is_alive()
 
 
-def test_request_binds_a_private_abstract_address(sock_dir: Path) -> None:
+def test_request_binds_a_private_socket_file_only_the_server_can_reach(sock_dir: Path) -> None:
+    """Not an abstract name (anyone may bind one once it is free, so servers refuse to reply
+    to those): a socket file in a fresh directory, which takes datagrams from the server
+    only, and is gone after the request."""
     path = sock_dir / "s.sock"
-    senders: list[bytes] = []
+    seen: list[tuple[str, int, int, int, bool]] = []
 
     def answer(sock: socket.socket) -> None:
         data, address = sock.recvfrom(100)
-        senders.append(address)
+        home = os.path.dirname(address)
+        forged = True
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as intruder:
+            try:
+                intruder.sendto(b"forged reply", address)
+            except PermissionError:  # connected to the server: datagrams from it only
+                forged = False
+        info = os.lstat(address)
+        seen.append((address, info.st_uid, info.st_mode, os.lstat(home).st_mode, forged))
         sock.sendto(data[::-1], address)
 
     with bound(path) as server, ugram.Client(path) as client:
@@ -198,7 +210,14 @@ def test_request_binds_a_private_abstract_address(sock_dir: Path) -> None:
         with pytest.raises(ugram.RequestTimeoutError):
             client.request(b"nobody answers", timeout=0.1)
         stats = client.statistics()
-    assert senders[0].startswith(b"\0ugram-client-")
+    ((address, uid, mode, home_mode, forged),) = seen
+    assert os.path.isabs(address)
+    assert os.path.realpath(address) == address
+    assert stat.S_ISSOCK(mode)
+    assert uid == os.geteuid()
+    assert (stat.S_IMODE(home_mode), stat.S_IMODE(mode)) == (0o711, 0o622)
+    assert not forged
+    assert not os.path.exists(os.path.dirname(address))
     assert (stats.sent, stats.replies, stats.request_timeouts) == (2, 1, 1)
 
 

@@ -38,6 +38,16 @@ def test_raw_handler_and_unbound_sender() -> None:
             h.send(b"x", sender=None)
 
 
+def test_an_abstract_sender_gets_no_reply_unless_the_server_would_allow_it() -> None:
+    with (
+        Harness("tests.apps.clientapps:echo") as h,
+        pytest.raises(ugram.ReplyError, match="refusing to reply to @app"),
+    ):
+        h.send(b"x", sender="@app")
+    with Harness("tests.apps.clientapps:echo", allow_abstract_replies=True) as h:
+        assert h.send(b"x", sender="@app") == [b"X"]
+
+
 def test_lifecycle_hooks_and_object_handlers() -> None:
     counter = clientapps.Counter()
     with Harness(counter, codec="msgpack") as h:

@@ -4,6 +4,7 @@ the statsd aggregator's buckets, merge, percentiles, totals and limits."""
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from pathlib import Path
 
@@ -326,6 +327,23 @@ def test_a_log_sink_batch_with_an_unencodable_message_keeps_the_others(tmp_path:
     assert sink.error_records == 1
 
 
+def test_a_log_sink_in_a_shared_directory_warns_naming_it_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: others may create names, not move ours
+    sink = LogSink(path=str(shared / "s.jsonl"))
+    with caplog.at_level(logging.WARNING, logger="ugram.builtin.sink"):
+        sink.setup()
+        sink.teardown()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning == (
+        f"LogSink: {shared} is writable by everyone (sticky): other users may take the names "
+        "the sink rotates to"
+    )
+
+
 def feed(worker: StatsdAggregator, payload: bytes, at: float) -> None:
     for line in parse_packet(payload):
         worker.handle(line, dgram(at=at))
@@ -372,6 +390,22 @@ def test_series_and_set_member_limits_refuse_and_count() -> None:
     totals = add_to_totals(totals, later, 10.0, limits)  # the totals hold 3 series already
     assert [c.name for c in totals.counters] == ["a"]
     assert (totals.refused_lines, totals.refused_series, totals.refused_members) == (1, 2, 2)
+
+
+def test_a_line_with_more_distinct_tags_than_max_tags_is_refused_and_counted(
+    tmp_path: Path,
+) -> None:
+    """1500 tags fit a line (and each fits the codec's limit): the series key is capped here."""
+    many = ",".join(f"t{i}" for i in range(1500)).encode()
+    worker = StatsdAggregator(dir=str(tmp_path), max_tags=3)
+    assert StatsdOptions().max_tags == 64
+    worker.setup()
+    feed(worker, b"ok:1|c|#a,b,c,a\nwide:1|c|#a,b,c,d\nhuge:1|c|#" + many, 1001.0)
+    worker.teardown()
+
+    totals = json.loads((tmp_path / "totals.json").read_text())
+    assert [(c["name"], c["tags"]) for c in totals["counters"]] == [("ok", ["a", "b", "c"])]
+    assert (totals["lines"], totals["refused_lines"]) == (3, 2)
 
 
 def test_series_not_updated_for_the_ttl_leave_the_totals() -> None:

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from tests.conftest import child_env, run_server, send, wait_for
 from ugram.codecs import statsd, syslog, take_invalid_lines
 from ugram.codecs.base import CodecError
-from ugram.codecs.statsd import MAX_FIELD, MAX_LINE, Event, Line, Metric, ServiceCheck
+from ugram.codecs.statsd import MAX_FIELD, MAX_LINE, MAX_NAME, Event, Line, Metric, ServiceCheck
 from ugram.codecs.syslog import (
     DEFAULT_PRI,
     MAX_APP_NAME,
@@ -321,13 +321,13 @@ _OLD_SYSLOG_ERRORS = (CodecError, ValueError, OverflowError)
 
 def check_statsd(line: bytes) -> None:
     """The statsd parser gives what the reference gives, except that it may refuse a line
-    longer than a field may be, saying which limit."""
+    longer than a metric name may be (the shortest limit), saying which limit."""
     new, old = outcome(statsd.parse_line, line), outcome(old_statsd_line, line)
     if isinstance(new, CodecError) and isinstance(old, CodecError):
         return
     if new != old:
         assert isinstance(new, CodecError), (line, new, old)
-        assert len(line) > MAX_FIELD, (line, new, old)
+        assert len(line) > MAX_NAME, (line, new, old)
         assert re.search(r"longer than \d+ bytes", str(new)), (line, new, old)
 
 
@@ -819,6 +819,7 @@ def test_statsd_time_is_linear_without_the_limits(
     # the limits are not what keeps it linear: lifted, 4000 and 32000 bytes are read through
     monkeypatch.setattr(statsd, "MAX_LINE", 1 << 30)
     monkeypatch.setattr(statsd, "MAX_FIELD", 1 << 30)
+    monkeypatch.setattr(statsd, "MAX_NAME", 1 << 30)
     assert_linear(statsd.parse_line, STATSD_ATTACKS[attack], 4000)
 
 
@@ -906,7 +907,8 @@ def lines_of(length: int) -> Iterator[bytes]:
 
 @pytest.mark.parametrize("field", STATSD_FIELDS)
 def test_a_statsd_field_over_its_limit_is_a_counted_bad_line(field: str) -> None:
-    at, over = STATSD_FIELDS[field](MAX_FIELD), STATSD_FIELDS[field](MAX_FIELD + 1)
+    most = MAX_NAME if field == "metric name" else MAX_FIELD
+    at, over = STATSD_FIELDS[field](most), STATSD_FIELDS[field](most + 1)
     assert statsd.parse_line(at) == old_statsd_line(at)  # at the limit: read as before
     assert old_statsd_line(over)  # over it: read before, now a bad line, counted
     take_invalid_lines("statsd")

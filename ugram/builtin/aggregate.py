@@ -27,12 +27,14 @@ class Limits:
         max_set_members: distinct members of one set.
         max_members: set members of all sets together.
         series_ttl: seconds after which a series not updated is dropped from the totals.
+        max_tags: distinct tags of one line (they are part of its series' key).
     """
 
     max_series: int = 0
     max_set_members: int = 0
     max_members: int = 0
     series_ttl: float = 0.0
+    max_tags: int = 0
 
 
 NO_LIMITS = Limits()
@@ -48,8 +50,9 @@ class Bucket:
     distinct members; histogram,
     timer and distribution samples are kept with the weight ``1 / sample_rate``.
 
-    Within ``limits``: a line of a new series past ``max_series``, or whose value would make
-    a sum overflow (infinite), is refused (``refused_lines``); so is, in :meth:`merge`,
+    Within ``limits``: a line of a new series past ``max_series``, with more than
+    ``max_tags`` distinct tags, or whose value would make a sum overflow (infinite), is
+    refused (``refused_lines``); so is, in :meth:`merge`,
     another process's series (``refused_series``); set members past ``max_set_members`` or
     ``max_members`` are refused (``refused_members``). ``skipped_partials`` counts the
     partial files of the interval that were not merged (see the aggregator).
@@ -86,7 +89,10 @@ class Bucket:
 
     def add_metric(self, m: Metric, received_ns: int) -> bool:
         """Aggregate one metric line; False when it is refused (see the limits)."""
-        key = (m.name, tuple(sorted(set(m.tags))))
+        tags = set(m.tags)
+        if self.limits.max_tags and len(tags) > self.limits.max_tags:
+            return False  # a key of thousands of one-byte tags would cost ~50 bytes each
+        key = (m.name, tuple(sorted(tags)))
         if m.type == "c":
             old = self.counters.get(key)
             new = (old or 0.0) + sum(m.values) / m.sample_rate
@@ -304,7 +310,8 @@ class IntervalOut(msgspec.Struct):
 
     ``start``/``end`` are epoch seconds. ``lines`` counts the lines received that parsed,
     ``invalid_lines`` those that did not. ``refused_lines`` counts the lines left out of the
-    aggregate: a new series past ``max_series``, or a value that would make a sum overflow;
+    aggregate: a new series past ``max_series``, more than ``max_tags`` distinct tags, or a
+    value that would make a sum overflow;
     ``refused_series`` the series of a worker's aggregate left out when merging (the same
     reasons); ``refused_members`` the set members past ``max_set_members`` /
     ``max_members``; ``skipped_partials`` the workers' partial files not merged (not a

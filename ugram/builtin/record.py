@@ -8,8 +8,20 @@ from datetime import UTC, datetime
 import msgspec
 
 from ..datagram import Datagram
+from ..escaping import json_bytes, printable
 
-encode = msgspec.json.Encoder().encode
+_encode = msgspec.json.Encoder().encode
+
+
+def encode(obj: object) -> bytes:
+    """``obj`` as JSON (msgspec), with what JSON leaves raw in strings (C1 controls, line
+    separators, bidirectional controls) written as ``\\uNNNN``: a reader that splits
+    lines on more than ``\\n`` (``str.splitlines``) or a terminal still sees one line.
+
+    Raises:
+        TypeError, ValueError, OverflowError, UnicodeEncodeError: as msgspec's ``encode``.
+    """
+    return json_bytes(_encode(obj))
 
 
 def record(message: object, dgram: Datagram) -> dict[str, object]:
@@ -34,8 +46,9 @@ def record(message: object, dgram: Datagram) -> dict[str, object]:
 def encode_line(message: object, dgram: Datagram) -> tuple[bytes, str | None]:
     """``message`` as one JSON line (newline included), whatever it holds.
 
-    A sender path that is not UTF-8 (``os.fsdecode`` gives surrogates) is written with its
-    bad bytes as ``\\xNN`` escapes. A message that still cannot be encoded (a msgpack
+    Control characters in strings are JSON escapes (see :func:`encode`), so one message is
+    always one line. A sender path that is not UTF-8 (``os.fsdecode`` gives surrogates) is
+    written as :func:`escaped` gives it. A message that still cannot be encoded (a msgpack
     ``Ext``, a string with surrogates) becomes an *error record*: time, sender, credentials,
     the datagram's ``size`` and ``base64``, and ``error`` saying why, so the line is kept,
     never dropped, and the caller can count it.
@@ -63,14 +76,9 @@ def encode_line(message: object, dgram: Datagram) -> tuple[bytes, str | None]:
 
 
 def escaped(sender: str | None) -> str | None:
-    """A sender address with the bytes that are not UTF-8 written as ``\\xNN``."""
-    if sender is None:
-        return None
-    try:
-        raw = sender.encode("utf-8", "surrogateescape")  # os.fsdecode's escapes, back to bytes
-    except UnicodeEncodeError:  # a surrogate fsdecode does not make: escape it as it is
-        return sender.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+    """A sender address as printable text: its bytes that are not UTF-8 and its control
+    characters written as ``\\xNN`` (``\\n``, ...), see :func:`ugram.escaping.printable`."""
+    return None if sender is None else printable(sender)
 
 
 def _head(dgram: Datagram, sender: str | None) -> dict[str, object]:

@@ -14,6 +14,7 @@ import msgspec
 from .. import safefs
 from ..datagram import Datagram
 from ..errors import UnsafePathError
+from ..escaping import printable
 from ..logs import RateLimited
 from .options import load_options
 from .record import encode_line, escaped
@@ -200,10 +201,9 @@ def _open_directory(path: str) -> safefs.Dir:
             "the server's user can write"
         )
     if directory.kind == "shared":
+        # The reason names the directory already ("/tmp is writable by everyone (sticky)").
         log.warning(
-            "LogSink: %s is %s: other users may take the names the sink rotates to",
-            path,
-            directory.reason,
+            "LogSink: %s: other users may take the names the sink rotates to", directory.reason
         )
     return directory
 
@@ -263,7 +263,7 @@ class LogSink:
                 _warn.warning(
                     "LogSink: a message from %s was written as an error record: %s",
                     escaped(dgram.sender),
-                    error,
+                    printable(error),
                 )
             lines.append(line)
         self._file.write(lines)

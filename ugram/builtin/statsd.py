@@ -248,6 +248,10 @@ class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             totals (0: no limit).
         series_ttl: seconds after which a series not updated is dropped from the totals
             (0: never).
+        max_tags: the most distinct tags a metric line may have; a line with more is
+            refused and counted (0: no limit). Each tag is at most 1 KiB and a line 8 KiB
+            (the codec's limits): a series' key is bounded either way, but thousands of
+            one-byte tags would cost ~50 bytes of memory each.
     """
 
     dir: Annotated[str, msgspec.Meta(min_length=1)] = "ugram-statsd"
@@ -256,6 +260,7 @@ class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_set_members: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     max_members: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     series_ttl: Annotated[float, msgspec.Meta(ge=0)] = 86_400.0
+    max_tags: Annotated[int, msgspec.Meta(ge=0)] = 64
 
 
 class StatsdAggregator:
@@ -281,7 +286,9 @@ class StatsdAggregator:
         """
         self.options = load_options("UGSTATSD_", StatsdOptions, options)
         o = self.options
-        self.limits = Limits(o.max_series, o.max_set_members, o.max_members, o.series_ttl)
+        self.limits = Limits(
+            o.max_series, o.max_set_members, o.max_members, o.series_ttl, o.max_tags
+        )
         self.interval = self.options.flush_interval
         self.tick_interval = min(1.0, self.interval / 4)
         self.grace = max(0.5, 2 * self.tick_interval)
@@ -379,11 +386,13 @@ class StatsdAggregator:
         if lines or series or members:
             o = self.options
             _warn.warning(
-                "statsd: refused %d line(s) and %d series (max_series=%d, or a sum that "
-                "would overflow) and %d set member(s) (max_set_members=%d, max_members=%d)",
+                "statsd: refused %d line(s) (max_series=%d, max_tags=%d, or a sum that would "
+                "overflow), %d series (max_series, or an overflow) and %d set member(s) "
+                "(max_set_members=%d, max_members=%d)",
                 lines,
-                series,
                 o.max_series,
+                o.max_tags,
+                series,
                 members,
                 o.max_set_members,
                 o.max_members,

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ..escaping import printable
 from ..logs import RateLimited
 
 Decode = Callable[[bytes], Any]
@@ -54,7 +55,10 @@ def parse_lines(codec: str, payload: bytes, parse: Callable[[bytes], T]) -> list
         except (ValueError, RecursionError) as exc:  # CodecError and msgspec's are ValueErrors
             bad += 1
             _warn.warning(
-                "%s codec: skipped a line that does not parse (%s): %.80r", codec, exc, line
+                "%s codec: skipped a line that does not parse (%s): %.80r",
+                codec,
+                printable(str(exc)),
+                line,
             )
     if bad:
         _invalid_lines[codec] += bad

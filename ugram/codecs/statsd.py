@@ -14,10 +14,10 @@ is called once per line that parses; bad lines are skipped, logged and counted (
 :mod:`ugram.codecs.base`), and a datagram without any good line is ``invalid``.
 
 Limits, in bytes: a line longer than :data:`MAX_LINE` (8 KiB, without its line end) is a bad
-line, and so is one with a field longer than :data:`MAX_FIELD` (1 KiB): a metric name, one
-value or set member, one tag, a container id, an event's host, aggregation key, priority,
-source or alert type, a service check's name or host. An event's title and text and a service
-check's message are bounded by the line alone.
+line, and so is one with a metric name longer than :data:`MAX_NAME` (256 bytes) or a field
+longer than :data:`MAX_FIELD` (1 KiB): one value or set member, one tag, a container id, an
+event's host, aggregation key, priority, source or alert type, a service check's name or host.
+An event's title and text and a service check's message are bounded by the line alone.
 
 Parsing takes time linear in the line: no regular expression reads the line (``float()``
 reads a value), and every scan is a ``bytes`` method.
@@ -40,9 +40,13 @@ NAME = "statsd"
 MAX_LINE = 8192
 """The longest line read, in bytes: the DogStatsD clients' default payload over a Unix socket,
 and the Datadog Agent's default buffer (which a longer line would not fit either)."""
+MAX_NAME = 256
+"""The longest metric name, in bytes. Datadog keeps 200 characters of a metric name (ASCII
+letters, digits, ``_`` and ``.``); a name is the key of every series an aggregator holds, so a
+longer one is refused rather than stored."""
 MAX_FIELD = 1024
-"""The longest name, value, set member, tag, container id or event/service check field, in
-bytes (Datadog allows 200 characters for a metric name or a tag)."""
+"""The longest value, set member, tag, container id or event/service check field, in bytes
+(Datadog allows 200 characters for a tag)."""
 
 MetricType = Literal["c", "g", "ms", "h", "s", "d"]
 METRIC_TYPES: frozenset[str] = frozenset(("c", "g", "ms", "h", "s", "d"))
@@ -132,8 +136,9 @@ def parse_line(line: bytes) -> Line:
     """Parse one DogStatsD line.
 
     Raises:
-        CodecError: the line is not a valid metric, event or service check, or it (or one of
-            its fields) is longer than :data:`MAX_LINE` (:data:`MAX_FIELD`).
+        CodecError: the line is not a valid metric, event or service check, or it (its metric
+            name, one of its fields) is longer than :data:`MAX_LINE` (:data:`MAX_NAME`,
+            :data:`MAX_FIELD`).
     """
     limits = len(line) > MAX_FIELD  # else neither the line nor a field can be too long
     if limits and len(line) > MAX_LINE:
@@ -156,6 +161,8 @@ def _metric(line: bytes, limits: bool) -> Metric:
     sections = rest.split(b"|")
     if not name or not colon or len(sections) < 2:
         raise CodecError("statsd: not name:value|type")
+    if len(name) > MAX_NAME:  # below MAX_FIELD: checked whatever the line's length
+        raise CodecError(f"statsd: metric name longer than {MAX_NAME} bytes")
     kind = sections[1].decode()
     if kind not in METRIC_TYPES:
         raise CodecError(f"statsd: unknown metric type {kind[:40]!r}")
@@ -168,7 +175,6 @@ def _metric(line: bytes, limits: bool) -> Metric:
     for section in sections[2:]:
         _metric_section(section, fields)
     if limits:  # checked last: a line that does not parse costs no more for its length
-        _limit("metric name", name)
         _limit("set member" if kind == "s" else "value", *raw_values)
         _limit_sections(sections[2:], _METRIC_LIMITS)
     return Metric(**fields)

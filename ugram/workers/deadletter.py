@@ -11,6 +11,7 @@ import msgspec
 
 from .. import safefs
 from ..datagram import decode_address
+from ..escaping import printable
 from ..ring import Record
 
 
@@ -40,12 +41,15 @@ def write_dead_letter(
             see :mod:`ugram.safefs`); the caller logs it and the record is still counted.
     """
     creds = record.uid != -1 or record.gid != -1
+    sender = decode_address(record.address)
     line = msgspec.json.encode(
         DeadLetter(
             time=time.time(),
             reason=reason,
             attempts=attempts,
-            sender=decode_address(record.address),
+            # The sender chose its name: printable, one line whatever reads the file (and a
+            # path that is not UTF-8 could not be encoded at all).
+            sender=None if sender is None else printable(sender),
             pid=record.pid if creds else None,
             uid=record.uid if creds else None,
             gid=record.gid if creds else None,

@@ -31,6 +31,7 @@ from .. import logs, speedups
 from ..config import Config
 from ..datagram import Datagram
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError, RingCorruptError
+from ..escaping import printable
 from ..ring import (
     ACKED,
     ATTEMPTS,
@@ -331,7 +332,10 @@ class Worker:
         return max(1, room)
 
     def _report_invalid(self, exc: BaseException) -> None:
-        self._invalid.warning("worker %d: undecodable datagram (%s)", self.index, exc)
+        # msgspec's message may quote the payload (an unknown field's name): escaped.
+        self._invalid.warning(
+            "worker %d: undecodable datagram (%s)", self.index, printable(str(exc))
+        )
 
     def _report_error(self, exc: BaseException) -> None:
         self._errors.warning("worker %d: handler raised", self.index, exc_info=exc)
@@ -472,6 +476,7 @@ class Worker:
             self.sock,
             _creds(record),
             self._count_reply_error,
+            allow_abstract=self.config.allow_abstract_replies,
         )
 
     def _count_reply_error(self) -> None:
