@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -286,6 +287,22 @@ static int slot_credentials(const char *sbase, const ScratchLayout *l, const Cre
  * successor must never close what a dead predecessor's slots name (those numbers are not
  * its own). With MSG_CTRUNC the kernel closed what did not fit, and the message holds
  * only those it installed. Returns how many were closed. */
+/* Close a descriptor a sender passed without waiting on it: a socket first gets SO_LINGER
+ * {on, 0 s}, so that a lingering TCP socket's close aborts instead of blocking the receiver
+ * (ugram/receiver/rights.py: close_passed). 1 if it was closed, 0 if it was not open. */
+static int close_passed(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return 0; /* EBADF: not one the kernel installed for us */
+    if (S_ISSOCK(st.st_mode)) {
+        struct linger abort_on_close = {1, 0};
+        (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
+    }
+    (void)close(fd); /* EINTR: closed all the same (Linux) */
+    return 1;
+}
+
 static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const CredsLayout *cl,
                                    Py_ssize_t i)
 {
@@ -307,8 +324,8 @@ static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const Cr
             for (uint64_t k = head; k + sizeof(int) <= end; k += sizeof(int)) {
                 int fd;
                 memcpy(&fd, control + at + k, sizeof fd);
-                if (fd >= 0 && (close(fd) == 0 || errno == EINTR)) /* EINTR: closed too */
-                    closed++;
+                if (fd >= 0)
+                    closed += close_passed(fd);
             }
         at += (c.cmsg_len + 7) & ~(uint64_t)7;
     }
