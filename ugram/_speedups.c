@@ -595,9 +595,11 @@ done:
 }
 
 PyDoc_STRVAR(take_records_doc,
-"take_records(ring, rpos, head_seen, limit, record_type) -> (batch, rpos, head_seen)\n\n"
-"Read up to `limit` published records starting at byte position `rpos`; `batch` is a\n"
-"list of (record, end) pairs, each record a `record_type` (a 6-field tuple subclass:\n"
+"take_records(ring, rpos, head_seen, limit, record_type, max_bytes=sys.maxsize)\n"
+"    -> (batch, rpos, head_seen)\n\n"
+"Read up to `limit` published records starting at byte position `rpos`, stopping before\n"
+"the one that would take their payloads past `max_bytes` (the first is always taken);\n"
+"`batch` is a list of (record, end) pairs, each record a `record_type` (a 6-field tuple subclass:\n"
 "payload, address, recv_ns, pid, uid, gid). Raises ValueError (the ring is corrupt) for a\n"
 "head or a record that no producer can have written.");
 
@@ -650,9 +652,10 @@ static PyObject *take_records(PyObject *self, PyObject *args)
 {
     Py_buffer ring;
     unsigned long long rpos, head_seen;
-    Py_ssize_t limit;
+    Py_ssize_t limit, max_bytes = PY_SSIZE_T_MAX;
     PyTypeObject *type;
-    if (!PyArg_ParseTuple(args, "w*KKnO!", &ring, &rpos, &head_seen, &limit, &PyType_Type, &type))
+    if (!PyArg_ParseTuple(args, "w*KKnO!|n", &ring, &rpos, &head_seen, &limit, &PyType_Type,
+                          &type, &max_bytes))
         return NULL;
     PyObject *batch = NULL, *result = NULL;
     if (!PyType_IsSubtype(type, &PyTuple_Type)) {
@@ -668,8 +671,9 @@ static PyObject *take_records(PyObject *self, PyObject *args)
     batch = PyList_New(0);
     if (batch == NULL)
         goto done;
-    uint64_t pos = rpos, seen = head_seen;
+    uint64_t pos = rpos, seen = head_seen, size = 0;
     for (Py_ssize_t taken = 0; taken < limit; taken++) {
+        const uint64_t before = pos; /* where the next batch starts if this record is left */
         if (pos == seen) {
             seen = load_acquire(&ctl[CTL_HEAD]); /* before any record byte is read */
             if (pos == seen)
@@ -695,6 +699,15 @@ static PyObject *take_records(PyObject *self, PyObject *args)
             pos + (((uint64_t)length + 7) & ~(uint64_t)7) > seen) {
             PyErr_SetString(PyExc_ValueError, "take_records: corrupt record length");
             goto done;
+        }
+        uint16_t alen;
+        memcpy(&alen, data + off + 28, 2);
+        if (HEADER_SIZE + (uint32_t)alen <= length) { /* else make_record says it is corrupt */
+            size += length - HEADER_SIZE - alen;
+            if (taken > 0 && size > (uint64_t)max_bytes) {
+                pos = before; /* left for the next batch, as Ring.take_batch does */
+                break;
+            }
         }
         PyObject *record = make_record(type, data + off, length);
         if (record == NULL)
@@ -1079,7 +1092,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 9
+#define API_VERSION 10
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

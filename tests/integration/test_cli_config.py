@@ -49,6 +49,7 @@ BAD_VALUES: dict[str, str] = {
     "mkdir": "perhaps",
     "allow_unsafe_dir": "perhaps",
     "batch_size": "0",
+    "batch_bytes": "0",
     "receive_batch": "0",
     "speedups": "fast",
     "log_format": "xml",
