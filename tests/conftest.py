@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import os
 import re
 import shutil
@@ -20,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 from hypothesis import settings
+
+from ugram.sockets import SO_PASSRIGHTS
 
 # The machines are shared and noisy: a per-example deadline would make properties flaky.
 settings.register_profile("ugram", deadline=None)
@@ -259,3 +263,55 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("doc lines not run")
         for note in notes:
             terminalreporter.line(note)
+
+
+def kernel_refuses_rights() -> bool:
+    """True where the kernel has SO_PASSRIGHTS (Linux 6.16): it can refuse SCM_RIGHTS."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
+        except OSError as exc:
+            if exc.errno == errno.ENOPROTOOPT:
+                return False
+            raise
+    return True
+
+
+_PIDFD_GETFD = 438  # the syscall's number, the same on every architecture (Linux 5.6)
+
+
+def accept_passed_descriptors(server: Server) -> bool:
+    """Let senders pass descriptors to ``server``'s socket, as kernels before Linux 6.16 do.
+
+    ugram turns SO_PASSRIGHTS off on its socket (the kernel then refuses SCM_RIGHTS); this
+    takes a copy of the supervisor's socket (pidfd_getfd) and turns the option back on, so
+    that the receiver's own defences can be tested on a newer kernel.
+
+    Returns:
+        True if it was turned back on; False where the kernel lacks the option (senders may
+        pass descriptors anyway).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(server.proc.pid)
+    try:
+        for name in os.listdir(f"/proc/{server.proc.pid}/fd"):
+            fd = libc.syscall(_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue  # closed meanwhile
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:  # not a socket
+                os.close(fd)
+                continue
+            with sock:
+                if sock.type == socket.SOCK_DGRAM and sock.getsockname() == str(server.path):
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 1)
+                    except OSError as exc:
+                        if exc.errno == errno.ENOPROTOOPT:
+                            return False
+                        raise
+                    return True
+    finally:
+        os.close(pidfd)
+    pytest.fail(f"no socket bound at {server.path} in the server's process")

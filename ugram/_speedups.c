@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -286,6 +287,22 @@ static int slot_credentials(const char *sbase, const ScratchLayout *l, const Cre
  * successor must never close what a dead predecessor's slots name (those numbers are not
  * its own). With MSG_CTRUNC the kernel closed what did not fit, and the message holds
  * only those it installed. Returns how many were closed. */
+/* Close a descriptor a sender passed without waiting on it: a socket first gets SO_LINGER
+ * {on, 0 s}, so that a lingering TCP socket's close aborts instead of blocking the receiver
+ * (ugram/receiver/rights.py: close_passed). 1 if it was closed, 0 if it was not open. */
+static int close_passed(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return 0; /* EBADF: not one the kernel installed for us */
+    if (S_ISSOCK(st.st_mode)) {
+        struct linger abort_on_close = {1, 0};
+        (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
+    }
+    (void)close(fd); /* EINTR: closed all the same (Linux) */
+    return 1;
+}
+
 static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const CredsLayout *cl,
                                    Py_ssize_t i)
 {
@@ -307,8 +324,8 @@ static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const Cr
             for (uint64_t k = head; k + sizeof(int) <= end; k += sizeof(int)) {
                 int fd;
                 memcpy(&fd, control + at + k, sizeof fd);
-                if (fd >= 0 && (close(fd) == 0 || errno == EINTR)) /* EINTR: closed too */
-                    closed++;
+                if (fd >= 0)
+                    closed += close_passed(fd);
             }
         at += (c.cmsg_len + 7) & ~(uint64_t)7;
     }
@@ -578,9 +595,11 @@ done:
 }
 
 PyDoc_STRVAR(take_records_doc,
-"take_records(ring, rpos, head_seen, limit, record_type) -> (batch, rpos, head_seen)\n\n"
-"Read up to `limit` published records starting at byte position `rpos`; `batch` is a\n"
-"list of (record, end) pairs, each record a `record_type` (a 6-field tuple subclass:\n"
+"take_records(ring, rpos, head_seen, limit, record_type, max_bytes=sys.maxsize)\n"
+"    -> (batch, rpos, head_seen)\n\n"
+"Read up to `limit` published records starting at byte position `rpos`, stopping before\n"
+"the one that would take their payloads past `max_bytes` (the first is always taken);\n"
+"`batch` is a list of (record, end) pairs, each record a `record_type` (a 6-field tuple subclass:\n"
 "payload, address, recv_ns, pid, uid, gid). Raises ValueError (the ring is corrupt) for a\n"
 "head or a record that no producer can have written.");
 
@@ -633,9 +652,10 @@ static PyObject *take_records(PyObject *self, PyObject *args)
 {
     Py_buffer ring;
     unsigned long long rpos, head_seen;
-    Py_ssize_t limit;
+    Py_ssize_t limit, max_bytes = PY_SSIZE_T_MAX;
     PyTypeObject *type;
-    if (!PyArg_ParseTuple(args, "w*KKnO!", &ring, &rpos, &head_seen, &limit, &PyType_Type, &type))
+    if (!PyArg_ParseTuple(args, "w*KKnO!|n", &ring, &rpos, &head_seen, &limit, &PyType_Type,
+                          &type, &max_bytes))
         return NULL;
     PyObject *batch = NULL, *result = NULL;
     if (!PyType_IsSubtype(type, &PyTuple_Type)) {
@@ -651,8 +671,9 @@ static PyObject *take_records(PyObject *self, PyObject *args)
     batch = PyList_New(0);
     if (batch == NULL)
         goto done;
-    uint64_t pos = rpos, seen = head_seen;
+    uint64_t pos = rpos, seen = head_seen, size = 0;
     for (Py_ssize_t taken = 0; taken < limit; taken++) {
+        const uint64_t before = pos; /* where the next batch starts if this record is left */
         if (pos == seen) {
             seen = load_acquire(&ctl[CTL_HEAD]); /* before any record byte is read */
             if (pos == seen)
@@ -678,6 +699,15 @@ static PyObject *take_records(PyObject *self, PyObject *args)
             pos + (((uint64_t)length + 7) & ~(uint64_t)7) > seen) {
             PyErr_SetString(PyExc_ValueError, "take_records: corrupt record length");
             goto done;
+        }
+        uint16_t alen;
+        memcpy(&alen, data + off + 28, 2);
+        if (HEADER_SIZE + (uint32_t)alen <= length) { /* else make_record says it is corrupt */
+            size += length - HEADER_SIZE - alen;
+            if (taken > 0 && size > (uint64_t)max_bytes) {
+                pos = before; /* left for the next batch, as Ring.take_batch does */
+                break;
+            }
         }
         PyObject *record = make_record(type, data + off, length);
         if (record == NULL)
@@ -1062,7 +1092,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 9
+#define API_VERSION 10
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

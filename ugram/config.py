@@ -220,6 +220,16 @@ BatchSize = Annotated[
         le=65536,
     ),
 ]
+BatchBytes = Annotated[
+    int,
+    _meta(
+        "most payload bytes a worker takes from its ring at once (and passes to "
+        "handle_batch): bounds what one batch decodes into; a batch holds at least one record",
+        "an integer from 1 to 1073741824",
+        ge=1,
+        le=1 << 30,
+    ),
+]
 ReceiveBatch = Annotated[
     int,
     _meta(
@@ -336,6 +346,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     mkdir: Mkdir = False
     allow_unsafe_dir: AllowUnsafeDir = False
     batch_size: BatchSize = 256
+    batch_bytes: BatchBytes = 1024 * 1024
     receive_batch: ReceiveBatch = 64
     speedups: Speedups = True
     log_level: LogLevel = "info"

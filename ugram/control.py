@@ -44,7 +44,7 @@ from .errors import (
     UnsafePathError,
 )
 from .safefs import open_dir, owner_name, trusted_uids
-from .sockets import MAX_PATH_BYTES, BoundSocket, bind_path, unlink_if_ours
+from .sockets import MAX_PATH_BYTES, BoundSocket, bind_path, refuse_rights, unlink_if_ours
 from .stats import REJECT_REASONS
 
 if TYPE_CHECKING:
@@ -81,7 +81,8 @@ def bind_stream_socket(
 
     Like the server socket (:func:`ugram.sockets.bind_path`): created with exactly ``mode``
     and ``gid`` in a private directory and linked into place, a stale socket of ours
-    replaced, anything else refused.
+    replaced, anything else refused. Clients may not pass descriptors, where the kernel can
+    refuse them (:func:`ugram.sockets.refuse_rights`).
 
     Raises:
         SocketInUseError: another process listens on the path (or holds an abstract name).
@@ -92,6 +93,8 @@ def bind_stream_socket(
         raise PathTooLongError(f"{path} is longer than AF_UNIX allows ({MAX_PATH_BYTES} bytes)")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        # Connections inherit it: a client cannot leave descriptors whose close would block.
+        refuse_rights(sock)
         identity = None
         if path.startswith("@"):
             _bind_abstract_stream(sock, path)

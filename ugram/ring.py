@@ -348,8 +348,10 @@ class Ring:
         self._rpos = end
         return Record(payload, address, recv_ns, pid, uid, gid)
 
-    def take_batch(self, limit: int) -> list[tuple[Record, int]]:
-        """Read up to ``limit`` published records without marking any as in hand.
+    def take_batch(self, limit: int, max_bytes: int = sys.maxsize) -> list[tuple[Record, int]]:
+        """Read up to ``limit`` published records without marking any as in hand, stopping
+        before the record that would take their payloads past ``max_bytes`` in all (the
+        first one is taken whatever its size).
 
         Returns ``(record, end)`` pairs; the caller brackets each record with
         :meth:`start` and :meth:`finish` (or writes those slots itself, in a hot loop) and
@@ -361,16 +363,21 @@ class Ring:
         if self._native is not None:
             try:
                 taken, self._rpos, self._head_seen = self._native.take_records(
-                    self._mm, self._rpos, self._head_seen, limit, Record
+                    self._mm, self._rpos, self._head_seen, limit, Record, max_bytes
                 )
             except ValueError as exc:  # the C helper's checks are _read's
                 raise RingCorruptError(str(exc)) from exc
             return cast("list[tuple[Record, int]]", taken)
         batch: list[tuple[Record, int]] = []
-        read = self._read
+        read, size = self._read, 0
         while len(batch) < limit:
+            before = self._rpos
             record = read()
             if record is None:
+                break
+            size += len(record.payload)
+            if size > max_bytes and batch:
+                self._rpos = before  # left for the next batch
                 break
             batch.append((record, self._rpos))
         return batch

@@ -23,6 +23,9 @@ from .errors import (
 log = logging.getLogger("ugram.sockets")
 
 MAX_PATH_BYTES = 107 if sys.platform.startswith("linux") else 103
+# Linux 6.16: with it off, the kernel refuses datagrams that carry file descriptors (the
+# sender's sendmsg fails with EPERM). Not named by Python yet.
+SO_PASSRIGHTS = 83
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def adopt_systemd(
 
     Follows sd_listen_fds(3): ``LISTEN_PID`` must be our pid and ``LISTEN_FDS`` >= 1; the
     socket is fd 3. The variables are removed so that child processes do not see them. An
-    adopted socket is never unlinked at exit: systemd owns its file.
+    adopted socket is never unlinked at exit: systemd owns its file. Like a socket ugram binds,
+    it is told to refuse passed descriptors (:func:`refuse_rights`).
 
     Raises:
         SocketError: the inherited fd is not an AF_UNIX datagram socket, or several were passed.
@@ -80,6 +84,7 @@ def adopt_systemd(
     sock.setblocking(False)
     if credentials:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    refuse_rights(sock)
     name = sock.getsockname()
     path = "@" + name[1:].decode() if isinstance(name, bytes) and name[:1] == b"\0" else str(name)
     return BoundSocket(sock, path, None, adopted=True)
@@ -184,7 +189,33 @@ def _new_socket(credentials: bool) -> socket.socket:
         # Before bind: the kernel attaches credentials only to datagrams queued while the
         # option is on; one sent earlier would read as pid 0, uid/gid 65534.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    refuse_rights(sock)  # before bind too: no sender can queue descriptors in between
     return sock
+
+
+def refuse_rights(sock: socket.socket) -> bool:
+    """Have the kernel refuse file descriptors sent to ``sock`` (SCM_RIGHTS), where it can.
+
+    With SO_PASSRIGHTS off (Linux 6.16 and later) a sender's ``sendmsg`` that passes
+    descriptors fails with EPERM, so none ever reaches the receiver, whose close of one
+    could block (:mod:`ugram.receiver.rights`). Older kernels, and other systems, lack the
+    option: the receiver then closes what it is passed.
+
+    Returns:
+        True if the kernel now refuses them; False if it cannot (ENOPROTOOPT).
+
+    Raises:
+        OSError: any other error from setsockopt.
+    """
+    if not sys.platform.startswith("linux"):
+        return False  # the number may name another option elsewhere
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
+    except OSError as exc:
+        if exc.errno == errno.ENOPROTOOPT:
+            return False
+        raise
+    return True
 
 
 def _bind_abstract(path: str, credentials: bool = False) -> BoundSocket:

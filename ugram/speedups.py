@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-API_VERSION = 9  # what this code calls; ugram/_speedups.c says what it provides
+API_VERSION = 10  # what this code calls; ugram/_speedups.c says what it provides
 
 
 def _load() -> ModuleType | None:

@@ -141,9 +141,10 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
     Slot.FDS_CLOSED: (
         "receiver",
         "file descriptors senders passed (SCM_RIGHTS) that the receiver closed unused; their "
-        "datagrams go on. Only while credentials are collected (credentials, allow_uid, "
-        "allow_gid, rate_limit, or a handler that may reply): otherwise the kernel closes "
-        "them unseen",
+        "datagrams go on. Only on kernels before Linux 6.16 (later ones refuse them at "
+        "sendmsg: SO_PASSRIGHTS) and while credentials are collected (credentials, "
+        "allow_uid, allow_gid, rate_limit, or a handler that may reply): otherwise the "
+        "kernel closes them unseen",
     ),
     Slot.CORRUPT_RINGS: (
         "supervisor",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import ugram
 
@@ -56,3 +57,29 @@ class LeakyBatch:
     def handle_batch(self, items: list[bytes]) -> None:
         self.hoard.extend(b"x" * 16384 + item for item in items)  # touched: resident grows
         os.write(self.fd, b"".join(item + b"\n" for item in items))
+
+
+class Sizes:
+    """A batch handler that writes ``<records> <payload bytes>`` per batch to ``<pid>.sizes``
+    and each payload's length and first byte, one line each, to ``<pid>.log``. After its
+    first batch it waits for the file ``go`` (up to 30 s): the test fills the ring meanwhile.
+    """
+
+    def setup(self) -> None:
+        # Line-buffered: the test reads them while the server runs; closed at teardown.
+        self.out = open(f"{OUT}/{os.getpid()}.log", "a", buffering=1)  # noqa: SIM115
+        self.sizes = open(f"{OUT}/{os.getpid()}.sizes", "a", buffering=1)  # noqa: SIM115
+        self.first = True
+
+    def handle_batch(self, items: list[bytes]) -> None:
+        self.sizes.write(f"{len(items)} {sum(map(len, items))}\n")
+        self.out.writelines(f"{len(item)} {item[:1].decode()}\n" for item in items)
+        if self.first:
+            self.first = False
+            deadline = time.monotonic() + 30.0
+            while not os.path.exists(f"{OUT}/go") and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    def teardown(self) -> None:
+        self.sizes.close()
+        self.out.close()

@@ -21,6 +21,7 @@ from tests.conftest import (
     wait_for,
     wait_senders,
 )
+from ugram.control import fetch
 
 
 def per_sender_in_order(records: list[str]) -> dict[str, list[int]]:
@@ -73,6 +74,36 @@ def test_batch_handler_gets_batches(sock_dir: Path, out_dir: Path) -> None:
     assert len(read_records(out_dir)) == 40_000
     batches = sum(int(f.read_text()) for f in out_dir.glob("*.batches"))
     assert 40_000 / 64 <= batches < 40_000  # several records per call, none over 64
+
+
+@pytest.mark.parametrize("speedups", ["true", "false"], ids=["compiled", "pure-python"])
+def test_batches_are_bounded_by_payload_bytes(sock_dir: Path, out_dir: Path, speedups: str) -> None:
+    path = sock_dir / "s.sock"
+    # 3 of 3000 bytes fit in 10 000; the one of 20 000 is a batch of its own. The handler
+    # waits after its first batch until all of them are in the ring: batch_size alone would
+    # then hand them over in one batch.
+    sizes = [3000] * 60 + [20_000] + [3000] * 60
+    args = ("--workers", "1", "--batch-size", "256", "--batch-bytes", "10000")
+    with run_server(
+        "batchapps:Sizes", path, *args, f"--speedups={speedups}", out_dir=out_dir
+    ) as server:
+        with send(path, b"first"):
+            pass
+        wait_for(lambda: read_records(out_dir), what="the first batch")
+        with send(path, *(bytes([ord("a") + i % 26]) * size for i, size in enumerate(sizes))):
+            pass
+        wait_for(lambda: fetch(str(path)).totals.received == 1 + len(sizes), what="the rest")
+        (out_dir / "go").touch()
+        wait_for(lambda: len(read_records(out_dir)) == 1 + len(sizes), what="every record")
+        assert server.stop() == 0, server.stderr[-2000:]
+    expected = ["5 f"] + [f"{size} {chr(ord('a') + i % 26)}" for i, size in enumerate(sizes)]
+    assert read_records(out_dir) == expected  # each once, in order
+    (sizes_file,) = out_dir.glob("*.sizes")
+    batches = [tuple(map(int, line.split())) for line in sizes_file.read_text().splitlines()]
+    assert all(count == 1 or total <= 10_000 for count, total in batches), batches
+    assert (1, 20_000) in batches
+    assert max(count for count, _ in batches) == 3  # batched still, as far as the bytes allow
+    assert server.summary()["handled"] == 1 + len(sizes)
 
 
 def test_recvmmsg_detects_truncation_and_keeps_sizes(sock_dir: Path, out_dir: Path) -> None:

@@ -50,6 +50,7 @@ BAD_VALUES: dict[str, str] = {
     "allow_unsafe_dir": "perhaps",
     "allow_abstract_replies": "perhaps",
     "batch_size": "0",
+    "batch_bytes": "0",
     "receive_batch": "0",
     "speedups": "fast",
     "log_format": "xml",

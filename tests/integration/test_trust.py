@@ -18,9 +18,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import child_env, read_records, run_server, send, wait_for
+from tests.conftest import (
+    accept_passed_descriptors,
+    child_env,
+    kernel_refuses_rights,
+    read_records,
+    run_server,
+    send,
+    wait_for,
+)
 from ugram.control import fetch
 from ugram.observe import Report
+from ugram.sockets import SO_PASSRIGHTS
 
 SEND_AS = (
     "import socket, sys\n"
@@ -161,6 +170,7 @@ def test_descriptors_senders_pass_are_closed_and_datagrams_delivered(
     count, per_datagram = 300, 6
     with run_server("seqrec:Recorder", path, "--workers", "1", *args, out_dir=out_dir) as server:
         wait_for(lambda: fetch(str(path)).receiver.state == "running", what="the receiver")
+        accept_passed_descriptors(server)  # as before Linux 6.16, which would refuse them
         before = receiver_fds(server.proc.pid)
         passed = [os.open(os.devnull, os.O_RDONLY) for _ in range(per_datagram)]
         try:
@@ -369,12 +379,16 @@ def test_socket_activation_adopts_the_inherited_socket(sock_dir: Path, out_dir: 
         stderr=subprocess.PIPE,
         text=True,
     )
-    listener.close()
     try:
         with send(path, b"via systemd"):
             pass
         wait_for(lambda: read_records(out_dir) == ["via systemd"], what="the record")
+        # The same socket (systemd's copy, here ours): ugram told the kernel to refuse
+        # descriptors passed to it, as for a socket it binds.
+        if kernel_refuses_rights():
+            assert listener.getsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS) == 0
     finally:
+        listener.close()
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import kernel_refuses_rights
 from ugram.config import parse_mode
 from ugram.errors import NotASocketError, PathTooLongError, SocketError, SocketInUseError
 from ugram.sockets import BoundSocket, bind_socket, unlink_if_ours
@@ -330,3 +331,19 @@ def test_abstract_name_in_use_is_refused(bound: list[BoundSocket]) -> None:
 def test_abstract_name_too_long_is_refused() -> None:
     with pytest.raises(PathTooLongError):
         bind_socket("@" + "n" * 108, 0o660)
+
+
+@pytest.mark.parametrize("where", ["file", "abstract"])
+def test_bound_sockets_refuse_passed_descriptors(
+    bound: list[BoundSocket], sock_dir: Path, where: str
+) -> None:
+    if not kernel_refuses_rights():
+        pytest.skip("this kernel lacks SO_PASSRIGHTS (Linux 6.16)")
+    address = str(sock_dir / "s.sock") if where == "file" else f"@ug-rights-{uuid.uuid4().hex}"
+    item = bind(bound, address)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.connect(item.sock.getsockname())
+        with pytest.raises(PermissionError):  # EPERM: the kernel refuses them at sendmsg
+            socket.send_fds(client, [b"x"], [client.fileno()])
+        client.send(b"plain")  # a datagram without them still goes through
+    assert item.sock.recv(16) == b"plain"

@@ -121,6 +121,50 @@ def test_native_take_batch_reads_what_python_reads(
         close_ring(ring)
 
 
+@given(
+    skip=st.integers(0, 3000),
+    records=RECORDS,
+    limit=st.integers(1, 50),
+    max_bytes=st.integers(1, 1200),
+)
+def test_take_batch_bounds_payload_bytes_and_loses_none(
+    skip: int,
+    records: list[tuple[bytes, bytes, int, tuple[int, int, int] | None]],
+    limit: int,
+    max_bytes: int,
+) -> None:
+    ring = Ring.create(4096)
+    views = [Ring(ring.fd, use_speedups=False), Ring(ring.fd, use_speedups=True)]
+    try:
+        if skip and ring.try_put(b"x" * skip, b"", 0):  # records wrap round the ring's end
+            for view in views:
+                assert view.take_batch(1)
+            views[0].finish(views[0].read_position)
+        stored: list[bytes] = []
+        for payload, address, recv_ns, creds in records:
+            if not ring.try_put(payload, address, recv_ns, creds):
+                break
+            stored.append(payload)
+        ring.publish()
+        seen: list[list[list[bytes]]] = [[], []]
+        for view, batches in zip(views, seen, strict=True):
+            while batch := view.take_batch(limit, max_bytes):
+                batches.append([record.payload for record, _ in batch])
+        assert seen[0] == seen[1]  # the C helper splits where the Python reader does
+        assert [payload for batch in seen[0] for payload in batch] == stored  # once each
+        for batch in seen[0]:
+            assert len(batch) <= limit
+            assert len(batch) == 1 or sum(map(len, batch)) <= max_bytes
+        for batch, following in zip(seen[0], seen[0][1:], strict=False):
+            # As full as the bounds allow: the next record did not fit.
+            if len(batch) < limit:
+                assert sum(map(len, batch)) + len(following[0]) > max_bytes
+    finally:
+        for view in views:
+            view.close()
+        close_ring(ring)
+
+
 # -- receiver: drain == recvmmsg + try_put of each slot ----------------------------------------
 
 

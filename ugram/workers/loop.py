@@ -230,7 +230,7 @@ class Worker:
             if handler.tick is not None and time.monotonic() >= next_tick:
                 self._tick()
                 next_tick = time.monotonic() + handler.tick_interval
-            batch = ring.take_batch(self._batch_limit())
+            batch = ring.take_batch(self._batch_limit(), self.config.batch_bytes)
             if batch:
                 idle = 0
                 done = step(batch)
@@ -249,6 +249,8 @@ class Worker:
                 idle = 0
 
     def _batch_limit(self) -> int:
+        # In records; take_batch bounds their payload bytes too (batch_bytes: what a batch
+        # decodes into grows with its bytes, a 1-byte msgpack [] into a 56-byte list).
         # After a death in the middle of a batch, go one record at a time through what the
         # dead worker had taken: the record that kills is then the one counted as poison.
         if self.ring.read_position < self.careful_until:
