@@ -229,7 +229,9 @@ def test_block_policy_survives_a_restart_mid_stream(sock_dir: Path, out_dir: Pat
         assert (first.exit_code == 5) == (summary_first["unhandled"] > 0)
     assert sender.is_alive()  # waiting for a server, not failing
     gap_started = time.monotonic()
-    with run_server("clientapps:Record", path, *SMALL, out_dir=out_dir) as second:
+    with run_server("clientapps:Record", path, *SMALL, out_dir=out_dir, wait=False) as second:
+        # The client reconnects once the socket is bound (its workers may still be booting).
+        wait_for(lambda: path.exists(), what="the second server's socket")
         gap = time.monotonic() - gap_started
         sender.join(60)
         assert not sender.is_alive()

@@ -305,19 +305,22 @@ def test_path_too_long_is_a_clear_error(sock_dir: Path) -> None:
 
 
 def test_relative_path_is_resolved(sock_dir: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ugram", "serve", "--socket", "rel.sock", "--workers", "1"],
-        cwd=sock_dir,
-        env=child_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = sock_dir / "stderr"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ugram", "serve", "--socket", "rel.sock", "--workers", "1"],
+            cwd=sock_dir,
+            env=child_env(),
+            stderr=stderr,
+        )
     try:
         wait_for(lambda: (sock_dir / "rel.sock").exists(), what="relative socket")
+        # "listening on" comes once the workers have booted
+        wait_for(lambda: "listening on" in log.read_text(), what="listening")
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert str(sock_dir / "rel.sock") in err  # logged with its absolute path
+        proc.wait(30)
+    assert f"listening on {sock_dir / 'rel.sock'}" in log.read_text()  # its absolute path
 
 
 def test_abstract_socket(out_dir: Path) -> None:
