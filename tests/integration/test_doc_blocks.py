@@ -34,8 +34,9 @@ of every doc written there first: the README's ``app.py`` is beside every comman
 Substitutions, the only rewriting of the docs' text (``Session.localize``, on every block):
 
 * ``/tmp/NAME`` -> ``SCRATCH/NAME``: runs in parallel must not share sockets.
-* ``/run/app/``, ``/var/log/`` -> ``SCRATCH/run/app/``, ``SCRATCH/var/log/``, created (with
-  ``var/log/app``) as the docs say they must exist: the test writes no system directory.
+* ``/run/app/``, ``/run/client/``, ``/var/log/`` -> ``SCRATCH/run/app/``,
+  ``SCRATCH/run/client/``, ``SCRATCH/var/log/``, created (with ``var/log/app``) as the docs
+  say they must exist: the test writes no system directory.
 * ``127.0.0.1:9101`` -> ``127.0.0.1:PORT``, a free port: that one may be taken.
 * ``--group app`` -> ``--group`` and the test's own group: there is no group ``app`` here.
 * ``\\0client-42`` -> ``\\0client-42-PID``: abstract names are machine-wide.
@@ -387,7 +388,13 @@ class Session:
         self.background: list[Proc] = []
         self.logs = root / ".logs"
         bindir = root / ".bin"
-        for directory in (self.logs, bindir, root / "run/app", root / "var/log/app"):
+        for directory in (
+            self.logs,
+            bindir,
+            root / "run/app",
+            root / "run/client",
+            root / "var/log/app",
+        ):
             directory.mkdir(parents=True)
         _wrapper(bindir / "ugram", f'exec "{sys.executable}" -m ugram "$@"')
         for name in ("python", "python3"):
@@ -407,6 +414,7 @@ class Session:
         group = grp.getgrgid(os.getgid()).gr_name
         table = {
             "/run/app/": f"{self.root}/run/app/",
+            "/run/client/": f"{self.root}/run/client/",
             "/var/log/": f"{self.root}/var/log/",
             "/tmp/": f"{self.root}/",
             "127.0.0.1:9101": f"127.0.0.1:{self.port}",
