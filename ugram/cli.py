@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterable, Sequence
 
 from . import __version__, logs
-from .client import send_command
 from .config import ENV_PREFIX, field_help, field_kind, field_names, load_config
 from .errors import EXIT_CONFIG, EXIT_ERROR, ConfigError, ServerFailedError, UgramError
 from .supervisor import Supervisor
@@ -235,6 +234,8 @@ def send(args: argparse.Namespace) -> int:
         ServerUnavailableError: no server listens on the path (within --wait).
         ConfigError: an invalid option.
     """
+    from .cli_send import send_command
+
     return send_command(
         args.path,
         args.data,

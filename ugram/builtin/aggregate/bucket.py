@@ -1,0 +1,202 @@
+"""One flush interval's aggregate (:class:`Bucket`), its limits, and how buckets merge."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+from math import isfinite
+
+from ...codecs.statsd import Event, Line, Metric, ServiceCheck
+
+Key = tuple[str, tuple[str, ...]]  # metric name, sorted distinct tags
+SUMMARY_KINDS = {"h": "histograms", "ms": "timers", "d": "distributions"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one aggregate (an interval's, or the totals) may hold; 0 means no limit.
+
+    Attributes:
+        max_series: distinct series (a counter, gauge, set, histogram, timer or
+            distribution of one name and tag set).
+        max_set_members: distinct members of one set.
+        max_members: set members of all sets together.
+        series_ttl: seconds after which a series not updated is dropped from the totals.
+        max_tags: distinct tags of one line (they are part of its series' key).
+    """
+
+    max_series: int = 0
+    max_set_members: int = 0
+    max_members: int = 0
+    series_ttl: float = 0.0
+    max_tags: int = 0
+
+
+NO_LIMITS = Limits()
+
+
+def to_ns(at: int | float) -> int:
+    """A receive time in epoch nanoseconds (a float: epoch seconds, from an older ugram)."""
+    return at if isinstance(at, int) else round(at * 1e9)
+
+
+class Bucket:
+    """What one process (or, merged, every process) received in one flush interval.
+
+    Counters add ``value / sample_rate``; a gauge keeps the value received last (by the
+    receiver's clock in exact nanoseconds, comparable across workers: two lines read in one
+    batch differ by 1 ns, which a float of epoch seconds cannot tell apart); a set keeps its
+    distinct members; histogram,
+    timer and distribution samples are kept with the weight ``1 / sample_rate``.
+
+    Within ``limits``: a line of a new series past ``max_series``, with more than
+    ``max_tags`` distinct tags, or whose value would make a sum overflow (infinite), is
+    refused (``refused_lines``); so is, in :meth:`merge`,
+    another process's series (``refused_series``); set members past ``max_set_members`` or
+    ``max_members`` are refused (``refused_members``). ``skipped_partials`` counts the
+    partial files of the interval that were not merged (see the aggregator).
+    """
+
+    def __init__(self, start: float, limits: Limits = NO_LIMITS) -> None:
+        self.start = start
+        self.limits = limits
+        self.counters: dict[Key, float] = {}
+        self.gauges: dict[Key, tuple[int, float]] = {}  # (received_ns, value)
+        self.sets: dict[Key, set[str]] = {}
+        self.samples: dict[tuple[str, Key], tuple[list[float], list[float]]] = {}
+        self.events: list[tuple[int, Event]] = []  # (received_ns, event)
+        self.checks: list[tuple[int, ServiceCheck]] = []
+        self.lines = 0
+        self.invalid_lines = 0
+        self.series = 0  # entries of counters, gauges, sets and samples together
+        self.members = 0  # members of all sets together
+        self.refused_lines = 0
+        self.refused_series = 0
+        self.refused_members = 0
+        self.skipped_partials = 0
+
+    def add(self, line: Line, received_ns: int) -> None:
+        """Aggregate one parsed line received at ``received_ns`` (epoch nanoseconds)."""
+        self.lines += 1
+        if isinstance(line, Metric):
+            if not self.add_metric(line, received_ns):
+                self.refused_lines += 1
+        elif isinstance(line, Event):
+            self.events.append((received_ns, line))
+        else:
+            self.checks.append((received_ns, line))
+
+    def add_metric(self, m: Metric, received_ns: int) -> bool:
+        """Aggregate one metric line; False when it is refused (see the limits)."""
+        tags = set(m.tags)
+        if self.limits.max_tags and len(tags) > self.limits.max_tags:
+            return False  # a key of thousands of one-byte tags would cost ~50 bytes each
+        key = (m.name, tuple(sorted(tags)))
+        if m.type == "c":
+            old = self.counters.get(key)
+            new = (old or 0.0) + sum(m.values) / m.sample_rate
+            if not isfinite(new) or (old is None and not self._admit(False)):
+                return False
+            self.counters[key] = new
+        elif m.type == "g":
+            if key not in self.gauges and not self._admit(False):
+                return False
+            self.set_gauge(key, received_ns, m.values[-1])
+        elif m.type == "s":
+            members = self.sets.get(key)
+            if members is None:
+                if not self._admit(False):
+                    return False
+                members = self.sets[key] = set()
+            self.add_members(members, m.members)
+        else:
+            weight = 1.0 / m.sample_rate
+            if m.values and not isfinite(weight * max(m.values, key=abs)):
+                return False
+            entry = self.samples.get((m.type, key))
+            if entry is None:
+                if not self._admit(False):
+                    return False
+                entry = self.samples[m.type, key] = ([], [])
+            entry[0].extend(m.values)
+            entry[1].extend([weight] * len(m.values))
+        return True
+
+    def _admit(self, present: bool) -> bool:
+        """Whether a series may be held: it is already, or there is room for one more."""
+        if present:
+            return True
+        if self.limits.max_series and self.series >= self.limits.max_series:
+            return False
+        self.series += 1
+        return True
+
+    def add_members(self, target: set[str], new: Collection[str]) -> None:
+        """Add ``new`` members to the set ``target``, within the member limits."""
+        per_set, overall = self.limits.max_set_members, self.limits.max_members
+        room = len(new)  # a line's members (few): when all fit, no member-by-member checks
+        if (not per_set or len(target) + room <= per_set) and (
+            not overall or self.members + room <= overall
+        ):
+            before = len(target)
+            target.update(new)
+            self.members += len(target) - before
+            return
+        for member in new:
+            if member in target:
+                continue
+            if (per_set and len(target) >= per_set) or (overall and self.members >= overall):
+                self.refused_members += 1
+                continue
+            target.add(member)
+            self.members += 1
+
+    def set_gauge(self, key: Key, at: int, value: float) -> None:
+        """Keep ``value`` unless a later one is already there."""
+        current = self.gauges.get(key)
+        if current is None or at >= current[0]:
+            self.gauges[key] = (at, value)
+
+    def merge(self, other: Bucket) -> None:
+        """Add another process's aggregate of the same interval (within this one's limits)."""
+        for key, value in other.counters.items():
+            old = self.counters.get(key)
+            new = (old or 0.0) + value
+            if math.isfinite(new) and self._admit(old is not None):
+                self.counters[key] = new
+            else:
+                self.refused_series += 1
+        for key, (at, gauge) in other.gauges.items():
+            if self._admit(key in self.gauges):
+                self.set_gauge(key, at, gauge)
+            else:
+                self.refused_series += 1
+        for key, members in other.sets.items():
+            mine = self.sets.get(key)
+            if mine is None:
+                if not self._admit(False):
+                    self.refused_series += 1
+                    continue
+                mine = self.sets[key] = set()
+            self.add_members(mine, members)
+        for skey, (values, weights) in other.samples.items():
+            entry = self.samples.get(skey)
+            if entry is None:
+                if not self._admit(False):
+                    self.refused_series += 1
+                    continue
+                entry = self.samples[skey] = ([], [])
+            entry[0].extend(values)
+            entry[1].extend(weights)
+        self.events += other.events
+        self.checks += other.checks
+        self.lines += other.lines
+        self.invalid_lines += other.invalid_lines
+        self.refused_lines += other.refused_lines
+        self.refused_series += other.refused_series
+        self.refused_members += other.refused_members
+        self.skipped_partials += other.skipped_partials
+
+    def __bool__(self) -> bool:
+        return bool(self.lines or self.invalid_lines)

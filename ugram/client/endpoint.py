@@ -1,0 +1,114 @@
+"""Where a client's datagrams go: server addresses, connecting by safe paths, and the private
+bound address a request receives its reply on."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from typing import Final
+
+from .. import safefs
+from ..errors import ConfigError
+
+MAX_REPLY: Final = 1 << 18  # larger than any AF_UNIX datagram the default wmem_max allows
+
+# The peer is gone (closed, or never there): reconnect, perhaps to a successor.
+GONE_ERRNOS: Final = frozenset(
+    {errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.ECONNRESET, errno.EPIPE}
+)
+
+
+def server_address(path: str | os.PathLike[str]) -> str | bytes:
+    """The ``connect`` address of a server path, ``@name`` being a Linux abstract name.
+
+    Raises:
+        ConfigError: an abstract name on a platform without them.
+    """
+    text = os.fspath(path)
+    if not text.startswith("@"):
+        return text
+    if not sys.platform.startswith("linux"):
+        raise ConfigError(f"{text}: abstract socket names (@name) exist only on Linux")
+    return b"\0" + text[1:].encode()
+
+
+def connect_to(sock: socket.socket, address: str | bytes) -> None:
+    """Connect ``sock`` to a server address from :func:`server_address`.
+
+    An abstract name is connected as it is; a path through :func:`ugram.safefs.socket_target`,
+    which follows no symlink another user could have planted.
+
+    Raises:
+        UnsafePathError: a component of the path is an untrusted symlink or not a directory
+            (``errno`` ``ENOENT`` when a directory is missing).
+        OSError: the connect failed (``ENOENT``, ``ECONNREFUSED``: no server there).
+    """
+    if isinstance(address, bytes):
+        sock.connect(address)
+        return
+    with safefs.socket_target(address) as target:
+        sock.connect(target)
+
+
+class ReplyEndpoint:
+    """A private bound address for one request: ``reply.sock`` in a fresh directory of its
+    own, connected to the server, so only the server's replies are received.
+
+    Not an abstract name: any local user may bind one once it is free, so a server refuses
+    to reply to those by default. Until the socket is connected, the directory is 0700:
+    nobody can queue a forged reply. Connected, the kernel takes datagrams for it from the
+    server's socket only, and the directory (0711) and socket (0622) let a server that runs
+    as another, unprivileged user reach it.
+    """
+
+    def __init__(self, server: str | bytes) -> None:
+        """Bind the private address (nothing is connected yet).
+
+        Raises:
+            OSError: the directory or the socket could not be made.
+        """
+        self.server = server
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._dir: str | None = None
+        try:
+            self._dir = tempfile.mkdtemp(prefix="ugram-", dir=_reply_parent())
+            self.path = os.path.join(self._dir, "reply.sock")
+            self.sock.bind(self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    def connect(self) -> bool:
+        """Connect to the server; False while no server listens.
+
+        Raises:
+            OSError: connecting failed for another reason than a missing server.
+        """
+        try:
+            connect_to(self.sock, self.server)
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                return False
+            raise
+        assert self._dir is not None
+        os.chmod(self.path, 0o622)
+        os.chmod(self._dir, 0o711)
+        return True
+
+    def close(self) -> None:
+        """Close the socket and remove its directory."""
+        self.sock.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _reply_parent() -> str:
+    """Where request sockets are made: the temporary directory, resolved (a server refuses
+    to reply through a symlink), or ``/tmp`` when that would make a path too long."""
+    parent = os.path.realpath(tempfile.gettempdir())
+    # "/ugram-" + 8 random characters + "/reply.sock" must fit in sun_path with its NUL
+    return parent if len(os.fsencode(parent)) + 26 <= 107 else "/tmp"

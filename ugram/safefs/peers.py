@@ -1,0 +1,122 @@
+"""Sockets of others that ugram sends to: a reply's sender, a client's server.
+
+Each is reached through an ``O_PATH`` descriptor of the inode that was checked, so no later
+swap of the path redirects what is sent (rules 9 and 10 of ``docs/security.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+
+from ..errors import UnsafePathError
+from ..escaping import printable
+from .walk import (
+    MAX_SYMLINKS,
+    O_PATH,
+    Dir,
+    check_name,
+    open_dir,
+    open_path_fd,
+    owner_name,
+    trusted_uids,
+)
+
+
+def open_peer_socket(path: str, uid: int) -> int:
+    """Open the socket file a reply goes to, proving that user ``uid`` owns it.
+
+    The path must be absolute, no component may be a symlink, and the file must be a socket
+    owned by ``uid``. The returned ``O_PATH`` descriptor names that very inode: send to
+    ``/proc/self/fd/N`` so no later swap of the path can redirect the reply. Linux only.
+
+    Raises:
+        UnsafePathError: the path is relative, crosses a symlink, is not a socket, or is
+            owned by another user (or the platform has no ``O_PATH``).
+    """
+    if not O_PATH:
+        raise UnsafePathError("replies to socket paths need O_PATH (Linux)")
+    if not path.startswith("/"):
+        raise UnsafePathError(f"{printable(path)} is not an absolute path")
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise UnsafePathError(f"{printable(path)} is not a plain absolute path")
+    flags = O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                nfd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            except OSError as exc:
+                raise UnsafePathError(
+                    f"{printable(path)}: {printable(part)} is not a plain directory "
+                    f"({exc.strerror})"
+                ) from None
+            os.close(fd)
+            fd = nfd
+        try:
+            target = os.open(parts[-1], flags, dir_fd=fd)
+        except OSError as exc:
+            raise UnsafePathError(f"{printable(path)}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    info = os.fstat(target)
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != uid:
+        os.close(target)
+        what = "not a socket" if not stat.S_ISSOCK(info.st_mode) else "owned by another user"
+        raise UnsafePathError(f"{printable(path)} is {what}: the sender does not own it")
+    return target
+
+
+@contextlib.contextmanager
+def socket_target(path: str) -> Iterator[str]:
+    """Yield an address that reaches the socket file at ``path`` for ``connect``/``sendto``.
+
+    The path is walked by the rules of :func:`open_dir` (any directory class is accepted:
+    a client creates nothing), and a symlink, whether a directory or the last component, is
+    followed only if it is owned by root or us in a directory other users may not change.
+    On Linux the address is ``/proc/self/fd/N`` of an ``O_PATH`` descriptor of the inode
+    found, closed on exit, so no later swap of the path redirects the connect; elsewhere it
+    is the resolved path (the walk's race accepted).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        UnsafePathError: a component is an untrusted symlink or not a directory (its
+            ``errno`` is ``ENOENT`` when a directory is missing).
+    """
+    full = os.path.abspath(path)
+    for _ in range(MAX_SYMLINKS):
+        head, name = os.path.split(full)
+        with open_dir(head or "/", allow_unsafe=True, what="socket directory") as directory:
+            check_name(name)
+            info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                full = os.path.join(head, _trusted_link(directory, name, info))
+                continue
+            if not O_PATH:
+                yield directory.join(name)
+                return
+            handle = open_path_fd(directory, name)
+        try:
+            if not stat.S_ISLNK(os.fstat(handle).st_mode):  # swapped since the stat: retry
+                yield f"/proc/self/fd/{handle}"
+                return
+        finally:
+            os.close(handle)
+    raise UnsafePathError(f"too many symbolic links in {path}")
+
+
+def _trusted_link(directory: Dir, name: str, info: os.stat_result) -> str:
+    """The target of the symlink ``name`` in ``directory`` if rule 1 lets us follow it.
+
+    Raises:
+        UnsafePathError: it is owned by another user, or sits in an unsafe directory.
+    """
+    if info.st_uid not in trusted_uids() or directory.kind == "unsafe":
+        raise UnsafePathError(
+            f"{directory.join(name)} is a symbolic link owned by {owner_name(info.st_uid)} in "
+            "a directory other users may change; refusing to follow it"
+        )
+    return os.readlink(name, dir_fd=directory.fd)
