@@ -1,11 +1,11 @@
-"""Benchmarks for ugram, each printing ratios against baselines measured in the same run.
+"""Benchmarks for ugram: ``python bench/run.py [SCENARIO ...] [--quick] [--rounds N]``.
 
-Scripts (run from the repository root): ``bench/throughput.py`` (ugram end to end vs a plain
-Python receiver), ``bench/run.py`` (every baseline, the goals P1-P6, ``--quick``) and
-``bench/hotspots.py`` (py-spy/perf on the receiver and workers under load) and
-``bench/compare.py`` (one handler, an older commit against the working tree). Modules:
-``baselines`` (C and single-process Python receivers), ``harness`` (running a real ugram
-server and checking handled == sent), ``handlers`` (ugram handlers), ``work`` (what those
-handlers share with the baselines), ``pysend`` (Python senders), ``report`` (formatting).
-Results: ``bench/RESULTS.md``.
+One runner (``run``) and one table format (``table``). Scenarios: ``scenarios`` (the
+baselines, ugram end to end, JSON, CPU-heavy, confined, compare), ``latency``, ``memory``,
+``netns``, ``profile``; what they share: ``plan`` (options, sections, goal ratios) and
+``measure`` (configs, the interleaved rounds). Running things: ``server`` (a real ugram
+server under load), ``receivers`` (the C and Python baselines), ``senders`` and ``pysend``
+(the load), ``procs`` (child processes), ``snapshot`` (ugram at a git revision), ``cbuild``
+(the C programs in ``c/``); ``handlers`` and ``work`` (the per-record work). Results and
+what they decided: ``bench/RESULTS.md``.
 """

@@ -1,8 +1,7 @@
-"""Benchmark handlers for ugram, and the per-record work the Python baselines share.
+"""The bench's ugram handlers.
 
-Every handler does exactly the work of one of the functions in ``bench.work`` (re-exported
-here), so ugram and the baselines in ``bench.baselines`` are compared on identical per-record
-cost:
+Every handler does exactly the work of one of the functions in ``bench.work``, so ugram and
+the baselines in ``bench.receivers`` are compared on identical per-record cost:
 
 * ``Count``: count only;
 * ``JsonCount``: decode each payload into ``Record`` with one ``msgspec.json.Decoder``;
@@ -18,15 +17,14 @@ send→handler latency.
 Handlers append ``"<pid> <count> <last> <cpu>\\n"`` to the file named by ``$UGBENCH_OUT`` on
 teardown, ``<last>`` being the ``time.monotonic()`` at which the process handled its last
 record (0 if none) and ``<cpu>`` the CPU seconds the process used from ``setup()`` to
-``teardown()``, so a harness can check that every datagram was handled exactly once across all
+``teardown()``, so the runner can check that every datagram was handled exactly once across all
 workers, time the run without the shutdown, and tell the CPU cost per record. ``setup()``
 creates an empty file named by the pid in the directory ``$UGBENCH_READY`` (if set): the
-harness starts sending only once every worker is ready.
+runner starts sending only once every worker is ready.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from array import array
@@ -34,38 +32,14 @@ from time import monotonic
 
 import ugram
 from bench.work import (
-    CPU_ITERS_ENV,
-    CPU_TARGET_US,
     LATENCY_DIR_ENV,
     OUT_ENV,
     READY_ENV,
     Record,
-    burn,
-    calibrate,
     cpu_iters,
     cpu_work,
     make_decoder,
-    percentiles,
 )
-
-__all__ = [
-    "CPU_ITERS_ENV",
-    "CPU_TARGET_US",
-    "BatchCount",
-    "BatchJsonStruct",
-    "Count",
-    "CpuCount",
-    "JsonCount",
-    "JsonStruct",
-    "Latency",
-    "Record",
-    "Reporting",
-    "burn",
-    "calibrate",
-    "cpu_iters",
-    "cpu_work",
-    "make_decoder",
-]
 
 SEND_STAMP_MIN = 10**18  # a u64 this large at the start of a payload is a time.time_ns() stamp
 
@@ -124,8 +98,7 @@ class JsonCount(Count):
 
     def handle(self, data: bytes) -> None:
         self.decoder.decode(data)
-        self.count += 1
-        self.last = monotonic()
+        super().handle(data)
 
 
 class JsonStruct(Reporting):
@@ -161,16 +134,15 @@ class CpuCount(Count):
 
     def handle(self, data: bytes) -> None:
         cpu_work(data, self.iters)
-        self.count += 1
-        self.last = monotonic()
+        super().handle(data)
 
 
 class Latency(Reporting):
     """Records receive→handler (and send→handler) latency in ns for every record.
 
     On teardown it writes, into ``$UGBENCH_LAT_DIR`` (if set), ``<pid>.recv`` and
-    ``<pid>.send`` (raw native int64 arrays, for exact percentiles across workers) and
-    ``<pid>.json`` (this worker's percentiles), and reports its count like ``Count``.
+    ``<pid>.send`` (raw native int64 arrays, for exact percentiles across workers), and
+    reports its count like ``Count``.
     """
 
     def __init__(self) -> None:
@@ -195,11 +167,4 @@ class Latency(Reporting):
             for suffix, values in (("recv", self.recv_ns), ("send", self.send_ns)):
                 with open(f"{base}.{suffix}", "wb") as f:
                     values.tofile(f)
-            summary = {
-                "count": self.count,
-                "recv_ns": percentiles(self.recv_ns),
-                "send_ns": percentiles(self.send_ns),
-            }
-            with open(f"{base}.json", "w") as f:
-                json.dump(summary, f)
         super().teardown()

@@ -1,8 +1,8 @@
 """What ugram's bench handlers share with the rest of the bench: the per-record work the
 single-process baselines also do, and the names of the ``UGBENCH_*`` variables and the
-percentile function the harness reads their reports with.
+percentile function the runner reads their reports with.
 
-Kept apart from ``bench.handlers`` (which imports ugram) so that the harness and the baselines
+Kept apart from ``bench.handlers`` (which imports ugram) so that the runner and the baselines
 never import ugram: they keep working whatever state the ugram tree is in.
 """
 
@@ -60,7 +60,7 @@ def _time_burn(iters: int) -> float:
 def cpu_iters() -> int:
     """Iterations per record for ``cpu_work``, calibrated once and shared through the env.
 
-    The first call (in the harness, before any child starts) calibrates and stores the result in
+    The first call (in the runner, before any child starts) calibrates and stores the result in
     ``$UGBENCH_CPU_ITERS``; child processes inherit it, so every process — baseline or
     ugram worker — runs the same number of iterations whatever the load when it started.
     """
