@@ -215,6 +215,7 @@ class Systemd:
 Kind = NotRun | File | Shell | RunWith | Script | Handler | Pytest | Systemd
 
 R, H, OPS = "README.md", "docs/handlers.md", "docs/operations.md"
+ARCH = "docs/architecture.md"
 BUILTINS = "Built-in handlers and examples"
 VENV = "python3 -m venv .venv && . .venv/bin/activate && pip install"
 QUICK_SERVE: Key = (R, "Quick start", "sh", f"{VENV} . && ugram serve")
@@ -299,6 +300,7 @@ BLOCKS: dict[Key, Kind] = {
         SEEN_IN_OBSERVABILITY.format("stats")
     ),
     (OPS, "Prometheus", "yaml", "scrape_configs:"): NotRun("Prometheus' configuration"),
+    (ARCH, "Architecture", "", "supervisor"): NotRun("a diagram"),
     (OPS, "Logging", "toml", "# logging.toml"): File(),
     (OPS, "Logging", "sh", "ugram serve app:handle"): Shell(
         files=(FileCheck("/var/log/app/ugram.log", "WARNING"),), counters={"invalid": 1}
