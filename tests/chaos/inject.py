@@ -19,6 +19,7 @@ from ugram import control
 from ugram.errors import UgramError
 
 WORKER_MARKS = ("ugram: worker", "-m ugram.workers")  # its title, or its command before that
+RELOAD_WITHIN = 60.0  # seconds for the fixed deploy's SIGHUP to reload every worker
 SUPERVISOR_SIGNALS = {"hup": signal.SIGHUP, "ttin": signal.SIGTTIN, "ttou": signal.SIGTTOU}
 
 
@@ -32,6 +33,7 @@ class Injector:
     journal: list[str] = field(default_factory=list)
     done: Counter[str] = field(default_factory=Counter)
     started: float = 0.0
+    reload_seconds: float = -1.0  # how long the fixed deploy's reload took
     _timers: list[threading.Timer] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -79,7 +81,9 @@ class Injector:
             self.note(event.kind)
             return
         action, role = event.kind.split("_")
-        target = self._pick(role, event.pick)
+        # A process stopped already is not stopped again: its pending SIGCONT would cut the
+        # second stop (a freeze) short.
+        target = self._pick(role, event.pick, running=action == "stop")
         if target is None:
             self.note(f"{event.kind}: no {role} alive")
             return
@@ -100,14 +104,17 @@ class Injector:
         held = f" for {event.hold:.2f}s" if event.hold else ""
         self.note(f"{kind}: {title} (pid {target.pid}){held}")
 
-    def _pick(self, role: str, pick: float) -> psutil.Process | None:
+    def _pick(self, role: str, pick: float, running: bool) -> psutil.Process | None:
         """The target: ``pick`` of the way through the live ``role`` processes, in order of
         title and pid (``worker``: booted; ``booting``: untitled or younger than
-        BOOTED_AFTER; ``receiver``)."""
+        BOOTED_AFTER; ``receiver``); only those not stopped if ``running``."""
+        unwanted = (
+            {psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED} if running else {psutil.STATUS_ZOMBIE}
+        )
         found = []
         for proc in psutil.Process(self.server.proc.pid).children():
             with contextlib.suppress(psutil.NoSuchProcess):
-                if proc.status() != psutil.STATUS_ZOMBIE and _role(proc) == role:
+                if proc.status() not in unwanted and _role(proc) == role:
                     found.append((_title(proc), proc.pid, proc))
         if not found:
             return None
@@ -138,15 +145,18 @@ class Injector:
         self.server.proc.send_signal(signal.SIGHUP)
         self.done["hup"] += 1
         self.note("fixed deploy: SIGHUP")
-        deadline = time.monotonic() + 30
+        # A reload starts each slot's replacement only while no worker boots anywhere, so
+        # frequent recycling (max_rss, max_records) can make it take a while.
+        began = time.monotonic()
         while self.server.stderr.count("last worker restarted") == reloaded:
             self._alive()
-            if time.monotonic() > deadline:
-                self.note("fixed deploy: NOT reloaded within 30s")
+            if time.monotonic() > began + RELOAD_WITHIN:
+                self.note(f"fixed deploy: NOT reloaded within {RELOAD_WITHIN:g}s")
                 return
             time.sleep(0.05)
         self.done["fixed_hup_reloaded"] += 1
-        self.note("fixed deploy: every worker reloaded")
+        self.reload_seconds = time.monotonic() - began
+        self.note(f"fixed deploy: every worker reloaded in {self.reload_seconds:.2f}s")
 
     def _count_rejections(self) -> int:
         # In the log line of an abandoned reload and in that of a respawn that failed.
@@ -170,6 +180,41 @@ class Injector:
                     return
             time.sleep(0.05)
         self.note("broken deploy: the workers were not all running after 10s")
+
+
+class Progress:
+    """Samples the server's handled total (control socket) every ``every`` seconds in a
+    thread, to find the longest time the flood made no progress."""
+
+    def __init__(self, server: Server, every: float = 0.2) -> None:
+        self.server, self.every = server, every
+        self.samples: list[tuple[float, int]] = []  # (monotonic, handled)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            with contextlib.suppress(UgramError):
+                handled = control.fetch(str(self.server.path)).totals.handled
+                self.samples.append((time.monotonic(), handled))
+
+    def longest_stall(self) -> float:
+        """Seconds of the longest stretch between samples without a record handled."""
+        longest, since, last = 0.0, None, -1
+        for when, handled in self.samples:
+            if handled != last:
+                since, last = when, handled
+            elif since is not None:
+                longest = max(longest, when - since)
+        return longest
 
 
 def _role(proc: psutil.Process) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.audit import Outcome, check, dead_letters, read_records
-from tests.chaos.inject import Injector
+from tests.chaos.inject import Injector, Progress
 from tests.chaos.schedule import WORKERS, Plan, make_plan
 from tests.conftest import APPS, Server, child_env, run_server, wait_for
 from ugram import control
@@ -38,7 +38,9 @@ SENDERS = (0, 1, 4, 5)
 KNOWN: dict[str, str] = {}
 
 
-def test_chaos_soak(sock_dir: Path, out_dir: Path, chaos_seed: int, chaos_seconds: float) -> None:
+def test_chaos_soak(
+    sock_dir: Path, out_dir: Path, tmp_path: Path, chaos_seed: int, chaos_seconds: float
+) -> None:
     plan = make_plan(chaos_seed, chaos_seconds)
     path, flag, dead = sock_dir / "s.sock", sock_dir / "broken", sock_dir / "dead.jsonl"
     env = child_env(
@@ -55,7 +57,8 @@ def test_chaos_soak(sock_dir: Path, out_dir: Path, chaos_seed: int, chaos_second
         try:
             wait_for(lambda: _all_running(server), what="the workers to run")
             senders = _start_senders(path, plan.seconds + 300)
-            injector.run()
+            with Progress(server) as progress:
+                injector.run()
             sigterm_at = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             injector.note("SIGTERM")
@@ -66,7 +69,7 @@ def test_chaos_soak(sock_dir: Path, out_dir: Path, chaos_seed: int, chaos_second
                 for i, s in zip(SENDERS, senders, strict=True)
             }
         except BaseException:
-            _report(plan, injector, server, {"run": "the run itself failed"})
+            _report(plan, injector, server, {"run": "the run itself failed"}, tmp_path)
             raise
         finally:
             for sender in senders:
@@ -85,10 +88,12 @@ def test_chaos_soak(sock_dir: Path, out_dir: Path, chaos_seed: int, chaos_second
         letters=dead_letters(dead),
         receive_batch=plan.receive_batch,
         max_records=plan.max_records,
+        stall=progress.longest_stall(),
+        reload_seconds=injector.reload_seconds,
     )
     print(f"chaos seed {plan.seed} ({plan.seconds:g}s): {outcome.figures()}")
     failed = check(outcome)
-    _report(plan, injector, server, failed, outcome)  # shown by pytest on failure, or with -s
+    _report(plan, injector, server, failed, tmp_path, outcome)  # shown on failure, or with -s
     if failed:
         known = set(failed) <= set(KNOWN)
         message = "; ".join(f"{name}: {why}" for name, why in failed.items())
@@ -130,6 +135,7 @@ def _report(
     injector: Injector,
     server: Server,
     failed: dict[str, str],
+    keep: Path,
     outcome: Outcome | None = None,
 ) -> None:
     """Print what is needed to understand and replay a run (pytest shows it on failure)."""
@@ -141,5 +147,7 @@ def _report(
     if failed:
         print("failed checks:")
         print("\n".join(f"  {name}: {why}" for name, why in failed.items()))
-        print("server log (last 6000 characters):")
+        log = keep / "server.stderr"
+        log.write_text(server.stderr)
+        print(f"server log (all of it in {log}; the last 6000 characters):")
         print(server.stderr[-6000:])
