@@ -11,8 +11,9 @@ and leaks memory in some workers so that ``max_rss`` recycles them.
   ``$UGCHAOS_MAX_RSS`` MiB resident and keep ``$UGCHAOS_LEAK`` bytes of each record forever,
   so ``max_rss`` recycles them after a known number of records (HEADROOM / LEAK, plus up
   to one check interval); the others are recycled by ``max_records`` only.
-* Each record costs ``$UGCHAOS_WORK_US`` microseconds of CPU (0: none), so that workers,
-  not the receiver, can be what holds the flood back.
+* Each record costs ``$UGCHAOS_WORK_US`` microseconds of CPU (0: none) before its line is
+  written, so that workers, not the receiver, can be what holds the flood back, and a kill
+  mid-record usually finds the record not yet written (it must be replayed, or it is lost).
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ class Recorder:
             self.hoard.append(b"x" * max(0, ballast))  # written, so resident
 
     def handle(self, data: bytes) -> None:
-        os.write(self.fd, data + b"\n")
-        if self.leak:
-            self.hoard.append(b"x" * self.leak)
-        if WORK:
+        if WORK:  # the work first, its effect (the line) last: a kill in between loses it
             end = time.perf_counter() + WORK
             while time.perf_counter() < end:
                 pass
+        os.write(self.fd, data + b"\n")
+        if self.leak:
+            self.hoard.append(b"x" * self.leak)
 
     def teardown(self) -> None:
         os.close(self.fd)
