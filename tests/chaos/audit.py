@@ -42,7 +42,7 @@ def read_records(out_dir: Path, sent: dict[int, int]) -> Records:
         found.lines += lines
         found.malformed += lines - len(pairs)
         found.processes += bool(lines)
-        found.per_process.append((int(file.stem.rpartition("-")[2]), lines))
+        found.per_process.append((int(file.stem.split("-", 1)[1]), lines))  # <pid>-<slot>
         last: dict[int, int] = {}
         for raw_sender, raw_seq in pairs:
             sender, seq = int(raw_sender), int(raw_seq)

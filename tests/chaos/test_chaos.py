@@ -144,10 +144,11 @@ def _report(
     print("\n".join(f"  {line}" for line in injector.journal))
     if outcome is not None:
         print(f"figures: {outcome.figures()}")
+    log = keep / "server.stderr"
+    log.write_text(server.stderr)
+    print(f"server log: {log}")
     if failed:
         print("failed checks:")
         print("\n".join(f"  {name}: {why}" for name, why in failed.items()))
-        log = keep / "server.stderr"
-        log.write_text(server.stderr)
-        print(f"server log (all of it in {log}; the last 6000 characters):")
+        print("server log (the last 6000 characters):")
         print(server.stderr[-6000:])
