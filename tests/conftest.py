@@ -29,6 +29,9 @@ from ugram.sockets import SO_PASSRIGHTS
 settings.register_profile("ugram", deadline=None)
 settings.load_profile("ugram")
 
+# Options any run may pass (``pytest --chaos-seed 5``), so declared before collection.
+pytest_plugins = ["tests.chaos.options"]
+
 APPS = Path(__file__).parent / "apps"
 REPO = Path(__file__).parent.parent
 
