@@ -25,7 +25,9 @@ def test_modules_classes_and_functions_stay_small() -> None:
 
 def test_the_measure_counts_code_not_comments_or_docstrings(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
-    sample.write_text('"""Doc."""\n\n# a comment\nx = 1\n\n\ndef f():\n    """Doc."""\n    return x\n')
+    sample.write_text(
+        '"""Doc."""\n\n# a comment\nx = 1\n\n\ndef f():\n    """Doc."""\n    return x\n'
+    )
     module = archcheck.measure(sample)
     assert module.code_lines == 3  # x = 1, def f():, return x
     assert module.functions == [2]
