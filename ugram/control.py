@@ -459,13 +459,13 @@ def render(before: Report, after: Report) -> str:
     for name, value in _rows(after).items():
         rate = (value - old[name]) / elapsed
         lines.append(f"{name:<18}{_number(value):>16}{rate:>14,.1f}")
-    lines += ["", _latency_line(after), "", _worker_header()]
+    lines += ["", _latency_line(after), _memory_line(after), "", _worker_header()]
     handled_before = {w.index: w.handled for w in before.workers}
     for w in after.workers:
         rate = (w.handled - handled_before.get(w.index, w.handled)) / elapsed
         lines.append(
             f"{w.index:<7}{w.pid or '-':>8}  {printable(w.state):<12}{w.ring_depth:>11,}"
-            f"{w.ring_bytes:>13,}{w.handled:>14,}{rate:>12,.1f}"
+            f"{w.ring_bytes:>13,}{w.handled:>14,}{rate:>12,.1f}{_mib(w.uss_bytes):>12}"
         )
     return "\n".join(lines)
 
@@ -490,11 +490,24 @@ def _latency_line(report: Report) -> str:
     return f"latency (receipt to handled): {', '.join(parts)}, mean {_seconds(mean)}"
 
 
+def _memory_line(report: Report) -> str:
+    workers = sum(w.uss_bytes for w in report.workers)
+    return (
+        f"private memory (USS): supervisor {_mib(report.uss_bytes)}, "
+        f"receiver {_mib(report.receiver.uss_bytes)}, workers {_mib(workers)} in all"
+    )
+
+
 def _worker_header() -> str:
     return (
         f"{'worker':<7}{'pid':>8}  {'state':<12}{'ring depth':>11}{'ring bytes':>13}"
-        f"{'handled':>14}{'handled/s':>12}"
+        f"{'handled':>14}{'handled/s':>12}{'private':>12}"
     )
+
+
+def _mib(size: int) -> str:
+    """A process's private memory in MiB; ``-`` when unknown (0: not running, unreadable)."""
+    return f"{size / 2**20:,.1f} MiB" if size > 0 else "-"
 
 
 def _number(value: float) -> str:

@@ -487,6 +487,28 @@ def test_render_shows_totals_rates_and_workers() -> None:
     assert "p50 <= 8 us" in text
 
 
+def test_render_shows_the_private_memory_of_each_process() -> None:
+    base = make_report()
+    report = msgspec.structs.replace(
+        base,
+        uss_bytes=15 * 2**20,
+        receiver=ProcessInfo(pid=2, state="running", uss_bytes=9 * 2**20 + 2**19),
+        workers=[
+            msgspec.structs.replace(base.workers[0], uss_bytes=12 * 2**20),
+            base.workers[1],  # not readable: shown as unknown, not as 0
+        ],
+    )
+    lines = render(report, report).splitlines()
+    assert (
+        "private memory (USS): supervisor 15.0 MiB, receiver 9.5 MiB, workers 12.0 MiB in all"
+        in lines
+    )
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.strip()}
+    assert rows["0"][-2:] == ["12.0", "MiB"]
+    assert rows["1"][-1] == "-"
+    assert rows["worker"][-1] == "private"
+
+
 def test_render_escapes_every_string_the_server_sent() -> None:
     hostile = "\x1b]0;owned\x07\r\nfake line\u2028\u202e"
     report = msgspec.structs.replace(

@@ -56,7 +56,7 @@ class Observers:
 
             server = MetricsServer(
                 cfg.metrics,
-                self.report,
+                self._scrape,
                 self.health,
                 cfg.file_mode,
                 cfg.gid,
@@ -74,6 +74,10 @@ class Observers:
     def report(self) -> Report:
         """A fresh :class:`Report` (called from the serving threads)."""
         return build_report(self._state, self._res, self._started, self.metrics_url)
+
+    def _scrape(self) -> Report:
+        # Each scrape builds one, uncached, and /metrics shows no memory: skip reading it.
+        return build_report(self._state, self._res, self._started, self.metrics_url, memory=False)
 
     def health(self) -> Health:
         """The health check alone (cheaper than a report)."""

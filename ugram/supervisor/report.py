@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 import msgspec
 import psutil
@@ -24,7 +25,12 @@ from .state import Child, ServerState
 
 
 def build_report(
-    state: ServerState, res: Resources, started: float, metrics_url: str = ""
+    state: ServerState,
+    res: Resources,
+    started: float,
+    metrics_url: str = "",
+    *,
+    memory: bool = True,
 ) -> Report:
     """Read ``state``, its counters and rings into a :class:`Report`.
 
@@ -33,6 +39,8 @@ def build_report(
         res: its resources (counters and rings).
         started: ``time.monotonic()`` when it began serving.
         metrics_url: the metrics endpoint's URL, "" when off.
+        memory: read each process's private memory (about 0.7 ms a process: the kernel
+            walks its page tables); False leaves the ``uss_bytes`` fields 0.
 
     Raises:
         RuntimeError: the server is not running (its shared memory is gone).
@@ -40,11 +48,10 @@ def build_report(
     from .. import __version__  # not at import time: ugram/__init__ imports the supervisor
 
     view = _View.of(state, res)
-    workers = [_worker_info(view, index) for index in view.worker_indices()]
+    uss = private_memory if memory else _unread
+    workers = [_worker_info(view, index, uss) for index in view.worker_indices()]
     receiver = ProcessInfo(
-        pid=view.receiver_pid(),
-        state=view.receiver_state(),
-        uss_bytes=private_memory(view.receiver_pid()),
+        pid=view.receiver_pid(), state=view.receiver_state(), uss_bytes=uss(view.receiver_pid())
     )
     return Report(
         version=__version__,
@@ -62,7 +69,7 @@ def build_report(
         health=check_health(view),
         metrics=metrics_url,
         config=msgspec.to_builtins(state.config),
-        uss_bytes=private_memory(os.getpid()),
+        uss_bytes=uss(os.getpid()),
     )
 
 
@@ -85,6 +92,10 @@ def private_memory(pid: int) -> int:
         return 0
     with contextlib.suppress(psutil.Error, OSError):
         return int(psutil.Process(pid).memory_full_info().uss)
+    return 0
+
+
+def _unread(pid: int) -> int:
     return 0
 
 
@@ -142,7 +153,7 @@ def _state_name(value: int) -> str:
     return "booting" if state in (State.EMPTY, State.BOOTING) else state.name.lower()
 
 
-def _worker_info(view: _View, index: int) -> WorkerInfo:
+def _worker_info(view: _View, index: int, uss: Callable[[int], int]) -> WorkerInfo:
     block, ring, child = view.block(index), view.rings[index], view.workers.get(index)
     return WorkerInfo(
         index=index,
@@ -156,7 +167,7 @@ def _worker_info(view: _View, index: int) -> WorkerInfo:
         invalid=int(block[Slot.INVALID]),
         replayed=int(block[Slot.REPLAYED]),
         quarantined=int(block[Slot.QUARANTINED]),
-        uss_bytes=private_memory(child.proc.pid) if child else 0,
+        uss_bytes=uss(child.proc.pid) if child else 0,
     )
 
 
