@@ -18,7 +18,6 @@ removed at exit.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -36,20 +35,14 @@ from typing import TYPE_CHECKING, TextIO
 import msgspec
 
 from . import safefs
-from .errors import (
-    PathTooLongError,
-    SocketError,
-    SocketInUseError,
-    UgramError,
-    UnsafePathError,
-)
+from .errors import PathTooLongError, SocketError, UgramError, UnsafePathError
+from .observe import Report
 from .safefs import open_dir, owner_name, trusted_uids
-from .sockets import MAX_PATH_BYTES, BoundSocket, bind_path, refuse_rights, unlink_if_ours
+from .sockets import BoundSocket, abstract_address, bind_stream_socket, unlink_if_ours
 from .stats import REJECT_REASONS
 
 if TYPE_CHECKING:
     from .config import Config
-    from .observe import Report
 
 log = logging.getLogger("ugram.control")
 
@@ -65,58 +58,6 @@ def control_path(socket_path: str) -> str:
     if socket_path.startswith("@"):
         return socket_path + CONTROL_SUFFIX
     return os.path.abspath(socket_path) + CONTROL_SUFFIX
-
-
-def _address(path: str) -> str | bytes:
-    return b"\0" + path[1:].encode() if path.startswith("@") else path
-
-
-# -- binding ----------------------------------------------------------------------------------
-
-
-def bind_stream_socket(
-    path: str, mode: int, gid: int = -1, *, allow_unsafe: bool = False
-) -> BoundSocket:
-    """Bind and listen on an AF_UNIX stream socket at ``path`` (or ``@name``).
-
-    Like the server socket (:func:`ugram.sockets.bind_path`): created with exactly ``mode``
-    and ``gid`` in a private directory and linked into place, a stale socket of ours
-    replaced, anything else refused. Clients may not pass descriptors, where the kernel can
-    refuse them (:func:`ugram.sockets.refuse_rights`).
-
-    Raises:
-        SocketInUseError: another process listens on the path (or holds an abstract name).
-        UnsafePathError: the directory is unsafe, or a component an untrusted symlink.
-        SocketError: the path is too long, not a socket, or cannot be bound.
-    """
-    if len(os.fsencode(path)) > MAX_PATH_BYTES:
-        raise PathTooLongError(f"{path} is longer than AF_UNIX allows ({MAX_PATH_BYTES} bytes)")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # Connections inherit it: a client cannot leave descriptors whose close would block.
-        refuse_rights(sock)
-        identity = None
-        if path.startswith("@"):
-            _bind_abstract_stream(sock, path)
-        else:
-            path = os.path.abspath(path)
-            identity = bind_path(sock, path, mode, gid, allow_unsafe=allow_unsafe)
-        sock.listen(16)
-    except OSError as exc:
-        sock.close()
-        if isinstance(exc, SocketError):
-            raise
-        raise SocketError(f"cannot bind {path}: {exc.strerror}") from None
-    return BoundSocket(sock, path, identity)
-
-
-def _bind_abstract_stream(sock: socket.socket, path: str) -> None:
-    try:
-        sock.bind(_address(path))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise SocketInUseError(f"{path} is already in use by another process") from None
-        raise
 
 
 # -- the server side ---------------------------------------------------------------------------
@@ -182,15 +123,15 @@ class ControlServer:
     def __init__(
         self,
         bound: BoundSocket,
-        answer: Callable[[], bytes],
+        report: Callable[[], Report],
         *,
         max_age: float = ANSWER_MAX_AGE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Serve ``answer()`` on the listening socket in ``bound`` (owned from now on),
-        built anew at most once per ``max_age`` seconds of ``clock``."""
+        """Serve ``report()``, as JSON, on the listening socket in ``bound`` (owned from now
+        on), built anew at most once per ``max_age`` seconds of ``clock``."""
         self.bound = bound
-        self.answer = CachedAnswer(answer, max_age, clock)
+        self.answer = CachedAnswer(lambda: msgspec.json.encode(report()), max_age, clock)
         self._server = _Server(bound.path, _Handler, bind_and_activate=False)
         self._server.socket.close()
         self._server.socket = bound.sock
@@ -201,9 +142,9 @@ class ControlServer:
 
     @classmethod
     def bind_for(
-        cls, socket_path: str, answer: Callable[[], bytes], config: Config
+        cls, socket_path: str, report: Callable[[], Report], config: Config
     ) -> ControlServer | None:
-        """Bind ``<socket_path>.ctl``; return None when its path is too long.
+        """Bind ``<socket_path>.ctl`` to serve ``report()``; None when its path is too long.
 
         Raises:
             SocketError: the path is held by another process (a squatter would otherwise
@@ -225,7 +166,7 @@ class ControlServer:
                 f"cannot serve the control socket: {exc} (stop what holds it, or run "
                 "without one: --control=false)"
             ) from None
-        return cls(bound, answer)
+        return cls(bound, report)
 
     def start(self) -> None:
         """Serve from a daemon thread."""
@@ -256,8 +197,6 @@ def fetch(socket_path: str, expect_uid: int | None = None) -> Report:
         UgramError: no server answers on the control socket, another user serves it, the
             answer is larger than :data:`MAX_REPORT_BYTES`, or it is not a report.
     """
-    from .observe import Report
-
     path = control_path(socket_path)
     expected = expected_peer(socket_path, expect_uid)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -287,7 +226,7 @@ def _connect(sock: socket.socket, path: str) -> None:
         OSError: the connection failed (UnsafePathError: an untrusted symlink on the way).
     """
     if path.startswith("@"):
-        sock.connect(_address(path))
+        sock.connect(abstract_address(path))
         return
     with safefs.socket_target(path) as target:
         sock.connect(target)
@@ -520,13 +459,13 @@ def render(before: Report, after: Report) -> str:
     for name, value in _rows(after).items():
         rate = (value - old[name]) / elapsed
         lines.append(f"{name:<18}{_number(value):>16}{rate:>14,.1f}")
-    lines += ["", _latency_line(after), "", _worker_header()]
+    lines += ["", _latency_line(after), _memory_line(after), "", _worker_header()]
     handled_before = {w.index: w.handled for w in before.workers}
     for w in after.workers:
         rate = (w.handled - handled_before.get(w.index, w.handled)) / elapsed
         lines.append(
             f"{w.index:<7}{w.pid or '-':>8}  {printable(w.state):<12}{w.ring_depth:>11,}"
-            f"{w.ring_bytes:>13,}{w.handled:>14,}{rate:>12,.1f}"
+            f"{w.ring_bytes:>13,}{w.handled:>14,}{rate:>12,.1f}{_mib(w.uss_bytes):>12}"
         )
     return "\n".join(lines)
 
@@ -551,11 +490,24 @@ def _latency_line(report: Report) -> str:
     return f"latency (receipt to handled): {', '.join(parts)}, mean {_seconds(mean)}"
 
 
+def _memory_line(report: Report) -> str:
+    workers = sum(w.uss_bytes for w in report.workers)
+    return (
+        f"private memory (USS): supervisor {_mib(report.uss_bytes)}, "
+        f"receiver {_mib(report.receiver.uss_bytes)}, workers {_mib(workers)} in all"
+    )
+
+
 def _worker_header() -> str:
     return (
         f"{'worker':<7}{'pid':>8}  {'state':<12}{'ring depth':>11}{'ring bytes':>13}"
-        f"{'handled':>14}{'handled/s':>12}"
+        f"{'handled':>14}{'handled/s':>12}{'private':>12}"
     )
+
+
+def _mib(size: int) -> str:
+    """A process's private memory in MiB; ``-`` when unknown (0: not running, unreadable)."""
+    return f"{size / 2**20:,.1f} MiB" if size > 0 else "-"
 
 
 def _number(value: float) -> str:

@@ -1,6 +1,6 @@
 """Liveness: is a process alive and making progress? One notion, two users.
 
-The supervisor's watchdog (``Supervisor._watch_liveness``) kills a worker that this module
+The supervisor's watchdog (:mod:`ugram.supervisor.liveness`) kills a worker that this module
 calls stalled, and ``/healthz`` reports the same condition, so the endpoint turns unhealthy
 at the moment the watchdog gives up on a worker, stays unhealthy while it is killed and
 replaced, and turns healthy again once the replacement runs.
@@ -64,6 +64,18 @@ def stall_reason(
     if heartbeat_age > timeout and now - seen.since > timeout:
         return UNRESPONSIVE
     return None
+
+
+def receiver_frozen(block: memoryview, timeout: float, now_ns: int) -> bool:
+    """True when a running receiver has not passed its 50 ms housekeeping for ``timeout``.
+
+    Args:
+        block: the receiver's counter block.
+        timeout: ``worker_timeout`` in seconds (0: the check is off).
+        now_ns: ``time.monotonic_ns()``.
+    """
+    beat = int(block[Slot.HEARTBEAT_NS])
+    return bool(timeout and beat and (now_ns - beat) / 1e9 > timeout)
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

@@ -315,3 +315,53 @@ def unlink_if_ours(bound: BoundSocket) -> bool:
             return safefs.unlink_at(d, name, bound.identity)
     except OSError:
         return False
+
+
+def abstract_address(path: str) -> str | bytes:
+    """The address to bind or connect to for ``path``: a NUL-led name for ``@name``."""
+    return b"\0" + path[1:].encode() if path.startswith("@") else path
+
+
+def bind_stream_socket(
+    path: str, mode: int, gid: int = -1, *, allow_unsafe: bool = False
+) -> BoundSocket:
+    """Bind and listen on an AF_UNIX stream socket at ``path`` (or ``@name``).
+
+    Like the server socket (:func:`bind_path`): created with exactly ``mode`` and ``gid``
+    in a private directory and linked into place, a stale socket of ours replaced, anything
+    else refused. Clients may not pass descriptors, where the kernel can refuse them
+    (:func:`refuse_rights`).
+
+    Raises:
+        SocketInUseError: another process listens on the path (or holds an abstract name).
+        UnsafePathError: the directory is unsafe, or a component an untrusted symlink.
+        SocketError: the path is too long, not a socket, or cannot be bound.
+    """
+    if len(os.fsencode(path)) > MAX_PATH_BYTES:
+        raise PathTooLongError(f"{path} is longer than AF_UNIX allows ({MAX_PATH_BYTES} bytes)")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Connections inherit it: a client cannot leave descriptors whose close would block.
+        refuse_rights(sock)
+        identity = None
+        if path.startswith("@"):
+            _bind_abstract_stream(sock, path)
+        else:
+            path = os.path.abspath(path)
+            identity = bind_path(sock, path, mode, gid, allow_unsafe=allow_unsafe)
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, SocketError):
+            raise
+        raise SocketError(f"cannot bind {path}: {exc.strerror}") from None
+    return BoundSocket(sock, path, identity)
+
+
+def _bind_abstract_stream(sock: socket.socket, path: str) -> None:
+    try:
+        sock.bind(abstract_address(path))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SocketInUseError(f"{path} is already in use by another process") from None
+        raise

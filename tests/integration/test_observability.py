@@ -433,6 +433,36 @@ def test_past_the_cap_the_oldest_connection_without_a_request_makes_room(
     assert counters["ugram_metrics_connections_refused_total"] == 0
 
 
+def test_stats_shows_the_private_memory_of_each_process(sock_dir: Path) -> None:
+    path = sock_dir / "s.sock"
+    with run_server(None, path, "--workers", "2") as srv:
+        report = stats_json(path)
+        table = ugram("stats", "--socket", str(path), "--interval", "0.2")
+        processes = {
+            "supervisor": (report["pid"], report["uss_bytes"]),
+            "receiver": (report["receiver"]["pid"], report["receiver"]["uss_bytes"]),
+        }
+        for w in report["workers"]:
+            processes[f"worker {w['index']}"] = (w["pid"], w["uss_bytes"])
+        rss = {name: psutil.Process(pid).memory_info().rss for name, (pid, _) in processes.items()}
+        assert report["pid"] == srv.proc.pid
+
+    # USS, not RSS: the pages only that process holds, less than all it has mapped in.
+    for name, (_, uss) in processes.items():
+        assert 0 < uss < rss[name], (name, uss, rss[name])
+    assert table.returncode == 0, table.stderr
+    memory = re.search(
+        r"^private memory \(USS\): supervisor ([\d.,]+) MiB, receiver ([\d.,]+) MiB, "
+        r"workers ([\d.,]+) MiB in all$",
+        table.stdout,
+        re.M,
+    )
+    assert memory is not None, table.stdout
+    workers = [line.split() for line in table.stdout.splitlines() if re.match(r"[01] ", line)]
+    assert [row[-1] for row in workers] == ["MiB", "MiB"], table.stdout
+    assert all(float(row[-2]) > 0 for row in workers), table.stdout
+
+
 def test_stats_without_control_socket_fails_with_one_line(sock_dir: Path) -> None:
     path = sock_dir / "s.sock"
     with run_server(None, path, "--workers", "1", "--control=false"):

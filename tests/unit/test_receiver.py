@@ -17,7 +17,7 @@ import uvloop
 
 from ugram import speedups
 from ugram.config import make_config
-from ugram.observe import receiver_frozen
+from ugram.health import receiver_frozen
 from ugram.receiver import loop as receiver_loop
 from ugram.receiver import mmsg
 from ugram.receiver.loop import Receiver

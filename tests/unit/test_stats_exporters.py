@@ -27,12 +27,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ugram import control as control_module
-from ugram import logs, metrics
+from ugram import httpd, logs
 from ugram.config import make_config
 from ugram.control import (
     MAX_REPORT_BYTES,
     ControlServer,
-    bind_stream_socket,
     control_path,
     fetch,
     render,
@@ -50,7 +49,7 @@ from ugram.metrics import (
     parse_address,
 )
 from ugram.observe import ProcessInfo, Report, WorkerInfo
-from ugram.sockets import BoundSocket, unlink_if_ours
+from ugram.sockets import BoundSocket, bind_stream_socket, unlink_if_ours
 from ugram.stats import LATENCY_BOUNDS, Latency, Snapshot
 
 
@@ -241,7 +240,7 @@ def _big_report(workers: int) -> Report:
 def test_a_client_that_does_not_read_is_cut_off_without_holding_others(
     sock_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(metrics, "WRITE_TIMEOUT", 2.0)
+    monkeypatch.setattr(httpd, "WRITE_TIMEOUT", 2.0)
     path = str(sock_dir / "m.sock")
     big = _big_report(2000)  # ~400 kB of /metrics: twice what a unix socket buffers
     server = MetricsServer(path, lambda: big, lambda: Health(ok=True, reasons=[]))
@@ -267,7 +266,7 @@ def test_a_client_that_does_not_read_is_cut_off_without_holding_others(
 def test_past_the_cap_a_connection_is_refused_only_when_none_is_still_sending_its_head(
     sock_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(httpd, "MAX_CONNECTIONS", 2)
     release = threading.Event()
 
     def slow_health() -> Health:
@@ -395,9 +394,7 @@ def test_stream_socket_refuses_a_regular_file_and_leaves_it(sock_dir: Path) -> N
 @pytest.fixture
 def control(sock_dir: Path) -> Iterator[tuple[str, ControlServer]]:
     socket_path = str(sock_dir / "s.sock")
-    server = ControlServer.bind_for(
-        socket_path, lambda: msgspec.json.encode(make_report()), make_config(mode="0600")
-    )
+    server = ControlServer.bind_for(socket_path, make_report, make_config(mode="0600"))
     assert server is not None
     server.start()
     yield socket_path, server
@@ -428,9 +425,9 @@ def test_control_socket_builds_a_report_at_most_once_per_max_age(sock_dir: Path)
     socket_path = str(sock_dir / "s.sock")
     now, built = [0.0], []
 
-    def build() -> bytes:
+    def build() -> Report:
         built.append(now[0])
-        return msgspec.json.encode(make_report(received=len(built)))
+        return make_report(received=len(built))
 
     bound = bind_stream_socket(control_path(socket_path), 0o600)
     server = ControlServer(bound, build, max_age=0.1, clock=lambda: now[0])
@@ -472,7 +469,7 @@ def test_fetch_without_a_server_says_so(sock_dir: Path) -> None:
 def test_a_control_socket_path_taken_by_something_else_stops_the_start(sock_dir: Path) -> None:
     (sock_dir / "s.sock.ctl").mkdir()
     with pytest.raises(SocketError, match=r"control socket.*--control=false"):
-        ControlServer.bind_for(str(sock_dir / "s.sock"), bytes, make_config())
+        ControlServer.bind_for(str(sock_dir / "s.sock"), make_report, make_config())
     assert (sock_dir / "s.sock.ctl").is_dir(), "left as it was"
 
 
@@ -488,6 +485,28 @@ def test_render_shows_totals_rates_and_workers() -> None:
     assert rows["1"][:3] == ["11", "running", "1"]  # worker 1: pid, state, ring depth
     assert "— healthy" in text
     assert "p50 <= 8 us" in text
+
+
+def test_render_shows_the_private_memory_of_each_process() -> None:
+    base = make_report()
+    report = msgspec.structs.replace(
+        base,
+        uss_bytes=15 * 2**20,
+        receiver=ProcessInfo(pid=2, state="running", uss_bytes=9 * 2**20 + 2**19),
+        workers=[
+            msgspec.structs.replace(base.workers[0], uss_bytes=12 * 2**20),
+            base.workers[1],  # not readable: shown as unknown, not as 0
+        ],
+    )
+    lines = render(report, report).splitlines()
+    assert (
+        "private memory (USS): supervisor 15.0 MiB, receiver 9.5 MiB, workers 12.0 MiB in all"
+        in lines
+    )
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.strip()}
+    assert rows["0"][-2:] == ["12.0", "MiB"]
+    assert rows["1"][-1] == "-"
+    assert rows["worker"][-1] == "private"
 
 
 def test_render_escapes_every_string_the_server_sent() -> None:

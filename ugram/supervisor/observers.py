@@ -1,0 +1,96 @@
+"""The metrics endpoint and the control socket of one supervisor, served from its threads.
+
+Both get functions that return a fresh :class:`~ugram.observe.Report` (or its health
+alone), never the supervisor: :mod:`ugram.metrics` and :mod:`ugram.control` know nothing of
+it. They are bound once the shared memory exists, served once the children exist, and
+closed before the shared memory they read is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from ..health import Health
+from ..observe import Report
+from .report import build_report, health_of
+from .resources import Resources
+from .state import ServerState
+
+log = logging.getLogger("ugram.supervisor")
+
+
+class _Served(Protocol):
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Observers:
+    """Binds, serves and closes the endpoints that read one supervisor's report."""
+
+    def __init__(self, state: ServerState, res: Resources) -> None:
+        """Bind the metrics endpoint (if configured) and the control socket (if enabled).
+
+        Raises:
+            SocketError: the metrics address cannot be bound, or the control socket's path
+                is taken (see :meth:`ugram.control.ControlServer.bind_for`). A control
+                socket path too long to bind is only logged: the server runs without
+                ``ugram stats``.
+        """
+        self._state, self._res = state, res
+        self._started = time.monotonic()
+        self._served: list[_Served] = []
+        self.metrics_url = ""
+        try:
+            self._bind()
+        except BaseException:
+            self.close()
+            raise
+
+    def _bind(self) -> None:
+        cfg = self._state.config
+        if cfg.metrics:
+            from ..metrics import MetricsServer  # prometheus-client only where it is served
+
+            server = MetricsServer(
+                cfg.metrics,
+                self._scrape,
+                self.health,
+                cfg.file_mode,
+                cfg.gid,
+                allow_unsafe=cfg.allow_unsafe_dir,
+            )
+            self.metrics_url = server.url
+            self._served.append(server)
+        if cfg.control:
+            from ..control import ControlServer
+
+            control = ControlServer.bind_for(self._state.socket_path, self.report, cfg)
+            if control is not None:
+                self._served.append(control)
+
+    def report(self) -> Report:
+        """A fresh :class:`Report` (called from the serving threads)."""
+        return build_report(self._state, self._res, self._started, self.metrics_url)
+
+    def _scrape(self) -> Report:
+        # Each scrape builds one, uncached, and /metrics shows no memory: skip reading it.
+        return build_report(self._state, self._res, self._started, self.metrics_url, memory=False)
+
+    def health(self) -> Health:
+        """The health check alone (cheaper than a report)."""
+        return health_of(self._state, self._res)
+
+    def start(self) -> None:
+        """Serve each endpoint from its own daemon thread."""
+        for served in self._served:
+            served.start()
+        if self.metrics_url:
+            log.info("serving metrics on %s (and /healthz)", self.metrics_url)
+
+    def close(self) -> None:
+        """Stop serving (waits for a request in progress) and remove what was bound."""
+        while self._served:
+            self._served.pop().close()
