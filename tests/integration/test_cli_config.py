@@ -34,6 +34,7 @@ BAD_VALUES: dict[str, str] = {
     "route_by": "has space",
     "max_workers": "-1",
     "worker_timeout": "-1",
+    "boot_timeout": "-1",
     "max_records": "-5",
     "max_rss": "lots",
     "poison_attempts": "0",

@@ -104,6 +104,15 @@ WorkerTimeout = Annotated[
         ge=0,
     ),
 ]
+BootTimeout = Annotated[
+    float,
+    _meta(
+        "seconds a worker may take to boot (import the handler, run setup()) before it is "
+        "killed and counted as a boot failure",
+        "a number of seconds >= 0; 0 disables the check",
+        ge=0,
+    ),
+]
 MaxRecords = Annotated[
     int,
     _meta(

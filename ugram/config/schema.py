@@ -22,6 +22,7 @@ from .fields import (
     BatchBytes,
     BatchSize,
     BootRetries,
+    BootTimeout,
     Burst,
     Codec,
     ControlSocket,
@@ -89,6 +90,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     route_by: RouteBy = None
     max_workers: MaxWorkers = 0
     worker_timeout: WorkerTimeout = 30.0
+    boot_timeout: BootTimeout = 60.0
     max_records: MaxRecords = 0
     max_rss: MaxRss = 0
     poison_attempts: PoisonAttempts = 3

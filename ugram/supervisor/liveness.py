@@ -20,6 +20,7 @@ from .state import Child, ServerState
 log = logging.getLogger("ugram.supervisor")
 
 KILL_GRACE = 0.3  # between the traceback request (SIGUSR1) and SIGKILL of a stuck worker
+BOOTING = (State.EMPTY, State.BOOTING)
 
 
 class Watchdog:
@@ -30,7 +31,9 @@ class Watchdog:
         self._state, self._res = state, res
 
     def watch(self) -> None:
-        """Kill a worker stuck on one record, or frozen, for longer than worker_timeout."""
+        """Kill a worker stuck on one record, or frozen, for longer than worker_timeout, and
+        one that has been booting for longer than boot_timeout."""
+        self._watch_boots()
         timeout = self._state.config.worker_timeout
         if not timeout:
             return
@@ -49,6 +52,41 @@ class Watchdog:
             why = stall_reason(block, seen, timeout, now, now_ns)  # /healthz asks the same
             if why:
                 self._kill_stuck(child, why)
+
+    def _watch_boots(self) -> None:
+        """A worker hung in its import or ``setup()`` never reaches RUNNING, so the checks
+        above never see it, while the receiver goes on filling its ring: past boot_timeout
+        it is killed, and its exit counts as a boot failure (retried with backoff, fatal
+        only at start-up); a SIGHUP replacement that hangs so abandons the reload."""
+        timeout = self._state.config.boot_timeout
+        if not timeout:
+            return
+        now = time.monotonic()
+        for child, block in self._booting():
+            if child.kill_at:
+                if now >= child.kill_at:
+                    child.proc.kill()
+            elif block[Slot.STATE] in BOOTING and now - child.started > timeout:
+                self._kill_hung_boot(child, timeout)
+
+    def _booting(self) -> list[tuple[Child, memoryview]]:
+        """Each worker (and SIGHUP replacement) with the counter block it boots in."""
+        res, state = self._res, self._state
+        found = [(child, res.worker(index)) for index, child in state.workers.items()]
+        if state.handover is not None:
+            found.append((state.handover.standby, res.stats.block(res.standby_at)))
+        return found
+
+    def _kill_hung_boot(self, child: Child, timeout: float) -> None:
+        log.error(
+            "%s (pid %d) still booting after %gs (the handler's import or setup() hangs): "
+            "dumping its traceback and killing it",
+            child.name,
+            child.proc.pid,
+            timeout,
+        )
+        child.proc.send_signal(signal.SIGUSR1)  # faulthandler prints where it hangs
+        child.kill_at = time.monotonic() + KILL_GRACE
 
     def _watch_receiver(self, timeout: float, now_ns: int) -> None:
         """A frozen receiver (stopped, wedged) is killed and replaced on the same socket;
