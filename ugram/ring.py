@@ -36,7 +36,6 @@ import os
 import platform
 import struct
 import sys
-import tempfile
 import threading
 from typing import NamedTuple, cast
 
@@ -145,6 +144,8 @@ def create_shared_fd(size: int) -> int:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("ugram", 0)
     else:  # pragma: no cover - Darwin
+        import tempfile  # here: only this fallback needs it (~0.3 MiB in every process)
+
         fd, name = tempfile.mkstemp(prefix="ugram-")
         os.unlink(name)
     os.ftruncate(fd, size)

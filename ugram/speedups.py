@@ -2,8 +2,8 @@
 
 ``ugram._speedups`` is compiled at install time when a C compiler is present (setup.py marks
 it optional). Every function in it has a pure-Python twin with the same behaviour (in
-:mod:`ugram.ring`, :mod:`ugram.receiver.mmsg`, :mod:`ugram.receiver.loop`,
-:mod:`ugram.workers.loop` and :mod:`ugram.stats`); the ``speedups`` setting chooses.
+:mod:`ugram.ring`, :mod:`ugram.receiver.mmsg`, :mod:`ugram.receiver.intake`,
+:mod:`ugram.workers.dispatch` and :mod:`ugram.stats`); the ``speedups`` setting chooses.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ receiver falls back to a ``recvfrom_into`` drain elsewhere.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
@@ -60,7 +59,9 @@ def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The C library this Python already runs on (dlopen(NULL)): ctypes.util.find_library
+        # would run ldconfig in a subprocess at every receiver start, to find the same one.
+        libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
     if not hasattr(libc, "recvmmsg"):

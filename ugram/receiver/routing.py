@@ -1,7 +1,10 @@
-"""Picking a worker for each datagram: round-robin, or by the hash of one field's value."""
+"""Picking a worker for each datagram: round-robin, or by the hash of one field's value,
+over the rings that are routed to."""
 
 from __future__ import annotations
 
+import logging
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +12,11 @@ from typing import Any
 import msgspec
 
 from ..config import Config
+from ..ring import Ring
+from ..stats import Slot
+from ..wake import signal_wake
+
+log = logging.getLogger("ugram.receiver")
 
 Router = Callable[[memoryview, int], int | None]
 
@@ -39,3 +47,126 @@ def make_router(config: Config) -> Router | None:
         return zlib.crc32(encode(value)) % workers
 
     return route
+
+
+class Routes:
+    """The rings the receiver places datagrams in, and how it picks one.
+
+    Routed to: the first ``active`` rings (the supervisor's worker count, which SIGTTIN and
+    SIGTTOU change) not marked corrupt. Round-robin skips a corrupt ring and ``route_by``
+    maps keys onto the others, until the supervisor has reset it (the ring side of a
+    corrupt ring is in :mod:`ugram.ring`, the worker's in :mod:`ugram.workers.loop`).
+
+    Attributes:
+        rings, wake_fds: every ring, and its consumer's wake-up channel.
+        indexes: the rings routed to, by index; ``routed``, ``maps`` and ``wakes``: theirs
+            (the last two for the C helper's drain).
+        next_ring: the position in ``routed`` that round-robin tries first.
+        router: the ``route_by`` key router, or None for round-robin.
+    """
+
+    def __init__(
+        self,
+        rings: list[Ring],
+        wake_fds: list[int],
+        control: memoryview,
+        counters: memoryview,
+        router: Router | None,
+    ) -> None:
+        self.rings = rings
+        self.wake_fds = wake_fds
+        self.router = router
+        self._control = control
+        self._counters = counters
+        self.active = len(rings)
+        self.next_ring = 0
+        self._corrupt_seen: set[int] = set()  # rings marked corrupt, as last seen
+        self._route_to(list(range(self.active)))
+
+    def sync_active(self) -> None:
+        """Take up the supervisor's worker count, and route around corrupt rings."""
+        # Acknowledging the value tells the supervisor when a retired ring will receive no
+        # more records.
+        active = int(self._control[Slot.ACTIVE]) or len(self.rings)
+        self.active = active
+        self._counters[Slot.ACTIVE_SEEN] = active
+        self._sync_routes()
+
+    def _sync_routes(self) -> None:
+        """Route to the active rings not marked corrupt."""
+        routable = [ring.routable() for ring in self.rings]  # all: unused ones confirm too
+        routes = [index for index in range(self.active) if routable[index]]
+        if routes == self.indexes:
+            return
+        for index in sorted(set(self.indexes) - set(routes)):
+            if not routable[index]:
+                log.error("receiver: not routing to worker %d's ring until it is reset", index)
+        for index in sorted(set(routes) - set(self.indexes)):
+            if index in self._corrupt_seen:
+                log.info("receiver: worker %d's ring was reset: routing to it again", index)
+        self._corrupt_seen = {i for i, ok in enumerate(routable) if not ok}
+        self._route_to(routes)
+
+    def _route_to(self, routes: list[int]) -> None:
+        self.indexes = routes
+        self.routed = [self.rings[index] for index in routes]
+        self.maps = [ring.mapping for ring in self.routed]  # for the C drain
+        self.wakes = [self.wake_fds[index] for index in routes]
+        self.next_ring = self.next_ring % len(routes) if routes else 0
+
+    def route_around_corrupt_rings(self) -> bool:
+        """Mark every routed ring that no producer could have left as it is (the C helper's
+        drain refuses to write to one); True when there was one."""
+        found = False
+        for index in self.indexes:
+            fault = self.rings[index].producer_fault()
+            if fault is not None:
+                log.error("receiver: worker %d's ring is corrupt: %s", index, fault)
+                self.rings[index].mark_corrupt()
+                found = True
+        if found:
+            self._sync_routes()
+        return found
+
+    def rings_for(self, target: int | None) -> set[int]:
+        """The rings a datagram for ``target`` may go to (-1 or None: any routed one)."""
+        # Only rings the receiver routes to: a corrupt one waiting for its reset is skipped.
+        return {i for i in self.indexes if target in (-1, None, i)}
+
+    def target_of(self, payload: memoryview) -> int | None:
+        """The ring a datagram goes to: -1 for any (round-robin), None when it has no key."""
+        if self.router is not None and self.indexes:
+            at = self.router(payload, len(self.indexes))
+            return None if at is None else self.indexes[at]
+        # Round-robin over rings with room; also a keyed datagram held while every ring was
+        # corrupt (none to map its key onto): it goes to the first ring back.
+        return -1
+
+    def put(
+        self,
+        payload: memoryview | bytes,
+        address: bytes,
+        target: int,
+        recv_ns: int | None = None,
+        creds: tuple[int, int, int] | None = None,
+    ) -> bool:
+        """Copy a datagram into ``target``'s ring, or the next routed one with room (-1);
+        False when there was no room."""
+        ns = time.time_ns() if recv_ns is None else recv_ns
+        if target >= 0:  # routed by key: only that worker's ring keeps the key's order
+            return self.rings[target].try_put(payload, address, ns, creds)
+        rings = self.routed
+        count = len(rings)
+        start = self.next_ring
+        for step in range(count):
+            index = (start + step) % count
+            if rings[index].try_put(payload, address, ns, creds):
+                self.next_ring = (index + 1) % count
+                return True
+        return False
+
+    def publish(self) -> None:
+        """Publish every ring's new records, waking the consumers that sleep."""
+        for ring, wake_fd in zip(self.rings, self.wake_fds, strict=True):
+            if ring.publish():
+                signal_wake(wake_fd)

@@ -27,12 +27,12 @@ from typing import Any
 
 import msgspec
 
-from .. import codecs
 from ..config import Config
 from ..datagram import Datagram
 from ..errors import ConfigError, HandlerImportError
 
 Decode = Callable[[bytes], Any]
+MSGSPEC_CODECS = frozenset({"raw", "json", "msgpack"})  # the others are in ugram.codecs
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,11 @@ def load_handler(config: Config) -> Handler:
     if is_batch:
         message_type = _element_type(message_type, config.handler)
     decode = None if mode == "dgram" else make_decoder(message_type, config.codec)
-    if decode is not None and config.codec in codecs.MULTI_MESSAGE:
-        call = codecs.fan_out(call, mode, is_batch)  # one call per message of a datagram
+    if decode is not None and _uses_codecs(config.codec):
+        from .. import codecs
+
+        if config.codec in codecs.MULTI_MESSAGE:
+            call = codecs.fan_out(call, mode, is_batch)  # one call per message of a datagram
     return Handler(
         call=call,
         decode=decode,
@@ -189,8 +192,11 @@ def make_decoder(message_type: Any, codec: str) -> Decode | None:
     Raises:
         HandlerImportError: the type cannot be decoded with this codec.
     """
-    if codecs.handles(message_type, codec):  # lines, syslog, statsd: see ugram/codecs
-        return codecs.make_decoder(message_type, codec)
+    if _uses_codecs(codec):
+        from .. import codecs
+
+        if codecs.handles(message_type, codec):  # lines, syslog, statsd: see ugram/codecs
+            return codecs.make_decoder(message_type, codec)
     if message_type in (bytes, inspect.Parameter.empty) and codec == "raw":
         return None
     if message_type is bytes:
@@ -214,6 +220,13 @@ def make_decoder(message_type: Any, codec: str) -> Decode | None:
         raise HandlerImportError(f"msgspec cannot decode {message_type!r}: {exc}") from exc
     decode: Decode = decoder.decode
     return decode
+
+
+def _uses_codecs(codec: str) -> bool:
+    """True where :mod:`ugram.codecs` may build the decoder: one of its codecs, or one of its
+    message types (a handler that declares one has imported it). A worker decoding with
+    msgspec alone then imports none of the codecs."""
+    return codec not in MSGSPEC_CODECS or "ugram.codecs" in sys.modules
 
 
 def _utf8(payload: bytes) -> str:

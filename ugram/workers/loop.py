@@ -2,13 +2,10 @@
 
 The tail is advanced (acknowledged) only after the handler returned or raised, so a worker
 killed mid-record leaves that record for its replacement: at-least-once delivery, with at
-most one duplicate per killed worker (the record it had in hand).
-
-Counting. A record's counts (handled, handler errors, invalid, the ring's ACKED) go first to
-the ring's journal, then the tail is stored, then the counts are copied from the journal; a
-replacement settles them from the journal (:meth:`ugram.ring.Ring.settle_journal` says why
-that is exact under a SIGKILL between any two stores). ``_process`` and the C helper's loops
-count into the journal, never into the counters directly.
+most one duplicate per killed worker (the record it had in hand). How a batch reaches the
+handler, and how it is counted, is in :mod:`ugram.workers.dispatch`; when a worker retires
+itself, in :mod:`ugram.workers.recycling`. This module keeps the loop around them: replay
+after a predecessor's death, liveness, sleeping on an empty ring, and the process's entry.
 """
 
 from __future__ import annotations
@@ -16,52 +13,24 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
-import random
 import select
 import signal
 import socket
 import sys
 import time
-from typing import Any
 
-import psutil
 import setproctitle
 
 from .. import logs, speedups
-from ..config import Config
-from ..datagram import Datagram
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError, RingCorruptError
-from ..escaping import printable
-from ..ring import (
-    ACKED,
-    ATTEMPTS,
-    CORRUPT,
-    IN_HAND,
-    J_ACKED,
-    J_ERRORS,
-    J_HANDLED,
-    J_INVALID,
-    JOURNAL,
-    TAIL,
-    Record,
-    Ring,
-    mark_corrupt_fd,
-)
+from ..ring import ATTEMPTS, CORRUPT, IN_HAND, Ring, mark_corrupt_fd
 from ..spec import ChildSpec, parent_alive, spec_from_argv
-from ..stats import (
-    COMMAND_RETIRE,
-    JOURNALED,
-    LATENCY_BUCKETS,
-    LATENCY_FIRST,
-    LATENCY_SUM_NS,
-    Slot,
-    State,
-    Stats,
-    observe_latency,
-)
+from ..stats import COMMAND_RETIRE, JOURNALED, Slot, State, Stats
 from ..wake import clear_wake, signal_wake
 from .deadletter import write_dead_letter
-from .handler import DECODE_ERRORS, Handler, load_handler
+from .dispatch import Dispatcher
+from .handler import Handler, load_handler
+from .recycling import Recycler
 from .standby import called_off, stand_by
 
 log = logging.getLogger("ugram.worker")
@@ -71,31 +40,7 @@ SLEEP_TIMEOUT_MS = round(SLEEP_TIMEOUT * 1000)
 # Empty polls before sleeping. Spinning only pays where a core is free for it: on two cores
 # a spinning worker takes the CPU the receiver and the senders need.
 SPINS = 100 if len(os.sched_getaffinity(0)) > 2 else 0
-# Plain ints for the hot path: indexing with an IntEnum member costs an __index__ call.
-_COMMAND, _PROGRESS, _BUSY_SINCE_NS = int(Slot.COMMAND), int(Slot.PROGRESS), int(Slot.BUSY_SINCE_NS)
-_HANDLED, _HANDLER_ERRORS, _INVALID = int(Slot.HANDLED), int(Slot.HANDLER_ERRORS), int(Slot.INVALID)
-# Memory is checked once at least this many records, or this long, passed since the last
-# check (psutil costs ~20 µs): a batch handler or the C loop moves the record count in steps,
-# so "a multiple of N" would rarely be hit exactly.
-RSS_CHECK_EVERY = 1024
-RSS_CHECK_SECONDS = 1.0
-_J_ACKED, _J_HANDLED, _J_ERRORS, _J_INVALID = J_ACKED, J_HANDLED, J_ERRORS, J_INVALID
-_CORRUPT = CORRUPT
-_SETTLED = tuple(zip(JOURNALED, JOURNAL, strict=True))  # (counter, its journal slot)
-# The counter slots the C helper's record loop writes (ugram/_speedups.c: run_records).
-_NATIVE_SLOTS = (
-    _COMMAND,
-    COMMAND_RETIRE,
-    _PROGRESS,
-    _BUSY_SINCE_NS,
-    _HANDLED,
-    _HANDLER_ERRORS,
-    _INVALID,
-    LATENCY_FIRST,
-    LATENCY_BUCKETS,
-    LATENCY_SUM_NS,
-)
-_LATENCY_SLOTS = (LATENCY_FIRST, LATENCY_BUCKETS, LATENCY_SUM_NS)  # and its observe_batch
+_COMMAND, _CORRUPT = int(Slot.COMMAND), CORRUPT
 
 
 class Worker:
@@ -103,34 +48,30 @@ class Worker:
 
     def __init__(self, spec: ChildSpec, handler: Handler) -> None:
         self.index = spec.index
-        self.config: Config = spec.config
+        self.config = spec.config
         self.handler = handler
         self.ring = Ring(spec.ring_fds[0], use_speedups=self.config.speedups)
-        self.ctl = self.ring.ctl  # the ring's control block: in-hand, tail, the journal
-        self._native = speedups.native(self.config.speedups)
-        # What the C record loop calls: the handler itself for plain data handlers, else
-        # _process (which builds the Datagram the handler wants).
-        plain = handler.mode == "data"
-        self._native_call = handler.call if plain else None
-        self._native_decode = handler.decode if plain else None
         self.wake_fd = spec.wake_fds[0]
         # poll(), not select(): an embedding application with many open files hands its
         # children fds numbered past FD_SETSIZE (1024), which select() refuses.
         self._waker = select.poll()
         self._waker.register(self.wake_fd, select.POLLIN)
         self.space_fd = spec.space_fd
-        self.sock = socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None
         self.counters = Stats(spec.stats_fd).block(spec.stats_block)
-        self.record_limit = _jittered(self.config.max_records)
+        self.recycler = Recycler(self.index, self.config)
+        self.dispatcher = Dispatcher(
+            self.index,
+            handler,
+            self.ring,
+            self.counters,
+            self.recycler,
+            speedups.native(self.config.speedups),
+            socket.socket(fileno=spec.socket_fd) if handler.wants_datagram else None,
+            self.config.allow_abstract_replies,
+        )
         self.careful_until = 0
-        self.recycling = bool(self.record_limit or self.config.max_rss)
-        self.records = 0
         self.ring_corrupt = False  # found corrupt here: marked, and this worker stops
-        self._rss_checked_at = 0  # records, and monotonic time, of the last memory check
-        self._rss_checked_time = time.monotonic()
         self._ppid = os.getppid()
-        self._invalid = logs.RateLimited(log)
-        self._errors = logs.RateLimited(log)
 
     def recover(self) -> None:
         """Settle a dead predecessor's counts, replay what it left unacknowledged, and
@@ -217,18 +158,18 @@ class Worker:
         )
 
     def _loop(self) -> None:
-        ring, c, handler, ctl = self.ring, self.counters, self.handler, self.ctl
-        step = self._batch_step if handler.batch else self._record_step
+        ring, c, handler, ctl = self.ring, self.counters, self.handler, self.ring.ctl
+        step, recycler = self.dispatcher.step, self.recycler
         next_tick = time.monotonic() + handler.tick_interval if handler.tick else float("inf")
         idle = 0
         while True:
             if ctl[_CORRUPT]:  # marked by the receiver: exit; the supervisor resets the ring
                 log.error("worker %d: its ring was found corrupt: exiting", self.index)
                 return
-            if c[_COMMAND] == COMMAND_RETIRE or (self.recycling and self._recycle_due()):
+            if c[_COMMAND] == COMMAND_RETIRE or (recycler.active and recycler.due()):
                 return
             if handler.tick is not None and time.monotonic() >= next_tick:
-                self._tick()
+                self.dispatcher.tick()
                 next_tick = time.monotonic() + handler.tick_interval
             batch = ring.take_batch(self._batch_limit(), self.config.batch_bytes)
             if batch:
@@ -257,232 +198,9 @@ class Worker:
             return 1
         return self.config.batch_size
 
-    def _record_step(self, batch: list[tuple[Record, int]]) -> int:
-        """One handler call per record, each bracketed by in-hand and acknowledge stores.
-
-        Returns how many records were handled: fewer than the batch when the worker was
-        told to retire or is due for recycling (checked before each record).
-        """
-        if self._native is not None:
-            return self._native_record_step(batch)
-        ctl, c, process, recycling = self.ctl, self.counters, self._process, self.recycling
-        monotonic_ns, time_ns = time.monotonic_ns, time.time_ns
-        acked = int(ctl[ACKED])
-        done = 0
-        for record, end in batch:
-            if done and (c[_COMMAND] == COMMAND_RETIRE or (recycling and self._recycle_due())):
-                break
-            ctl[IN_HAND] = end
-            c[_PROGRESS] += 1
-            c[_BUSY_SINCE_NS] = monotonic_ns()
-            rare = process(record)  # counted in the journal
-            observe_latency(c, time_ns() - record.recv_ns)
-            acked += 1
-            ctl[_J_ACKED] = acked
-            ctl[TAIL] = end  # acknowledged: never replayed; then the counts, from the journal
-            ctl[ACKED] = acked
-            c[_HANDLED] = ctl[_J_HANDLED]
-            if rare:
-                c[_HANDLER_ERRORS] = ctl[_J_ERRORS]
-                c[_INVALID] = ctl[_J_INVALID]
-            done += 1
-            self.records += 1
-        c[_BUSY_SINCE_NS] = 0
-        if done < len(batch):
-            self.ring.rewind_to(int(ctl[TAIL]))
-        return done
-
-    def _native_record_step(self, batch: list[tuple[Record, int]]) -> int:
-        """:meth:`_record_step` with the loop in the C helper (same stores, same order)."""
-        assert self._native is not None
-        c, run = self.counters, self._native.run_records
-        done, total = 0, len(batch)
-        while True:
-            handled: int = run(
-                batch[done:] if done else batch,
-                self.ctl,
-                c,
-                _NATIVE_SLOTS,
-                self._process,
-                self._native_call,
-                self._native_decode,
-                DECODE_ERRORS,
-                self._report_invalid,
-                self._report_error,
-                self._allowance(),
-            )
-            done += handled
-            self.records += handled
-            if done == total or c[_COMMAND] == COMMAND_RETIRE:
-                break
-            if self.recycling and self._recycle_due():
-                break
-        c[_BUSY_SINCE_NS] = 0
-        if done < total:
-            self.ring.rewind_to(int(self.ctl[TAIL]))
-        return done
-
-    def _allowance(self) -> int:
-        """Records the C loop may handle before the recycling limits must be looked at."""
-        if not self.recycling:
-            return sys.maxsize
-        room = sys.maxsize
-        if self.record_limit:
-            room = min(room, self.record_limit - self.records)
-        if self.config.max_rss:
-            room = min(room, RSS_CHECK_EVERY - (self.records - self._rss_checked_at))
-        return max(1, room)
-
-    def _report_invalid(self, exc: BaseException) -> None:
-        # msgspec's message may quote the payload (an unknown field's name): escaped.
-        self._invalid.warning(
-            "worker %d: undecodable datagram (%s)", self.index, printable(str(exc))
-        )
-
-    def _report_error(self, exc: BaseException) -> None:
-        self._errors.warning("worker %d: handler raised", self.index, exc_info=exc)
-
-    def _batch_step(self, batch: list[tuple[Record, int]]) -> int:
-        """One handle_batch call for the whole batch, acknowledged together."""
-        c, ctl, handler, end = self.counters, self.ctl, self.handler, batch[-1][1]
-        self.ring.start(end)
-        c[Slot.PROGRESS] += len(batch)
-        c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
-        messages, dgrams = self._decode_batch(batch)  # the invalid ones counted in the journal
-        if messages:
-            try:
-                if handler.mode == "both":
-                    handler.call(messages, dgrams)
-                else:
-                    handler.call(messages)
-            except Exception:
-                ctl[_J_ERRORS] += len(messages)
-                self._errors.warning("worker %d: batch handler raised", self.index, exc_info=True)
-            ctl[_J_HANDLED] += len(messages)
-        now = time.time_ns()
-        if self._native is not None:
-            self._native.observe_batch(batch, now, c, _LATENCY_SLOTS)
-        else:
-            for record, _ in batch:
-                observe_latency(c, now - record.recv_ns)
-        ctl[_J_ACKED] = acked = int(ctl[ACKED]) + len(batch)
-        self.ring.finish(end)  # acknowledged; then the counts, from the journal
-        ctl[ACKED] = acked
-        for slot, journal in _SETTLED:
-            c[slot] = ctl[journal]
-        c[Slot.BUSY_SINCE_NS] = 0
-        self.records += len(batch)
-        return len(batch)
-
-    def _decode_batch(self, batch: list[tuple[Record, int]]) -> tuple[list[Any], list[Datagram]]:
-        """The messages of a batch (undecodable ones counted and left out), and with
-        ``mode == "both"`` their Datagrams."""
-        handler = self.handler
-        make = self._datagram if handler.mode == "both" else None
-        if self._native is not None:
-            decoded: tuple[list[Any], list[Datagram]] = self._native.decode_batch(
-                batch,
-                handler.decode,
-                DECODE_ERRORS,
-                self._report_invalid,
-                make,
-                self.ctl,
-                _J_INVALID,
-            )
-            return decoded
-        messages: list[Any] = []
-        dgrams: list[Datagram] = []
-        for record, _ in batch:
-            try:
-                message = (
-                    record.payload if handler.decode is None else handler.decode(record.payload)
-                )
-            except DECODE_ERRORS as exc:
-                self.ctl[_J_INVALID] += 1
-                self._report_invalid(exc)
-                continue
-            messages.append(message)
-            if make is not None:
-                dgrams.append(make(record))
-        return messages, dgrams
-
-    def _tick(self) -> None:
-        assert self.handler.tick is not None
-        try:
-            self.handler.tick()
-        except Exception:
-            self._errors.warning("worker %d: handler tick() raised", self.index, exc_info=True)
-
     def _ack(self) -> None:
         if self.ring.ack():
             signal_wake(self.space_fd)
-
-    def _recycle_due(self) -> bool:
-        if self.record_limit and self.records >= self.record_limit:
-            log.info("worker %d: recycling after %d records", self.index, self.records)
-            return True
-        if self.config.max_rss and self._rss_check_due():
-            self._rss_checked_at, self._rss_checked_time = self.records, time.monotonic()
-            rss = psutil.Process().memory_info().rss
-            if rss > self.config.max_rss * 1024 * 1024:
-                log.info(
-                    "worker %d: recycling at %d MiB resident after %d records",
-                    self.index,
-                    rss >> 20,
-                    self.records,
-                )
-                return True
-        return False
-
-    def _rss_check_due(self) -> bool:
-        since = self.records - self._rss_checked_at
-        if since >= RSS_CHECK_EVERY:
-            return True
-        return since > 0 and time.monotonic() - self._rss_checked_time >= RSS_CHECK_SECONDS
-
-    def _process(self, record: Record) -> bool:
-        """Decode and handle one record, counting it in the journal (not the counters).
-
-        Returns:
-            True when it was counted as invalid or as a handler error, not only as handled.
-        """
-        handler, ctl = self.handler, self.ctl
-        try:
-            message = record.payload if handler.decode is None else handler.decode(record.payload)
-        except DECODE_ERRORS as exc:
-            ctl[_J_INVALID] += 1
-            self._report_invalid(exc)
-            return True
-        try:
-            if handler.mode == "data":
-                handler.call(message)
-            else:
-                dgram = self._datagram(record)
-                if handler.mode == "dgram":
-                    handler.call(dgram)
-                else:
-                    handler.call(message, dgram)
-        except Exception:
-            ctl[_J_ERRORS] += 1
-            ctl[_J_HANDLED] += 1
-            self._errors.warning("worker %d: handler raised", self.index, exc_info=True)
-            return True
-        ctl[_J_HANDLED] += 1
-        return False
-
-    def _datagram(self, record: Record) -> Datagram:
-        return Datagram(
-            record.payload,
-            record.recv_ns,
-            record.address,
-            self.sock,
-            _creds(record),
-            self._count_reply_error,
-            allow_abstract=self.config.allow_abstract_replies,
-        )
-
-    def _count_reply_error(self) -> None:
-        self.counters[Slot.REPLY_ERRORS] += 1
 
     def _sleep(self) -> None:
         ring = self.ring
@@ -494,15 +212,6 @@ class Worker:
             self._waker.poll(SLEEP_TIMEOUT_MS)
             clear_wake(self.wake_fd)
         ring.set_sleeping(False)
-
-
-def _jittered(limit: int) -> int:
-    # Up to 10% more, so workers started together do not all recycle at the same moment.
-    return limit + random.randint(0, limit // 10) if limit else 0
-
-
-def _creds(record: Record) -> tuple[int, int, int] | None:
-    return None if record.uid == -1 and record.gid == -1 else (record.pid, record.uid, record.gid)
 
 
 def main(argv: list[str]) -> int:
