@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 import time
-import tomllib
 import traceback
 import weakref
 from datetime import UTC, datetime
@@ -118,6 +117,30 @@ class JsonFormatter(logging.Formatter):
         return json_text(json.dumps(entry, ensure_ascii=False, default=str))
 
 
+_PROCESS_NAME = ["MainProcess"]
+
+
+def _name_records(process_name: str) -> None:
+    """Make every record name this process (``%(processName)s``: ``worker-3``).
+
+    Through the record factory rather than ``multiprocessing.current_process().name``, which
+    would import multiprocessing (0.4 MiB in every child) and rename an embedding
+    application's own process.
+    """
+    if _PROCESS_NAME[0] == "MainProcess" and logging.getLogRecordFactory() is _BASE_FACTORY:
+        logging.setLogRecordFactory(_named_record)
+    _PROCESS_NAME[0] = process_name
+
+
+_BASE_FACTORY = logging.getLogRecordFactory()
+
+
+def _named_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _BASE_FACTORY(*args, **kwargs)
+    record.processName = _PROCESS_NAME[0]
+    return record
+
+
 def configure(
     level: str, process_name: str, *, log_format: str = "text", log_config: str = ""
 ) -> None:
@@ -129,9 +152,7 @@ def configure(
     Raises:
         ConfigError: ``log_config`` cannot be read or is not a valid dictConfig.
     """
-    import multiprocessing
-
-    multiprocessing.current_process().name = process_name
+    _name_records(process_name)
     root = logging.getLogger()
     handler = _own_handler(root)
     if handler is not None:
@@ -189,6 +210,8 @@ def load_log_config(path: str) -> dict[str, Any]:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
+        import tomllib  # only with log_config: every process imports this module
+
         data: Any = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
     except OSError as exc:
         raise _bad(path, exc.strerror or str(exc)) from None

@@ -8,10 +8,8 @@ allowed.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +99,8 @@ def _split_list(name: str, value: str) -> Any:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # here: a worker imports this package and never reads a file
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -112,6 +112,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _suggest(name: str) -> str:
+    import difflib  # only for a misspelt option
+
     close = difflib.get_close_matches(name, field_names(), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

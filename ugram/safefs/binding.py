@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import socket
 import stat
 
@@ -160,7 +159,7 @@ def _bind_linked(
 
 def _private_dir(directory: Dir, name: str) -> Dir:
     for _ in range(16):
-        sub = f".{name[:40]}.{secrets.token_hex(4)}"
+        sub = f".{name[:40]}.{os.urandom(4).hex()}"
         try:
             os.mkdir(sub, 0o700, dir_fd=directory.fd)
         except FileExistsError:

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import stat
 
 from ..errors import UnsafePathError
@@ -138,7 +137,7 @@ def write_replace(directory: Dir, name: str, data: bytes, mode: int, fsync: bool
     """
     check_name(name)
     _check_target(directory, name)
-    temp = f".{name}.{secrets.token_hex(6)}.tmp"
+    temp = f".{name}.{os.urandom(6).hex()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(temp, flags, mode & 0o777, dir_fd=directory.fd)
     try:
