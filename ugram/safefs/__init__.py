@@ -18,8 +18,11 @@ ugram may run as root next to hostile local users, and ``fs.protected_symlinks``
    ``allow_unsafe``. Nothing is created below an unsafe directory that will be refused:
    the walk refuses before its first ``mkdir`` there.
 3. **Mode and owner are set only on an inode ugram created itself**, through a descriptor or
-   inside a private directory of its own, never through a path another user could swap. A
-   socket file is bound inside a fresh 0700 directory, given its group and mode there, then
+   inside a private directory of its own, never through a path another user could swap. In
+   a private or sticky directory a socket file is bound at its real path with at most the
+   owner's bits of its mode, then opened ``O_PATH | O_NOFOLLOW``, checked (a socket, ours,
+   one link) and given its group and mode through ``/proc/self/fd/N``; in an accepted unsafe
+   directory it is bound inside a fresh 0700 directory, given its group and mode there, then
    hard-linked into place (``link`` never replaces what is there) after the live/stale probe.
 4. **A file that already exists** is used only if it is a regular file owned by root or us,
    with a single link (a hard link to ``/etc/shadow`` would pass every other test) and not
