@@ -568,3 +568,63 @@ def test_unusable_log_config_stops_serve_with_one_line(sock_dir: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
     assert f"log_config: '{bad}'" in result.stderr
     assert not path.exists()
+
+
+# -- a flood of scrapes --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.asyncio
+async def test_a_scrape_flood_builds_one_report_per_max_age(
+    sock_dir: Path, apps_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any local user can reach a loopback port; each report built takes the supervisor's
+    # GIL. One report must serve every scrape within SCRAPE_MAX_AGE (made long here, so
+    # that the count does not depend on how fast this machine is).
+    import asyncio
+
+    from tests.conftest import until
+    from ugram import Supervisor, make_config
+    from ugram.supervisor import observers
+
+    builds: list[int] = []
+    real = observers.build_report
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        builds.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(observers, "build_report", counting)
+    monkeypatch.setattr(observers, "SCRAPE_MAX_AGE", 3600.0)
+    port = _free_port()
+    config = make_config(
+        socket=str(sock_dir / "m.sock"),
+        handler="seqrec:Recorder",
+        workers=1,
+        metrics=f"127.0.0.1:{port}",
+        control=False,
+    )
+    sup = Supervisor(config)
+    task = asyncio.create_task(sup.serve())
+    try:
+        await until(lambda: sup.is_running or task.done(), what="serving")
+
+        def fetch() -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                body = r.read()
+                assert b"ugram_received_total" in body
+                return int(r.status)
+
+        codes = await asyncio.gather(*(asyncio.to_thread(fetch) for _ in range(40)))
+        assert codes == [200] * 40
+        assert len(builds) == 1
+        assert await sup.shutdown() == 0
+    finally:
+        if not task.done():
+            sup.close()
+        await asyncio.wait_for(task, 30)

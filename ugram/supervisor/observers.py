@@ -9,6 +9,7 @@ closed before the shared memory they read is released.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Protocol
 
@@ -19,6 +20,8 @@ from .resources import Resources
 from .state import ServerState
 
 log = logging.getLogger("ugram.supervisor")
+
+SCRAPE_MAX_AGE = 0.1  # seconds one built report answers every /metrics scrape
 
 
 class _Served(Protocol):
@@ -42,6 +45,8 @@ class Observers:
         self._state, self._res = state, res
         self._started = time.monotonic()
         self._served: list[_Served] = []
+        self._scrape_lock = threading.Lock()
+        self._scraped: tuple[float, Report] | None = None  # (when built, the report)
         self.metrics_url = ""
         try:
             self._bind()
@@ -76,8 +81,21 @@ class Observers:
         return build_report(self._state, self._res, self._started, self.metrics_url)
 
     def _scrape(self) -> Report:
-        # Each scrape builds one, uncached, and /metrics shows no memory: skip reading it.
-        return build_report(self._state, self._res, self._started, self.metrics_url, memory=False)
+        """The report for ``/metrics``: one built per :data:`SCRAPE_MAX_AGE` at most.
+
+        Anyone who can reach the port (every local user, on loopback) may scrape in a
+        loop from 8 threads at once; each build takes the supervisor's GIL from its own
+        loop, so one report serves every scrape for a moment, as on the control socket.
+        /metrics shows no memory: building it skips reading it.
+        """
+        with self._scrape_lock:
+            now = time.monotonic()
+            if self._scraped is None or now - self._scraped[0] >= SCRAPE_MAX_AGE:
+                report = build_report(
+                    self._state, self._res, self._started, self.metrics_url, memory=False
+                )
+                self._scraped = (now, report)
+            return self._scraped[1]
 
     def health(self) -> Health:
         """The health check alone (cheaper than a report)."""
