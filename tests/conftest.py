@@ -23,7 +23,7 @@ import psutil
 import pytest
 from hypothesis import settings
 
-from ugram.sockets import SO_PASSRIGHTS
+from ugram.sockets import SO_PASSRIGHTS, refuse_rights
 
 # The machines are shared and noisy: a per-example deadline would make properties flaky.
 settings.register_profile("ugram", deadline=None)
@@ -271,13 +271,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def kernel_refuses_rights() -> bool:
     """True where the kernel has SO_PASSRIGHTS (Linux 6.16): it can refuse SCM_RIGHTS."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0)
-        except OSError as exc:
-            if exc.errno == errno.ENOPROTOOPT:
-                return False
-            raise
-    return True
+        return refuse_rights(probe)
 
 
 _PIDFD_GETFD = 438  # the syscall's number, the same on every architecture (Linux 5.6)

@@ -120,6 +120,17 @@ def racer() -> Iterator[str]:
 
 
 @pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A sticky, world-writable directory like /tmp (root's)."""
+    path = Path(tempfile.mkdtemp(prefix="ugs", dir="/tmp"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def hostile_dir(attacker: Attacker) -> Iterator[Path]:
     """A directory the attacker owns (mode 0755), reachable by root: the socket's home."""
     base = Path(tempfile.mkdtemp(prefix="ugh", dir="/tmp"))

@@ -33,17 +33,6 @@ from ugram.observe import ProcessInfo, Report
 from ugram.stats import LATENCY_BOUNDS, Latency, Snapshot
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A sticky, world-writable directory like /tmp (root's)."""
-    path = Path(tempfile.mkdtemp(prefix="ugs", dir="/tmp"))
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def ugram(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the ``ugram`` command as root (the victim), with a deadline."""
     cmd = [sys.executable, "-m", "ugram", *args]

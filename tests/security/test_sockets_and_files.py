@@ -26,17 +26,6 @@ from tests.conftest import child_env, read_records, run_server, send, wait_for
 from tests.security.conftest import Attacker, Victim, plant_hardlink, stop
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A sticky, world-writable directory like /tmp (root's)."""
-    path = Path(tempfile.mkdtemp(prefix="ugs", dir="/tmp"))
-    path.chmod(0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def serve(
     path: Path, *args: str, handler: str = "seqrec:Recorder", **kw: object
 ) -> subprocess.CompletedProcess[str]:
