@@ -129,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `ugram stats | head -1`: the reader has gone, which is no error of ours. Point
         # stdout at /dev/null so the interpreter's final flush does not complain either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 0
     except (UgramError, OSError) as exc:
         print(f"ugram: {exc}", file=sys.stderr)

@@ -74,8 +74,12 @@ class ReplyEndpoint:
         self.server = server
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._dir: str | None = None
+        self._dir_fd = -1
         try:
             self._dir = tempfile.mkdtemp(prefix="ugram-", dir=_reply_parent())
+            # Its modes are changed through this descriptor later, never by its path,
+            # which another user could swap in a directory without the sticky bit.
+            self._dir_fd = os.open(self._dir, os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             self.path = os.path.join(self._dir, "reply.sock")
             self.sock.bind(self.path)
         except BaseException:
@@ -94,14 +98,17 @@ class ReplyEndpoint:
             if exc.errno in GONE_ERRNOS:
                 return False
             raise
-        assert self._dir is not None
-        os.chmod(self.path, 0o622)
-        os.chmod(self._dir, 0o711)
+        # Inside our own 0700 directory nobody else can replace the socket's name.
+        os.chmod("reply.sock", 0o622, dir_fd=self._dir_fd)
+        os.fchmod(self._dir_fd, 0o711)
         return True
 
     def close(self) -> None:
         """Close the socket and remove its directory."""
         self.sock.close()
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
