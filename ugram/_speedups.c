@@ -236,6 +236,24 @@ typedef struct {
     Py_ssize_t placed, oversized;
 } PlaceTotals;
 
+#ifndef __linux__
+/* Without recvmmsg (macOS): the receiver never calls drain() there, since
+ * ugram.receiver.mmsg.available() is False and it reads with recvfrom; these keep the
+ * helper building, and drain() fails with ENOSYS should it be called all the same. */
+struct ugram_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+#define mmsghdr ugram_mmsghdr
+static int ugram_recvmmsg(int fd, struct mmsghdr *headers, unsigned int n, int flags, void *t)
+{
+    (void)fd, (void)headers, (void)n, (void)flags, (void)t;
+    errno = ENOSYS;
+    return -1;
+}
+#define recvmmsg ugram_recvmmsg
+#endif
+
 /* Where each slot's ancillary data sits (BatchReceiver.native_credentials), when the
  * receiver asked for its senders' credentials. */
 typedef struct {
@@ -261,6 +279,7 @@ static int slot_credentials(const char *sbase, const ScratchLayout *l, const Cre
         memcpy(&c, control + at, head);
         if (c.cmsg_len < head || c.cmsg_len > len - at)
             return 0;
+#ifdef SCM_CREDENTIALS /* Linux only: macOS gives datagrams no credentials */
         if (c.cmsg_level == SOL_SOCKET && c.cmsg_type == SCM_CREDENTIALS) {
             struct ucred u;
             if (c.cmsg_len < head + sizeof u)
@@ -271,6 +290,9 @@ static int slot_credentials(const char *sbase, const ScratchLayout *l, const Cre
             out->gid = (uint32_t)u.gid;
             return u.pid != 0;
         }
+#else
+        (void)out;
+#endif
         at += (c.cmsg_len + 7) & ~(uint64_t)7;
     }
     return 0;

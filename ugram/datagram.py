@@ -6,7 +6,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from . import safefs
+from . import portable, safefs
 from .errors import ReplyError, UnsafePathError
 from .escaping import printable
 
@@ -90,7 +90,9 @@ class Datagram:
 
         Only an address the sender provably owns gets a reply: a path only if it is
         absolute, crosses no symlink, and is a socket owned by the sender's uid (credentials
-        are collected for this whenever the handler may reply). An abstract name proves
+        are collected for this whenever the handler may reply; where the kernel gives none,
+        macOS, only a socket in a directory its owner alone may change, as
+        :func:`ugram.safefs.open_owned_socket` checks). An abstract name proves
         nothing (whoever binds it next would get the reply), so it gets one only with
         ``allow_abstract_replies = true``.
 
@@ -121,15 +123,21 @@ class Datagram:
         # A sender could bind a path, then swap it for a symlink to a socket it may not write
         # (or bind a relative name that resolves in our working directory): reply only to
         # a socket file its uid owns, reached through a descriptor of that very inode.
-        if self.uid is None:
+        if self.uid is None and portable.current().has_credentials:
             raise ReplyError(
                 f"cannot reply to {printable(path)}: the sender's credentials were not "
                 "collected, so its ownership of the path cannot be checked (turn credentials on)"
             )
         try:
-            handle = safefs.open_peer_socket(path, self.uid)
+            if self.uid is None:  # no credentials here (macOS): the file system proves it
+                handle, _ = safefs.open_owned_socket(path)
+            else:
+                handle = safefs.open_peer_socket(path, self.uid)
         except UnsafePathError as exc:
             raise ReplyError(f"cannot reply to {printable(path)}: {exc}") from None
+        if handle < 0:  # no O_PATH (macOS): the path just checked
+            self._sendto(payload, path)
+            return
         try:
             self._sendto(payload, f"/proc/self/fd/{handle}")
         finally:

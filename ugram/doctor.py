@@ -10,17 +10,18 @@ import os
 import platform
 import socket
 import stat
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import safefs, speedups
+from . import portable, safefs, shm, speedups
 from .config import Config
 from .errors import SocketError, UnsafePathError, UnsupportedPlatformError
 from .ring import CONTROL_SIZE, check_memory_ordering
-from .sockets import MAX_PATH_BYTES, probe
+from .sockets import max_path_bytes, probe
 
 QLEN_FILE = "/proc/sys/net/unix/max_dgram_qlen"
 QLEN_ADVISED = 512
@@ -60,6 +61,63 @@ def check_qlen(path: str = QLEN_FILE) -> Finding:
     )
 
 
+def read_sysctl(name: str) -> int | None:
+    """A numeric sysctl: from /proc/sys on Linux, from ``sysctl -n`` elsewhere (macOS)."""
+    try:
+        if os.path.isdir("/proc/sys"):
+            with open("/proc/sys/" + name.replace(".", "/")) as file:
+                return int(file.read().split()[0])
+        done = subprocess.run(
+            ["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=True
+        )
+        return int(done.stdout.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def check_local_dgram(config: Config, read: Callable[[str], int | None] = read_sysctl) -> Finding:
+    """macOS's datagram socket buffers, which stand where Linux has max_dgram_qlen."""
+    recvspace = read("net.local.dgram.recvspace")
+    maxdgram = read("net.local.dgram.maxdgram")
+    if recvspace is None or maxdgram is None:
+        return Finding("info", "net.local.dgram.recvspace / maxdgram: unknown")
+    title = f"net.local.dgram.recvspace = {recvspace}, net.local.dgram.maxdgram = {maxdgram}"
+    detail = (
+        f"a datagram socket queues {recvspace} bytes by default, all senders together (ugram "
+        "raises its own receive buffer to fit max_datagram), and a full queue gives senders "
+        "ENOBUFS at once, not a wait (ugram.Client retries). maxdgram is every sender's "
+        f"default send buffer: a datagram over {maxdgram} bytes fails with EMSGSIZE unless "
+        "the sender raises SO_SNDBUF (ugram.Client does)."
+    )
+    if maxdgram >= config.max_datagram:
+        return Finding("ok", title, detail)
+    return Finding(
+        "warn",
+        title,
+        detail + f" max_datagram={config.max_datagram} is larger.",
+        f"sysctl -w net.local.dgram.maxdgram={config.max_datagram}  (as root; persist it in "
+        "/etc/sysctl.conf), or have every sender raise SO_SNDBUF, or lower max_datagram",
+    )
+
+
+def check_queue(config: Config) -> Finding:
+    """The kernel's datagram queue: max_dgram_qlen on Linux, the socket buffers on macOS."""
+    if portable.current().system == "darwin":
+        return check_local_dgram(config)
+    return check_qlen()
+
+
+def check_profile() -> Finding:
+    """Which of Linux's paths ugram takes here, and which portable ones instead."""
+    here = portable.current()
+    if not here.portable:
+        return Finding("ok", f"platform: {here.describe()}", ", ".join(here.paths()))
+    detail = ", ".join(here.paths())
+    if here.forced:
+        detail += f"; unset {portable.ENV} for Linux's own paths"
+    return Finding("info", f"platform: {here.name}, portable paths", detail)
+
+
 def check_memory_order() -> Finding:
     """Whether the shared-memory ring is safe on this CPU."""
     machine = platform.machine()
@@ -94,17 +152,22 @@ def check_shared_memory(config: Config) -> list[Finding]:
         f"{config.ring_size / MiB:.1f} MiB), allocated as pages are touched"
     )
     memfd = _memfd_works()
+    where = shm.backing_directory()
     findings = [
         Finding("ok", "memfd: available", "rings are nameless memfd files: " + sizing)
         if memfd
-        else Finding("info", "memfd: not available", "rings are unlinked temporary files")
+        else Finding(
+            "info",
+            "memfd: " + ("not used (portable profile)" if portable.current().forced else "none"),
+            f"rings are files in {where}, unlinked before any worker starts: " + sizing,
+        )
     ]
-    findings.append(_shm_room(need, memfd))
+    findings.append(_shm_room(need, memfd, where))
     return findings
 
 
 def _memfd_works() -> bool:
-    if not hasattr(os, "memfd_create"):
+    if not portable.current().has_memfd:
         return False
     try:
         os.close(os.memfd_create("ugram-doctor", 0))
@@ -113,13 +176,13 @@ def _memfd_works() -> bool:
     return True
 
 
-def _shm_room(need: int, memfd: bool) -> Finding:
+def _shm_room(need: int, memfd: bool, where: str = "/dev/shm") -> Finding:
     try:
-        vfs = os.statvfs("/dev/shm")
+        vfs = os.statvfs(where)
     except OSError:
-        return Finding("info", "/dev/shm: absent")
+        return Finding("info", f"{where}: absent")
     free = vfs.f_bavail * vfs.f_frsize
-    title = f"/dev/shm: {free / MiB:.0f} MiB free"
+    title = f"{where}: {free / MiB:.0f} MiB free"
     if free >= need:
         return Finding("ok", title)
     if memfd:
@@ -145,10 +208,10 @@ def check_socket_path(config: Config) -> list[Finding]:
             )
         ]
     path = os.path.abspath(path)
-    if len(os.fsencode(path)) > MAX_PATH_BYTES:
-        return [
-            Finding("fail", f"socket {path}: too long", f"AF_UNIX allows {MAX_PATH_BYTES} bytes")
-        ]
+    size = len(os.fsencode(path))
+    if size > max_path_bytes():
+        why = portable.current().path_too_long(path, size)
+        return [Finding("fail", f"socket {path}: too long", why)]
     directory = os.path.dirname(path)
     try:
         opened = safefs.open_dir(directory, allow_unsafe=True, what="socket directory")
@@ -204,7 +267,8 @@ def _path_finding(path: str) -> Finding:
 
 def check_passcred(config: Config) -> Finding:
     """SO_PASSCRED: kernel-verified sender pid/uid/gid."""
-    option = getattr(socket, "SO_PASSCRED", None)
+    here = portable.current()
+    option = getattr(socket, "SO_PASSCRED", None) if here.has_credentials else None
     if option is not None:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -213,7 +277,7 @@ def check_passcred(config: Config) -> Finding:
         except OSError as exc:
             why = str(exc)
     else:
-        why = "this platform has no SO_PASSCRED"
+        why = here.unavailable(portable.NO_CREDENTIALS)
     level = "fail" if config.wants_credentials else "info"
     return Finding(
         level,
@@ -222,8 +286,15 @@ def check_passcred(config: Config) -> Finding:
     )
 
 
-def check_sndbuf(config: Config) -> Finding:
-    """A sender's SO_SNDBUF bounds its in-flight bytes and its largest datagram."""
+def check_sndbuf(config: Config) -> list[Finding]:
+    """A sender's SO_SNDBUF bounds its in-flight bytes and its largest datagram (on macOS,
+    :func:`check_local_dgram` says it)."""
+    if portable.current().system == "darwin":
+        return []
+    return [_wmem(config)]
+
+
+def _wmem(config: Config) -> Finding:
     try:
         with open("/proc/sys/net/core/wmem_default") as file:
             default = int(file.read())
@@ -245,7 +316,8 @@ def check_sndbuf(config: Config) -> Finding:
 
 
 CHECKS: tuple[Callable[[Config], Finding | list[Finding]], ...] = (
-    lambda config: check_qlen(),
+    lambda config: check_profile(),
+    check_queue,
     lambda config: check_memory_order(),
     check_shared_memory,
     check_socket_path,

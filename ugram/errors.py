@@ -40,7 +40,7 @@ class NotASocketError(SocketError):
 
 
 class PathTooLongError(SocketError):
-    """The socket path is longer than AF_UNIX allows (107 bytes on Linux)."""
+    """The socket path is longer than AF_UNIX allows (107 bytes on Linux, 103 on macOS)."""
 
 
 class UnsafePathError(SocketError):
@@ -95,20 +95,45 @@ class HandlerError(UgramError, RuntimeError):
 
 
 class PayloadTooLargeError(UgramError, ValueError):
-    """A client payload is larger than its ``max_datagram`` or the kernel's limit; not sent."""
+    """A client payload is larger than its ``max_datagram`` or the kernel's limit; not sent.
 
-    def __init__(self, size: int, limit: int | None) -> None:
+    Attributes:
+        size: the payload's bytes.
+        limit: the client's ``max_datagram`` it exceeds; None when the kernel refused it.
+        kernel_limit: the largest datagram the socket's send buffer lets through, when the
+            kernel refused it (None when unknown, or not the kernel's refusal).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        limit: int | None,
+        *,
+        sndbuf: tuple[int, int] | None = None,
+        sysctls: tuple[str, str] = ("net.core.wmem_default", "net.core.wmem_max"),
+    ) -> None:
+        """``sndbuf``: the socket's SO_SNDBUF and the datagram size it allows; ``sysctls``:
+        the system's default send buffer's setting and its ceiling's."""
         self.size = size
         self.limit = limit
-        if limit is None:
-            message = (
-                f"the kernel refused a {size}-byte datagram (EMSGSIZE): it is larger than the "
-                "socket's send buffer allows; send less, or raise net.core.wmem_default"
-            )
-        else:
+        self.kernel_limit = sndbuf[1] if sndbuf else None
+        if limit is not None:
             message = (
                 f"payload of {size} bytes is larger than max_datagram={limit}; the server "
                 "would reject it (raise max_datagram on both sides, or send less)"
+            )
+        elif sndbuf is None:
+            message = (
+                f"the kernel refused a {size}-byte datagram (EMSGSIZE): it is larger than the "
+                f"socket's send buffer allows; send less, or raise {sysctls[0]}"
+            )
+        else:
+            message = (
+                f"the kernel refused a {size}-byte datagram (EMSGSIZE): this socket's send "
+                f"buffer (SO_SNDBUF {sndbuf[0]} bytes) takes datagrams of at most {sndbuf[1]} "
+                f"bytes; send less, or raise {sysctls[1]} (the most SO_SNDBUF a sender may "
+                f"set; ugram.Client asks for max_datagram) or {sysctls[0]} (every sender's "
+                "default)"
             )
         super().__init__(message)
 

@@ -41,6 +41,7 @@ from typing import NamedTuple, cast
 
 from . import speedups
 from .errors import RingCorruptError, RingFullError, UnsupportedPlatformError
+from .shm import create_shared_fd
 
 CONTROL_SIZE = 4096
 MAGIC = 0x5547_5241_4D31_0001  # "UGRAM1", version 1
@@ -133,23 +134,6 @@ def full_fence() -> None:
 def record_size(payload_len: int, addr_len: int) -> int:
     """Bytes a record occupies in the ring, padding included."""
     return (HEADER_SIZE + addr_len + payload_len + 7) & ~7
-
-
-def create_shared_fd(size: int) -> int:
-    """Create a nameless shared-memory file of ``size`` bytes and return its fd.
-
-    A memfd (Linux) has no name for a resource tracker to unlink or leak; elsewhere an
-    unlinked temporary file serves.
-    """
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("ugram", 0)
-    else:  # pragma: no cover - Darwin
-        import tempfile  # here: only this fallback needs it (~0.3 MiB in every process)
-
-        fd, name = tempfile.mkstemp(prefix="ugram-")
-        os.unlink(name)
-    os.ftruncate(fd, size)
-    return fd
 
 
 def mark_corrupt_fd(fd: int) -> None:

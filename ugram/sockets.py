@@ -10,7 +10,7 @@ import stat
 import sys
 from dataclasses import dataclass
 
-from . import safefs
+from . import portable, safefs
 from .errors import (
     NotASocketError,
     PathTooLongError,
@@ -19,10 +19,8 @@ from .errors import (
     UnsafePathError,
 )
 
-# sun_path is 108 bytes on Linux, 104 on the BSDs and Darwin, including the trailing NUL.
 log = logging.getLogger("ugram.sockets")
 
-MAX_PATH_BYTES = 107 if sys.platform.startswith("linux") else 103
 # Linux 6.16: with it off, the kernel refuses datagrams that carry file descriptors (the
 # sender's sendmsg fails with EPERM). Not named by Python yet.
 SO_PASSRIGHTS = 83
@@ -218,12 +216,84 @@ def refuse_rights(sock: socket.socket) -> bool:
     return True
 
 
+# What a queued datagram costs the receive buffer beyond its payload (macOS: the sender's
+# address and mbuf headers), and the buffer asked for at least, so small datagrams queue deep.
+RCVBUF_SLACK = 512
+RCVBUF_FLOOR = 1 << 20
+
+
+def size_receive_buffer(sock: socket.socket, max_datagram: int) -> int:
+    """Where the server's SO_RCVBUF holds its whole queue (macOS: 4 KiB by default,
+    ``net.local.dgram.recvspace``), raise it so datagrams up to ``max_datagram`` fit, several
+    at a time; return what it is now. Elsewhere (Linux) it does not matter and is left alone.
+
+    Raises:
+        SocketError: the system grants less than one datagram of ``max_datagram`` needs.
+    """
+    here = portable.current()
+    if not here.rcvbuf_holds_queue:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    need = max_datagram + RCVBUF_SLACK
+    want = max(RCVBUF_FLOOR, 4 * need)
+    while want >= need:  # above the ceiling (kern.ipc.maxsockbuf) macOS says ENOBUFS
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+            break
+        except OSError:
+            want //= 2
+    got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if got < need:
+        default, ceiling = here.rcvbuf_sysctls
+        raise SocketError(
+            f"max_datagram={max_datagram} does not fit the socket's receive buffer: "
+            f"{here.refusing} holds a datagram socket's whole queue there and granted "
+            f"SO_RCVBUF {got} bytes (at least {need} needed); lower max_datagram, or raise "
+            f"{ceiling} (the most it grants; the default is {default})"
+        )
+    return got
+
+
+def sender_limit_warning(max_datagram: int) -> str | None:
+    """A warning when a sender's default send buffer cannot carry ``max_datagram`` (macOS:
+    2048 bytes), or None: such datagrams fail in the sender with EMSGSIZE."""
+    here = portable.current()
+    limit = here.default_dgram_limit
+    if limit is None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            limit = here.dgram_limit(probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    if max_datagram <= limit:
+        return None
+    default, ceiling = here.sndbuf_sysctls
+    return (
+        f"max_datagram={max_datagram} is more than a sender's default send buffer carries "
+        f"on {here.refusing} ({limit} bytes, {default}): a larger datagram fails in its "
+        f"sender with EMSGSIZE unless the sender raises SO_SNDBUF (ugram.Client and ugram "
+        f"send do, up to {ceiling}) or {default} is raised"
+    )
+
+
+def max_path_bytes() -> int:
+    """The longest socket path here, in bytes without its NUL: sun_path is 108 bytes on
+    Linux, 104 on macOS and the BSDs (and under the portable profile), the NUL included."""
+    return portable.current().sun_path_max
+
+
+def check_abstract(path: str) -> None:
+    """Refuse an abstract ``@name`` where the system has none (macOS, the portable profile).
+
+    Raises:
+        SocketError: abstract names do not exist here.
+    """
+    here = portable.current()
+    if not here.has_abstract:
+        raise SocketError(f"{path}: {here.unavailable(portable.NO_ABSTRACT)}")
+
+
 def _bind_abstract(path: str, credentials: bool = False) -> BoundSocket:
-    if not sys.platform.startswith("linux"):
-        raise SocketError(f"abstract socket names such as {path} exist only on Linux")
+    check_abstract(path)
     name = b"\0" + path[1:].encode()
-    if len(name) > MAX_PATH_BYTES + 1:
-        raise PathTooLongError(f"abstract name {path} is longer than {MAX_PATH_BYTES} bytes")
+    if len(name) > max_path_bytes() + 1:
+        raise PathTooLongError(f"abstract name {path} is longer than {max_path_bytes()} bytes")
     sock = _new_socket(credentials)
     try:
         sock.bind(name)
@@ -238,11 +308,8 @@ def _bind_abstract(path: str, credentials: bool = False) -> BoundSocket:
 
 def _check_length(path: str) -> None:
     size = len(os.fsencode(path))
-    if size > MAX_PATH_BYTES:
-        raise PathTooLongError(
-            f"socket path {path} is {size} bytes; AF_UNIX allows at most {MAX_PATH_BYTES}: "
-            "use a shorter path"
-        )
+    if size > max_path_bytes():
+        raise PathTooLongError(portable.current().path_too_long(path, size))
 
 
 def probe(path: str) -> str:
@@ -337,8 +404,8 @@ def bind_stream_socket(
         UnsafePathError: the directory is unsafe, or a component an untrusted symlink.
         SocketError: the path is too long, not a socket, or cannot be bound.
     """
-    if len(os.fsencode(path)) > MAX_PATH_BYTES:
-        raise PathTooLongError(f"{path} is longer than AF_UNIX allows ({MAX_PATH_BYTES} bytes)")
+    if not path.startswith("@"):
+        _check_length(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # Connections inherit it: a client cannot leave descriptors whose close would block.
@@ -359,6 +426,7 @@ def bind_stream_socket(
 
 
 def _bind_abstract_stream(sock: socket.socket, path: str) -> None:
+    check_abstract(path)
     try:
         sock.bind(abstract_address(path))
     except OSError as exc:

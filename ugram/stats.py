@@ -15,7 +15,7 @@ from enum import IntEnum
 
 import msgspec
 
-from .ring import create_shared_fd
+from .shm import create_shared_fd
 
 SLOTS_PER_BLOCK = 64
 BLOCK_BYTES = SLOTS_PER_BLOCK * 8

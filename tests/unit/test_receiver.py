@@ -21,7 +21,8 @@ from ugram.health import receiver_frozen
 from ugram.receiver import loop as receiver_loop
 from ugram.receiver import mmsg
 from ugram.receiver.loop import Receiver
-from ugram.ring import Ring, create_shared_fd, record_size
+from ugram.ring import Ring, record_size
+from ugram.shm import create_shared_fd
 from ugram.spec import ChildSpec
 from ugram.stats import Slot, State, Stats, supervisor_block
 

@@ -170,7 +170,8 @@ class AsyncClient(ClientCore):
                 deadline = time.monotonic() + timeout
                 await self._drive(self._reply_connect(endpoint, deadline, timeout))
                 connected = True
-                await loop.sock_sendall(endpoint.sock, data)
+                with self.refusing_too_large(endpoint.sock, data):
+                    await loop.sock_sendall(endpoint.sock, data)
                 self._counts.sent += 1
                 reply = await loop.sock_recv(endpoint.sock, MAX_REPLY)
         except TimeoutError:

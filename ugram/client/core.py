@@ -11,6 +11,7 @@ client by awaiting; neither decides anything, so both behave and count alike.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import os
 import socket
@@ -18,13 +19,21 @@ import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Final, NamedTuple, TypeAlias, TypeVar
 
+from .. import portable
 from ..errors import (
     ClientClosedError,
     PayloadTooLargeError,
     RequestTimeoutError,
     ServerUnavailableError,
 )
-from .endpoint import GONE_ERRNOS, ReplyEndpoint, connect_to, server_address
+from .endpoint import (
+    GONE_ERRNOS,
+    ReplyEndpoint,
+    connect_to,
+    fit_send_buffer,
+    send_limit,
+    server_address,
+)
 from .options import (
     DEFAULT_MAX_DATAGRAM,
     ClientCodec,
@@ -38,6 +47,8 @@ from .options import (
 from .statistics import ClientStatistics, Counters
 
 WAIT_SLICE: Final = 0.25  # longest single wait for room: a lost wake-up costs at most this
+# macOS says "full" with ENOBUFS, and poll() cannot tell when room comes: retry after this.
+NO_ROOM_PAUSE: Final = 0.002
 CHUNK: Final = 1024  # send_many encodes and checks this many payloads before sending them
 
 # What one send attempt came to.
@@ -117,6 +128,8 @@ class ClientCore:
         self._closed = False
         self._queue: collections.deque[Payload] = collections.deque()
         self._counts = Counters()
+        self._full_errnos = portable.current().full_errnos - {errno.EAGAIN}
+        self._unpollable = False  # the last FULL was an ENOBUFS: poll() cannot tell room
         self._setup()
 
     def _setup(self) -> None:
@@ -210,6 +223,7 @@ class ClientCore:
             self._server_missing(now)
             return None
         self._server_found(now)
+        fit_send_buffer(sock, self.max_datagram)
         self._sock = sock
         self._connected(sock)
         return sock
@@ -262,18 +276,49 @@ class ClientCore:
         except BlockingIOError:
             return FULL
         except OSError as exc:
-            return self._failed(exc, data)
+            return self._failed(exc, data, sock)
         self._counts.sent += 1
         return SENT
 
-    def _failed(self, exc: OSError, data: Payload) -> int:
+    def _failed(self, exc: OSError, data: Payload, sock: socket.socket) -> int:
         if exc.errno in GONE_ERRNOS:
             self._disconnect()
             return GONE
+        if exc.errno in self._full_errnos:  # macOS: ENOBUFS at once, even when blocking
+            self._unpollable = True
+            return FULL
         self._counts.errors += 1
         if exc.errno == errno.EMSGSIZE:
-            raise PayloadTooLargeError(nbytes(data), None) from None
+            raise self.too_large(sock, data) from None
         raise exc
+
+    @classmethod
+    @contextlib.contextmanager
+    def refusing_too_large(cls, sock: socket.socket, data: Payload) -> Iterator[None]:
+        """Turn the kernel's EMSGSIZE for ``data`` into :meth:`too_large`'s error."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise cls.too_large(sock, data) from None
+            raise
+
+    def _send_request(self, sock: socket.socket, data: Payload) -> None:
+        """A request's one send, on its own endpoint.
+
+        Raises:
+            PayloadTooLargeError: the kernel refused it (EMSGSIZE).
+        """
+        with self.refusing_too_large(sock, data):
+            sock.send(data)
+
+    @staticmethod
+    def too_large(sock: socket.socket, data: Payload) -> PayloadTooLargeError:
+        """The error for ``data`` refused by the kernel (EMSGSIZE) on ``sock``: its size,
+        the limit the send buffer sets, and what to raise."""
+        sndbuf, limit = send_limit(sock)
+        sysctls = portable.current().sndbuf_sysctls
+        return PayloadTooLargeError(nbytes(data), None, sndbuf=(sndbuf, limit), sysctls=sysctls)
 
     def _send_run(self, sock: socket.socket, payloads: list[Payload], index: int) -> int:
         """Send ``payloads[index:]`` until one fails; returns the index of the first unsent.
@@ -369,6 +414,9 @@ class ClientCore:
     def _next_wait(self, outcome: int, sock: socket.socket | None, deadline: float | None) -> Wait:
         """How long to wait before the next attempt, and for what."""
         limit = WAIT_SLICE if deadline is None else max(0.0, deadline - time.monotonic())
+        if outcome == FULL and self._unpollable:
+            self._unpollable = False
+            return Wait(None, min(limit, NO_ROOM_PAUSE))
         if outcome == FULL and sock is not None:
             return Wait(sock, min(limit, WAIT_SLICE))
         return Wait(None, min(limit, self._until_retry()))
@@ -458,7 +506,9 @@ class ClientCore:
     # -- requests ---------------------------------------------------------------------------
 
     def _reply_endpoint(self) -> ReplyEndpoint:
-        return ReplyEndpoint(self._address)
+        endpoint = ReplyEndpoint(self._address)
+        fit_send_buffer(endpoint.sock, self.max_datagram)
+        return endpoint
 
     def _reply_connect(
         self, endpoint: ReplyEndpoint, deadline: float, timeout: float

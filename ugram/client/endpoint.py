@@ -3,15 +3,15 @@ bound address a request receives its reply on."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from typing import Final
 
-from .. import safefs
+from .. import portable, safefs
 from ..errors import ConfigError
 
 MAX_REPLY: Final = 1 << 18  # larger than any AF_UNIX datagram the default wmem_max allows
@@ -26,14 +26,37 @@ def server_address(path: str | os.PathLike[str]) -> str | bytes:
     """The ``connect`` address of a server path, ``@name`` being a Linux abstract name.
 
     Raises:
-        ConfigError: an abstract name on a platform without them.
+        ConfigError: an abstract name on a platform without them (macOS, the portable
+            profile).
     """
     text = os.fspath(path)
     if not text.startswith("@"):
         return text
-    if not sys.platform.startswith("linux"):
-        raise ConfigError(f"{text}: abstract socket names (@name) exist only on Linux")
+    here = portable.current()
+    if not here.has_abstract:
+        raise ConfigError(f"{text}: {here.unavailable(portable.NO_ABSTRACT)}")
     return b"\0" + text[1:].encode()
+
+
+def fit_send_buffer(sock: socket.socket, max_datagram: int) -> None:
+    """Raise ``sock``'s SO_SNDBUF so that a datagram of ``max_datagram`` bytes fits, where
+    the default is smaller (macOS: 2048 bytes, ``net.local.dgram.maxdgram``).
+
+    The system may grant less (its ceiling: ``kern.ipc.maxsockbuf``, ``net.core.wmem_max``);
+    a datagram over what it granted then fails with a :class:`PayloadTooLargeError` that
+    says so. Never lowers it: in-flight bytes count against it too.
+    """
+    here = portable.current()
+    if here.dgram_limit(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)) >= max_datagram:
+        return
+    with contextlib.suppress(OSError):  # above the ceiling (macOS: ENOBUFS): keep the default
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max_datagram + here.dgram_overhead)
+
+
+def send_limit(sock: socket.socket) -> tuple[int, int]:
+    """``sock``'s SO_SNDBUF and the largest datagram it lets through."""
+    sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    return sndbuf, portable.current().dgram_limit(sndbuf)
 
 
 def connect_to(sock: socket.socket, address: str | bytes) -> None:
@@ -118,4 +141,5 @@ def _reply_parent() -> str:
     to reply through a symlink), or ``/tmp`` when that would make a path too long."""
     parent = os.path.realpath(tempfile.gettempdir())
     # "/ugram-" + 8 random characters + "/reply.sock" must fit in sun_path with its NUL
-    return parent if len(os.fsencode(parent)) + 26 <= 107 else "/tmp"
+    fits = len(os.fsencode(parent)) + 26 <= portable.current().sun_path_max
+    return parent if fits else "/tmp"

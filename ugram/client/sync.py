@@ -195,7 +195,7 @@ class Client(ClientCore):
         """
         try:
             sock.settimeout(max(0.0, deadline - time.monotonic()))
-            sock.send(data)
+            self._send_request(sock, data)
             with self._lock:
                 self._counts.sent += 1
             sock.settimeout(max(0.0, deadline - time.monotonic()))

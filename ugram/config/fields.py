@@ -167,8 +167,9 @@ BootRetries = Annotated[
 Credentials = Annotated[
     bool,
     _meta(
-        "collect each sender's kernel-verified pid/uid/gid (SO_PASSCRED, Linux); "
-        "implied by allow_uid, allow_gid and rate_limit",
+        "collect each sender's kernel-verified pid/uid/gid (SO_PASSCRED, Linux; refused on "
+        "macOS, which gives datagrams no credentials); implied by allow_uid, allow_gid and "
+        "rate_limit",
         "true or false",
     ),
 ]
@@ -226,7 +227,8 @@ ReceiveBatch = Annotated[
     _meta(
         "datagrams the receiver reads per system call: more than 1 = recvmmsg (Linux) into a "
         "shared area from which a killed receiver's successor recovers what it held (nothing "
-        "lost); 1 = one recvfrom each (a killed receiver may lose the one it held)",
+        "lost); 1 = one recvfrom each (a killed receiver may lose the one it held), as on "
+        "macOS and under the portable profile whatever this says",
         "an integer from 1 to 1024",
         ge=1,
         le=1024,

@@ -17,11 +17,15 @@ from typing import Any
 
 import msgspec
 
+from .. import portable
 from ..errors import ConfigError
 from .schema import Config, field_allowed, field_names, list_fields
 from .values import invalid_value
 
 ENV_PREFIX = "UGRAM_"
+# UGRAM_ variables that are not options: the config file, and the platform profile
+# (ugram.portable), which every process reads, clients included.
+_NOT_OPTIONS = frozenset((ENV_PREFIX + "CONFIG", portable.ENV))
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def env_values(env: Mapping[str, str]) -> dict[str, str]:
     names = set(field_names())
     found: dict[str, str] = {}
     for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+        if key.startswith(ENV_PREFIX) and key not in _NOT_OPTIONS:
             name = key[len(ENV_PREFIX) :].lower()
             if name in names:
                 found[name] = _split_list(name, value)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from typing import Annotated, get_args, get_origin
 
 import msgspec
 
+from .. import portable
 from ..errors import ConfigError
 from ..safefs import default_data_path
 from .fields import (
@@ -132,6 +132,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         check_metrics(self.metrics)
         self._check_max_workers()
         self._check_ring_size()
+        self._check_platform()
 
     def _check_route_by(self) -> None:
         if self.route_by == "":
@@ -167,6 +168,27 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 f"{self.max_datagram})"
             )
 
+    def _check_platform(self) -> None:
+        """Refuse, now, what this platform cannot do (macOS, the portable profile)."""
+        here = portable.current()
+        if not here.has_credentials:
+            for name, value in self._credential_options():
+                why = here.unavailable(portable.NO_CREDENTIALS)
+                raise ConfigError(f"invalid value for {name}: {value!r} ({why})")
+        if not here.has_abstract:
+            for name in ("socket", "metrics"):
+                if getattr(self, name).startswith("@"):
+                    why = here.unavailable(portable.NO_ABSTRACT)
+                    raise ConfigError(f"invalid value for {name}: {getattr(self, name)!r} ({why})")
+
+    def _credential_options(self) -> list[tuple[str, object]]:
+        """The options set that need each sender's credentials, in the order they are named."""
+        wanted = [("credentials", self.credentials), ("allow_uid", self.allow_uid)]
+        wanted += [("allow_gid", self.allow_gid)]
+        wanted += [("rate_limit_by", self.rate_limit_by == "pid" and "pid")]
+        wanted += [("rate_limit", self.rate_limit)]
+        return [(name, value) for name, value in wanted if value]
+
     @property
     def file_mode(self) -> int:
         """The socket file's permission bits as an int (e.g. ``0o660``)."""
@@ -196,7 +218,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         """
         if self.credentials or self.allow_uid or self.allow_gid or self.rate_limit:
             return True
-        return self.handler not in NEVER_REPLY and hasattr(socket, "SO_PASSCRED")
+        return self.handler not in NEVER_REPLY and portable.current().has_credentials
 
     @property
     def worker_slots(self) -> int:

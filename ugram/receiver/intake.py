@@ -331,7 +331,8 @@ class Intake:
     def describe(self) -> str:
         """Which per-datagram path reads: compiled, or which Python loop and why."""
         if self.batch is None:
-            return "one recvfrom per datagram, Python loop (receive_batch = 1 or no recvmmsg)"
+            why = "receive_batch = 1" if self.config.receive_batch <= 1 else "no recvmmsg"
+            return f"one recvfrom per datagram, Python loop ({why})"
         if not self.batch.native:
             return f"recvmmsg x{self.batch.size}, Python loop (no compiled helper)"
         if not self.compiled:

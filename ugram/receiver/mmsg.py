@@ -4,7 +4,7 @@ The message headers, address buffers and payload slots are allocated once; after
 the fields the receiver needs (payload length, flags, address length) are read through a
 ``memoryview`` of the header array instead of ctypes attribute access, which is several
 times slower per field. Linux only: :func:`available` says whether it can be used, and the
-receiver falls back to a ``recvfrom_into`` drain elsewhere.
+receiver falls back to a ``recvfrom_into`` drain elsewhere (macOS, the portable profile).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import socket
 import struct
 import sys
 
-from .. import speedups
+from .. import portable, speedups
 from .rights import close_in_control
 
 BATCH = 64
@@ -81,7 +81,10 @@ _LIBC = _libc()
 
 
 def available() -> bool:
-    """True where recvmmsg can be called (Linux with a C library that has it)."""
+    """True where recvmmsg can be called (Linux with a C library that has it) and the
+    platform lets it be used (not under the portable profile, :mod:`ugram.portable`)."""
+    if not portable.current().has_recvmmsg:
+        return False
     return _LIBC is not None and ctypes.sizeof(ctypes.c_void_p) == 8
 
 

@@ -54,6 +54,7 @@ from .files import rename_in as rename_in
 from .files import write_replace as write_replace
 from .paths import default_data_path as default_data_path
 from .paths import state_dir as state_dir
+from .peers import open_owned_socket as open_owned_socket
 from .peers import open_peer_socket as open_peer_socket
 from .peers import socket_target as socket_target
 from .walk import UNSAFE_ADVICE as UNSAFE_ADVICE
@@ -75,6 +76,7 @@ __all__ = [
     "default_data_path",
     "open_dir",
     "open_file",
+    "open_owned_socket",
     "open_peer_socket",
     "owner_name",
     "parent_of",

@@ -38,36 +38,119 @@ def open_peer_socket(path: str, uid: int) -> int:
     """
     if not O_PATH:
         raise UnsafePathError("replies to socket paths need O_PATH (Linux)")
-    if not path.startswith("/"):
-        raise UnsafePathError(f"{printable(path)} is not an absolute path")
-    parts = [p for p in path.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise UnsafePathError(f"{printable(path)} is not a plain absolute path")
-    flags = O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open("/", flags | os.O_DIRECTORY)
+    parts = _plain_parts(path)
+    fd = os.open("/", _DIR_WALK)
     try:
         for part in parts[:-1]:
-            try:
-                nfd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
-            except OSError as exc:
-                raise UnsafePathError(
-                    f"{printable(path)}: {printable(part)} is not a plain directory "
-                    f"({exc.strerror})"
-                ) from None
+            nfd = _open_component(path, part, fd)
             os.close(fd)
             fd = nfd
-        try:
-            target = os.open(parts[-1], flags, dir_fd=fd)
-        except OSError as exc:
-            raise UnsafePathError(f"{printable(path)}: {exc.strerror}") from None
+        target, info = _final(path, parts[-1], fd)
     finally:
         os.close(fd)
-    info = os.fstat(target)
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid != uid:
         os.close(target)
         what = "not a socket" if not stat.S_ISSOCK(info.st_mode) else "owned by another user"
         raise UnsafePathError(f"{printable(path)} is {what}: the sender does not own it")
     return target
+
+
+def open_owned_socket(path: str) -> tuple[int, int]:
+    """Open the socket file a reply goes to where the kernel gives no sender credentials
+    (macOS, the portable profile), proving from the file system alone that one user, and
+    so the sender, owns it.
+
+    The path must be absolute and cross no symlink; the file must be a socket with one link
+    (no hard link of another's socket planted in a directory its sender can write); its
+    directory must be owned by the socket's owner and writable by nobody else; and every
+    directory above must be root's or that owner's and, where others may write it, sticky.
+    Then nobody but that user (and root) can have bound it, or can swap it: the sender,
+    which bound the path, is that user.
+
+    Returns:
+        An ``O_PATH`` descriptor of the socket (send to ``/proc/self/fd/N``), or -1 where
+        the platform has no ``O_PATH`` (send to the path: a swap by its owner between the
+        check and the send is then possible); and the owner's uid.
+
+    Raises:
+        UnsafePathError: one of those does not hold.
+    """
+    parts = _plain_parts(path)
+    chain: list[os.stat_result] = []
+    fd = os.open("/", _DIR_WALK)
+    try:
+        for part in parts[:-1]:
+            chain.append(os.fstat(fd))
+            nfd = _open_component(path, part, fd)
+            os.close(fd)
+            fd = nfd
+        chain.append(os.fstat(fd))
+        target, info = _final(path, parts[-1], fd)
+    finally:
+        os.close(fd)
+    try:
+        _check_owned(path, info, chain)
+    except UnsafePathError:
+        if target >= 0:
+            os.close(target)
+        raise
+    return target, info.st_uid
+
+
+_DIR_WALK = (O_PATH or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _plain_parts(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise UnsafePathError(f"{printable(path)} is not an absolute path")
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise UnsafePathError(f"{printable(path)} is not a plain absolute path")
+    return parts
+
+
+def _open_component(path: str, part: str, fd: int) -> int:
+    try:
+        return os.open(part, _DIR_WALK, dir_fd=fd)
+    except OSError as exc:
+        raise UnsafePathError(
+            f"{printable(path)}: {printable(part)} is not a plain directory ({exc.strerror})"
+        ) from None
+
+
+def _final(path: str, name: str, fd: int) -> tuple[int, os.stat_result]:
+    """The last component: an ``O_PATH`` descriptor and its status, or -1 and its lstat."""
+    try:
+        if not O_PATH:
+            return -1, os.stat(name, dir_fd=fd, follow_symlinks=False)
+        target = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError as exc:
+        raise UnsafePathError(f"{printable(path)}: {exc.strerror}") from None
+    return target, os.fstat(target)
+
+
+def _check_owned(path: str, info: os.stat_result, chain: list[os.stat_result]) -> None:
+    """Raise unless the socket ``info`` and its directories ``chain`` are one user's."""
+    owner = info.st_uid
+    shared = stat.S_IWGRP | stat.S_IWOTH
+    if not stat.S_ISSOCK(info.st_mode):
+        why = "is not a socket"
+    elif info.st_nlink != 1:
+        why = f"has {info.st_nlink} links: it may be another user's socket linked there"
+    elif chain[-1].st_uid != owner or chain[-1].st_mode & shared:
+        why = "is in a directory that another user owns or may write"
+    elif any(
+        d.st_uid not in (0, owner) or (d.st_mode & shared and not d.st_mode & stat.S_ISVTX)
+        for d in chain[:-1]
+    ):
+        why = "is below a directory that another user owns or may change"
+    else:
+        return
+    raise UnsafePathError(
+        f"{printable(path)} {why}: without the sender's credentials (none on this platform) "
+        "only a socket in a directory of its owner's own proves who the sender is; bind the "
+        "sender there (ugram.Client.request does)"
+    )
 
 
 @contextlib.contextmanager

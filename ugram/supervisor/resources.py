@@ -14,12 +14,21 @@ import os
 import socket
 from dataclasses import dataclass
 
+from .. import portable
 from ..config import Config
-from ..errors import UnsupportedPlatformError
+from ..errors import SocketError, UnsupportedPlatformError
 from ..receiver import mmsg
 from ..receiver.admission import ANCILLARY_SIZE
-from ..ring import Ring, create_shared_fd
-from ..sockets import BoundSocket, adopt_systemd, bind_socket, unlink_if_ours
+from ..ring import Ring
+from ..shm import create_shared_fd
+from ..sockets import (
+    BoundSocket,
+    adopt_systemd,
+    bind_socket,
+    sender_limit_warning,
+    size_receive_buffer,
+    unlink_if_ours,
+)
 from ..spec import ChildSpec
 from ..stats import RECEIVER_BLOCK, Stats, standby_block, supervisor_block, worker_block
 from ..wake import make_wake, signal_wake
@@ -157,7 +166,8 @@ def bind(config: Config) -> BoundSocket:
     """The server socket: adopted from systemd, or bound as ``config`` says.
 
     Raises:
-        SocketError: the socket cannot be bound.
+        SocketError: the socket cannot be bound, or (macOS) its receive buffer cannot hold
+            a datagram of max_datagram bytes.
     """
     creds = config.wants_credentials
     bound = adopt_systemd(credentials=creds) or bind_socket(
@@ -170,6 +180,15 @@ def bind(config: Config) -> BoundSocket:
     )
     if bound.identity is None and (config.mode != "0660" or config.gid != -1):
         log.warning("mode and group do not apply to %s: %s", bound.path, _no_mode_why(bound))
+    try:
+        size_receive_buffer(bound.sock, config.max_datagram)
+    except SocketError:
+        unlink_if_ours(bound)
+        bound.sock.close()
+        raise
+    warning = sender_limit_warning(config.max_datagram)
+    if warning is not None:
+        log.warning("%s", warning)
     return bound
 
 
@@ -194,12 +213,14 @@ def check_platform(config: Config) -> None:
     """Fail at start-up, not later, when the platform lacks a feature the config needs.
 
     Raises:
-        UnsupportedPlatformError: credentials (SO_PASSCRED) outside Linux.
+        UnsupportedPlatformError: credentials where the kernel gives none (macOS, the
+            portable profile; a validated config refuses them already).
     """
-    if config.wants_credentials and not hasattr(socket, "SO_PASSCRED"):
+    here = portable.current()
+    if config.wants_credentials and not here.has_credentials:
         raise UnsupportedPlatformError(
-            "sender credentials (credentials, allow_uid, allow_gid, rate_limit) need "
-            "SO_PASSCRED, which only Linux has"
+            "sender credentials (credentials, allow_uid, allow_gid, rate_limit): "
+            + here.unavailable(portable.NO_CREDENTIALS)
         )
 
 
