@@ -64,6 +64,16 @@ def child_env(out_dir: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
+# The portable profile (ugram.portable, docs/portable.md): every Linux-only path off, as on
+# macOS. A few representative tests run once with it ("linux" is the default profile).
+PROFILES: dict[str, dict[str, str]] = {"linux": {}, "portable": {"UGRAM_PORTABLE": "1"}}
+
+
+def profile_env(profile: str, out_dir: Path | None = None) -> dict[str, str]:
+    """:func:`child_env` for a server run under ``profile`` ("linux" or "portable")."""
+    return child_env(out_dir, **PROFILES[profile])
+
+
 @pytest.fixture
 def apps_env(monkeypatch: pytest.MonkeyPatch, out_dir: Path) -> Path:
     """Let workers started by an in-process Supervisor import the test apps."""

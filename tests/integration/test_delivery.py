@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
+    profile_env,
     read_records,
     run_server,
     start_senders,
@@ -25,12 +26,18 @@ def expected(senders: int, count: int) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("workers", "speedups"),
-    [(1, "true"), (2, "true"), (4, "true"), (2, "false")],
-    ids=["1", "2", "4", "2-pure-python"],
+    ("workers", "speedups", "profile"),
+    [
+        (1, "true", "linux"),
+        (2, "true", "linux"),
+        (4, "true", "linux"),
+        (2, "false", "linux"),
+        (2, "true", "portable"),
+    ],
+    ids=["1", "2", "4", "2-pure-python", "2-portable"],
 )
 def test_concurrent_senders_exactly_once(
-    sock_dir: Path, out_dir: Path, workers: int, speedups: str
+    sock_dir: Path, out_dir: Path, workers: int, speedups: str, profile: str
 ) -> None:
     path = sock_dir / "s.sock"
     with run_server(
@@ -39,7 +46,7 @@ def test_concurrent_senders_exactly_once(
         "--workers",
         str(workers),
         f"--speedups={speedups}",
-        out_dir=out_dir,
+        env=profile_env(profile, out_dir),
     ) as server:
         wait_senders(start_senders(path, PER_SENDER, SENDERS))
         assert server.stop() == 0, server.stderr
@@ -53,9 +60,13 @@ def test_concurrent_senders_exactly_once(
     assert not path.exists()
 
 
-def test_sigterm_right_after_a_flood_drains_everything(sock_dir: Path, out_dir: Path) -> None:
+@pytest.mark.parametrize("profile", ["linux", "portable"])
+def test_sigterm_right_after_a_flood_drains_everything(
+    sock_dir: Path, out_dir: Path, profile: str
+) -> None:
     path = sock_dir / "s.sock"
-    with run_server("seqrec:Recorder", path, "--workers", "2", out_dir=out_dir) as server:
+    env = profile_env(profile, out_dir)
+    with run_server("seqrec:Recorder", path, "--workers", "2", env=env) as server:
         wait_senders(start_senders(path, 50_000, 2))
         code = server.stop()  # the rings and the socket queue still hold records here
         assert code == 0, server.stderr

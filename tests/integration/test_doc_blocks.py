@@ -288,6 +288,7 @@ BLOCKS: dict[Key, Kind] = {
         "changes a kernel setting, as root, and writes /etc/sysctl.d"
     ),
     (OPS, "Small machines: where the processes run", "sh", "taskset -c 0 ugram serve"): Shell(),
+    ("docs/portable.md", "Forcing it on Linux", "sh", "UGRAM_PORTABLE=1 ugram serve"): Shell(),
     (OPS, "Without socket activation", "ini", "# /etc/systemd/system/app-ingest.service"): (
         Systemd()
     ),

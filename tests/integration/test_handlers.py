@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import (
     child_env,
+    profile_env,
     read_records,
     run_server,
     send_all,
@@ -131,13 +132,19 @@ async def test_handler_raising_every_tenth_is_counted_and_worker_goes_on(
 # -- replies ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["path", "abstract"])
-def test_reply_round_trip(sock_dir: Path, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "profile"),
+    [("path", "linux"), ("abstract", "linux"), ("path", "portable")],
+    ids=["path", "abstract", "path-portable"],
+)
+def test_reply_round_trip(sock_dir: Path, kind: str, profile: str) -> None:
+    """Portable: no credentials, so the sender's private directory proves its ownership."""
     path = sock_dir / "s.sock"
     bind = str(sock_dir / "c.sock") if kind == "path" else f"\0ugtest-{uuid.uuid4().hex}"
     allow = ["--allow-abstract-replies"] if kind == "abstract" else []
+    env = profile_env(profile)
     with (
-        run_server("seqrec:echo", path, "--workers", "2", *allow) as server,
+        run_server("seqrec:echo", path, "--workers", "2", *allow, env=env) as server,
         client(bind) as sock,
     ):
         for word in (b"hello", b"world", b"ugram"):
