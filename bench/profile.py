@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.measure import Context, Results
 from bench.plan import Plan, Scenario, Section
 from bench.procs import cpu_seconds, kill_all
-from bench.senders import start_flood
+from bench.senders import Payload, start_flood
 from bench.server import ServerSpec, ugram_server
 from bench.table import Row, Table, size_label
 
@@ -125,9 +125,9 @@ class Profile(Scenario):
         out = Path(a.out or tempfile.mkdtemp(prefix="ugram-profile-"))
         out.mkdir(parents=True, exist_ok=True)
         spec = ServerSpec(a.handler, a.workers, a.codec, tuple(a.flag), ctx.tree(""))
-        json_payload = a.handler == "json" or a.codec == "json"
+        payload: Payload = "json" if a.handler == "json" or a.codec == "json" else "raw"
         with ugram_server(spec) as srv:
-            sender = start_flood(srv.path, FLOOD, a.size, json_payload=json_payload)
+            sender = start_flood(srv.path, FLOOD, a.size, payload=payload)
             try:
                 time.sleep(1.0)
                 others = {"supervisor": srv.proc.pid, "sender": sender.pid}
