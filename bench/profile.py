@@ -7,7 +7,9 @@ waits one second, then samples the receiver and every worker with ``py-spy recor
 window (the table), then per process the top lines (self time) and functions (inclusive
 time); py-spy's idle detection misses some waits, so trust the CPU figure. ``--perf`` adds a
 ``perf record -g`` window for the kernel side (syscalls, wake-ups), which py-spy cannot see.
-Raw stacks and perf data are kept in ``--out``. Needs ``py-spy`` (``pip install py-spy``),
+Raw stacks and perf data are kept in ``--out``. ``--payload syslog`` or ``statsd`` sends what
+the peer bench sends, for the built-ins (``--handler bench.peer_handlers:ReadySink --codec
+syslog --payload syslog --size 200``: LogSink). Needs ``py-spy`` (``pip install py-spy``),
 ``perf`` for ``--perf``, and permission to ptrace the children (root).
 """
 
@@ -125,7 +127,9 @@ class Profile(Scenario):
         out = Path(a.out or tempfile.mkdtemp(prefix="ugram-profile-"))
         out.mkdir(parents=True, exist_ok=True)
         spec = ServerSpec(a.handler, a.workers, a.codec, tuple(a.flag), ctx.tree(""))
-        payload: Payload = "json" if a.handler == "json" or a.codec == "json" else "raw"
+        payload: Payload = a.payload or (
+            "json" if a.handler == "json" or a.codec == "json" else "raw"
+        )
         with ugram_server(spec) as srv:
             sender = start_flood(srv.path, FLOOD, a.size, payload=payload)
             try:

@@ -101,6 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     group.add_argument("--codec", default="", help="the handler's codec (default: its own, or raw)")
     group.add_argument("--size", type=int, default=64, help="datagram size in bytes")
+    group.add_argument(
+        "--payload",
+        choices=["raw", "json", "syslog", "statsd"],
+        help="profile: the load (default: json with --codec json or --handler json, else raw)",
+    )
     group.add_argument("--workers", type=int, default=1)
     group.add_argument(
         "--flag", action="append", default=[], help="a server option, e.g. --flag=--credentials"
