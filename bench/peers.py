@@ -9,9 +9,10 @@ Each round runs, one after the other, fed by the same C sender (``bench/c/sender
   ``omfile`` with a JSON template (``bench/rsyslog.py``; skipped, and said so, when
   ``rsyslogd`` is not installed: ``apt-get install rsyslog``), then ``ugram serve
   ugram.builtin:LogSink --codec syslog`` with 1 and 2 workers (rotation off, as rsyslog's
-  file; fsync as LogSink's default). Measured from outside (``bench/syslogrun.py``): lines/s
-  until the output file holds every line, CPU per line of every process of the server;
-  every line must be written exactly once;
+  file; fsync as LogSink's default), and with ``--codec raw`` (each line written as text,
+  not parsed: what the rest of ugram's path costs, the ceiling of a faster parser). Measured
+  from outside (``bench/syslogrun.py``): lines/s until the output file holds every line, CPU
+  per line of every process of the server; every line must be written exactly once;
 * DogStatsD, one line a datagram (a mix of counters, timers, gauges, sets and sampled
   histograms over 33 series): a raw handler (``bench.handlers:Count``, no decoding) and
   ``StatsdAggregator --codec statsd`` (``bench.peer_handlers:CountingAggregator``), 2
@@ -63,8 +64,9 @@ RAW, AGG = "raw handler, 2 workers", "StatsdAggregator, 2 workers"
 Measure = Callable[[], Any]
 
 
-def sink_label(workers: int) -> str:
-    return f"ugram LogSink, {workers} worker{'s' if workers > 1 else ''}"
+def sink_label(workers: int, codec: str = "syslog") -> str:
+    label = f"ugram LogSink, {workers} worker{'s' if workers > 1 else ''}"
+    return label if codec == "syslog" else f"{label}, --codec {codec} (no parsing)"
 
 
 GOALS = (  # name, what, numerator, denominator, the figure, the goal
@@ -90,9 +92,9 @@ def measure_rsyslog(executable: str, count: int) -> SinkSample:
         )
 
 
-def measure_sink(ctx: Context, workers: int, count: int) -> SinkSample:
-    """One run of ``ugram serve ugram.builtin:LogSink --codec syslog`` with ``workers``."""
-    spec = ServerSpec(SINK, workers, "syslog", ugram_path=ctx.tree(""))
+def measure_sink(ctx: Context, workers: int, count: int, codec: str = "syslog") -> SinkSample:
+    """One run of ``ugram serve ugram.builtin:LogSink --codec CODEC`` with ``workers``."""
+    spec = ServerSpec(SINK, workers, codec, ugram_path=ctx.tree(""))
     with socket_dir() as tmp:
         output, sock = str(Path(tmp, "out.jsonl")), str(Path(tmp, "s"))
         env = server_env(tmp, spec.ugram_path)
@@ -106,7 +108,7 @@ def measure_sink(ctx: Context, workers: int, count: int) -> SinkSample:
             env=env,
             cwd=spec.ugram_path or str(ROOT),
             log=Path(tmp, "log"),
-            what=sink_label(workers),
+            what=sink_label(workers, codec),
         )
 
 
@@ -204,6 +206,8 @@ class Peers(Scenario):
             runs.append((RSYSLOG, lambda exe=self.rsyslogd: measure_rsyslog(exe, n)))
         for workers in (1, 2):
             runs.append((sink_label(workers), lambda w=workers: measure_sink(ctx, w, n)))
+        raw = sink_label(1, "raw")
+        runs.append((raw, lambda: measure_sink(ctx, 1, n, "raw")))
         runs.append((RAW, lambda: measure_statsd(ctx, "trivial", n)))
         runs.append((AGG, lambda: measure_statsd(ctx, AGGREGATOR, n)))
         return runs
@@ -241,8 +245,7 @@ class Peers(Scenario):
         if self.rsyslogd is not None:
             base = self.row(RSYSLOG, case, None, self.syslog_extras(RSYSLOG))
             rows.append(base)
-        for workers in (1, 2):
-            label = sink_label(workers)
+        for label in (sink_label(1), sink_label(2), sink_label(1, "raw")):
             rows.append(self.row(label, case, base, self.syslog_extras(label)))
         table.rows = rows
         return table
