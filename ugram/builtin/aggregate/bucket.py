@@ -125,7 +125,8 @@ class Bucket:
 
     def _add_samples(self, kind: str, key: Key, values: tuple[float, ...], weight: float) -> bool:
         """Keep a histogram, timer or distribution line's values with their weight."""
-        if values and not isfinite(weight * max(values, key=abs)):
+        largest = values[0] if len(values) == 1 else max(values, key=abs, default=0.0)
+        if values and not isfinite(weight * largest):
             return False
         entry = self.samples.get((kind, key))
         if entry is None:
