@@ -1,16 +1,23 @@
-"""One datagram, or one decoded message of it, as a JSON-ready record."""
+"""One datagram, or one decoded message of it, as a JSON-ready record; a batch of them as
+JSON lines in one reused buffer (:class:`LineEncoder`)."""
 
 from __future__ import annotations
 
 import base64
+import itertools
+import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from ..datagram import Datagram
-from ..escaping import json_bytes, printable
+from ..escaping import json_bytes, json_unsafe, printable
 
 _encode = msgspec.json.Encoder().encode
+_FAST_UNTIL = 253_402_300_000.0  # epoch seconds in year 9999: later ones take datetime's path
 
 
 def encode(obj: object) -> bytes:
@@ -82,9 +89,139 @@ def escaped(sender: str | None) -> str | None:
 
 
 def _head(dgram: Datagram, sender: str | None) -> dict[str, object]:
-    return {"time": datetime.fromtimestamp(dgram.received_at, UTC).isoformat(), "sender": sender}
+    return {"time": _clock.text(dgram.received_at), "sender": sender}
 
 
 def _credentials(out: dict[str, object], dgram: Datagram) -> None:
     if dgram.pid is not None:
         out.update(pid=dgram.pid, uid=dgram.uid, gid=dgram.gid)
+
+
+class IsoClock:
+    """Receive times as ``datetime.fromtimestamp(at, UTC).isoformat()`` writes them, without
+    building a datetime a record: the last time's text is kept (the records of one read share
+    a float time stamp, ~0.24 µs wide), and the date and time of its second.
+
+    The microseconds are rounded as CPython's ``fromtimestamp`` rounds them (the float's
+    fraction, ``modf``, times 10**6, half to even, carried into the second at 10**6), so the
+    text is the same to the byte (tests/unit/test_sink_lines.py checks it against datetime's).
+    """
+
+    __slots__ = ("_at", "_prefix", "_second", "_text")
+
+    def __init__(self) -> None:
+        self._at = math.nan  # equal to no time
+        self._text = ""
+        self._second = -1
+        self._prefix = ""
+
+    def text(self, at: float) -> str:
+        """``at`` (epoch seconds) as ``2026-11-28T07:18:00.123456+00:00``.
+
+        Raises:
+            ValueError, OverflowError, OSError: as ``datetime.fromtimestamp`` (out of range).
+        """
+        if at == self._at:
+            return self._text
+        if not 0.0 <= at < _FAST_UNTIL:
+            text = datetime.fromtimestamp(at, UTC).isoformat()
+        else:
+            second = int(at)
+            micro = round((at - second) * 1e6)  # the fraction is exact, as modf's
+            if micro >= 1_000_000:
+                micro, second = micro - 1_000_000, second + 1
+            if second != self._second:
+                self._prefix = datetime.fromtimestamp(second, UTC).isoformat()[:-6]
+                self._second = second
+            text = f"{self._prefix}.{micro:06d}+00:00" if micro else self._prefix + "+00:00"
+        self._at, self._text = at, text
+        return text
+
+
+_clock = IsoClock()
+
+
+class _Line(msgspec.Struct):
+    """The record :func:`record` builds, as a Struct: the same keys in the same order (the
+    UNSET ones are left out), encoded without building a dict."""
+
+    time: str
+    sender: str | None
+    size: int | UnsetType = UNSET
+    pid: int | UnsetType = UNSET
+    uid: int | UnsetType | None = UNSET
+    gid: int | UnsetType | None = UNSET
+    text: str | UnsetType = UNSET
+    base64: str | UnsetType = UNSET
+    data: Any = UNSET
+
+
+def _line(message: object, dgram: Datagram, time: str) -> _Line:
+    """:func:`record` of ``message`` as a :class:`_Line`."""
+    if isinstance(message, bytes):
+        line = _Line(time, dgram.sender, size=len(message))
+        try:
+            line.text = message.decode("utf-8")
+        except UnicodeDecodeError:
+            line.base64 = base64.b64encode(message).decode("ascii")
+    elif isinstance(message, str):
+        line = _Line(time, dgram.sender, text=message)
+    else:
+        line = _Line(time, dgram.sender, data=message)
+    if dgram.pid is not None:
+        line.pid, line.uid, line.gid = dgram.pid, dgram.uid, dgram.gid
+    return line
+
+
+class LineEncoder:
+    """A batch of messages as JSON lines, the bytes :func:`encode_line` gives for each, in one
+    buffer kept from batch to batch: one msgspec ``encode_into`` a record, no dict, no
+    ``bytes`` object a line, and one check of the whole batch for characters to escape.
+
+    After :meth:`encode`, :attr:`buffer` holds the lines and :attr:`ends` the offset just
+    past each one.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.ends: list[int] = []
+        self._into = msgspec.json.Encoder().encode_into
+        self._clock = IsoClock()
+
+    def encode(
+        self, messages: Sequence[object], dgrams: Sequence[Datagram]
+    ) -> list[tuple[Datagram, str]]:
+        """Encode one line per message (replacing the previous batch).
+
+        Returns:
+            The error records written (see :func:`encode_line`): their datagram and why.
+        """
+        buf, ends, into, clock = self.buffer, self.ends, self._into, self._clock.text
+        ends.clear()
+        errors: list[tuple[Datagram, str]] = []
+        end = 0
+        for message, dgram in zip(messages, dgrams, strict=True):
+            try:
+                into(_line(message, dgram, clock(dgram.received_at)), buf, end)
+                buf += b"\n"
+            except (TypeError, ValueError, OverflowError):  # as encode_line's first try
+                del buf[end:]
+                line, error = encode_line(message, dgram)
+                buf += line
+                if error is not None:
+                    errors.append((dgram, error))
+            end = len(buf)
+            ends.append(end)
+        if ends and json_unsafe(buf):
+            self._escape()
+        return errors
+
+    def _escape(self) -> None:
+        """Escape, line by line, what :func:`encode` checks for (rare: DEL, C1 controls,
+        line separators, bidirectional controls in a message)."""
+        lines, start = [], 0
+        for end in self.ends:
+            lines.append(json_bytes(bytes(self.buffer[start:end])))
+            start = end
+        self.buffer[:] = b"".join(lines)
+        self.ends[:] = itertools.accumulate(map(len, lines))

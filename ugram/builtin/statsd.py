@@ -27,6 +27,7 @@ from ..spec import pid_alive
 from .aggregate import (
     Bucket,
     Limits,
+    SeriesKeys,
     Totals,
     add_to_totals,
     dump_bucket,
@@ -293,6 +294,9 @@ class StatsdAggregator:
         self.tick_interval = min(1.0, self.interval / 4)
         self.grace = max(0.5, 2 * self.tick_interval)
         self._buckets: dict[int, Bucket] = {}
+        self._keys = SeriesKeys(o.max_tags, o.max_series)  # shared by every interval's bucket
+        self._index: int | None = None  # the interval the last line went to, and its bucket
+        self._current = Bucket(0.0)
         self._spool: Spool | None = None
         self.clock: Callable[[], float] = time.time  # when intervals end (tests replace it)
 
@@ -313,12 +317,16 @@ class StatsdAggregator:
 
     def handle(self, line: Line, dgram: Datagram) -> None:
         """Aggregate one line in the interval of its receive time."""
-        self._bucket(int(dgram.received_at // self.interval)).add(line, dgram.received_ns)
+        index = int(dgram.received_at // self.interval)
+        bucket = self._current if index == self._index else self._bucket(index)
+        bucket.add(line, dgram.received_ns)
 
     def _bucket(self, index: int) -> Bucket:
         bucket = self._buckets.get(index)
         if bucket is None:
-            bucket = self._buckets[index] = Bucket(index * self.interval, self.limits)
+            bucket = Bucket(index * self.interval, self.limits, self._keys)
+            self._buckets[index] = bucket
+        self._index, self._current = index, bucket
         return bucket
 
     def tick(self) -> None:
@@ -353,6 +361,8 @@ class StatsdAggregator:
         spool = self._require()
         for index in sorted(self._buckets):
             if before is None or index < before:
+                if index == self._index:  # written now: a later line needs a new bucket
+                    self._index = None
                 bucket = self._buckets.pop(index)
                 if bucket:
                     spool.write_partial(bucket)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from math import isfinite
 
 from ...codecs.statsd import Event, Line, Metric, ServiceCheck
+from .keys import Key, SeriesKeys
 
-Key = tuple[str, tuple[str, ...]]  # metric name, sorted distinct tags
 SUMMARY_KINDS = {"h": "histograms", "ms": "timers", "d": "distributions"}
 
 
@@ -58,9 +58,14 @@ class Bucket:
     partial files of the interval that were not merged (see the aggregator).
     """
 
-    def __init__(self, start: float, limits: Limits = NO_LIMITS) -> None:
+    def __init__(
+        self, start: float, limits: Limits = NO_LIMITS, keys: SeriesKeys | None = None
+    ) -> None:
+        """``keys``: the series keys to share with other buckets of the same limits (an
+        aggregator's intervals); a bucket of its own makes its own."""
         self.start = start
         self.limits = limits
+        self.keys = keys if keys is not None else SeriesKeys(limits.max_tags, limits.max_series)
         self.counters: dict[Key, float] = {}
         self.gauges: dict[Key, tuple[int, float]] = {}  # (received_ns, value)
         self.sets: dict[Key, set[str]] = {}
@@ -89,21 +94,25 @@ class Bucket:
 
     def add_metric(self, m: Metric, received_ns: int) -> bool:
         """Aggregate one metric line; False when it is refused (see the limits)."""
-        tags = set(m.tags)
-        if self.limits.max_tags and len(tags) > self.limits.max_tags:
+        key = self.keys.key(m.name, m.tags)
+        if key is None:
             return False  # a key of thousands of one-byte tags would cost ~50 bytes each
-        key = (m.name, tuple(sorted(tags)))
-        if m.type == "c":
+        kind = m.type
+        if kind == "c":
             old = self.counters.get(key)
             new = (old or 0.0) + sum(m.values) / m.sample_rate
             if not isfinite(new) or (old is None and not self._admit(False)):
                 return False
             self.counters[key] = new
-        elif m.type == "g":
-            if key not in self.gauges and not self._admit(False):
-                return False
-            self.set_gauge(key, received_ns, m.values[-1])
-        elif m.type == "s":
+        elif kind == "g":
+            current = self.gauges.get(key)
+            if current is None:
+                if not self._admit(False):
+                    return False
+                self.gauges[key] = (received_ns, m.values[-1])
+            elif received_ns >= current[0]:  # unless a later one is already there
+                self.gauges[key] = (received_ns, m.values[-1])
+        elif kind == "s":
             members = self.sets.get(key)
             if members is None:
                 if not self._admit(False):
@@ -111,16 +120,25 @@ class Bucket:
                 members = self.sets[key] = set()
             self.add_members(members, m.members)
         else:
-            weight = 1.0 / m.sample_rate
-            if m.values and not isfinite(weight * max(m.values, key=abs)):
+            return self._add_samples(kind, key, m.values, 1.0 / m.sample_rate)
+        return True
+
+    def _add_samples(self, kind: str, key: Key, values: tuple[float, ...], weight: float) -> bool:
+        """Keep a histogram, timer or distribution line's values with their weight."""
+        largest = values[0] if len(values) == 1 else max(values, key=abs, default=0.0)
+        if values and not isfinite(weight * largest):
+            return False
+        entry = self.samples.get((kind, key))
+        if entry is None:
+            if not self._admit(False):
                 return False
-            entry = self.samples.get((m.type, key))
-            if entry is None:
-                if not self._admit(False):
-                    return False
-                entry = self.samples[m.type, key] = ([], [])
-            entry[0].extend(m.values)
-            entry[1].extend([weight] * len(m.values))
+            entry = self.samples[kind, key] = ([], [])
+        if len(values) == 1:  # the usual line: no list built for it
+            entry[0].append(values[0])
+            entry[1].append(weight)
+        else:
+            entry[0].extend(values)
+            entry[1].extend([weight] * len(values))
         return True
 
     def _admit(self, present: bool) -> bool:
