@@ -2,8 +2,9 @@
 ``bench.handlers`` so that the other bench workers never import the built-ins or codecs).
 
 * ``CountingAggregator`` aggregates each line exactly as ``ugram.builtin:StatsdAggregator``
-  does, and counts it and notes when as ``bench.handlers.Count`` does (the raw handler it is
-  compared with), reporting both on teardown in the same ``$UGBENCH_OUT`` line format.
+  does (the worker calls its ``handle_batch``), and counts the lines and notes when as
+  ``bench.handlers.Count`` does (the raw handler it is compared with), reporting both on
+  teardown in the same ``$UGBENCH_OUT`` line format.
 * ``ReadySink`` is ``ugram.builtin:LogSink`` that says when it is set up, for the bench's
   ``profile`` scenario (the peer bench runs ``LogSink`` itself and counts its file).
 
@@ -21,9 +22,9 @@ from typing import Any
 
 from bench.handlers import mark_ready, report_count
 from bench.work import READY_ENV
-from ugram import Datagram
 from ugram.builtin import LogSink, StatsdAggregator
 from ugram.codecs.statsd import Line
+from ugram.ring import Record
 
 
 def scratch(name: str, variable: str, options: dict[str, Any], option: str) -> dict[str, Any]:
@@ -49,9 +50,9 @@ class CountingAggregator(StatsdAggregator):
         self.cpu0 = time.process_time()
         mark_ready()
 
-    def handle(self, line: Line, dgram: Datagram) -> None:
-        super().handle(line, dgram)
-        self.count += 1
+    def handle_batch(self, packets: list[list[Line]], records: list[Record]) -> None:
+        super().handle_batch(packets, records)
+        self.count += sum(map(len, packets))
         self.last = monotonic()
 
     def teardown(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
 import re
 from datetime import UTC, datetime
@@ -18,9 +19,10 @@ from hypothesis import strategies as st
 
 from ugram import Datagram
 from ugram.builtin import LogSink
-from ugram.builtin.record import IsoClock, LineEncoder, encode_line, escaped
+from ugram.builtin.record import IsoClock, LineEncoder, datagram, encode_line, escaped
 from ugram.codecs.syslog import parse_syslog
 from ugram.escaping import json_bytes
+from ugram.ring import Record
 
 # -- the reference: the record path as it was before LineEncoder (git 3405425) ----------------
 
@@ -96,8 +98,8 @@ messages = st.one_of(
 senders = st.sampled_from([b"", b"/run/app.sock", b"/run/a\xffb.sock", b"\0abstract\n", b"/x\n"])
 recv_ns = st.integers(0, 2**62) | st.sampled_from([10**18, 1_700_000_000_999_999_500, 10**9])
 creds = st.none() | st.tuples(st.integers(1, 2**22), st.integers(0, 2**32 - 1), st.integers(0, 9))
-datagrams = st.builds(
-    lambda data, ns, sender, cred: Datagram(data, ns, sender, None, cred),
+records = st.builds(  # as the ring holds them: uid == gid == -1 when none were collected
+    lambda data, ns, sender, cred: Record(data, sender, ns, *(cred or (0, -1, -1))),
     st.binary(max_size=20),
     recv_ns,
     senders,
@@ -105,23 +107,35 @@ datagrams = st.builds(
 )
 
 
+def test_a_record_is_the_datagram_a_handler_would_get() -> None:
+    plain = datagram(Record(b"x", b"/run/a.sock", 1_500_000_000_000_000_001, 0, -1, -1))
+    assert (plain.data, plain.sender, plain.received_ns) == (
+        b"x",
+        "/run/a.sock",
+        1_500_000_000_000_000_001,
+    )
+    assert (plain.pid, plain.uid, plain.gid) == (None, None, None)
+    sent = datagram(Record(b"", b"", 1, 42, 0, 7))
+    assert (sent.pid, sent.uid, sent.gid, sent.sender) == (42, 0, 7, None)
+
+
 @settings(max_examples=300)
-@given(st.lists(st.tuples(messages, datagrams), max_size=12))
-def test_a_batch_is_the_lines_the_reference_writes(batch: list[tuple[object, Datagram]]) -> None:
+@given(st.lists(st.tuples(messages, records), max_size=12))
+def test_a_batch_is_the_lines_the_reference_writes(batch: list[tuple[object, Record]]) -> None:
     encoder = LineEncoder()
-    encoder.encode([b"stale"] * 3, [Datagram(b"", 1, b"", None)] * 3)  # a previous batch
-    msgs, dgrams = [m for m, _ in batch], [d for _, d in batch]
+    encoder.encode([b"stale"] * 3, [Record(b"", b"", 1, 0, -1, -1)] * 3)  # a previous batch
+    msgs, recs = [m for m, _ in batch], [r for _, r in batch]
 
-    errors = encoder.encode(msgs, dgrams)
+    errors = encoder.encode(msgs, recs)
 
-    expected = [reference_line(m, d) for m, d in batch]
+    expected = [reference_line(m, datagram(r)) for m, r in batch]
     lines = [line for line, _ in expected]
-    assert bytes(encoder.buffer[: sum(map(len, lines))]) == b"".join(lines)
+    assert bytes(encoder.buffer) == b"".join(lines)
     assert encoder.ends == list(itertools.accumulate(map(len, lines)))
-    assert [(id(d), why) for d, why in errors] == [
-        (id(d), why) for (_, d), (_, why) in zip(batch, expected, strict=True) if why is not None
+    assert [(id(r), why) for r, why in errors] == [
+        (id(r), why) for (_, r), (_, why) in zip(batch, expected, strict=True) if why is not None
     ]
-    assert [encode_line(m, d) for m, d in batch] == expected  # print_json's path
+    assert [encode_line(m, datagram(r)) for m, r in batch] == expected  # print_json's path
 
 
 @given(st.floats(0, 2**35, allow_nan=False) | recv_ns.map(lambda ns: ns / 1e9))
@@ -146,7 +160,9 @@ def test_a_log_sink_batch_is_one_write(tmp_path: Path, monkeypatch: pytest.Monke
     sink = LogSink(path=str(tmp_path / "s.jsonl"), fsync="never")
     sink.setup()
     payloads = [f"<14>Dec  3 16:56:08 app[42]: line {i} \u2028".encode() for i in range(64)]
-    dgrams = [Datagram(p, 1_700_000_000_000_000_000 + i, b"", None) for i, p in enumerate(payloads)]
+    recs = [
+        Record(p, b"", 1_700_000_000_000_000_000 + i, 0, -1, -1) for i, p in enumerate(payloads)
+    ]
     writes: list[int] = []
     real_write = os.write
 
@@ -155,13 +171,31 @@ def test_a_log_sink_batch_is_one_write(tmp_path: Path, monkeypatch: pytest.Monke
         return real_write(fd, data)
 
     monkeypatch.setattr("ugram.builtin.sink.os.write", counting_write)
-    sink.handle_batch([parse_syslog(p) for p in payloads], dgrams)
+    sink.handle_batch([parse_syslog(p) for p in payloads], recs)
     monkeypatch.undo()
     sink.teardown()
 
     written = (tmp_path / "s.jsonl").read_bytes()
     expected = [
-        reference_line(parse_syslog(p), d)[0] for p, d in zip(payloads, dgrams, strict=True)
+        reference_line(parse_syslog(p), datagram(r))[0] for p, r in zip(payloads, recs, strict=True)
     ]
     assert written == b"".join(expected)
     assert writes == [len(written)]
+
+
+def test_a_log_sink_batch_rotates_between_its_lines(tmp_path: Path) -> None:
+    texts = [f"line {i}" for i in range(5)]
+    recs = [Record(b"", b"", 1_700_000_000_000_000_000, 0, -1, -1)] * 5
+    one = len(reference_line(texts[0], datagram(recs[0]))[0])
+    sink = LogSink(path=str(tmp_path / "s.jsonl"), fsync="never", max_bytes=2 * one, backups=3)
+    sink.setup()
+    sink.handle_batch(texts, recs)
+    sink.teardown()
+
+    files = ["s.jsonl.2", "s.jsonl.1", "s.jsonl"]  # oldest first
+    lines = [(tmp_path / name).read_text().splitlines() for name in files]
+    assert [[json.loads(line)["text"] for line in file] for file in lines] == [
+        texts[0:2],
+        texts[2:4],
+        texts[4:],
+    ]

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from ugram import Datagram
 from ugram.builtin import StatsdAggregator
-from ugram.builtin.aggregate import Bucket, Limits, SeriesKeys, render_interval
+from ugram.builtin.aggregate import Bucket, Limits, SeriesKeys, dump_bucket, render_interval
 from ugram.codecs.statsd import parse_packet
+from ugram.ring import Record
 
 
 def test_a_series_key_is_built_once_and_shared() -> None:
@@ -93,3 +94,55 @@ def test_a_line_for_an_interval_already_written_is_counted(tmp_path: Path) -> No
     totals = json.loads((tmp_path / "totals.json").read_text())
     assert [c["value"] for c in totals["counters"]] == [7.0]
     assert totals["lines"] == 3
+
+
+packets = st.lists(  # datagrams of one to three lines, some refused, some not metrics
+    st.lists(
+        st.sampled_from(
+            [
+                b"hits:1|c|#a,b",
+                b"hits:2|c|@0.5|#b,a",
+                b"q:7|g",
+                b"q:3|g|#x",
+                b"u:m1|s",
+                b"u:m2,m3|s",  # a member with a comma: one member
+                b"lat:1.5|ms|#a",
+                b"size:4:5|h|@0.25",
+                b"d:2|d",
+                b"big:1e308|c",  # twice: a sum that would overflow, refused
+                b"many:1|c|#t1,t2,t3,t4",  # past max_tags
+                b"_e{1,1}:t|x",
+                b"_sc|svc|0",
+            ]
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    min_size=1,
+    max_size=30,
+)
+# Around interval boundaries (10 s), and going back now and then (the clock was set back).
+times = st.lists(st.integers(9_999_999_000, 10_000_001_000) | st.integers(0, 30 * 10**9))
+
+
+@settings(max_examples=80)
+@given(packets, times, st.integers(1, 8))
+def test_a_worker_batch_aggregates_as_line_by_line_calls(
+    datagrams: list[list[bytes]], stamps: list[int], batch_size: int
+) -> None:
+    """handle_batch (what the worker calls, with each datagram's lines and its ring record)
+    keeps the same aggregates as handle, one line and its Datagram at a time."""
+    at = [stamps[i % len(stamps)] + i if stamps else 10**10 + i for i in range(len(datagrams))]
+    lines = [parse_packet(b"\n".join(d)) for d in datagrams]
+    batched, single = (StatsdAggregator(flush_interval=10, max_tags=3) for _ in range(2))
+    for start in range(0, len(lines), batch_size):
+        stop = start + batch_size
+        records = [Record(b"", b"", ns, 0, -1, -1) for ns in at[start:stop]]
+        batched.handle_batch(lines[start:stop], records)
+    for packet, ns in zip(lines, at, strict=True):
+        for line in packet:
+            single.handle(line, Datagram(b"", ns, b"", None))
+
+    assert sorted(batched._buckets) == sorted(single._buckets)
+    for index, bucket in batched._buckets.items():
+        assert dump_bucket(bucket) == dump_bucket(single._buckets[index])

@@ -13,8 +13,9 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from ..datagram import Datagram
+from ..datagram import Datagram, decode_address
 from ..escaping import json_bytes, json_unsafe, printable
+from ..ring import Record
 
 _encode = msgspec.json.Encoder().encode
 _FAST_UNTIL = 253_402_300_000.0  # epoch seconds in year 9999: later ones take datetime's path
@@ -156,64 +157,123 @@ class _Line(msgspec.Struct):
     data: Any = UNSET
 
 
-def _line(message: object, dgram: Datagram, time: str) -> _Line:
-    """:func:`record` of ``message`` as a :class:`_Line`."""
+def _line(message: object, sender: str | None, time: str, record: Record) -> _Line:
+    """:func:`record` of ``message``, received as ``record`` from ``sender``, as a
+    :class:`_Line`."""
     if isinstance(message, bytes):
-        line = _Line(time, dgram.sender, size=len(message))
+        line = _Line(time, sender, size=len(message))
         try:
             line.text = message.decode("utf-8")
         except UnicodeDecodeError:
             line.base64 = base64.b64encode(message).decode("ascii")
     elif isinstance(message, str):
-        line = _Line(time, dgram.sender, text=message)
+        line = _Line(time, sender, text=message)
     else:
-        line = _Line(time, dgram.sender, data=message)
-    if dgram.pid is not None:
-        line.pid, line.uid, line.gid = dgram.pid, dgram.uid, dgram.gid
+        line = _Line(time, sender, data=message)
+    if record[4] != -1 or record[5] != -1:  # credentials collected: Datagram.pid is set
+        line.pid, line.uid, line.gid = record[3], record[4], record[5]
     return line
 
 
-class LineEncoder:
-    """A batch of messages as JSON lines, the bytes :func:`encode_line` gives for each, in one
-    buffer kept from batch to batch: one msgspec ``encode_into`` a record, no dict, no
-    ``bytes`` object a line, and one check of the whole batch for characters to escape.
+def datagram(record: Record) -> Datagram:
+    """The :class:`Datagram` of ``record`` as a worker hands it to a handler (without a
+    socket to reply through)."""
+    creds = None if record.uid == -1 and record.gid == -1 else record[3:6]
+    return Datagram(record.payload, record.recv_ns, record.address, None, creds)
 
-    After :meth:`encode`, :attr:`buffer` holds the lines and :attr:`ends` the offset just
-    past each one.
+
+class LineEncoder:
+    """A batch of messages as JSON lines, the bytes :func:`encode_line` gives for each: one
+    :class:`_Line` a record, then one msgspec ``encode_lines`` call for the whole batch (no
+    dict, no ``bytes`` object a line), and one check of the whole batch for characters to
+    escape. A batch with a message that is not JSON is encoded again line by line, into a
+    buffer kept from batch to batch.
+
+    After :meth:`encode`, :attr:`buffer` holds the lines, each ending in its only ``\\n``
+    (JSON escapes the others), and :attr:`ends` the offset just past each one.
     """
 
     def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.ends: list[int] = []
-        self._into = msgspec.json.Encoder().encode_into
+        self.buffer: bytes | bytearray = b""
+        self._ends: list[int] | None = []
+        encoder = msgspec.json.Encoder()
+        self._encode_lines, self._into = encoder.encode_lines, encoder.encode_into
+        self._scratch = bytearray()
         self._clock = IsoClock()
 
+    @property
+    def ends(self) -> list[int]:
+        """The offset just past each line of :attr:`buffer` (found when first asked for)."""
+        if self._ends is None:
+            self._ends = line_ends(self.buffer)
+        return self._ends
+
     def encode(
-        self, messages: Sequence[object], dgrams: Sequence[Datagram]
-    ) -> list[tuple[Datagram, str]]:
-        """Encode one line per message (replacing the previous batch).
+        self, messages: Sequence[object], records: Sequence[Record]
+    ) -> list[tuple[Record, str]]:
+        """Encode one line per message, received as the record beside it (replacing the
+        previous batch): the line :func:`encode_line` gives for the message and the
+        record's :func:`datagram`.
 
         Returns:
-            The error records written (see :func:`encode_line`): their datagram and why.
+            The error records written (see :func:`encode_line`): their record and why.
         """
-        buf, ends, into, clock = self.buffer, self.ends, self._into, self._clock.text
-        ends.clear()
-        errors: list[tuple[Datagram, str]] = []
+        lines = self._lines(messages, records)
+        errors: list[tuple[Record, str]] = []
+        try:
+            self.buffer, self._ends = self._encode_lines(lines), None
+        except (TypeError, ValueError, OverflowError):  # as encode_line's first try
+            errors = self._one_by_one(lines, messages, records)
+        if json_unsafe(self.buffer):
+            self._escape()
+        return errors
+
+    def _lines(self, messages: Sequence[object], records: Sequence[Record]) -> list[_Line]:
+        """The :class:`_Line` of each message. The records of a batch mostly share their
+        sender, those of one read their float receive time, and the messages their type:
+        each is looked at once."""
+        lines: list[_Line] = []
+        append, clock = lines.append, self._clock.text
+        address, sender, at, time = b"", None, math.nan, ""
+        kind: type | None = None
+        decoded = False  # kind is neither bytes nor str (nor a subclass of them)
+        for message, record in zip(messages, records, strict=True):
+            _, addr, ns, _, uid, gid = record
+            if addr != address:
+                address, sender = addr, decode_address(addr)
+            if ns / 1e9 != at:
+                at = ns / 1e9
+                time = clock(at)
+            if type(message) is not kind:
+                kind, decoded = type(message), not isinstance(message, bytes | str)
+            if decoded and uid == -1 and gid == -1:  # no credentials: most lines
+                append(_Line(time, sender, data=message))
+            else:
+                append(_line(message, sender, time, record))
+        return lines
+
+    def _one_by_one(
+        self, lines: list[_Line], messages: Sequence[object], records: Sequence[Record]
+    ) -> list[tuple[Record, str]]:
+        """:meth:`encode` of a batch with a line msgspec refuses: each line encoded alone, a
+        refused one as :func:`encode_line` writes it."""
+        buf, into, ends = self._scratch, self._into, []
+        errors: list[tuple[Record, str]] = []
         end = 0
-        for message, dgram in zip(messages, dgrams, strict=True):
+        for line, message, record in zip(lines, messages, records, strict=True):
             try:
-                into(_line(message, dgram, clock(dgram.received_at)), buf, end)
+                into(line, buf, end)
                 buf += b"\n"
-            except (TypeError, ValueError, OverflowError):  # as encode_line's first try
+            except (TypeError, ValueError, OverflowError):
                 del buf[end:]
-                line, error = encode_line(message, dgram)
-                buf += line
+                text, error = encode_line(message, datagram(record))
+                buf += text
                 if error is not None:
-                    errors.append((dgram, error))
+                    errors.append((record, error))
             end = len(buf)
             ends.append(end)
-        if ends and json_unsafe(buf):
-            self._escape()
+        del buf[end:]
+        self.buffer, self._ends = buf, ends
         return errors
 
     def _escape(self) -> None:
@@ -223,5 +283,15 @@ class LineEncoder:
         for end in self.ends:
             lines.append(json_bytes(bytes(self.buffer[start:end])))
             start = end
-        self.buffer[:] = b"".join(lines)
-        self.ends[:] = itertools.accumulate(map(len, lines))
+        self.buffer = b"".join(lines)
+        self._ends = list(itertools.accumulate(map(len, lines)))
+
+
+def line_ends(data: bytes | bytearray) -> list[int]:
+    """The offset just past each ``\\n`` of ``data``."""
+    ends: list[int] = []
+    at = data.find(b"\n")
+    while at >= 0:
+        ends.append(at + 1)
+        at = data.find(b"\n", at + 1)
+    return ends

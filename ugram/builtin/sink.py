@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .. import safefs
-from ..datagram import Datagram
+from ..datagram import decode_address
 from ..errors import UnsafePathError
 from ..escaping import printable
 from ..logs import RateLimited
+from ..ring import Record
 from .options import load_options
-from .record import LineEncoder, escaped
+from .record import LineEncoder, escaped, line_ends
 
 log = logging.getLogger("ugram.builtin.sink")
 _warn = RateLimited(log)
@@ -100,9 +101,10 @@ class RotatingFile:
         """
         self.write_lines(b"".join(lines), list(itertools.accumulate(map(len, lines))))
 
-    def write_lines(self, data: bytes | bytearray, ends: Sequence[int]) -> None:
+    def write_lines(self, data: bytes | bytearray, ends: Sequence[int] | None = None) -> None:
         """:meth:`write` for lines already joined: ``data``, and ``ends``, the offset just
-        past each line. A batch that fits is one ``write(2)``.
+        past each line (None: each line ends in its only ``\\n``, as JSON lines do; then
+        they are found only for a rotation). A batch that fits is one ``write(2)``.
 
         Raises:
             OSError: the file cannot be written (disk full, permissions, ...).
@@ -113,7 +115,7 @@ class RotatingFile:
             if not self.max_bytes or size + len(data) <= self.max_bytes:
                 self._write_all(data)  # no line can pass max_bytes: no rotation
             else:
-                self._write_rotating(data, ends, size)
+                self._write_rotating(data, line_ends(data) if ends is None else ends, size)
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
@@ -267,9 +269,12 @@ class LogSink:
         except UnsafePathError as exc:
             raise UnsafePathError(f"LogSink (UGSINK_PATH={o.path}): {exc}") from None
 
-    def handle_batch(self, messages, dgrams: list[Datagram]) -> None:  # type: ignore[no-untyped-def]
+    def handle_batch(self, messages, records: list[Record]) -> None:  # type: ignore[no-untyped-def]
         """Write one JSON line per message; ``messages`` is untyped on purpose: it takes
-        whatever the codec gives (bytes with raw, JSON values, SyslogMessage, ...).
+        whatever the codec gives (bytes with raw, JSON values, SyslogMessage, ...), and
+        ``records`` the ring's :class:`~ugram.ring.Record` of each (where it came from and
+        when: a Datagram a record would cost the worker about as much as its line;
+        :func:`ugram.builtin.record.datagram` makes one from a record).
 
         A message that cannot be encoded as JSON (a msgpack ``Ext``, ...) costs nothing to
         the others: it is written as an error record (its datagram in base64 and an
@@ -277,14 +282,14 @@ class LogSink:
         """
         assert self._file is not None, "setup() was not called"
         encoder = self._encoder
-        for dgram, error in encoder.encode(messages, dgrams):
+        for record, error in encoder.encode(messages, records):
             self.error_records += 1
             _warn.warning(
                 "LogSink: a message from %s was written as an error record: %s",
-                escaped(dgram.sender),
+                escaped(decode_address(record.address)),
                 printable(error),
             )
-        self._file.write_lines(encoder.buffer, encoder.ends)
+        self._file.write_lines(encoder.buffer)  # JSON lines: no ends needed
         if self.options.fsync == "always":
             self._file.fsync()
         else:

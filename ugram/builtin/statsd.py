@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import math
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ from ..codecs.statsd import Line
 from ..datagram import Datagram
 from ..errors import UnsafePathError
 from ..logs import RateLimited
+from ..ring import Record
 from ..spec import pid_alive
 from .aggregate import (
     Bucket,
@@ -220,6 +222,18 @@ class Spool:
             directory.close()
 
 
+def _interval_end(received_ns: list[int], start: int, index: int, interval: float) -> int:
+    """Where the run of datagrams from ``start`` on received in interval ``index`` ends: the
+    first of another interval, or the end. (Those of one read share their float time.)"""
+    at = math.nan
+    for k in range(start + 1, len(received_ns)):
+        if received_ns[k] / 1e9 != at:
+            at = received_ns[k] / 1e9
+            if int(at // interval) != index:
+                return k
+    return len(received_ns)
+
+
 def _check_ours(directory: safefs.Dir, name: str) -> None:
     """Refuse, at start-up, an output file the merge would refuse later."""
     try:
@@ -315,8 +329,22 @@ class StatsdAggregator:
             ) from None
         self._spool.register()
 
+    def handle_batch(self, packets: list[list[Line]], records: list[Record]) -> None:
+        """Aggregate each datagram's lines in the interval of its receive time (what the
+        worker calls: ``records`` are the ring's, one beside each datagram's lines; a
+        Datagram a record would cost more than aggregating its line)."""
+        received = [record[2] for record in records]
+        interval, start = self.interval, 0
+        while start < len(received):
+            index = int(received[start] / 1e9 // interval)  # as handle's received_at
+            stop = _interval_end(received, start, index, interval)
+            bucket = self._current if index == self._index else self._bucket(index)
+            bucket.add_packets(packets, received, start, stop)
+            start = stop
+
     def handle(self, line: Line, dgram: Datagram) -> None:
-        """Aggregate one line in the interval of its receive time."""
+        """Aggregate one line in the interval of its receive time (:meth:`handle_batch`,
+        one line at a time)."""
         index = int(dgram.received_at // self.interval)
         bucket = self._current if index == self._index else self._bucket(index)
         bucket.add(line, dgram.received_ns)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 Key = tuple[str, tuple[str, ...]]  # metric name, sorted distinct tags
-_MISSING: Key = ("", ())  # never a cached value (a key's name is never empty)
+MISSING: Key = ("", ())  # never a cached value (a key's name is never empty)
 
 ENTRIES = 65_536
 """The most (name, tags as sent) pairs a :class:`SeriesKeys` holds when the series are not
@@ -24,17 +24,20 @@ class SeriesKeys:
     or a flood of new ones): keys are then built again, never grown without bound.
     """
 
-    __slots__ = ("_keys", "_max_tags", "_most")
+    __slots__ = ("_keys", "_max_tags", "_most", "cached")
 
     def __init__(self, max_tags: int = 0, max_series: int = 0) -> None:
         self._max_tags = max_tags
         self._most = max(1024, 2 * max_series) if max_series else ENTRIES
         self._keys: dict[tuple[str, tuple[str, ...]], Key | None] = {}
+        # cached((name, tags), MISSING): the key already built (or None), else MISSING; a
+        # caller saves the call to key() a line. The dict is emptied, never replaced.
+        self.cached = self._keys.get
 
     def key(self, name: str, tags: tuple[str, ...]) -> Key | None:
         """The series key of a line, None when it has more than ``max_tags`` distinct tags."""
-        key = self._keys.get((name, tags), _MISSING)
-        if key is _MISSING:
+        key = self._keys.get((name, tags), MISSING)
+        if key is MISSING:
             key = self._build(name, tags)
         return key
 
