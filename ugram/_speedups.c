@@ -407,7 +407,7 @@ static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const Cr
  * over `limit` bytes (or truncated by the kernel) is counted as oversized and skipped.
  * `cl` non-NULL: each record carries its sender's credentials (when the kernel gave any).
  * Returns the first slot not handled: count, or the slot whose ring was full. */
-static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
+UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
                               char *sbase, const ScratchLayout *l, const CredsLayout *cl,
                               Py_ssize_t first, Py_ssize_t count, Py_ssize_t limit,
                               int64_t recv_ns, const ReceiverCounters *rc, PlaceTotals *t)
@@ -450,7 +450,7 @@ PyDoc_STRVAR(reset_slots_doc,
 "Ready the first `count` scratch slots for the next recvmmsg call: lengths back to the\n"
 "sentinel, name (and control) lengths back to their buffer sizes; then `placed` = 0.");
 
-static void reset(char *sbase, const ScratchLayout *l, Py_ssize_t count,
+UGRAM_NOINLINE static void reset(char *sbase, const ScratchLayout *l, Py_ssize_t count,
                   Py_ssize_t controllen_at, uint64_t control_size)
 {
     uint32_t sentinel = SENTINEL, namelen = 110; /* sizeof(struct sockaddr_un) */
