@@ -40,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_ordering.h"
+
 /* Ring control block: u64 slots (ugram/ring.py). Producer, consumer, supervisor and
  * journal words sit on separate 128-byte lines (Apple M-series cache lines are 128 bytes,
  * most others 64): a store by one side never invalidates the line the other side writes. */
@@ -58,42 +60,6 @@
 #define FLAG_CREDS 1u
 #define MSG_TRUNC_FLAG 0x20u
 #define SENTINEL 0xFFFFFFFFu
-
-#if defined(__GNUC__) || defined(__clang__)
-/* Kept out of line: tests/unit/test_arm64_ordering.py finds them by symbol in the arm64
- * build and checks their machine code (one call per record or batch: nothing measurable). */
-#define UGRAM_NOINLINE __attribute__((noinline))
-#else
-#define UGRAM_NOINLINE
-#endif
-
-/* ---- memory ordering -------------------------------------------------------------------
- *
- * Only lock-free atomics work between processes (a lock-based fallback would take a lock
- * private to each process), and only a lock-free 8-byte atomic is one access that never
- * tears. Refused at build time where they are not; PyInit checks again at import. */
-_Static_assert(__atomic_always_lock_free(8, 0), "ugram needs lock-free 8-byte atomics: "
-                                                "only those work between processes");
-_Static_assert(sizeof(uint64_t) == 8 && _Alignof(uint64_t) == 8,
-               "u64 words must be 8-aligned for single-copy atomicity");
-
-/* An acquire load: no later load or store of this thread is performed before it (ldar /
- * ldapr on arm64, a plain mov on x86-64). */
-static inline uint64_t load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-
-/* A release store: every earlier load and store of this thread is performed before it
- * (stlr on arm64, a plain mov on x86-64). */
-static inline void store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-
-/* A counter that only this process writes: read (its own value: relaxed), store released. */
-static inline void add_release(uint64_t *p, uint64_t n)
-{
-    store_release(p, __atomic_load_n(p, __ATOMIC_RELAXED) + n);
-}
-
-/* A full barrier, store-load included (dmb ish on arm64, mfence or a locked op on x86-64):
- * the sleep/wake handshake is Dekker's pattern, which release/acquire alone does not order. */
-static inline void fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 static int64_t clock_ns(clockid_t clock)
 {

@@ -154,7 +154,7 @@ def test_the_atomics_are_instructions_not_library_calls(code: Code) -> None:
 def test_the_build_check_refuses_atomics_that_are_not_lock_free(tmp_path: Path) -> None:
     """The helper's _Static_assert, as any compiler sees it: a 16-byte atomic is not
     always lock-free on arm64 (without LSE2), and the same assertion on it fails."""
-    source = (REPO / "ugram/_speedups.c").read_text()
+    source = (REPO / "ugram/_ordering.h").read_text()
     assert "_Static_assert(__atomic_always_lock_free(8, 0)" in source
     probe = tmp_path / "probe.c"
     probe.write_text('_Static_assert(__atomic_always_lock_free(16, 0), "not lock-free");\n')
