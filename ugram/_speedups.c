@@ -1207,7 +1207,8 @@ static int words_usable(const Words *w)
 /* The word index `key` names (negative: from the end), or -1 with an exception set. */
 static Py_ssize_t words_index(const Words *w, PyObject *key)
 {
-    Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+    Py_ssize_t i = PyLong_CheckExact(key) ? PyLong_AsSsize_t(key)
+                                           : PyNumber_AsSsize_t(key, PyExc_IndexError);
     if (i == -1 && PyErr_Occurred())
         return -1;
     if (i < 0)
@@ -1224,7 +1225,7 @@ UGRAM_NOINLINE static PyObject *words_subscript(Words *w, PyObject *key)
 {
     if (!words_usable(w))
         return NULL;
-    if (PyIndex_Check(key)) {
+    if (PyLong_CheckExact(key) || PyIndex_Check(key)) {
         Py_ssize_t i = words_index(w, key);
         return i < 0 ? NULL : PyLong_FromUnsignedLongLong(load_acquire(&w->words[i]));
     }
@@ -1249,18 +1250,23 @@ UGRAM_NOINLINE static int words_ass_subscript(Words *w, PyObject *key, PyObject 
 {
     if (!words_usable(w))
         return -1;
-    if (value == NULL || !PyIndex_Check(key)) {
+    if (value == NULL || !(PyLong_CheckExact(key) || PyIndex_Check(key))) {
         PyErr_SetString(PyExc_TypeError, "Words: only single words can be stored");
         return -1;
     }
     Py_ssize_t i = words_index(w, key);
     if (i < 0)
         return -1;
-    PyObject *number = PyNumber_Index(value);
-    if (number == NULL)
-        return -1;
-    unsigned long long v = PyLong_AsUnsignedLongLong(number);
-    Py_DECREF(number);
+    unsigned long long v;
+    if (PyLong_CheckExact(value)) {
+        v = PyLong_AsUnsignedLongLong(value);
+    } else {
+        PyObject *number = PyNumber_Index(value);
+        if (number == NULL)
+            return -1;
+        v = PyLong_AsUnsignedLongLong(number);
+        Py_DECREF(number);
+    }
     if (v == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_SetString(PyExc_ValueError, "Words: a word holds 0 to 2**64-1");
         return -1;
