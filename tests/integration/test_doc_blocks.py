@@ -216,6 +216,7 @@ Kind = NotRun | File | Shell | RunWith | Script | Handler | Pytest | Systemd
 
 R, H, OPS = "README.md", "docs/handlers.md", "docs/operations.md"
 ARCH = "docs/architecture.md"
+PLAT = "docs/platforms.md"
 BUILTINS = "Built-in handlers and examples"
 VENV = "python3 -m venv .venv && . .venv/bin/activate && pip install"
 QUICK_SERVE: Key = (R, "Quick start", "sh", f"{VENV} . && ugram serve")
@@ -307,6 +308,19 @@ BLOCKS: dict[Key, Kind] = {
     ),
     (OPS, "Configuration", "console", "$ UGRAM_WORKERS=8 ugram config"): NotRun(
         SEEN_IN_OBSERVABILITY.format("config") + " (on app.toml; /etc/app/ugram.toml is not shown)"
+    ),
+    # docs/platforms.md
+    (PLAT, "Memory ordering", "console", "$ ugram doctor --socket /run/app/ingest.sock"): NotRun(
+        "an arm64 machine's output; this machine's doctor runs in README's Observability "
+        "block, and tests/unit/test_ordering.py checks the line for each ordering"
+    ),
+    (PLAT, "The arm64 check: `tools/arm64-check`", "sh", "sudo tools/arm64-check"): NotRun(
+        "as root: debootstrap, qemu-user and binfmt_misc, tens of minutes; a maintainer's "
+        "check, too slow for CI (its last run is recorded in docs/platforms.md)"
+    ),
+    (PLAT, "Wheels", "yaml", "jobs:"): NotRun(
+        "a GitHub Actions workflow: it runs on GitHub's runners (the configuration it uses "
+        "is pyproject.toml's, checked with cibuildwheel --print-build-identifiers)"
     ),
 }
 
