@@ -53,8 +53,10 @@ HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 8, 9, 10, 11
 TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 16, 17, 18, 19, 20
 # supervisor line (offset 192): poison accounting, written by the worker at start-up; and
 # the corruption mark (see Ring.mark_corrupt): 0, MARKED (by the worker or the receiver) or
-# QUIESCED (the receiver stopped writing to it), back to 0 by the supervisor's reset.
-ATTEMPT_POS, ATTEMPTS, CORRUPT = 24, 25, 26
+# QUIESCED (the receiver stopped writing to it), back to 0 by the supervisor's reset. RESETS
+# counts the resets: positions start again at 0 after one, so (RESETS, position) names a
+# record for the ring's whole life (ugram.Datagram.id).
+ATTEMPT_POS, ATTEMPTS, CORRUPT, RESETS = 24, 25, 26, 27
 MARKED, QUIESCED = 1, 2
 # journal line (offset 256), written only by the worker: what ACKED and the worker's
 # handled / handler-error / invalid counters will say once the record(s) in hand are
@@ -615,5 +617,6 @@ class Ring:
         for slot in (HEAD, TAIL, IN_HAND, CONSUMER_WAITING, ATTEMPT_POS, ATTEMPTS, *JOURNAL):
             ctl[slot] = 0  # a zero journal settles nothing: counts only grow (settle_journal)
         ctl[SPACE_SIGNALLED] = ctl[PRODUCER_WAITING]  # no wait for space outstanding
+        ctl[RESETS] += 1  # positions restart at 0: a record's id must not name an old one
         ctl[CORRUPT] = 0  # last: the producer may route to it again
         return lost
