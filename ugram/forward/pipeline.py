@@ -188,8 +188,7 @@ class Pipeline:
                 if self._collect(state, result) and window == 1:
                     window = self.options.max_in_flight  # the probe went through
                 if window == 1 and state.failed and not state.delivered:
-                    state.failed.extend(queue)  # the probe failed: the rest waits, unsent
-                    queue.clear()
+                    self._hold_back(queue, state)
         finally:
             self._round = None
             self.c.in_flight.set(0)
@@ -198,6 +197,15 @@ class Pipeline:
             self._failing()
         left = sorted(self._apply_policy(state.failed, result), key=lambda out: out.number)
         return left, state.delivered
+
+    def _hold_back(self, queue: deque[Outgoing], state: _Round) -> None:
+        """The probe failed: the rest waits for the next round, unsent, as failed for the
+        probe's reason (what the policy judges them by)."""
+        reason = state.failed[-1].failure
+        for out in queue:
+            out.failure = out.failure or reason
+        state.failed.extend(queue)
+        queue.clear()
 
     async def _send(self, out: Outgoing, state: _Round, result: Delivery) -> None:
         link, now = self.link, time.monotonic_ns()
