@@ -204,15 +204,22 @@ def bind(block: memoryview) -> None:
 class Counter:
     """A monotonic count (exposed as ``<name>``, which ends in ``_total``)."""
 
-    def __init__(self, name: str, help: str, labels: dict[str, str] | None = None) -> None:
-        """Declare it in this process's registry.
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labels: dict[str, str] | None = None,
+        *,
+        registry: Registry | None = None,
+    ) -> None:
+        """Declare it in ``registry`` (default: this process's).
 
         Raises:
             ValueError: see :meth:`Registry.declare`.
         """
-        self._registry = _REGISTRY
+        self._registry = registry if registry is not None else _REGISTRY
         spec = Spec(name, "counter", help, labels or {}, 0)
-        self._at = _BASE + _REGISTRY.declare(spec).slot
+        self._at = _BASE + self._registry.declare(spec).slot
 
     def inc(self, amount: int = 1) -> None:
         """Add ``amount`` (>= 0)."""
@@ -236,15 +243,16 @@ class Gauge:
         scale: float = 1.0,
         kind: Kind = "gauge",
         threshold: float = 0.0,
+        registry: Registry | None = None,
     ) -> None:
-        """Declare it in this process's registry.
+        """Declare it in ``registry`` (default: this process's).
 
         Raises:
             ValueError: see :meth:`Registry.declare`.
         """
-        self._registry = _REGISTRY
+        self._registry = registry if registry is not None else _REGISTRY
         spec = Spec(name, kind, help, {}, 0, scale=scale, merge=merge, threshold=threshold)
-        self._at = _BASE + _REGISTRY.declare(spec).slot
+        self._at = _BASE + self._registry.declare(spec).slot
 
     def set(self, value: int) -> None:
         """Store ``value`` (>= 0)."""
@@ -263,13 +271,17 @@ class Alarm(Gauge):
     ``/healthz`` is unhealthy while it has held for more than ``threshold`` seconds.
     """
 
-    def __init__(self, name: str, help: str, threshold: float) -> None:
+    def __init__(
+        self, name: str, help: str, threshold: float, *, registry: Registry | None = None
+    ) -> None:
         """Declare it; ``help`` says what holds ("the broker is unreachable").
 
         Raises:
             ValueError: see :meth:`Registry.declare`.
         """
-        super().__init__(name, help, merge="max", kind="alarm", threshold=threshold)
+        super().__init__(
+            name, help, merge="max", kind="alarm", threshold=threshold, registry=registry
+        )
 
     def raise_at(self, since_ns: int) -> None:
         """The condition holds since ``since_ns`` (kept if it already held)."""
@@ -285,16 +297,24 @@ class Alarm(Gauge):
 class Histogram:
     """Observations counted in fixed buckets (stored in integer units x ``scale``)."""
 
-    def __init__(self, name: str, help: str, bounds: Sequence[float], scale: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        bounds: Sequence[float],
+        scale: float,
+        *,
+        registry: Registry | None = None,
+    ) -> None:
         """Declare it: ``bounds`` in the exposed unit, ascending; an observation ``v``
         (integer units) goes to the first bucket with ``v * scale <= bound``.
 
         Raises:
             ValueError: see :meth:`Registry.declare`.
         """
-        self._registry = _REGISTRY
+        self._registry = registry if registry is not None else _REGISTRY
         spec = Spec(name, "histogram", help, {}, 0, bounds=tuple(bounds), scale=scale)
-        self._at = _BASE + _REGISTRY.declare(spec).slot
+        self._at = _BASE + self._registry.declare(spec).slot
         self._limits = [bound / scale for bound in bounds]
 
     def observe(self, value: int) -> None:

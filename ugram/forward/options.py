@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -86,21 +87,21 @@ class ForwardOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     unhealthy_after: Seconds = 10.0
 
     def __post_init__(self) -> None:
-        # ValueError here becomes a ValidationError naming the field (msgspec.convert).
-        server_list(self.servers)
-        Template(self.subject)
+        # ValueError here becomes a ValidationError (msgspec.convert): each names its option.
+        _check("servers", server_list, self.servers)
+        _check("subject", Template, self.subject)
         if self.fallback_subject:
-            Template(self.fallback_subject, fields_allowed=False)
+            _check("fallback_subject", _fixed_subject, self.fallback_subject)
         if not _STREAM_NAME.fullmatch(self.stream):
-            raise ValueError(f"stream {self.stream!r}: letters, digits, '-' and '_' only")
+            _fail("stream", f"{self.stream!r}: letters, digits, '-' and '_' only")
         for subject in subject_list(self.stream_subjects):
-            Template(subject, wildcards=True, fields_allowed=False)
+            _check("stream_subjects", _stream_subject, subject)
         if self.policy == "drop_oldest" and not (self.drop_after or self.drop_after_bytes):
-            raise ValueError("policy drop_oldest needs drop_after or drop_after_bytes")
+            _fail("policy", "drop_oldest needs drop_after or drop_after_bytes (> 0)")
         for name in ("creds", "nkey", "tls_ca", "tls_cert", "tls_key"):
-            _check_file(name, getattr(self, name))
+            _check(name, _readable, getattr(self, name))
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("tls_cert and tls_key go together")
+            _fail("tls_cert", "tls_cert and tls_key go together")
 
     @property
     def template(self) -> Template:
@@ -176,7 +177,26 @@ def _uses_tls(servers: str) -> bool:
     return any(url.startswith(("tls://", "wss://")) for url in server_list(servers))
 
 
-def _check_file(name: str, path: str) -> None:
+def _readable(path: str) -> None:
     if path and not os.access(path, os.R_OK):
         why = "does not exist" if not os.path.exists(path) else "is not readable"
-        raise ValueError(f"{name} file {path} {why}")
+        raise ValueError(f"{path} {why}")
+
+
+def _fixed_subject(subject: str) -> None:
+    Template(subject, fields_allowed=False)
+
+
+def _stream_subject(subject: str) -> None:
+    Template(subject, wildcards=True, fields_allowed=False)
+
+
+def _check(name: str, check: Callable[[str], object], value: str) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        _fail(name, str(exc))
+
+
+def _fail(name: str, why: str) -> None:
+    raise ValueError(f"invalid value for {name} (UGFORWARD_{name.upper()}): {why}")
