@@ -19,7 +19,9 @@ class BatchIds:
         self.fd = os.open(f"{OUT}/{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
     def handle_batch(self, messages: list[bytes], dgrams: list[ugram.Datagram]) -> None:
-        lines = b"".join(m + b" " + str(d.id).encode() + b"\n" for m, d in zip(messages, dgrams))
+        lines = b"".join(
+            m + b" " + str(d.id).encode() + b"\n" for m, d in zip(messages, dgrams, strict=True)
+        )
         os.write(self.fd, lines)
         if len(messages) > 1:
             time.sleep(float(os.environ.get("UGTEST_DELAY", "0.05")))
