@@ -11,6 +11,7 @@ with nothing in its ring.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ class _Worker:
     backlog: Callable[[], int] | None = None
     index = -1
     server_id = ""
+    ppid = 0
 
 
 _worker = _Worker()
@@ -35,6 +37,7 @@ def bind_worker(
     """Called once by the worker process before it handles records (not by handlers)."""
     _worker.index, _worker.server_id = index, server_id
     _worker.counters, _worker.backlog = counters, backlog
+    _worker.ppid = os.getppid()
 
 
 def keep_alive() -> None:
@@ -59,3 +62,9 @@ def worker_index() -> int:
 def server_id() -> str:
     """The random id drawn when the server started ("" outside a worker)."""
     return _worker.server_id
+
+
+def orphaned() -> bool:
+    """True when the supervisor that started this worker is gone (its rings with it): a
+    handler waiting on something should give up and let the process exit."""
+    return bool(_worker.ppid) and os.getppid() != _worker.ppid

@@ -93,8 +93,11 @@ def test_a_broker_outage_blocks_senders_and_loses_nothing(
 ) -> None:
     path, port, urls = sock_dir / "s.sock", free_port(), [nats_server.url]
     env = forward_env(urls, "OUTAGE", unhealthy_after="1")
-    # Small rings: they fill within the outage, and the senders must feel it.
-    args = serve_args(port, "--max-datagram", "1024", "--ring-size", "65536")
+    # Small rings: they fill within the outage, and the senders must feel it. A worker
+    # waiting for the broker longer than worker_timeout is not stuck: it must not be killed.
+    args = serve_args(
+        port, "--max-datagram", "1024", "--ring-size", "65536", "--worker-timeout", "1.5"
+    )
     with run_server("ugram.builtin:Forward", path, *args, env=env) as server:
         wait_for(lambda: metrics(port).get("ugram_forward_connected") == 2, what="connected")
         procs = start_senders(path, 2, 1500, rate=1000, pad=250)
@@ -111,6 +114,7 @@ def test_a_broker_outage_blocks_senders_and_loses_nothing(
         wait_for(lambda: healthz(port)[0] == 200, what="healthy again")
         assert server.stop() == 0, server.stderr[-3000:]
     check_exactly_once(stored, 2, 1500)
+    assert server.summary()["restarts"] == 0  # waited on purpose: no worker was killed
     assert status == 503
     assert "forwarding to JetStream has failed" in body
     assert during["ugram_forward_failing_seconds"] >= 1
@@ -158,3 +162,21 @@ def test_drop_oldest_gives_refused_messages_up_and_counts_them(
     assert len({json.loads(m.data)["i"] for m in stored}) == 500
     assert counts[ACKED] == 500
     assert server.summary()["handled"] == 1000
+
+
+def test_each_line_of_a_datagram_is_its_own_message(
+    sock_dir: Path, nats_server: NatsServer
+) -> None:
+    """--codec lines: one message per line, ids ``<id>``, ``<id>.1``, ``<id>.2`` (the same on a
+    replay, and none taken for another's)."""
+    path, port, urls = sock_dir / "s.sock", free_port(), [nats_server.url]
+    env = forward_env(urls, "LINES", subject="t.lines")
+    args = ["--codec", "lines", "--workers", "1", "--metrics", f"127.0.0.1:{port}"]
+    with run_server("ugram.builtin:Forward", path, *args, env=env) as server:
+        send_all(path, b"a\nb\nc", b"d")
+        stored = read_stream(urls, "LINES", 4)
+        assert server.stop() == 0, server.stderr[-3000:]
+    assert [m.data for m in stored] == [b"a", b"b", b"c", b"d"]
+    first = stored[0].msg_id
+    assert [m.msg_id for m in stored[:3]] == [first, f"{first}.1", f"{first}.2"]
+    assert "." not in stored[3].msg_id

@@ -116,6 +116,17 @@ class Link:
     async def run(self) -> None:
         """Connect (retrying forever: nats-py reconnects by itself once connected), subscribe
         to the reply inbox and make sure the stream exists."""
+        while True:
+            try:
+                await self._connect()
+                return
+            except Exception as exc:  # nats-py retries by itself; this is for what it raises
+                log.error("forward: cannot connect to %s: %r; retrying", self.options.servers, exc)
+                await self.close(1.0)
+                self.closing = False
+                await asyncio.sleep(2.0)
+
+    async def _connect(self) -> None:
         from nats.aio.client import Client
 
         nc = Client()

@@ -119,11 +119,14 @@ class Pipeline:
         self._changed = asyncio.Event()
         self._trusted = True  # the last round delivered: open the whole window at once
         self._busy = False
+        self._task: asyncio.Task[None] | None = None  # the connection's
         self.activity_ns = time.monotonic_ns()  # the loop's last sign of life (flush watches)
 
     async def start(self) -> None:
-        """Connect in the background (retried until it succeeds)."""
-        asyncio.get_running_loop().create_task(self.link.run())
+        """Connect in the background (retried until it succeeds); until then the sink
+        counts as failing (``/healthz`` says so past ``unhealthy_after``)."""
+        self._failing()
+        self._task = asyncio.get_running_loop().create_task(self.link.run())
 
     # -- one batch ---------------------------------------------------------------------------
 

@@ -155,11 +155,14 @@ class JetStreamSink:
 
     def flush(self) -> Delivery:
         """Block until every queued message is acknowledged by the stream, or given up by
-        the policy (counted); never raises. While it waits, it tells the worker's liveness
-        check that it is waiting on purpose.
+        the policy (counted). While it waits, it tells the worker's liveness check that it
+        is waiting on purpose.
 
         Returns:
             What became of the messages (acknowledged, duplicates among them, dropped).
+
+        Raises:
+            SystemExit: only in a worker whose supervisor has died (the process exits).
         """
         batch, self._queue, self._parts = self._queue, [], {}
         if not batch:
@@ -186,6 +189,9 @@ class JetStreamSink:
             try:
                 return future.result(KEEP_ALIVE)
             except concurrent.futures.TimeoutError:
+                if context.orphaned():  # the rings died with the supervisor: nothing to wait for
+                    log.error("forward: the supervisor is gone; worker exiting")
+                    raise SystemExit(0) from None
                 idle = (time.monotonic_ns() - self._pipeline.activity_ns) / 1e9
                 if idle < STALLED:  # else let the worker be judged stuck (and replaced)
                     context.keep_alive()
