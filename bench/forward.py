@@ -324,15 +324,21 @@ def report(samples: dict[str, list[Sample]]) -> list[str]:
     return lines
 
 
+def _ratio(samples: dict[str, list[Sample]], name: str, base: str) -> float:
+    """The median of the per-round ratios of two cases (as the table's ``÷ base``)."""
+    pairs = zip(samples[name], samples[base], strict=True)
+    return statistics.median(a.rate / b.rate for a, b in pairs)
+
+
 def headline(samples: dict[str, list[Sample]]) -> str:
     med = {name: statistics.median(s.rate for s in runs) for name, runs in samples.items()}
     one_rtt = statistics.median(s.rtt for s in samples["Forward, 1 worker, in-flight 1"])
+    two = "Forward, 2 workers"
     return (
         f"headline: Forward {med['Forward, 1 worker']:,.0f}/s (1 worker), "
-        f"{med['Forward, 2 workers']:,.0f}/s (2 workers) = "
-        f"{med['Forward, 2 workers'] / med['nats-py pipelined']:.2f} x nats-py pipelined "
-        f"({med['nats-py pipelined']:,.0f}/s), "
-        f"{med['Forward, 2 workers'] / med['ugram no-op, 2 workers']:.2f} x ugram no-op; "
+        f"{med[two]:,.0f}/s (2 workers) = {_ratio(samples, two, 'nats-py pipelined'):.2f} x "
+        f"nats-py pipelined ({med['nats-py pipelined']:,.0f}/s), "
+        f"{_ratio(samples, two, 'ugram no-op, 2 workers'):.2f} x ugram no-op; "
         f"in-flight 1: {med['Forward, 1 worker, in-flight 1']:,.0f}/s at RTT "
         f"{one_rtt * 1e6:,.0f} us"
     )
