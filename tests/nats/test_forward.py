@@ -96,7 +96,7 @@ def test_a_broker_outage_blocks_senders_and_loses_nothing(
     # Small rings: they fill within the outage, and the senders must feel it. A worker
     # waiting for the broker longer than worker_timeout is not stuck: it must not be killed.
     args = serve_args(
-        port, "--max-datagram", "1024", "--ring-size", "65536", "--worker-timeout", "1.5"
+        port, "--max-datagram", "1024", "--ring-size", "65536", "--worker-timeout", "2.5"
     )
     with run_server("ugram.builtin:Forward", path, *args, env=env) as server:
         wait_for(lambda: metrics(port).get("ugram_forward_connected") == 2, what="connected")

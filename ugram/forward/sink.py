@@ -22,7 +22,7 @@ from .subjects import valid_subject
 
 log = logging.getLogger("ugram.forward")
 
-KEEP_ALIVE = 1.0  # seconds between two liveness notes while flush() waits
+KEEP_ALIVE = 0.5  # seconds between two liveness notes while flush() waits
 STALLED = 10.0  # seconds without a sign of life from the loop: stop vouching for it
 
 _counters: ForwardCounters | None = None
