@@ -180,3 +180,21 @@ def test_each_line_of_a_datagram_is_its_own_message(
     first = stored[0].msg_id
     assert [m.msg_id for m in stored[:3]] == [first, f"{first}.1", f"{first}.2"]
     assert "." not in stored[3].msg_id
+
+
+def test_a_reload_keeps_forwarding_and_counting(sock_dir: Path, nats_server: NatsServer) -> None:
+    """SIGHUP: the new workers connect while the old ones still forward, then take over
+    their slots; the counters carry on from the old workers' (the same metrics declared)."""
+    path, port, urls = sock_dir / "s.sock", free_port(), [nats_server.url]
+    env = forward_env(urls, "RELOAD")
+    with run_server("ugram.builtin:Forward", path, *serve_args(port), env=env) as server:
+        procs = start_senders(path, 2, 1500, rate=1500)
+        wait_for(lambda: metrics(port).get(ACKED, 0) >= 500, what="forwarding")
+        server.proc.send_signal(signal.SIGHUP)
+        finish_senders(procs)
+        stored = read_stream(urls, "RELOAD", 3000)
+        wait_for(lambda: server.stderr.count("replaced (now pid") == 2, what="both replaced")
+        wait_for(lambda: metrics(port).get(ACKED) == 3000, what="3000 acknowledged")
+        assert server.stop() == 0, server.stderr[-3000:]
+    check_exactly_once(stored, 2, 1500)
+    assert server.summary()["restarts"] == 0
