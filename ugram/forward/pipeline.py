@@ -185,13 +185,15 @@ class Pipeline:
         queue = deque(pending)
         try:
             while queue or state.flights or state.done:
+                if queue and not self.link.connected.is_set():
+                    self._hold_back(queue, state, why.UNREACHABLE)  # not into nats-py's buffer
                 while queue and len(state.flights) < window:
                     await self._send(queue.popleft(), state, result)
                 await self._wait(state)
                 if self._collect(state, result) and window == 1:
                     window = self.options.max_in_flight  # the probe went through
                 if window == 1 and state.failed and not state.delivered:
-                    self._hold_back(queue, state)
+                    self._hold_back(queue, state, state.failed[-1].failure)
         finally:
             self._round = None
             self.c.in_flight.set(0)
@@ -201,10 +203,9 @@ class Pipeline:
         left = sorted(self._apply_policy(state.failed, result), key=lambda out: out.number)
         return left, state.delivered
 
-    def _hold_back(self, queue: deque[Outgoing], state: _Round) -> None:
-        """The probe failed: the rest waits for the next round, unsent, as failed for the
-        probe's reason (what the policy judges them by)."""
-        reason = state.failed[-1].failure
+    def _hold_back(self, queue: deque[Outgoing], state: _Round, reason: str) -> None:
+        """The rest of the round waits for the next one, unsent (the probe failed, or the
+        connection is down), as failed for ``reason`` (what the policy judges them by)."""
         for out in queue:
             out.failure = out.failure or reason
         state.failed.extend(queue)
