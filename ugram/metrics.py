@@ -32,9 +32,9 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from .errors import SocketError
+from .exposition import buckets, handler_families
 from .health import Health
 from .httpd import (
     BACKLOG,
@@ -161,6 +161,9 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 
+_BUILT_IN = frozenset(spec.name.removesuffix("_total") for spec in METRICS)
+
+
 # -- the collector ----------------------------------------------------------------------------
 
 
@@ -179,7 +182,7 @@ class ServerCollector:
         yield from _processes(report)
         yield from _rings(report)
         yield _info(report)
-        yield from _handler_metrics(report)
+        yield from handler_families(report.handler_metrics, _BUILT_IN)
 
 
 def _totals(report: Report) -> Iterator[Metric]:
@@ -199,14 +202,9 @@ def _latency(report: Report) -> Metric:
     return HistogramMetricFamily(
         "ugram_handling_latency_seconds",
         "Time from the receiver reading a datagram to a worker finishing it.",
-        buckets=_buckets(lat.bounds, lat.counts),
+        buckets=buckets(lat.bounds, lat.counts),
         sum_value=lat.sum_seconds,
     )
-
-
-def _go_float(value: float) -> str:
-    text: str = _untyped_go_float(value)  # type: ignore[no-untyped-call]
-    return text
 
 
 def _processes(report: Report) -> Iterator[Metric]:
@@ -263,50 +261,6 @@ def _info(report: Report) -> Metric:
         },
     )
     return info
-
-
-_BUILT_IN = frozenset(spec.name.removesuffix("_total") for spec in METRICS)
-
-
-def _handler_metrics(report: Report) -> Iterator[Metric]:
-    """What handlers declared (:mod:`ugram.handler_stats`), one family per name; a name
-    that is one of ugram's own is left out."""
-    families: dict[str, Metric] = {}
-    for r in report.handler_metrics:
-        name = r.name.removesuffix("_total") if r.kind == "counter" else r.name
-        if name in _BUILT_IN:
-            continue
-        labels = sorted(r.labels)
-        family = families.get(name)
-        if family is None:
-            family = families[name] = _family(name, r.kind, r.help, labels)
-        values = [r.labels[label] for label in labels]
-        if r.kind == "histogram":
-            assert isinstance(family, HistogramMetricFamily)
-            family.add_metric(values, _buckets(r.bounds, r.counts), sum_value=r.sum)
-        else:
-            assert isinstance(family, CounterMetricFamily | GaugeMetricFamily)
-            family.add_metric(values, r.value)
-    yield from families.values()
-
-
-def _family(name: str, kind: str, text: str, labels: list[str]) -> Metric:
-    if kind == "counter":
-        return CounterMetricFamily(name, text, labels=labels)
-    if kind == "histogram":
-        return HistogramMetricFamily(name, text, labels=labels)
-    if kind == "alarm":
-        text = f"Seconds this has held (0: it does not): {text}."
-    return GaugeMetricFamily(name, text, labels=labels)
-
-
-def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:
-    cumulative, buckets = 0, []
-    for bound, count in zip(bounds, counts, strict=False):
-        cumulative += count
-        buckets.append((_go_float(bound), float(cumulative)))
-    buckets.append(("+Inf", float(sum(counts))))
-    return buckets
 
 
 # -- the WSGI app -----------------------------------------------------------------------------
