@@ -39,7 +39,8 @@ class Forward:
         by ``UGFORWARD_CONFIG`` > defaults (see :class:`ugram.forward.ForwardOptions`).
 
         Raises:
-            ConfigError: an invalid or unknown option, or nats-py is not installed.
+            ConfigError: an invalid or unknown option, a TLS file that does not load, or
+                nats-py is not installed.
         """
         try:
             import nats  # noqa: F401
@@ -48,6 +49,7 @@ class Forward:
                 "ugram.builtin:Forward needs nats-py: pip install 'ugram[nats]'"
             ) from None
         self.options = load_options("UGFORWARD_", ForwardOptions, options)
+        self.options.connect_options()  # the TLS files load, or the server stops now (exit 4)
         self.batch_size = self.options.batch  # records per batch (0: the server's)
         self._template = self.options.template
         self._fallback = self.options.fallback
