@@ -198,3 +198,24 @@ def test_a_reload_keeps_forwarding_and_counting(sock_dir: Path, nats_server: Nat
         assert server.stop() == 0, server.stderr[-3000:]
     check_exactly_once(stored, 2, 1500)
     assert server.summary()["restarts"] == 0
+
+
+def test_drop_oldest_by_backlog_keeps_senders_going_while_the_broker_is_away(
+    sock_dir: Path, nats_server: NatsServer
+) -> None:
+    """drop_after_bytes: while deliveries fail and the worker's ring holds more than that,
+    the batch in hand is given up (counted): the senders never wait for the broker."""
+    path, port, urls = sock_dir / "s.sock", free_port(), [nats_server.url]
+    env = forward_env(urls, "SHED", policy="drop_oldest", drop_after_bytes="1")
+    args = serve_args(port, "--max-datagram", "1024", "--ring-size", "65536")
+    with run_server("ugram.builtin:Forward", path, *args, env=env) as server:
+        wait_for(lambda: metrics(port).get("ugram_forward_connected") == 2, what="connected")
+        nats_server.stop(signal.SIGKILL)
+        wait_for(lambda: metrics(port).get("ugram_forward_connected") == 0, what="disconnected")
+        reports = finish_senders(start_senders(path, 2, 1000, pad=250), timeout=30)
+        wait_for(lambda: metrics(port).get("ugram_handled_total") == 2000, what="all handled")
+        counts = metrics(port)
+        assert server.stop() == 0, server.stderr[-3000:]
+    assert counts['ugram_forward_dropped_total{reason="unreachable"}'] == 2000
+    assert counts[ACKED] == 0
+    assert max(r["longest"] for r in reports) < 2.0  # no waiting for the broker
