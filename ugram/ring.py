@@ -58,8 +58,10 @@ HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 16, 17, 18, 19
 TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 32, 33, 34, 35, 36
 # supervisor line (offset 384): poison accounting, written by the worker at start-up; and
 # the corruption mark (see Ring.mark_corrupt): 0, MARKED (by the worker or the receiver) or
-# QUIESCED (the receiver stopped writing to it), back to 0 by the supervisor's reset.
-ATTEMPT_POS, ATTEMPTS, CORRUPT = 48, 49, 50
+# QUIESCED (the receiver stopped writing to it), back to 0 by the supervisor's reset. RESETS
+# counts the resets: positions start again at 0 after one, so (RESETS, position) names a
+# record for the ring's whole life (ugram.Datagram.id).
+ATTEMPT_POS, ATTEMPTS, CORRUPT, RESETS = 48, 49, 50, 51
 MARKED, QUIESCED = 1, 2
 # journal line (offset 512), written only by the worker: what ACKED and the worker's
 # handled / handler-error / invalid counters will say once the record(s) in hand are
@@ -577,5 +579,6 @@ class Ring:
         for slot in (HEAD, TAIL, IN_HAND, CONSUMER_WAITING, ATTEMPT_POS, ATTEMPTS, *JOURNAL):
             ctl[slot] = 0  # a zero journal settles nothing: counts only grow (settle_journal)
         ctl[SPACE_SIGNALLED] = ctl[PRODUCER_WAITING]  # no wait for space outstanding
+        ctl[RESETS] += 1  # positions restart at 0: a record's id must not name an old one
         ctl[CORRUPT] = 0  # last: the producer may route to it again
         return lost

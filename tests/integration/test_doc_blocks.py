@@ -215,8 +215,9 @@ class Systemd:
 Kind = NotRun | File | Shell | RunWith | Script | Handler | Pytest | Systemd
 
 R, H, OPS = "README.md", "docs/handlers.md", "docs/operations.md"
-ARCH = "docs/architecture.md"
+ARCH, HOSTS = "docs/architecture.md", "docs/many-hosts.md"
 PLAT = "docs/platforms.md"
+NEEDS_NATS = "needs a NATS server: tests/nats/test_docs.py runs it against a real one"
 BUILTINS = "Built-in handlers and examples"
 VENV = "python3 -m venv .venv && . .venv/bin/activate && pip install"
 QUICK_SERVE: Key = (R, "Quick start", "sh", f"{VENV} . && ugram serve")
@@ -306,6 +307,18 @@ BLOCKS: dict[Key, Kind] = {
     (OPS, "Logging", "sh", "ugram serve app:handle"): Shell(
         files=(FileCheck("/var/log/app/ugram.log", "WARNING"),), counters={"invalid": 1}
     ),
+    # docs/many-hosts.md
+    (HOSTS, "Running ugram on many hosts", "", "host A:"): NotRun("a diagram"),
+    (HOSTS, "Forwarding every datagram: `ugram.builtin:Forward`", "sh", "UGFORWARD_SERVERS"): (
+        NotRun(NEEDS_NATS)
+    ),
+    (HOSTS, "Forwarding from your own handler: `JetStreamSink`", "python", "# forward_app.py"): (
+        File()
+    ),
+    (HOSTS, "Forwarding from your own handler: `JetStreamSink`", "sh", "NATS_URL="): NotRun(
+        NEEDS_NATS
+    ),
+    (HOSTS, "What a consumer on the other side does", "python", "# consumer.py"): File(),
     (OPS, "Configuration", "console", "$ UGRAM_WORKERS=8 ugram config"): NotRun(
         SEEN_IN_OBSERVABILITY.format("config") + " (on app.toml; /etc/app/ugram.toml is not shown)"
     ),
