@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
+    child_env,
     read_records,
     run_server,
     start_senders,
     teardowns,
     wait_senders,
 )
+from ugram import speedups as native
 
 SENDERS = 4
 PER_SENDER = 50_000
@@ -25,14 +27,26 @@ def expected(senders: int, count: int) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("workers", "speedups"),
-    [(1, "true"), (2, "true"), (4, "true"), (2, "false")],
-    ids=["1", "2", "4", "2-pure-python"],
+    ("workers", "speedups", "ordering"),
+    [
+        (1, "true", ""),
+        (2, "true", ""),
+        (4, "true", ""),
+        (2, "false", ""),
+        # What arm64 runs (ugram.ordering): every shared word a release store and an
+        # acquire load through the compiled helper, with its loops and with Python's.
+        (2, "true", "compiled"),
+        (2, "false", "compiled"),
+    ],
+    ids=["1", "2", "4", "2-pure-python", "2-compiled-ordering", "2-pure-python-compiled-ordering"],
 )
 def test_concurrent_senders_exactly_once(
-    sock_dir: Path, out_dir: Path, workers: int, speedups: str
+    sock_dir: Path, out_dir: Path, workers: int, speedups: str, ordering: str
 ) -> None:
+    if ordering and native.NATIVE is None:
+        pytest.skip("the compiled ordering needs ugram._speedups")
     path = sock_dir / "s.sock"
+    env = child_env(out_dir, UGRAM_MEMORY_ORDERING=ordering) if ordering else None
     with run_server(
         "seqrec:Recorder",
         path,
@@ -40,8 +54,11 @@ def test_concurrent_senders_exactly_once(
         str(workers),
         f"--speedups={speedups}",
         out_dir=out_dir,
+        env=env,
     ) as server:
         wait_senders(start_senders(path, PER_SENDER, SENDERS))
+        if ordering:
+            assert "memory ordering C11 acquire/release" in server.stderr
         assert server.stop() == 0, server.stderr
     records = read_records(out_dir)
     counts = Counter(records)

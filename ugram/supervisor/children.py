@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from .. import speedups
+from .. import ordering, speedups
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, ChildCrashedError
 from ..events import ConnState
 from ..health import Liveness
@@ -97,7 +97,8 @@ class Children:
         self._state.callbacks.emit_server_info(
             f"listening on {self._res.bound.path} with {cfg.workers} worker(s), "
             f"handler {cfg.handler}, codec {cfg.codec}; "
-            f"per-datagram loops {speedups.describe(cfg.speedups)}"
+            f"per-datagram loops {speedups.describe(cfg.speedups)}; "
+            f"memory ordering {ordering.describe()}"
         )
 
     def respawn_due(self) -> None:

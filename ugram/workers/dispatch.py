@@ -102,6 +102,10 @@ class Dispatcher:
         self._beside = {"both": self.datagram, "record": _same}.get(handler.mode)
         self._invalid = logs.RateLimited(log)
         self._errors = logs.RateLimited(log)
+        # Datagram.id: "<server>-<slot>-<ring resets>"; set by the worker once it owns the
+        # ring. A batch's positions, by record, while datagrams are made for it.
+        self.origin: str | None = None
+        self._positions: dict[int, int] | None = None
         self.step = self.batch_step if handler.batch else self.record_step
 
     def record_step(self, batch: Batch) -> int:
@@ -181,7 +185,12 @@ class Dispatcher:
         self.ring.start(end)
         c[Slot.PROGRESS] += len(batch)
         c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
-        messages, dgrams = self.decode_batch(batch)  # the invalid ones counted in the journal
+        if handler.mode == "both" and self.origin is not None:
+            self._positions = {id(record): at for record, at in batch}
+        try:
+            messages, dgrams = self.decode_batch(batch)  # the invalid counted in the journal
+        finally:
+            self._positions = None
         if messages:
             try:
                 if handler.mode == "data":
@@ -284,7 +293,10 @@ class Dispatcher:
         return False
 
     def datagram(self, record: Record) -> Datagram:
-        """The :class:`Datagram` a handler receives for ``record``."""
+        """The :class:`Datagram` a handler receives for ``record`` (the record in hand, or
+        one of the batch being decoded)."""
+        positions = self._positions
+        end = positions[id(record)] if positions is not None else int(self.ring.ctl[IN_HAND])
         return Datagram(
             record.payload,
             record.recv_ns,
@@ -293,6 +305,8 @@ class Dispatcher:
             _creds(record),
             self._count_reply_error,
             allow_abstract=self._allow_abstract,
+            origin=self.origin,
+            position=end,
         )
 
     def _count_reply_error(self) -> None:

@@ -55,6 +55,8 @@ class Handler:
         setup, teardown: lifecycle hooks, or None.
         batch: the handler takes lists of messages (and of Datagrams).
         tick, tick_interval: periodic hook and its period in seconds.
+        batch_size: records per batch the handler asks for (``batch_size`` attribute of a
+            handler object; 0: the server's ``batch_size``).
     """
 
     call: Callable[..., Any]
@@ -65,6 +67,7 @@ class Handler:
     batch: bool = False
     tick: Callable[[], Any] | None = None
     tick_interval: float = 1.0
+    batch_size: int = 0
 
     @property
     def wants_datagram(self) -> bool:
@@ -136,7 +139,17 @@ def load_handler(config: Config) -> Handler:
         batch=is_batch,
         tick=_hook(target, "tick"),
         tick_interval=float(getattr(target, "tick_interval", 1.0)),
+        batch_size=_batch_size(target, config.handler),
     )
+
+
+def _batch_size(target: Any, spec: str) -> int:
+    if inspect.isroutine(target):
+        return 0
+    size = getattr(target, "batch_size", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise HandlerImportError(f"{spec}.batch_size must be a whole number >= 0, not {size!r}")
+    return size
 
 
 BATCH_MARK = "__ugram_batch__"
