@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.handlers import mark_ready, report_count
 from bench.work import READY_ENV
+from ugram import Datagram
 from ugram.builtin import LogSink, StatsdAggregator
 from ugram.codecs.statsd import Line
 from ugram.ring import Record
@@ -50,10 +51,19 @@ class CountingAggregator(StatsdAggregator):
         self.cpu0 = time.process_time()
         mark_ready()
 
-    def handle_batch(self, packets: list[list[Line]], records: list[Record]) -> None:
-        super().handle_batch(packets, records)
-        self.count += sum(map(len, packets))
-        self.last = monotonic()
+    if hasattr(StatsdAggregator, "handle_batch"):  # what the worker calls
+
+        def handle_batch(self, packets: list[list[Line]], records: list[Record]) -> None:
+            super().handle_batch(packets, records)
+            self.count += sum(map(len, packets))
+            self.last = monotonic()
+
+    else:  # an older ugram (--ugram-rev): one line and its Datagram a call
+
+        def handle(self, line: Line, dgram: Datagram) -> None:
+            super().handle(line, dgram)
+            self.count += 1
+            self.last = monotonic()
 
     def teardown(self) -> None:
         super().teardown()  # the last worker to stop merges: its CPU is counted
