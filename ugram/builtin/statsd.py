@@ -224,8 +224,13 @@ class Spool:
 
 def _interval_end(received_ns: list[int], start: int, index: int, interval: float) -> int:
     """Where the run of datagrams from ``start`` on received in interval ``index`` ends: the
-    first of another interval, or the end. (Those of one read share their float time.)"""
-    at = math.nan
+    first of another interval, or the end."""
+    # The interval of a time only grows with it: when the times are in order (as received,
+    # unless the clock was set back) and the last is in the interval, all are.
+    last = int(received_ns[-1] / 1e9 // interval)
+    if start == 0 and last == index and received_ns == sorted(received_ns):
+        return len(received_ns)
+    at = math.nan  # those of one read share their float time: each looked at once
     for k in range(start + 1, len(received_ns)):
         if received_ns[k] / 1e9 != at:
             at = received_ns[k] / 1e9
