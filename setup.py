@@ -1,8 +1,12 @@
 """Build the optional C helper; everything else is in pyproject.toml.
 
 ``optional=True``: where there is no C compiler the install still succeeds, and ugram runs
-its pure-Python paths (``ugram doctor`` says which one is in use).
+its pure-Python paths on x86-64 (``ugram doctor`` says which one is in use; other CPUs need
+the helper and refuse to start without it). ``UGRAM_REQUIRE_HELPER=1`` makes a failed
+build fail the install instead: wheels are built so (pyproject.toml, [tool.cibuildwheel]).
 """
+
+import os
 
 from setuptools import Extension, setup
 
@@ -11,7 +15,8 @@ setup(
         Extension(
             "ugram._speedups",
             ["ugram/_speedups.c"],
-            optional=True,
+            depends=["ugram/_ordering.h"],
+            optional=os.environ.get("UGRAM_REQUIRE_HELPER", "") != "1",
             extra_compile_args=["-O2"],
         )
     ]

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.procs import BenchError
 from bench.receivers import run_receiver
+from bench.senders import Payload
 from bench.server import ServerSpec, UgramResult, run_ugram
 from bench.snapshot import ugram_snapshot
 from bench.table import size_label
@@ -69,8 +70,8 @@ class Config:
         return label + (", 1 CPU" if self.confined else "")
 
     @property
-    def json_payload(self) -> bool:
-        return self.handler == "json" or self.codec == "json"
+    def payload(self) -> Payload:
+        return "json" if self.handler == "json" or self.codec == "json" else "raw"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +137,7 @@ def measure_once(cfg: Config, ctx: Context) -> Sample:
     cpus = cpu_split(cfg.confined)
     if cfg.receiver != "ugram":
         rate = run_receiver(
-            cfg.receiver, cfg.handler, cfg.count, cfg.size, json_payload=cfg.json_payload, cpus=cpus
+            cfg.receiver, cfg.handler, cfg.count, cfg.size, payload=cfg.payload, cpus=cpus
         )
         return Sample(rate)
     spec = ServerSpec(cfg.handler, cfg.workers, cfg.codec, cfg.flags, ctx.tree(cfg.rev), cpus[0])
@@ -144,7 +145,7 @@ def measure_once(cfg: Config, ctx: Context) -> Sample:
         spec,
         cfg.count,
         cfg.size,
-        json_payload=cfg.json_payload,
+        payload=cfg.payload,
         paced=cfg.paced,
         sender_cpus=cpus[1],
     )

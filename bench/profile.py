@@ -7,7 +7,9 @@ waits one second, then samples the receiver and every worker with ``py-spy recor
 window (the table), then per process the top lines (self time) and functions (inclusive
 time); py-spy's idle detection misses some waits, so trust the CPU figure. ``--perf`` adds a
 ``perf record -g`` window for the kernel side (syscalls, wake-ups), which py-spy cannot see.
-Raw stacks and perf data are kept in ``--out``. Needs ``py-spy`` (``pip install py-spy``),
+Raw stacks and perf data are kept in ``--out``. ``--payload syslog`` or ``statsd`` sends what
+the peer bench sends, for the built-ins (``--handler bench.peer_handlers:ReadySink --codec
+syslog --payload syslog --size 200``: LogSink). Needs ``py-spy`` (``pip install py-spy``),
 ``perf`` for ``--perf``, and permission to ptrace the children (root).
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from bench.measure import Context, Results
 from bench.plan import Plan, Scenario, Section
 from bench.procs import cpu_seconds, kill_all
-from bench.senders import start_flood
+from bench.senders import Payload, start_flood
 from bench.server import ServerSpec, ugram_server
 from bench.table import Row, Table, size_label
 
@@ -125,9 +127,11 @@ class Profile(Scenario):
         out = Path(a.out or tempfile.mkdtemp(prefix="ugram-profile-"))
         out.mkdir(parents=True, exist_ok=True)
         spec = ServerSpec(a.handler, a.workers, a.codec, tuple(a.flag), ctx.tree(""))
-        json_payload = a.handler == "json" or a.codec == "json"
+        payload: Payload = a.payload or (
+            "json" if a.handler == "json" or a.codec == "json" else "raw"
+        )
         with ugram_server(spec) as srv:
-            sender = start_flood(srv.path, FLOOD, a.size, json_payload=json_payload)
+            sender = start_flood(srv.path, FLOOD, a.size, payload=payload)
             try:
                 time.sleep(1.0)
                 others = {"supervisor": srv.proc.pid, "sender": sender.pid}

@@ -35,7 +35,7 @@ from bench.procs import (
     unlink_socket,
     wait_until,
 )
-from bench.senders import c_binary, start_flood
+from bench.senders import Payload, c_binary, start_flood
 from bench.work import cpu_iters, cpu_work, make_decoder
 
 Handler = Callable[[bytes | memoryview], object]
@@ -196,7 +196,7 @@ def run_receiver(
     count: int,
     size: int,
     *,
-    json_payload: bool = False,
+    payload: Payload = "raw",
     cpus: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     timeout: float = 60.0,
 ) -> float:
@@ -217,7 +217,7 @@ def run_receiver(
         procs = [receiver]
         try:
             wait_until(lambda: is_socket(path), deadline, watched=receiver, what=kind)
-            procs.append(start_flood(path, count, size, json_payload=json_payload, cpus=cpus[1]))
+            procs.append(start_flood(path, count, size, payload=payload, cpus=cpus[1]))
             wait_until(lambda: receiver.poll() is not None, deadline, senders=procs[1:])
             return _result(receiver, procs[1], deadline, count)
         finally:

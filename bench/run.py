@@ -2,7 +2,7 @@
 
     python bench/run.py [SCENARIO ...] [--quick] [--rounds N] [options]
 
-Scenarios (none named: every one but ``compare`` and ``profile``, in this order)::
+Scenarios (none named: every one but ``compare``, ``profile`` and ``peers``, in this order)::
 
     ceilings    C recvmmsg (the machine's ceiling) and C plain recv()
     python      the plain Python receiver (a blocking recv_into() loop)
@@ -16,6 +16,8 @@ Scenarios (none named: every one but ``compare`` and ``profile``, in this order)
     netns       P1-P3 inside unshare -n with net.unix.max_dgram_qlen=512 (root only)
     compare     one handler at --rev against the working tree (--handler, --size, ...)
     profile     py-spy (and --perf) on the receiver and workers during a flood
+    peers       L1-L3: LogSink against rsyslog, the statsd aggregator against a raw
+                handler (also ``python bench/peers.py``; rsyslog when installed)
 
 Every scenario's configurations go into one list, and each round measures every one of them
 once, in order: a row and its baseline are measured in the same process, rounds apart at
@@ -44,6 +46,7 @@ from bench import cbuild, netns  # noqa: E402
 from bench.latency import Latency  # noqa: E402
 from bench.measure import Context, Results, run_rounds  # noqa: E402
 from bench.memory import Memory  # noqa: E402
+from bench.peers import Peers  # noqa: E402
 from bench.plan import Plan, Scenario  # noqa: E402
 from bench.profile import Profile  # noqa: E402
 from bench.scenarios import (  # noqa: E402
@@ -74,6 +77,7 @@ SCENARIOS: tuple[type[Scenario], ...] = (
     netns.Netns,
     Compare,
     Profile,
+    Peers,
 )
 NAMES = [s.name for s in SCENARIOS]
 
@@ -86,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="; ".join(NAMES))
     parser.add_argument("--quick", action="store_true", help="64 B and 1 KB, short runs, 1 round")
     parser.add_argument("--rounds", type=int, help="rounds, interleaved (default 3; quick 1)")
-    parser.add_argument("--count", type=int, help="datagrams per throughput run")
+    parser.add_argument("--count", type=int, help="datagrams per throughput run (peers: lines)")
     parser.add_argument("--flood", type=int, help="datagrams in the memory flood")
     parser.add_argument("--ugram-path", help="measure the ugram in this directory")
     parser.add_argument("--ugram-rev", help="measure ugram/ as committed at this git revision")
@@ -97,6 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     group.add_argument("--codec", default="", help="the handler's codec (default: its own, or raw)")
     group.add_argument("--size", type=int, default=64, help="datagram size in bytes")
+    group.add_argument(
+        "--payload",
+        choices=["raw", "json", "syslog", "statsd"],
+        help="profile: the load (default: json with --codec json or --handler json, else raw)",
+    )
     group.add_argument("--workers", type=int, default=1)
     group.add_argument(
         "--flag", action="append", default=[], help="a server option, e.g. --flag=--credentials"

@@ -13,6 +13,8 @@ from bench import cbuild
 from bench.procs import BenchError, pinned, python_env
 
 BATCH = 64  # datagrams per sendmmsg() of the C flood sender
+Payload = Literal["raw", "json", "syslog", "statsd"]
+C_ONLY = ("syslog", "statsd")  # payloads only the C sender writes
 
 
 def sender_kind() -> Literal["C", "Python"]:
@@ -33,17 +35,32 @@ def c_binary(name: str) -> Path:
 
 
 def start_flood(
-    path: str, count: int, size: int, *, json_payload: bool = False, cpus: Sequence[int] = ()
+    path: str,
+    count: int,
+    size: int,
+    *,
+    payload: Payload = "raw",
+    start: int = 0,
+    cpus: Sequence[int] = (),
 ) -> subprocess.Popen[str]:
     """Start one sender sending ``count`` datagrams of ``size`` bytes as fast as the socket
-    takes them (raw: a sequence number and padding; ``json_payload``: a JSON record), on
-    ``cpus`` when given."""
+    takes them, on ``cpus`` when given. ``payload`` (see ``bench/c/sender.c``): ``raw``, a
+    sequence number and padding; ``json``, a JSON record; ``syslog``, an RFC 3164 line;
+    ``statsd``, a DogStatsD line of its own length. Sequence numbers start at ``start``.
+
+    Raises:
+        BenchError: ``syslog`` or ``statsd`` without a C compiler (only the C sender has them).
+    """
     if sender_kind() == "C":
         cmd = [str(c_binary("sender")), path, str(count), str(size), str(BATCH)]
+    elif payload in C_ONLY:
+        raise BenchError(f"the {payload} load needs a C compiler (bench/c/sender.c)")
     else:
         cmd = [sys.executable, "-m", "bench.pysend", "flood", path, str(count), str(size)]
-    if json_payload:
-        cmd.append("--json")
+    if payload != "raw":
+        cmd.append(f"--{payload}")
+    if start:
+        cmd.append(f"--start={start}")
     return subprocess.Popen(pinned(cmd, cpus), stderr=subprocess.PIPE, text=True, env=python_env())
 
 

@@ -46,7 +46,7 @@ from bench.procs import (
     tail,
     wait_until,
 )
-from bench.senders import paced_rate, start_flood, start_paced
+from bench.senders import Payload, paced_rate, start_flood, start_paced
 from bench.work import LATENCY_DIR_ENV, OUT_ENV, READY_ENV, percentiles
 
 READY_TIMEOUT = 20.0
@@ -68,6 +68,7 @@ class ServerSpec:
     flags: tuple[str, ...] = ()  # more `ugram serve` options
     ugram_path: str | None = None  # put first on the server's PYTHONPATH
     cpus: tuple[int, ...] = ()  # confine the server and its children to these
+    env: tuple[tuple[str, str], ...] = ()  # more environment variables (a built-in's options)
 
     def command(self, path: str) -> list[str]:
         spec, codec = HANDLERS.get(self.handler, (self.handler, "raw"))
@@ -174,7 +175,7 @@ def ugram_server(spec: ServerSpec) -> Iterator[Server]:
         BenchError: the server exited or was not ready in time.
     """
     with socket_dir() as tmp:
-        env = server_env(tmp, spec.ugram_path)
+        env = {**server_env(tmp, spec.ugram_path), **dict(spec.env)}
         os.mkdir(env[READY_ENV])
         os.mkdir(env[LATENCY_DIR_ENV])
         log = Path(tmp, "log")
@@ -206,7 +207,7 @@ def run_ugram(
     count: int,
     size: int,
     *,
-    json_payload: bool = False,
+    payload: Payload = "raw",
     paced: float = 0.0,
     sample_every: float = 0.0,
     sender_cpus: tuple[int, ...] = (),
@@ -229,7 +230,7 @@ def run_ugram(
         if paced:
             load = start_paced(srv.path, count, size, paced)
         else:
-            load = start_flood(srv.path, count, size, json_payload=json_payload, cpus=sender_cpus)
+            load = start_flood(srv.path, count, size, payload=payload, cpus=sender_cpus)
         try:
             if sampler is not None:
                 sampler.start()

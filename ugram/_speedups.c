@@ -1,9 +1,9 @@
 /* ugram._speedups: the per-datagram loops of the receiver and the workers, in C.
  *
- * Optional: ugram runs without it (pure-Python paths with the same behaviour), and the
- * `speedups` setting turns it off. Each function does exactly what its Python twin does
- * (Ring.try_put and Ring._read in ugram/ring.py, BatchReceiver.complete and
- * credentials_from_control in ugram/receiver/mmsg.py, close_in_control in
+ * Optional on x86-64: ugram runs without it (pure-Python paths with the same behaviour),
+ * and the `speedups` setting turns its loops off. Each function does exactly what its
+ * Python twin does (Ring.try_put and Ring._read in ugram/ring.py, BatchReceiver.complete
+ * and credentials_from_control in ugram/receiver/mmsg.py, close_in_control in
  * ugram/receiver/rights.py, Receiver._place_plain and
  * _place_slots in ugram/receiver/loop.py,
  * Worker._record_step and _decode_batch in ugram/workers/loop.py, observe_latency in
@@ -16,7 +16,17 @@
  *     at most one record twice;
  *   - the consumer loads the head with acquire semantics before it reads record bytes.
  *
- * x86-64 only, like the ring itself (ugram.ring.check_memory_ordering refuses the rest).
+ * Memory ordering (ugram/ordering.py has the whole argument, record by record). Every
+ * u64 word another process reads (a ring's control block, the counter table, the scratch
+ * area's `placed` index) is stored here with a release store and loaded with an acquire
+ * load (the __atomic builtins, which gcc and clang both have), and the sleep/wake
+ * handshake has a sequentially consistent fence on each side. On x86-64 these compile to
+ * the plain moves the pure-Python paths make (TSO gives release/acquire for free; only the
+ * fence costs an instruction); on arm64 to stlr / ldar and dmb ish; tests/unit/
+ * test_arm64_ordering.py checks that in the arm64 machine code. Off x86-64 the same
+ * ordering is required of the Python paths too: there every such word is reached through
+ * this module's `Words` (release stores, acquire loads) and `fence()`, never through a
+ * plain memoryview, and ugram refuses to start without this module.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,13 +40,21 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Ring control block: u64 slots (ugram/ring.py). */
-#define CONTROL_SIZE 4096
+#include "_ordering.h"
+
+/* Ring control block: u64 slots (ugram/ring.py). Producer, consumer, supervisor and
+ * journal words sit on separate 128-byte lines (Apple M-series cache lines are 128 bytes,
+ * most others 64): a store by one side never invalidates the line the other side writes. */
+#define MIN_CONTROL_SIZE 4096
+#define MAX_CONTROL_SIZE (1 << 20)
 #define CTL_CAPACITY 1
-#define CTL_HEAD 8
-#define CTL_PUBLISHED 9
-#define CTL_TAIL 16
-#define CTL_CONSUMER_WAITING 19
+#define CTL_DATA_AT 2
+#define CTL_HEAD 16
+#define CTL_PUBLISHED 17
+#define CTL_TAIL 32
+#define CTL_ACKED 33
+#define CTL_IN_HAND 34
+#define CTL_CONSUMER_WAITING 35
 #define HEADER_SIZE 32
 #define PAD_MARK 0xFFFFFFFFu
 #define FLAG_CREDS 1u
@@ -49,9 +67,6 @@ static int64_t clock_ns(clockid_t clock)
     clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
-
-static inline uint64_t load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
 typedef struct {
     /* byte offsets inside the scratch area (ugram/receiver/mmsg.py) */
@@ -76,7 +91,7 @@ static inline uint32_t slot_u32(const char *scratch, const ScratchLayout *l, Py_
 
 /* The sender's address as stored in a ring: a path without its trailing NULs, an abstract
  * name with its leading NUL, or nothing for an unbound sender (BatchReceiver.address). */
-static Py_ssize_t slot_address(const char *scratch, const ScratchLayout *l, Py_ssize_t i,
+static inline Py_ssize_t slot_address(const char *scratch, const ScratchLayout *l, Py_ssize_t i,
                                const char **out)
 {
     uint32_t namelen = slot_u32(scratch, l, i, l->namelen_at);
@@ -102,14 +117,24 @@ static Py_ssize_t slot_address(const char *scratch, const ScratchLayout *l, Py_s
 #define NAP_NS 50000     /* ... within this long (ns) of the first one */
 #define NAP_MIN_BATCH 8  /* ... and only after a batch this big: the sender was blocked */
 
-/* The ring's capacity, or 0 (with ValueError set) when `ring` does not hold a ring. */
-static uint64_t ring_capacity(const Py_buffer *ring, const char *who)
+/* The ring's capacity, and where its records start (*data_at: the size of its control
+ * block, a page of this machine, see ugram/ring.py), or 0 (with ValueError set) when
+ * `ring` does not hold a ring. Both words were stored by the supervisor before any child
+ * existed (the child got the ring's fd afterwards): plain loads. */
+static uint64_t ring_capacity(const Py_buffer *ring, uint64_t *data_at, const char *who)
 {
-    uint64_t cap = ring->len >= CONTROL_SIZE ? ((const uint64_t *)ring->buf)[CTL_CAPACITY] : 0;
-    if (cap < HEADER_SIZE || cap % 8 || cap > (uint64_t)ring->len - CONTROL_SIZE) {
+    const uint64_t *ctl = (const uint64_t *)ring->buf;
+    uint64_t len = (uint64_t)ring->len, cap = 0, at = 0;
+    if (len >= MIN_CONTROL_SIZE) {
+        cap = ctl[CTL_CAPACITY];
+        at = ctl[CTL_DATA_AT];
+    }
+    if (at < MIN_CONTROL_SIZE || at > MAX_CONTROL_SIZE || at % MIN_CONTROL_SIZE || at > len ||
+        cap < HEADER_SIZE || cap % 8 || cap > len - at) {
         PyErr_Format(PyExc_ValueError, "%s: not a ring", who);
         return 0;
     }
+    *data_at = at;
     return cap;
 }
 
@@ -132,6 +157,12 @@ static int scratch_fits(const Py_buffer *scratch, const ScratchLayout *l, Py_ssi
     return ok;
 }
 
+#ifdef __linux__
+/* The receiver's drain, from here to place_slots and again around drain(): recvmmsg,
+ * struct mmsghdr, SCM_CREDENTIALS and struct ucred are Linux's. Elsewhere drain() raises
+ * OSError(ENOSYS); it is never called there (ugram.receiver.mmsg.available() is False), the
+ * receiver's Python paths serve, and they reach the rings through Words. */
+
 /* The producer's view of one ring during a drain (Ring's _head and friends). */
 typedef struct {
     char *data;
@@ -142,14 +173,16 @@ typedef struct {
 
 /* 0 (ValueError set) when the ring's head and tail cannot be those of a sane ring: the
  * writes below stay inside the ring only for an 8-aligned head at most `cap` ahead. */
-static int producer_open(Producer *p, char *base, uint64_t cap)
+UGRAM_NOINLINE static int producer_open(Producer *p, char *base, uint64_t cap, uint64_t data_at)
 {
     p->ctl = (uint64_t *)base;
-    p->data = base + CONTROL_SIZE;
+    p->data = base + data_at;
     p->cap = cap;
-    p->head = p->ctl[CTL_HEAD];
-    p->published = p->ctl[CTL_PUBLISHED];
-    p->tail = load_acquire(&p->ctl[CTL_TAIL]);
+    /* Head and count are this producer's own, or a dead predecessor's, or the supervisor's
+     * after a reset (Ring.reset stores CORRUPT = 0 last, with release): acquire. */
+    p->head = load_acquire(&p->ctl[CTL_HEAD]);
+    p->published = load_acquire(&p->ctl[CTL_PUBLISHED]);
+    p->tail = load_acquire(&p->ctl[CTL_TAIL]); /* pairs with the consumer's tail release */
     p->fresh = 0;
     if (p->head % 8 || p->tail > p->head || p->head - p->tail > cap) {
         PyErr_SetString(PyExc_ValueError, "drain: corrupt ring (head or tail)");
@@ -160,14 +193,14 @@ static int producer_open(Producer *p, char *base, uint64_t cap)
 
 /* Ring.publish + signal_wake: wake the consumer if it sleeps and records came since the
  * last look. The full fence orders our head stores before the load of its flag (the
- * consumer does the mirror image: flag, fence, head). */
-static void producer_wake(Producer *p, int wake_fd)
+ * consumer does the mirror image: flag, fence, head: Ring.set_sleeping). */
+UGRAM_NOINLINE static void producer_wake(Producer *p, int wake_fd)
 {
     if (!p->fresh)
         return;
     p->fresh = 0;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&p->ctl[CTL_CONSUMER_WAITING], __ATOMIC_RELAXED)) {
+    fence_seq_cst();
+    if (load_acquire(&p->ctl[CTL_CONSUMER_WAITING])) {
         uint64_t one = 1;
         ssize_t unused = write(wake_fd, &one, sizeof one); /* EAGAIN: already signalled */
         (void)unused;
@@ -182,7 +215,7 @@ typedef struct {
 
 /* Ring.try_put: copy one record in and publish it at once. 0 when it does not fit.
  * `creds` NULL: the record carries none. */
-static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const char *payload,
+UGRAM_NOINLINE static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const char *payload,
                         uint32_t n, int64_t recv_ns, const Creds *creds)
 {
     uint64_t cap = p->cap, head = p->head;
@@ -192,6 +225,8 @@ static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const
     uint64_t off = head % cap;
     uint64_t pad = (cap - off < size) ? cap - off : 0;
     if (head + pad + size - p->tail > cap) {
+        /* Pairs with the consumer's tail release: its reads of the records it freed
+         * are done before we overwrite them. */
         p->tail = load_acquire(&p->ctl[CTL_TAIL]);
         if (head + pad + size - p->tail > cap)
             return 0; /* full (or larger than the ring): the caller decides */
@@ -220,7 +255,7 @@ static int producer_put(Producer *p, const char *address, Py_ssize_t alen, const
         memcpy(rec + HEADER_SIZE, address, (size_t)alen);
     memcpy(rec + HEADER_SIZE + alen, payload, n);
     p->head = head + size;
-    __atomic_store_n(&p->ctl[CTL_PUBLISHED], ++p->published, __ATOMIC_RELAXED);
+    store_release(&p->ctl[CTL_PUBLISHED], ++p->published); /* a count the supervisor reads */
     store_release(&p->ctl[CTL_HEAD], p->head); /* every record byte is stored before this */
     p->fresh = 1;
     return 1;
@@ -360,7 +395,7 @@ static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const Cr
  * over `limit` bytes (or truncated by the kernel) is counted as oversized and skipped.
  * `cl` non-NULL: each record carries its sender's credentials (when the kernel gave any).
  * Returns the first slot not handled: count, or the slot whose ring was full. */
-static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
+UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
                               char *sbase, const ScratchLayout *l, const CredsLayout *cl,
                               Py_ssize_t first, Py_ssize_t count, Py_ssize_t limit,
                               int64_t recv_ns, const ReceiverCounters *rc, PlaceTotals *t)
@@ -371,8 +406,8 @@ static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *ne
         uint32_t n = slot_u32(sbase, l, i, l->len_at);
         if ((Py_ssize_t)n > limit || n > (uint64_t)l->slot_stride ||
             (slot_u32(sbase, l, i, l->flags_at) & MSG_TRUNC_FLAG)) {
-            c[rc->received] += 1;
-            c[rc->oversized] += 1;
+            add_release(&c[rc->received], 1);
+            add_release(&c[rc->oversized], 1);
             t->oversized++;
             store_release(placed_index, (uint64_t)i + 1);
             continue;
@@ -387,8 +422,8 @@ static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *ne
         if (!producer_put(&rings[*next_ring], address, alen, payload, n, recv_ns + i,
                           with_creds ? &creds : NULL))
             break;
-        c[rc->received] += 1;
-        c[rc->bytes] += n;
+        add_release(&c[rc->received], 1);
+        add_release(&c[rc->bytes], n);
         store_release(placed_index, (uint64_t)i + 1); /* placed: never placed again */
         *next_ring = *next_ring + 1 < active ? *next_ring + 1 : 0;
         t->placed++;
@@ -396,12 +431,14 @@ static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *ne
     return i;
 }
 
+#endif /* __linux__: the receiver's drain */
+
 PyDoc_STRVAR(reset_slots_doc,
 "reset_slots(scratch, layout, count, controllen_at, control_size)\n\n"
 "Ready the first `count` scratch slots for the next recvmmsg call: lengths back to the\n"
 "sentinel, name (and control) lengths back to their buffer sizes; then `placed` = 0.");
 
-static void reset(char *sbase, const ScratchLayout *l, Py_ssize_t count,
+UGRAM_NOINLINE static void reset(char *sbase, const ScratchLayout *l, Py_ssize_t count,
                   Py_ssize_t controllen_at, uint64_t control_size)
 {
     uint32_t sentinel = SENTINEL, namelen = 110; /* sizeof(struct sockaddr_un) */
@@ -459,6 +496,7 @@ PyDoc_STRVAR(drain_doc,
 "(both 0 otherwise); the caller places or holds the rest, then resets the slots.\n\n"
 "Raises OSError for a receive error other than EAGAIN or EINTR.");
 
+#ifdef __linux__
 static PyObject *drain(PyObject *self, PyObject *args)
 {
     int fd;
@@ -539,8 +577,9 @@ static PyObject *drain(PyObject *self, PyObject *args)
     for (; held < active; held++) {
         if (PyObject_GetBuffer(PyTuple_GET_ITEM(rings, held), &bufs[held], PyBUF_WRITABLE) < 0)
             goto done;
-        uint64_t cap = ring_capacity(&bufs[held], "drain");
-        if (cap == 0 || !producer_open(&producers[held], (char *)bufs[held].buf, cap)) {
+        uint64_t data_at;
+        uint64_t cap = ring_capacity(&bufs[held], &data_at, "drain");
+        if (cap == 0 || !producer_open(&producers[held], (char *)bufs[held].buf, cap, data_at)) {
             held++;
             goto done;
         }
@@ -590,7 +629,7 @@ static PyObject *drain(PyObject *self, PyObject *args)
         last_got = got;
         if (cl != NULL) /* refused before anything else can fail: never kept */
             for (Py_ssize_t i = 0; i < got; i++)
-                rc.c[rc.fds_closed] += (uint64_t)close_passed_fds(sbase, &l, cl, i);
+                add_release(&rc.c[rc.fds_closed], (uint64_t)close_passed_fds(sbase, &l, cl, i));
         Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, cl, 0, got,
                                       limit, clock_ns(CLOCK_REALTIME), &rc, &t);
         if (stop < got) {
@@ -615,6 +654,14 @@ done:
     PyBuffer_Release(&counters);
     return result;
 }
+
+#else
+static PyObject *drain(PyObject *self, PyObject *args)
+{
+    errno = ENOSYS; /* no recvmmsg: the receiver's Python paths serve */
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+#endif /* __linux__ */
 
 PyDoc_STRVAR(take_records_doc,
 "take_records(ring, rpos, head_seen, limit, record_type, max_bytes=sys.maxsize)\n"
@@ -686,10 +733,11 @@ static PyObject *take_records(PyObject *self, PyObject *args)
     }
     char *rbase = (char *)ring.buf;
     uint64_t *ctl = (uint64_t *)rbase;
-    const char *data = rbase + CONTROL_SIZE;
-    uint64_t cap = ring_capacity(&ring, "take_records");
+    uint64_t data_at;
+    uint64_t cap = ring_capacity(&ring, &data_at, "take_records");
     if (cap == 0)
         goto done;
+    const char *data = rbase + data_at;
     batch = PyList_New(0);
     if (batch == NULL)
         goto done;
@@ -697,7 +745,8 @@ static PyObject *take_records(PyObject *self, PyObject *args)
     for (Py_ssize_t taken = 0; taken < limit; taken++) {
         const uint64_t before = pos; /* where the next batch starts if this record is left */
         if (pos == seen) {
-            seen = load_acquire(&ctl[CTL_HEAD]); /* before any record byte is read */
+            /* Pairs with producer_put's head release: before any record byte is read. */
+            seen = load_acquire(&ctl[CTL_HEAD]);
             if (pos == seen)
                 break;
             if (seen < pos || seen - pos > cap || seen % 8) {
@@ -752,15 +801,13 @@ done:
 
 /* ---- worker: the per-record loop ------------------------------------------------------ */
 
-#define CTL_ACKED 17
-#define CTL_IN_HAND 18
 /* The journal (Ring.settle_journal): what ACKED and the handled / handler-error / invalid
  * counters will say once the record in hand is acknowledged. Counted into before the tail
  * store, copied to the counters after it, so a kill between any two stores can be settled. */
-#define CTL_J_ACKED 32
-#define CTL_J_HANDLED 33
-#define CTL_J_ERRORS 34
-#define CTL_J_INVALID 35
+#define CTL_J_ACKED 64
+#define CTL_J_HANDLED 65
+#define CTL_J_ERRORS 66
+#define CTL_J_INVALID 67
 
 typedef struct {
     /* u64 slot indexes in the worker's counter block (ugram/stats.py) */
@@ -771,7 +818,7 @@ typedef struct {
 
 /* After the tail store: the counts, from the journal (release stores: none of them may be
  * seen, or moved by the compiler, before the tail store that precedes them). */
-static void settle(uint64_t *ctl, uint64_t *c, const CounterSlots *s)
+UGRAM_NOINLINE static void settle(uint64_t *ctl, uint64_t *c, const CounterSlots *s)
 {
     store_release(&ctl[CTL_ACKED], ctl[CTL_J_ACKED]);
     store_release(&c[s->handled], ctl[CTL_J_HANDLED]);
@@ -783,13 +830,13 @@ static void settle(uint64_t *ctl, uint64_t *c, const CounterSlots *s)
 static void observe_latency(uint64_t *c, const CounterSlots *s, int64_t ns)
 {
     if (ns <= 0) {
-        c[s->latency_first] += 1;
+        add_release(&c[s->latency_first], 1);
         return;
     }
     uint64_t us = (uint64_t)(ns - 1) / 1000;
     Py_ssize_t index = us ? 64 - __builtin_clzll(us) : 0; /* int.bit_length() */
-    c[s->latency_first + (index < s->latency_buckets ? index : s->latency_buckets)] += 1;
-    c[s->latency_sum] += (uint64_t)ns;
+    add_release(&c[s->latency_first + (index < s->latency_buckets ? index : s->latency_buckets)], 1);
+    add_release(&c[s->latency_sum], (uint64_t)ns);
 }
 
 /* The exception being raised, taken off the thread state (normalised, with traceback). */
@@ -821,7 +868,7 @@ static int call_reporting(PyObject *fn, PyObject *arg, PyObject *on_exc, uint64_
     }
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return -1;
-    *errors += 1;
+    add_release(errors, 1);
     PyObject *exc = take_exception();
     PyObject *cb = PyObject_CallOneArg(on_exc, exc);
     Py_DECREF(exc);
@@ -840,7 +887,7 @@ static PyObject *decode_reporting(PyObject *decode, PyObject *payload, PyObject 
     PyObject *message = PyObject_CallOneArg(decode, payload);
     if (message != NULL || !PyErr_ExceptionMatches(decode_errors))
         return message;
-    *invalid += 1;
+    add_release(invalid, 1);
     PyObject *exc = take_exception();
     PyObject *cb = PyObject_CallOneArg(on_invalid, exc);
     Py_DECREF(exc);
@@ -881,7 +928,7 @@ static PyObject *run_records(PyObject *self, PyObject *args)
     Py_ssize_t n_counters = counters_buf.len / 8;
     const Py_ssize_t indexes[] = {s.command, s.progress, s.busy_since, s.handled,
                                   s.handler_errors, s.invalid, s.latency_first, s.latency_sum};
-    int slots_ok = ctl_buf.len >= CONTROL_SIZE && s.latency_buckets >= 0 &&
+    int slots_ok = ctl_buf.len >= MIN_CONTROL_SIZE && s.latency_buckets >= 0 &&
                    s.latency_first >= 0 && s.latency_buckets < n_counters - s.latency_first;
     for (int k = 0; k < 8 && slots_ok; k++)
         slots_ok = indexes[k] >= 0 && indexes[k] < n_counters;
@@ -891,7 +938,7 @@ static PyObject *run_records(PyObject *self, PyObject *args)
         goto done;
     }
     uint64_t *ctl = (uint64_t *)ctl_buf.buf, *c = (uint64_t *)counters_buf.buf;
-    volatile uint64_t *command = &c[s.command];
+    const uint64_t *command = &c[s.command]; /* the supervisor's order: acquire */
     /* A tuple snapshot: a handler that reaches the list and changes it cannot pull items
      * out from under this loop. */
     items = PyList_AsTuple(batch);
@@ -899,7 +946,7 @@ static PyObject *run_records(PyObject *self, PyObject *args)
         goto done;
     n = PyTuple_GET_SIZE(items);
     for (Py_ssize_t k = 0; k < n && done < allowance; k++) {
-        if (done && *command == (uint64_t)s.retire)
+        if (done && load_acquire(command) == (uint64_t)s.retire)
             break;
         PyObject *pair = PyTuple_GET_ITEM(items, k), *record, *end_obj;
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
@@ -918,9 +965,9 @@ static PyObject *run_records(PyObject *self, PyObject *args)
         int64_t recv_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(record, 2));
         if (recv_ns == -1 && PyErr_Occurred())
             goto done;
-        store_release(&ctl[CTL_IN_HAND], end);
-        c[s.progress] += 1;
-        c[s.busy_since] = (uint64_t)clock_ns(CLOCK_MONOTONIC);
+        store_release(&ctl[CTL_IN_HAND], end); /* before the handler runs (Ring.settle_journal) */
+        add_release(&c[s.progress], 1);
+        store_release(&c[s.busy_since], (uint64_t)clock_ns(CLOCK_MONOTONIC));
         if (call == Py_None) {
             PyObject *r = PyObject_CallOneArg(process, record);
             if (r == NULL)
@@ -945,12 +992,15 @@ static PyObject *run_records(PyObject *self, PyObject *args)
                 Py_DECREF(message);
                 if (rc < 0)
                     goto done;
-                ctl[CTL_J_HANDLED] += 1;
+                add_release(&ctl[CTL_J_HANDLED], 1);
             }
         }
         observe_latency(c, &s, clock_ns(CLOCK_REALTIME) - recv_ns);
-        ctl[CTL_J_ACKED] = ctl[CTL_ACKED] + 1;
-        store_release(&ctl[CTL_TAIL], end); /* acknowledged: never replayed */
+        store_release(&ctl[CTL_J_ACKED], __atomic_load_n(&ctl[CTL_ACKED], __ATOMIC_RELAXED) + 1);
+        /* Acknowledged: never replayed. The release orders the journal above, and every
+         * read of the record's bytes, before it: the producer may reuse the space once it
+         * loads this tail (acquire). */
+        store_release(&ctl[CTL_TAIL], end);
         settle(ctl, c, &s);
         done++;
     }
@@ -1096,6 +1146,249 @@ done:
     return result;
 }
 
+/* ---- Words: shared u64 words for the Python paths, ordered --------------------------- */
+
+PyDoc_STRVAR(words_doc,
+"Words(mapping, offset=0, count=-1)\n\n"
+"The u64 words of `mapping` (a writable buffer: an mmap) from byte `offset` on, `count` of\n"
+"them (-1: to its end), indexed as memoryview(mapping).cast('Q') is: words[i] is an acquire\n"
+"load, words[i] = v a release store (ValueError for a value outside 0..2**64-1), words[a:b]\n"
+"the Words of that range of the same mapping. It exports its bytes (the buffer protocol,\n"
+"for this module's functions) and holds an export of the mapping until release().\n"
+"ugram.ordering hands these out instead of memoryviews off x86-64.");
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view; /* the mapping, held from construction until release() */
+    uint64_t *words;
+    Py_ssize_t count;
+    Py_ssize_t exports; /* buffers this object exported and that are still held */
+    int held;
+} Words;
+
+static PyTypeObject WordsType;
+
+static int words_attach(Words *w, PyObject *mapping, Py_ssize_t offset, Py_ssize_t count)
+{
+    if (PyObject_GetBuffer(mapping, &w->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    w->held = 1;
+    char *at = (char *)w->view.buf + offset;
+    if (offset < 0 || offset % 8 || offset > w->view.len || (uintptr_t)at % 8 ||
+        count < -1 || count > (w->view.len - offset) / 8) {
+        PyBuffer_Release(&w->view);
+        w->held = 0;
+        PyErr_SetString(PyExc_ValueError, "Words: offset or count outside the mapping, or "
+                                          "not 8-aligned");
+        return -1;
+    }
+    w->words = (uint64_t *)at;
+    w->count = count < 0 ? (w->view.len - offset) / 8 : count;
+    return 0;
+}
+
+static PyObject *words_make(PyTypeObject *type, PyObject *mapping, Py_ssize_t offset,
+                            Py_ssize_t count)
+{
+    Words *w = (Words *)type->tp_alloc(type, 0);
+    if (w == NULL)
+        return NULL;
+    if (words_attach(w, mapping, offset, count) < 0) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    return (PyObject *)w;
+}
+
+static PyObject *words_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"mapping", "offset", "count", NULL};
+    PyObject *mapping;
+    Py_ssize_t offset = 0, count = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|nn:Words", names, &mapping, &offset,
+                                     &count))
+        return NULL;
+    return words_make(type, mapping, offset, count);
+}
+
+static void words_dealloc(Words *w)
+{
+    if (w->held)
+        PyBuffer_Release(&w->view);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static int words_usable(const Words *w)
+{
+    if (w->held)
+        return 1;
+    PyErr_SetString(PyExc_ValueError, "operation forbidden on released Words object");
+    return 0;
+}
+
+/* The word index `key` names (negative: from the end), or -1 with an exception set. */
+static Py_ssize_t words_index(const Words *w, PyObject *key)
+{
+    Py_ssize_t i = PyLong_CheckExact(key) ? PyLong_AsSsize_t(key)
+                                           : PyNumber_AsSsize_t(key, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred())
+        return -1;
+    if (i < 0)
+        i += w->count;
+    if (i < 0 || i >= w->count) {
+        PyErr_SetString(PyExc_IndexError, "Words index out of range");
+        return -1;
+    }
+    return i;
+}
+
+/* words[i]: an acquire load. Symbol kept for the arm64 disassembly check. */
+UGRAM_NOINLINE static PyObject *words_subscript(Words *w, PyObject *key)
+{
+    if (!words_usable(w))
+        return NULL;
+    if (PyLong_CheckExact(key) || PyIndex_Check(key)) {
+        Py_ssize_t i = words_index(w, key);
+        return i < 0 ? NULL : PyLong_FromUnsignedLongLong(load_acquire(&w->words[i]));
+    }
+    if (!PySlice_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "Words indices must be integers or slices");
+        return NULL;
+    }
+    Py_ssize_t start, stop, step;
+    if (PySlice_Unpack(key, &start, &stop, &step) < 0)
+        return NULL;
+    Py_ssize_t n = PySlice_AdjustIndices(w->count, &start, &stop, step);
+    if (step != 1) {
+        PyErr_SetString(PyExc_TypeError, "Words slices take no step");
+        return NULL;
+    }
+    Py_ssize_t offset = (char *)(w->words + start) - (char *)w->view.buf;
+    return words_make(Py_TYPE(w), w->view.obj, offset, n);
+}
+
+/* words[i] = v: a release store. Symbol kept for the arm64 disassembly check. */
+UGRAM_NOINLINE static int words_ass_subscript(Words *w, PyObject *key, PyObject *value)
+{
+    if (!words_usable(w))
+        return -1;
+    if (value == NULL || !(PyLong_CheckExact(key) || PyIndex_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "Words: only single words can be stored");
+        return -1;
+    }
+    Py_ssize_t i = words_index(w, key);
+    if (i < 0)
+        return -1;
+    unsigned long long v;
+    if (PyLong_CheckExact(value)) {
+        v = PyLong_AsUnsignedLongLong(value);
+    } else {
+        PyObject *number = PyNumber_Index(value);
+        if (number == NULL)
+            return -1;
+        v = PyLong_AsUnsignedLongLong(number);
+        Py_DECREF(number);
+    }
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "Words: a word holds 0 to 2**64-1");
+        return -1;
+    }
+    store_release(&w->words[i], (uint64_t)v);
+    return 0;
+}
+
+static Py_ssize_t words_length(Words *w) { return words_usable(w) ? w->count : -1; }
+
+static int words_getbuffer(Words *w, Py_buffer *view, int flags)
+{
+    if (!words_usable(w))
+        return -1;
+    if (PyBuffer_FillInfo(view, (PyObject *)w, w->words, w->count * 8, 0, flags) < 0)
+        return -1;
+    w->exports++;
+    return 0;
+}
+
+static void words_releasebuffer(Words *w, Py_buffer *view) { w->exports--; }
+
+static PyObject *words_release(Words *w, PyObject *unused)
+{
+    if (w->exports > 0) {
+        PyErr_Format(PyExc_BufferError, "Words has %zd exported buffer(s)", w->exports);
+        return NULL;
+    }
+    if (w->held) {
+        PyBuffer_Release(&w->view);
+        w->held = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *words_enter(Words *w, PyObject *unused) { return Py_NewRef(w); }
+
+static PyObject *words_exit(Words *w, PyObject *args) { return words_release(w, NULL); }
+
+static PyMethodDef words_methods[] = {
+    {"release", (PyCFunction)words_release, METH_NOARGS, "Give the mapping's export back."},
+    {"__enter__", (PyCFunction)words_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)words_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMappingMethods words_mapping = {
+    (lenfunc)words_length,
+    (binaryfunc)words_subscript,
+    (objobjargproc)words_ass_subscript,
+};
+
+/* words[i] for iteration (the sequence protocol): an acquire load, as words_subscript. */
+static PyObject *words_item(Words *w, Py_ssize_t i)
+{
+    if (!words_usable(w))
+        return NULL;
+    if (i < 0 || i >= w->count) {
+        PyErr_SetString(PyExc_IndexError, "Words index out of range");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(load_acquire(&w->words[i]));
+}
+
+static PySequenceMethods words_sequence = {
+    .sq_length = (lenfunc)words_length,
+    .sq_item = (ssizeargfunc)words_item,
+};
+
+static PyBufferProcs words_buffer = {
+    (getbufferproc)words_getbuffer,
+    (releasebufferproc)words_releasebuffer,
+};
+
+static PyTypeObject WordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0) /* its comma is in the macro */
+    .tp_name = "ugram._speedups.Words",
+    .tp_basicsize = sizeof(Words),
+    .tp_dealloc = (destructor)words_dealloc,
+    .tp_as_sequence = &words_sequence,
+    .tp_as_mapping = &words_mapping,
+    .tp_as_buffer = &words_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = words_doc,
+    .tp_methods = words_methods,
+    .tp_new = words_new,
+};
+
+PyDoc_STRVAR(fence_doc,
+"fence() -> None\n\n"
+"A sequentially consistent fence (store-load ordering included): the Python side of the\n"
+"sleep/wake handshake (ugram.ordering.full_fence).");
+
+/* Symbol kept for the arm64 disassembly check. */
+UGRAM_NOINLINE static PyObject *fence(PyObject *self, PyObject *unused)
+{
+    fence_seq_cst();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"reset_slots", reset_slots, METH_VARARGS, reset_slots_doc},
     {"drain", drain, METH_VARARGS, drain_doc},
@@ -1103,6 +1396,7 @@ static PyMethodDef methods[] = {
     {"run_records", run_records, METH_VARARGS, run_records_doc},
     {"decode_batch", decode_batch, METH_VARARGS, decode_batch_doc},
     {"observe_batch", observe_batch, METH_VARARGS, observe_batch_doc},
+    {"fence", fence, METH_NOARGS, fence_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1114,12 +1408,26 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 10
+#define API_VERSION 11
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {
+    /* Checked at build time above; again here, where a build for another CPU variant
+     * would show it (only lock-free words work between processes). */
+    if (!__atomic_is_lock_free(8, NULL)) {
+        PyErr_SetString(PyExc_ImportError, "ugram._speedups: 8-byte atomics are not "
+                                           "lock-free on this CPU; they cannot order "
+                                           "stores between processes");
+        return NULL;
+    }
+    if (PyType_Ready(&WordsType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0) {
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "LOCK_FREE_WORDS", 1) < 0 ||
+        PyModule_AddObjectRef(m, "Words", (PyObject *)&WordsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

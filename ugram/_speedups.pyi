@@ -1,10 +1,35 @@
 # Types of the optional C helper (ugram/_speedups.c); see ugram.speedups.
 import mmap
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, overload
 
 API_VERSION: int
+LOCK_FREE_WORDS: int
 
+class Words:
+    """Shared u64 words: release stores, acquire loads (ugram.ordering)."""
+
+    def __init__(self, mapping: mmap.mmap, offset: int = 0, count: int = -1, /) -> None: ...
+    @overload
+    def __getitem__(self, index: int, /) -> int: ...
+    @overload
+    def __getitem__(self, index: slice, /) -> Words: ...
+    def __setitem__(self, index: int, value: int, /) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[int]: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> Words: ...
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None: ...
+
+def fence() -> None: ...
 def reset_slots(
     scratch: mmap.mmap,
     layout: tuple[int, ...],

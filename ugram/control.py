@@ -36,6 +36,7 @@ import msgspec
 
 from . import safefs
 from .errors import PathTooLongError, SocketError, UgramError, UnsafePathError
+from .handler_stats import Reading
 from .observe import Report
 from .safefs import open_dir, owner_name, trusted_uids
 from .sockets import BoundSocket, abstract_address, bind_stream_socket, unlink_if_ours
@@ -467,7 +468,36 @@ def render(before: Report, after: Report) -> str:
             f"{w.index:<7}{w.pid or '-':>8}  {printable(w.state):<12}{w.ring_depth:>11,}"
             f"{w.ring_bytes:>13,}{w.handled:>14,}{rate:>12,.1f}{_mib(w.uss_bytes):>12}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _handler_lines(before, after, elapsed))
+
+
+def _handler_lines(before: Report, after: Report, elapsed: float) -> list[str]:
+    """The counters and gauges handlers declared (a histogram: its count and mean)."""
+    if not after.handler_metrics:
+        return []
+    old = {_metric_key(r): r.value for r in before.handler_metrics}
+    lines = ["", f"{'handler metric':<52}{'value':>16}{'per second':>14}"]
+    for r in after.handler_metrics:
+        key = _metric_key(r)
+        if r.kind == "histogram":
+            count = sum(r.counts)
+            mean = _seconds(r.sum / count) if count else "-"
+            lines.append(printable(f"{key:<52}{count:>16,}  mean {mean}"))
+            continue
+        rate = ""
+        if r.kind == "counter":
+            rate = f"{(r.value - old.get(key, r.value)) / elapsed:>14,.1f}"
+        lines.append(printable(f"{key:<52}{_number(_whole(r.value)):>16}{rate}"))
+    return lines
+
+
+def _metric_key(reading: Reading) -> str:
+    labels = ",".join(f'{k}="{v}"' for k, v in sorted(reading.labels.items()))
+    return f"{reading.name}{{{labels}}}" if labels else reading.name
+
+
+def _whole(value: float) -> float:
+    return int(value) if float(value).is_integer() else value
 
 
 def _headline(report: Report) -> str:

@@ -41,12 +41,15 @@ class Datagram:
             workers (a float ``received_at`` may tie).
         sender: the sender's bound address (a path or ``@name``), None if it bound none.
         pid, uid, gid: the sender's kernel-verified credentials, None when not collected.
+        id: names this record for the server's whole run (see :attr:`id`).
     """
 
     __slots__ = (
         "_address",
         "_allow_abstract",
         "_on_reply_error",
+        "_origin",
+        "_position",
         "_sock",
         "data",
         "gid",
@@ -66,8 +69,12 @@ class Datagram:
         on_reply_error: Callable[[], object] | None = None,
         *,
         allow_abstract: bool = False,
+        origin: str | None = None,
+        position: int = 0,
     ) -> None:
         self.data = data
+        self._origin = origin
+        self._position = position
         self.received_ns = recv_ns
         self.received_at = recv_ns / 1e9
         self._address = address
@@ -79,6 +86,20 @@ class Datagram:
         self.gid: int | None = None
         if creds is not None:
             self.pid, self.uid, self.gid = creds
+
+    @property
+    def id(self) -> str | None:
+        """``<server id>-<worker slot>-<ring resets>-<position>``: the same string when this
+        record is replayed (its worker died before acknowledging it), a different one for
+        every other record of this server run. The server id is drawn at random at each
+        start, so ids never repeat across restarts (nor across hosts). None for a Datagram
+        that did not come from a worker's ring.
+
+        A forwarding sink uses it as the broker's deduplication key (``ugram.forward``).
+        """
+        if self._origin is None:
+            return None
+        return f"{self._origin}-{self._position}"
 
     @property
     def sender(self) -> str | None:

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import portable, safefs, shm, speedups
+from . import ordering, portable, safefs, shm, speedups
 from .config import Config
 from .errors import SocketError, UnsafePathError, UnsupportedPlatformError
-from .ring import CONTROL_SIZE, check_memory_ordering
+from .ring import CONTROL_SIZE
 from .sockets import max_path_bytes, probe
 
 QLEN_FILE = "/proc/sys/net/unix/max_dgram_qlen"
@@ -119,15 +119,23 @@ def check_profile() -> Finding:
 
 
 def check_memory_order() -> Finding:
-    """Whether the shared-memory ring is safe on this CPU."""
+    """Which memory ordering the rings and counters run with here, or why they cannot run."""
     machine = platform.machine()
     try:
-        check_memory_ordering()
+        name = ordering.check_memory_ordering()
     except UnsupportedPlatformError as exc:
-        return Finding("fail", f"memory ordering: {machine}", str(exc))
-    return Finding(
-        "ok", f"memory ordering: {machine}", "total store order: ring records publish in order"
-    )
+        return Finding("fail", f"memory ordering: none safe on {machine}", str(exc))
+    if name == ordering.TSO:
+        detail = (
+            f"{machine} keeps stores in program order: plain stores publish ring records "
+            "and counters in order"
+        )
+    else:
+        detail = (
+            f"{machine}: every shared head, tail and counter is a release store and an "
+            "acquire load in ugram._speedups, the sleep/wake handshake fenced"
+        )
+    return Finding("ok", f"memory ordering: {name}", detail)
 
 
 def check_speedups(config: Config) -> Finding:

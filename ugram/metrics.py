@@ -32,9 +32,9 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from .errors import SocketError
+from .exposition import buckets, handler_families
 from .health import Health
 from .httpd import (
     BACKLOG,
@@ -161,6 +161,9 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 
+_BUILT_IN = frozenset(spec.name.removesuffix("_total") for spec in METRICS)
+
+
 # -- the collector ----------------------------------------------------------------------------
 
 
@@ -179,6 +182,7 @@ class ServerCollector:
         yield from _processes(report)
         yield from _rings(report)
         yield _info(report)
+        yield from handler_families(report.handler_metrics, _BUILT_IN)
 
 
 def _totals(report: Report) -> Iterator[Metric]:
@@ -195,22 +199,12 @@ def _totals(report: Report) -> Iterator[Metric]:
 
 def _latency(report: Report) -> Metric:
     lat = report.latency
-    cumulative, buckets = 0, []
-    for bound, count in zip(lat.bounds, lat.counts, strict=False):
-        cumulative += count
-        buckets.append((_go_float(bound), float(cumulative)))
-    buckets.append(("+Inf", float(lat.count)))
     return HistogramMetricFamily(
         "ugram_handling_latency_seconds",
         "Time from the receiver reading a datagram to a worker finishing it.",
-        buckets=buckets,
+        buckets=buckets(lat.bounds, lat.counts),
         sum_value=lat.sum_seconds,
     )
-
-
-def _go_float(value: float) -> str:
-    text: str = _untyped_go_float(value)  # type: ignore[no-untyped-call]
-    return text
 
 
 def _processes(report: Report) -> Iterator[Metric]:

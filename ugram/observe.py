@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from .handler_stats import Reading
 from .health import Health
 from .stats import Latency, Snapshot
 
@@ -64,3 +65,5 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     metrics: str  # the metrics endpoint's URL, "" when off
     config: dict[str, Any]
     uss_bytes: int = 0  # the supervisor's private memory (USS); 0 when not readable
+    server_id: str = ""  # drawn at each start: the first part of every Datagram.id
+    handler_metrics: list[Reading] = []  # what handlers declared (ugram.handler_stats)

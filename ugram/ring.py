@@ -2,9 +2,12 @@
 
 Layout of the shared file (a memfd created by the supervisor, passed to children by fd)::
 
-    [0, 4096)            control block of u64 slots; producer and consumer slots sit on
-                         separate 64-byte cache lines
-    [4096, 4096 + cap)   records: 32-byte header, sender address, payload, padded to 8 bytes
+    [0, C)               control block of u64 slots, C = CONTROL_SIZE: one page of this
+                         machine (4 KiB on x86-64, 16 KiB on Apple Silicon, 64 KiB on some
+                         arm64 Linux), at least 4 KiB; the header says which (DATA_AT).
+                         Producer, consumer, supervisor and journal slots sit on separate
+                         128-byte lines (Apple M-series cache lines; others have 64 bytes)
+    [C, C + cap)         records: 32-byte header, sender address, payload, padded to 8 bytes
 
 Corruption (a stray write into the shared memory, a bug) must cost that one ring, never the
 server: a consumer that reads an impossible head or record, or a producer that finds an
@@ -19,48 +22,52 @@ handler returned (acknowledge), so ``[tail, head)`` is exactly what a replacemen
 replay if its predecessor died. A record never wraps: when it does not fit before the end of
 the buffer, the producer writes a pad marker and starts the record at offset 0.
 
-Memory ordering. CPython gives no fences. The producer writes the record bytes, then stores
-the head (an aligned 8-byte store through a ``memoryview.cast("Q")`` element, which does not
-tear on a 64-bit CPU); the consumer loads the head, then reads the record. On x86-64 (TSO)
-stores are not reordered with older stores nor loads with older loads, so this is
-release/acquire for free. On weakly ordered CPUs (aarch64, ppc64, riscv) the record bytes could
-become visible after the head, and a consumer could read garbage; on 32-bit x86 (i386, i686) a
-u64 store is two 4-byte stores, so a reader can see half of a new head or counter. There,
-:func:`check_memory_ordering` refuses to start instead of corrupting silently.
+Memory ordering. The producer writes the record bytes, then stores the head (a release
+store); the consumer loads the head (an acquire load), then reads the record. Every slot of
+the control block is reached through :func:`ugram.ordering.words`: a plain memoryview on
+x86-64 (total store order makes its stores release and its loads acquire), the compiled
+helper's release/acquire ``Words`` elsewhere; :mod:`ugram.ordering` gives the argument slot
+by slot, and refuses to start (32-bit, or no helper off x86-64) instead of corrupting
+silently.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import platform
 import struct
 import sys
-import threading
 from typing import NamedTuple, cast
 
 from . import speedups
-from .errors import RingCorruptError, RingFullError, UnsupportedPlatformError
+from .errors import RingCorruptError, RingFullError
+from .ordering import check_memory_ordering, full_fence, words
 from .shm import create_shared_fd
 
-CONTROL_SIZE = 4096
-MAGIC = 0x5547_5241_4D31_0001  # "UGRAM1", version 1
+# The page size of this machine (os.sysconf("SC_PAGE_SIZE")): the control block fills one
+# page, so the records start on a page of their own. 4 KiB at least: the slots need it.
+PAGE_SIZE = mmap.PAGESIZE
+CONTROL_SIZE = max(4096, PAGE_SIZE)
+MAGIC = 0x5547_5241_4D31_0002  # "UGRAM1", version 2 (128-byte lines, DATA_AT)
 
-# u64 slot indices in the control block.
-_MAGIC, _CAPACITY = 0, 1
-# producer line (offset 64): written only by the receiver
-HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 8, 9, 10, 11
-# consumer line (offset 128): written only by the worker
-TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 16, 17, 18, 19, 20
-# supervisor line (offset 192): poison accounting, written by the worker at start-up; and
+# u64 slot indices in the control block, 16 to a 128-byte line.
+# header line (offset 0): written by the supervisor before any child exists.
+_MAGIC, _CAPACITY, _DATA_AT = 0, 1, 2
+# producer line (offset 128): written only by the receiver (CLOSED: the supervisor)
+HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 16, 17, 18, 19
+# consumer line (offset 256): written only by the worker
+TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 32, 33, 34, 35, 36
+# supervisor line (offset 384): poison accounting, written by the worker at start-up; and
 # the corruption mark (see Ring.mark_corrupt): 0, MARKED (by the worker or the receiver) or
-# QUIESCED (the receiver stopped writing to it), back to 0 by the supervisor's reset.
-ATTEMPT_POS, ATTEMPTS, CORRUPT = 24, 25, 26
+# QUIESCED (the receiver stopped writing to it), back to 0 by the supervisor's reset. RESETS
+# counts the resets: positions start again at 0 after one, so (RESETS, position) names a
+# record for the ring's whole life (ugram.Datagram.id).
+ATTEMPT_POS, ATTEMPTS, CORRUPT, RESETS = 48, 49, 50, 51
 MARKED, QUIESCED = 1, 2
-# journal line (offset 256), written only by the worker: what ACKED and the worker's
+# journal line (offset 512), written only by the worker: what ACKED and the worker's
 # handled / handler-error / invalid counters will say once the record(s) in hand are
 # acknowledged. See Ring.settle_journal for why counting needs it.
-J_ACKED, J_HANDLED, J_ERRORS, J_INVALID = 32, 33, 34, 35
+J_ACKED, J_HANDLED, J_ERRORS, J_INVALID = 64, 65, 66, 67
 JOURNAL = (J_HANDLED, J_ERRORS, J_INVALID)  # in the order of settle_journal's counter slots
 
 HEADER = struct.Struct("<IIqiIIHH")  # length, flags, recv_ns, pid, uid, gid, addr_len, 0
@@ -68,11 +75,6 @@ HEADER_SIZE = HEADER.size
 PAD_MARK = 0xFFFF_FFFF
 _PAD = struct.Struct("<I")
 FLAG_CREDS = 1
-
-# x86-64 only: total store order, and aligned 8-byte stores that never tear. 32-bit x86 is
-# TSO too, but its u64 stores are two 4-byte stores (a reader may see half of a new head).
-_SAFE_MACHINES = frozenset({"x86_64", "amd64"})
-_X86_32 = frozenset({"i386", "i486", "i586", "i686", "x86"})
 
 
 class Record(NamedTuple):
@@ -86,51 +88,6 @@ class Record(NamedTuple):
     gid: int
 
 
-def check_memory_ordering(machine: str | None = None) -> None:
-    """Refuse to run the ring where its plain stores are not safe between processes.
-
-    Safe means: stores become visible in program order (total store order) and an aligned
-    8-byte store is one store (no torn head, tail or counter). That is x86-64 with a 64-bit
-    Python, and nothing else yet.
-
-    Raises:
-        UnsupportedPlatformError: the CPU is not x86-64, or this Python is a 32-bit build.
-    """
-    name = (machine or platform.machine()).lower()
-    if name not in _SAFE_MACHINES:
-        raise UnsupportedPlatformError(
-            f"the shared-memory ring runs on x86-64 only; this CPU is {name!r}, where "
-            + (
-                "8-byte stores can tear (a reader may see half of a new head or counter)"
-                if name in _X86_32
-                else "records could be read before they are written (no total store order)"
-            )
-            + ". Not supported yet."
-        )
-    if sys.maxsize <= 2**32:
-        raise UnsupportedPlatformError(
-            f"the shared-memory ring needs a 64-bit Python; this one ({sys.executable}) is "
-            "a 32-bit build, whose 8-byte stores can tear. Use a 64-bit Python."
-        )
-
-
-_FENCE_LOCK = threading.Lock()
-
-
-def full_fence() -> None:
-    """A full memory barrier (store-load included), from Python.
-
-    The sleep/wake hand-off is Dekker's pattern: the consumer stores "sleeping" then loads
-    the head; the producer stores the head then loads "sleeping". x86 may let each load
-    pass the other side's store (store buffers), and then both miss: the consumer sleeps
-    until its timeout with records waiting. Taking and releasing an uncontended lock runs a
-    LOCK-prefixed instruction (glibc's semaphore/mutex fast path), which x86 orders as a
-    full fence; it costs ~0.1 us and runs once per batch or sleep, not per record.
-    """
-    _FENCE_LOCK.acquire()
-    _FENCE_LOCK.release()
-
-
 def record_size(payload_len: int, addr_len: int) -> int:
     """Bytes a record occupies in the ring, padding included."""
     return (HEADER_SIZE + addr_len + payload_len + 7) & ~7
@@ -138,7 +95,7 @@ def record_size(payload_len: int, addr_len: int) -> int:
 
 def mark_corrupt_fd(fd: int) -> None:
     """:meth:`Ring.mark_corrupt` for a ring whose header is too damaged to open as a Ring."""
-    with mmap.mmap(fd, CONTROL_SIZE) as mm, memoryview(mm) as raw, raw.cast("Q") as ctl:
+    with mmap.mmap(fd, CONTROL_SIZE) as mm, words(mm) as ctl:
         if not ctl[CORRUPT]:
             ctl[CORRUPT] = MARKED
 
@@ -157,8 +114,14 @@ class Ring:
         size = os.fstat(fd).st_size
         self.fd = fd
         self._mm = mmap.mmap(fd, size)
-        self.ctl = memoryview(self._mm)[:CONTROL_SIZE].cast("Q")
-        if self.ctl[_MAGIC] != MAGIC or not 0 < self.ctl[_CAPACITY] <= size - CONTROL_SIZE:
+        self.ctl = words(self._mm, 0, min(size, CONTROL_SIZE) // 8)
+        ctl = self.ctl
+        if (
+            len(ctl) * 8 < CONTROL_SIZE
+            or ctl[_MAGIC] != MAGIC
+            or ctl[_DATA_AT] != CONTROL_SIZE
+            or not 0 < ctl[_CAPACITY] <= size - CONTROL_SIZE
+        ):
             self.ctl.release()
             self._mm.close()
             raise RingCorruptError(f"fd {fd} does not hold a ugram ring")
@@ -179,8 +142,9 @@ class Ring:
         """Create a new, empty ring with ``capacity`` bytes of record space."""
         capacity &= ~7
         fd = create_shared_fd(CONTROL_SIZE + capacity)
-        with mmap.mmap(fd, CONTROL_SIZE) as mm, memoryview(mm) as raw, raw.cast("Q") as ctl:
+        with mmap.mmap(fd, CONTROL_SIZE) as mm, words(mm) as ctl:
             ctl[_CAPACITY] = capacity
+            ctl[_DATA_AT] = CONTROL_SIZE
             ctl[_MAGIC] = MAGIC
         return cls(fd)
 
@@ -555,7 +519,7 @@ class Ring:
         """Producer side: what makes this ring unsafe to write (a header that is not ugram's,
         a head and tail no producer and consumer can have written), or None."""
         ctl, cap = self.ctl, self.capacity
-        if ctl[_MAGIC] != MAGIC or ctl[_CAPACITY] != cap:
+        if ctl[_MAGIC] != MAGIC or ctl[_CAPACITY] != cap or ctl[_DATA_AT] != CONTROL_SIZE:
             return "its header was overwritten"
         head, tail = int(ctl[HEAD]), int(ctl[TAIL])  # head first: ours, it cannot move
         if head & 7 or tail > head or head - tail > cap:
@@ -594,10 +558,11 @@ class Ring:
         ctl, cap = self.ctl, self.capacity
         published = int(ctl[PUBLISHED])
         lost = min(max(0, published - int(ctl[ACKED])), cap // HEADER_SIZE)
-        ctl[_MAGIC], ctl[_CAPACITY] = MAGIC, cap
+        ctl[_MAGIC], ctl[_CAPACITY], ctl[_DATA_AT] = MAGIC, cap, CONTROL_SIZE
         ctl[PUBLISHED] = ctl[ACKED] = ctl[J_ACKED] = published - lost
         for slot in (HEAD, TAIL, IN_HAND, CONSUMER_WAITING, ATTEMPT_POS, ATTEMPTS, *JOURNAL):
             ctl[slot] = 0  # a zero journal settles nothing: counts only grow (settle_journal)
         ctl[SPACE_SIGNALLED] = ctl[PRODUCER_WAITING]  # no wait for space outstanding
+        ctl[RESETS] += 1  # positions restart at 0: a record's id must not name an old one
         ctl[CORRUPT] = 0  # last: the producer may route to it again
         return lost

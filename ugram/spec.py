@@ -28,6 +28,10 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
             It imports the handler and runs ``setup()`` reporting there, then waits for the
             supervisor to order it to take over ``stats_block`` and its ring (the worker it
             replaces has exited by then) or to exit.
+        server_id: drawn at random once per server start; names the server's records
+            (:attr:`ugram.Datagram.id`).
+        handler_stats_fd: the table of counters handlers define (:mod:`ugram.handler_stats`;
+            -1: none). A worker writes the block of its slot.
     """
 
     role: str
@@ -42,11 +46,14 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     control_block: int
     scratch_fd: int = -1
     standby_block: int = -1
+    server_id: str = ""
+    handler_stats_fd: int = -1
 
     def fds(self) -> list[int]:
         """Every fd the child must inherit."""
         fds = {self.socket_fd, *self.ring_fds, *self.wake_fds, self.space_fd, self.stats_fd}
-        return sorted(fds | ({self.scratch_fd} if self.scratch_fd >= 0 else set()))
+        optional = {fd for fd in (self.scratch_fd, self.handler_stats_fd) if fd >= 0}
+        return sorted(fds | optional)
 
     def argv(self) -> list[str]:
         """The command line that starts this child."""

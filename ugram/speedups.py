@@ -11,18 +11,29 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-API_VERSION = 10  # what this code calls; ugram/_speedups.c says what it provides
+API_VERSION = 11  # what this code calls; ugram/_speedups.c says what it provides
+
+_MISSING = "built"  # why NATIVE is None (see missing_reason)
 
 
 def _load() -> ModuleType | None:
+    global _MISSING
     try:
         # By name: a compiled module the import graph (import-linter) cannot read, and an
         # import of the package root would pull in every public name with it.
         _speedups = importlib.import_module("ugram._speedups")
-    except ImportError:  # not compiled here: the pure-Python paths serve
+    except ImportError as exc:  # not compiled here: the pure-Python paths serve
+        _MISSING = (
+            "not built (no C compiler or Python headers at install time)"
+            if isinstance(exc, ModuleNotFoundError)
+            else f"not loadable ({exc})"
+        )
         return None
-    if getattr(_speedups, "API_VERSION", None) != API_VERSION:
-        return None  # a stale build left in place: calling it would go wrong
+    version = getattr(_speedups, "API_VERSION", None)
+    if version != API_VERSION:
+        # A stale build left in place: calling it would go wrong.
+        _MISSING = f"stale (built for API {version}, this ugram needs {API_VERSION})"
+        return None
     return _speedups
 
 
@@ -32,6 +43,11 @@ NATIVE = _load()
 def native(wanted: bool) -> ModuleType | None:
     """The C helper when ``wanted`` and built, else None (use the Python paths)."""
     return NATIVE if wanted else None
+
+
+def missing_reason() -> str:
+    """Why the C helper is not in use: "not built (...)", "stale (...)", or "built"."""
+    return _MISSING
 
 
 def describe(wanted: bool) -> str:

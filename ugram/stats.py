@@ -1,8 +1,11 @@
 """Counters in shared memory: one block per process, written only by its owner.
 
-The supervisor reads every block without locks. Values are u64 slots written through a
-``memoryview.cast("Q")`` element: an aligned 8-byte store that readers never see torn
-(``struct.pack_into`` zeroes the field first, so a concurrent reader can see 0).
+The supervisor reads every block without locks. Values are u64 slots reached through
+:func:`ugram.ordering.words`: an aligned 8-byte store that readers never see torn
+(``struct.pack_into`` zeroes the field first, so a concurrent reader can see 0), a release
+store and an acquire load (plain ones under x86-64's total store order, the compiled
+helper's elsewhere: see :mod:`ugram.ordering`, record 9). A block is 512 bytes, so no two
+processes' blocks share a cache line (64 or 128 bytes).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from enum import IntEnum
 
 import msgspec
 
+from .ordering import words
 from .shm import create_shared_fd
 
 SLOTS_PER_BLOCK = 64
@@ -266,7 +270,7 @@ class Stats:
         """Map the table in ``fd`` (made by :meth:`create`)."""
         self.fd = fd
         self._mm = mmap.mmap(fd, os.fstat(fd).st_size)
-        self._all = memoryview(self._mm).cast("Q")
+        self._all = words(self._mm)
         self.blocks = len(self._all) // SLOTS_PER_BLOCK
 
     @classmethod

@@ -1,6 +1,6 @@
 /* Load generator for AF_UNIX SOCK_DGRAM servers.
  *
- * usage: sender PATH COUNT SIZE [BATCH] [--json] [--start=N]
+ * usage: sender PATH COUNT SIZE [BATCH] [--json|--syslog|--statsd] [--start=N]
  *
  * Sends COUNT datagrams of exactly SIZE bytes to PATH ("@name" = Linux abstract name) with
  * sendmmsg(), BATCH per call (default 64). The socket is blocking, so a full receive queue
@@ -9,7 +9,17 @@
  * Payload: raw mode puts the sequence number (little-endian u64) in the first 8 bytes when
  * SIZE >= 8 and fills the rest with 'x'. --json sends
  *   {"seq":N,"name":"metric.name","value":1.5,"tags":["a:b"],"pad":"xxx…"}
- * padded to exactly SIZE bytes. Sequence numbers start at --start (default 0).
+ * padded to exactly SIZE bytes. --syslog sends RFC 3164 lines as glibc's syslog(3) writes them
+ * to a local socket (no hostname), padded with text to exactly SIZE bytes:
+ *   <14>Mmm dd hh:mm:ss bench[PID]: seq=NNNNNNNNNN lorem ipsum…
+ * (the time stamp is the sender's start, local time). --statsd sends one DogStatsD line a
+ * datagram, of its natural length (SIZE is ignored), cycling through five kinds by N % 5:
+ *   0 bench.requests.K:1|c|#env:prod,service:web,shard:S   (K = N / 5 % 8, S = N % 4)
+ *   1 bench.latency.K:V.D|ms|#env:prod,service:web         (V = N % 500, D = N % 10)
+ *   2 bench.queue.K:V|g|#env:prod                          (V = N % 1000)
+ *   3 bench.users:uM|s|#env:prod                           (M = N % 1000)
+ *   4 bench.size.K:V|h|@0.5|#env:prod,service:web          (V = N % 4096)
+ * Sequence numbers start at --start (default 0).
  *
  * ENOENT / ECONNREFUSED (server not bound yet, or being replaced) are retried for up to
  * RETRY_SECONDS; EINTR is always retried. Silent on success; message + exit 1 on error.
@@ -28,6 +38,7 @@
 
 #define RETRY_SECONDS 10.0
 #define MAX_BATCH 1024
+#define STATSD_CAP 128 /* room for the longest --statsd line */
 
 static const char JSON_HEAD[] = "{\"seq\":";
 static const char JSON_MID[] = ",\"name\":\"metric.name\",\"value\":1.5,\"tags\":[\"a:b\"],\"pad\":\"";
@@ -87,6 +98,53 @@ static void fill_json(char *buf, size_t size, uint64_t seq) {
     memcpy(buf + pad_end, JSON_TAIL, sizeof JSON_TAIL - 1);
 }
 
+static const char FILLER[] =
+    "lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua; ut enim ad minim veniam, quis nostrud ";
+
+static char syslog_head[64]; /* "<14>Mmm dd hh:mm:ss bench[PID]: seq=" */
+
+static void init_syslog(void) {
+    char stamp[32];
+    time_t t = time(NULL);
+    strftime(stamp, sizeof stamp, "%b %e %H:%M:%S", localtime(&t));
+    snprintf(syslog_head, sizeof syslog_head, "<14>%s bench[%d]: seq=", stamp, (int)getpid());
+}
+
+static size_t syslog_min_size(void) { return strlen(syslog_head) + 10 + 1; }
+
+static void fill_syslog(char *buf, size_t size, uint64_t seq) {
+    int n = snprintf(buf, size, "%s%010llu ", syslog_head, (unsigned long long)seq);
+    for (size_t i = (size_t)n, f = 0; i < size; i++, f = (f + 1) % (sizeof FILLER - 1))
+        buf[i] = FILLER[f];
+}
+
+/* One DogStatsD line for ``seq`` (see the header); returns its length. */
+static size_t fill_statsd(char *buf, size_t cap, uint64_t seq) {
+    unsigned k = (unsigned)(seq / 5 % 8);
+    int n;
+    switch (seq % 5) {
+    case 0:
+        n = snprintf(buf, cap, "bench.requests.%u:1|c|#env:prod,service:web,shard:%u", k,
+                     (unsigned)(seq % 4));
+        break;
+    case 1:
+        n = snprintf(buf, cap, "bench.latency.%u:%u.%u|ms|#env:prod,service:web", k,
+                     (unsigned)(seq % 500), (unsigned)(seq % 10));
+        break;
+    case 2:
+        n = snprintf(buf, cap, "bench.queue.%u:%u|g|#env:prod", k, (unsigned)(seq % 1000));
+        break;
+    case 3:
+        n = snprintf(buf, cap, "bench.users:u%u|s|#env:prod", (unsigned)(seq % 1000));
+        break;
+    default:
+        n = snprintf(buf, cap, "bench.size.%u:%u|h|@0.5|#env:prod,service:web", k,
+                     (unsigned)(seq % 4096));
+    }
+    return (size_t)n;
+}
+
 static void fill_raw(char *buf, size_t size, uint64_t seq) {
     if (size < 8) return;
     for (int i = 0; i < 8; i++) buf[i] = (char)((seq >> (8 * i)) & 0xff); /* little-endian */
@@ -100,16 +158,19 @@ static int parse_u64(const char *s, unsigned long long *out) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: sender PATH COUNT SIZE [BATCH] [--json] [--start=N]\n");
+    fprintf(stderr,
+            "usage: sender PATH COUNT SIZE [BATCH] [--json|--syslog|--statsd] [--start=N]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *pos[4] = {0};
-    int npos = 0, json = 0;
+    int npos = 0, json = 0, syslog_lines = 0, statsd = 0;
     unsigned long long start = 0, count, size, batch = 64;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) json = 1;
+        else if (strcmp(argv[i], "--syslog") == 0) syslog_lines = 1;
+        else if (strcmp(argv[i], "--statsd") == 0) statsd = 1;
         else if (strncmp(argv[i], "--start=", 8) == 0) {
             if (!parse_u64(argv[i] + 8, &start)) usage();
         } else if (npos < 4) pos[npos++] = argv[i];
@@ -117,7 +178,16 @@ int main(int argc, char **argv) {
     }
     if (npos < 3 || !parse_u64(pos[1], &count) || !parse_u64(pos[2], &size)) usage();
     if (npos == 4 && (!parse_u64(pos[3], &batch) || batch == 0 || batch > MAX_BATCH)) usage();
-    if (size == 0 || size > 16 * 1024 * 1024) usage();
+    if (json + syslog_lines + statsd > 1) usage();
+    if ((size == 0 && !statsd) || size > 16 * 1024 * 1024) usage();
+    if (statsd) size = STATSD_CAP; /* each line's own length is sent */
+    if (syslog_lines) {
+        init_syslog();
+        if (size < syslog_min_size()) {
+            fprintf(stderr, "sender: --syslog needs SIZE >= %zu\n", syslog_min_size());
+            return 2;
+        }
+    }
     if (json && size < json_min_size(start + count)) {
         fprintf(stderr, "sender: --json needs SIZE >= %zu\n", json_min_size(start + count));
         return 2;
@@ -148,8 +218,12 @@ int main(int argc, char **argv) {
     while (sent < count) {
         unsigned n = (unsigned)(count - sent < batch ? count - sent : batch);
         for (unsigned i = 0; i < n; i++) {
-            if (json) fill_json(bufs + i * size, size, start + sent + i);
-            else fill_raw(bufs + i * size, size, start + sent + i);
+            char *buf = bufs + i * size;
+            uint64_t seq = start + sent + i;
+            if (json) fill_json(buf, size, seq);
+            else if (syslog_lines) fill_syslog(buf, size, seq);
+            else if (statsd) iovs[i].iov_len = fill_statsd(buf, size, seq);
+            else fill_raw(buf, size, seq);
         }
         unsigned done = 0;
         while (done < n) {

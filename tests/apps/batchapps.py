@@ -6,6 +6,7 @@ import os
 import time
 
 import ugram
+from ugram.ring import Record
 
 OUT = os.environ.get("UGTEST_OUT", "/tmp")
 
@@ -83,3 +84,27 @@ class Sizes:
     def teardown(self) -> None:
         self.sizes.close()
         self.out.close()
+
+
+class PerDatagram:
+    """A batch handler taking the ring's records (``--codec lines``): writes, per datagram,
+    its lines joined by ``+`` and what its record says of the sender."""
+
+    def setup(self) -> None:
+        self.out = open(f"{OUT}/{os.getpid()}.log", "a", buffering=1)  # noqa: SIM115
+
+    def handle_batch(self, packets: list[list[bytes]], records: list[Record]) -> None:
+        for lines, record in zip(packets, records, strict=True):
+            assert record.recv_ns > 0
+            sender = os.fsdecode(record.address)
+            self.out.write(f"{b'+'.join(lines).decode()} {sender} {record.pid} {record.uid}\n")
+
+    def teardown(self) -> None:
+        self.out.close()
+
+
+class PerLine(PerDatagram):
+    """:class:`PerDatagram` taking the lines flat: each line beside its datagram's record."""
+
+    def handle_batch(self, lines: list[bytes], records: list[Record]) -> None:  # type: ignore[override]
+        super().handle_batch([[line] for line in lines], records)

@@ -160,3 +160,29 @@ def test_recvmmsg_with_credentials(sock_dir: Path, out_dir: Path, speedups: str)
     assert sorted(read_records(out_dir), key=lambda r: int(r.split()[0])) == [
         f"{i} {me}" for i in range(40)
     ]
+
+
+@pytest.mark.parametrize(
+    ("handler", "speedups", "expected"),
+    [
+        ("batchapps:PerDatagram", "true", ["a+b", "c"]),
+        ("batchapps:PerDatagram", "false", ["a+b", "c"]),
+        ("batchapps:PerLine", "true", ["a", "b", "c"]),
+    ],
+    ids=["per-datagram", "per-datagram-pure-python", "flat"],
+)
+def test_a_batch_handler_may_take_the_ring_records(
+    sock_dir: Path, out_dir: Path, handler: str, speedups: str, expected: list[str]
+) -> None:
+    """``list[Record]`` beside the messages: the sender's address and credentials as the
+    ring holds them; with ``list[list[T]]`` each datagram's lines stay together."""
+    path, sender = sock_dir / "s.sock", sock_dir / "sender.sock"
+    args = ("--codec", "lines", "--workers", "1", "--credentials", f"--speedups={speedups}")
+    with run_server(handler, path, *args, out_dir=out_dir) as server:
+        with send(path, b"a\nb", b"c", bind=str(sender)):
+            wait_for(lambda: len(read_records(out_dir)) == len(expected), what="the lines")
+        assert server.stop() == 0, server.stderr[-2000:]
+    assert read_records(out_dir) == [
+        f"{text} {sender} {os.getpid()} {os.getuid()}" for text in expected
+    ]
+    assert server.summary()["handled"] == 2

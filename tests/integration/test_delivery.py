@@ -15,6 +15,7 @@ from tests.conftest import (
     teardowns,
     wait_senders,
 )
+from ugram import speedups as native
 
 SENDERS = 4
 PER_SENDER = 50_000
@@ -26,29 +27,49 @@ def expected(senders: int, count: int) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("workers", "speedups", "profile"),
+    ("workers", "speedups", "ordering", "profile"),
     [
-        (1, "true", "linux"),
-        (2, "true", "linux"),
-        (4, "true", "linux"),
-        (2, "false", "linux"),
-        (2, "true", "portable"),
+        (1, "true", "", "linux"),
+        (2, "true", "", "linux"),
+        (4, "true", "", "linux"),
+        (2, "false", "", "linux"),
+        # What arm64 runs (ugram.ordering): every shared word a release store and an
+        # acquire load through the compiled helper, with its loops and with Python's.
+        (2, "true", "compiled", "linux"),
+        (2, "false", "compiled", "linux"),
+        # What macOS runs (ugram.portable): recvfrom, unlinked files, pipes.
+        (2, "true", "", "portable"),
     ],
-    ids=["1", "2", "4", "2-pure-python", "2-portable"],
+    ids=[
+        "1",
+        "2",
+        "4",
+        "2-pure-python",
+        "2-compiled-ordering",
+        "2-pure-python-compiled-ordering",
+        "2-portable",
+    ],
 )
 def test_concurrent_senders_exactly_once(
-    sock_dir: Path, out_dir: Path, workers: int, speedups: str, profile: str
+    sock_dir: Path, out_dir: Path, workers: int, speedups: str, ordering: str, profile: str
 ) -> None:
+    if ordering and native.NATIVE is None:
+        pytest.skip("the compiled ordering needs ugram._speedups")
     path = sock_dir / "s.sock"
+    env = profile_env(profile, out_dir)
+    if ordering:
+        env["UGRAM_MEMORY_ORDERING"] = ordering
     with run_server(
         "seqrec:Recorder",
         path,
         "--workers",
         str(workers),
         f"--speedups={speedups}",
-        env=profile_env(profile, out_dir),
+        env=env,
     ) as server:
         wait_senders(start_senders(path, PER_SENDER, SENDERS))
+        if ordering:
+            assert "memory ordering C11 acquire/release" in server.stderr
         assert server.stop() == 0, server.stderr
     records = read_records(out_dir)
     counts = Counter(records)

@@ -215,7 +215,9 @@ class Systemd:
 Kind = NotRun | File | Shell | RunWith | Script | Handler | Pytest | Systemd
 
 R, H, OPS = "README.md", "docs/handlers.md", "docs/operations.md"
-ARCH = "docs/architecture.md"
+ARCH, HOSTS = "docs/architecture.md", "docs/many-hosts.md"
+PLAT = "docs/platforms.md"
+NEEDS_NATS = "needs a NATS server: tests/nats/test_docs.py runs it against a real one"
 BUILTINS = "Built-in handlers and examples"
 VENV = "python3 -m venv .venv && . .venv/bin/activate && pip install"
 QUICK_SERVE: Key = (R, "Quick start", "sh", f"{VENV} . && ugram serve")
@@ -306,8 +308,33 @@ BLOCKS: dict[Key, Kind] = {
     (OPS, "Logging", "sh", "ugram serve app:handle"): Shell(
         files=(FileCheck("/var/log/app/ugram.log", "WARNING"),), counters={"invalid": 1}
     ),
+    # docs/many-hosts.md
+    (HOSTS, "Running ugram on many hosts", "", "host A:"): NotRun("a diagram"),
+    (HOSTS, "Forwarding every datagram: `ugram.builtin:Forward`", "sh", "UGFORWARD_SERVERS"): (
+        NotRun(NEEDS_NATS)
+    ),
+    (HOSTS, "Forwarding from your own handler: `JetStreamSink`", "python", "# forward_app.py"): (
+        File()
+    ),
+    (HOSTS, "Forwarding from your own handler: `JetStreamSink`", "sh", "NATS_URL="): NotRun(
+        NEEDS_NATS
+    ),
+    (HOSTS, "What a consumer on the other side does", "python", "# consumer.py"): File(),
     (OPS, "Configuration", "console", "$ UGRAM_WORKERS=8 ugram config"): NotRun(
         SEEN_IN_OBSERVABILITY.format("config") + " (on app.toml; /etc/app/ugram.toml is not shown)"
+    ),
+    # docs/platforms.md
+    (PLAT, "Memory ordering", "console", "$ ugram doctor --socket /run/app/ingest.sock"): NotRun(
+        "an arm64 machine's output; this machine's doctor runs in README's Observability "
+        "block, and tests/unit/test_ordering.py checks the line for each ordering"
+    ),
+    (PLAT, "The arm64 check: `tools/arm64-check`", "sh", "sudo tools/arm64-check"): NotRun(
+        "as root: debootstrap, qemu-user and binfmt_misc, tens of minutes; a maintainer's "
+        "check, too slow for CI (its last run is recorded in docs/platforms.md)"
+    ),
+    (PLAT, "Wheels", "yaml", "jobs:"): NotRun(
+        "a GitHub Actions workflow: it runs on GitHub's runners (the configuration it uses "
+        "is pyproject.toml's, checked with cibuildwheel --print-build-identifiers)"
     ),
 }
 

@@ -28,7 +28,7 @@ from ugram import Supervisor, make_config
 
 APPS = Path(__file__).parent.parent / "apps"
 MAX = 8192
-EXAMPLES = int(os.environ.get("UGTEST_FUZZ_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("UGTEST_FUZZ_EXAMPLES", "400"))
 
 INT64 = st.integers(-(2**63), 2**63 - 1)  # what msgpack can carry
 json_values = st.recursive(

@@ -199,6 +199,28 @@ def test_hup_restarts_one_worker_at_a_time(sock_dir: Path, out_dir: Path) -> Non
     assert {p for name, p in reload if name == "teardown-start"} == old
 
 
+def test_hup_completes_while_workers_recycle_often(sock_dir: Path, out_dir: Path) -> None:
+    # Workers recycling every few records are nearly always booting somewhere; a reload
+    # that waits for a moment when none boots never finishes while the traffic lasts.
+    path = sock_dir / "s.sock"
+    env = child_env(out_dir, UGTEST_TEARDOWN="0")
+    small = ("--ring-size", "65536", "--max-datagram", "1024")  # a short drain at the end
+    args = ("--workers", "2", "--max-records", "50", *small)
+    with run_server("lifecycle:SlowTeardown", path, *args, env=env) as server:
+        senders = start_senders(path, 10_000_000, 2)  # until killed
+        try:
+            wait_for(lambda: "recycling after" in server.stderr, what="a worker to recycle")
+            server.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "last worker restarted" in server.stderr, what="the reload to end")
+        finally:
+            for sender in senders:
+                sender.kill()
+                sender.wait()
+        assert server.stop() == 0, server.stderr[-3000:]
+    summary = server.summary()
+    assert summary["received"] == summary["handled"] == len(read_records(out_dir)) > 0
+
+
 # -- draining -------------------------------------------------------------------------------
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 import pytest
 
 import ugram
 from tests.apps import clientapps
+from ugram.ring import Record
 from ugram.testing import Harness, handler_spec
 
 
@@ -83,3 +86,16 @@ def test_handler_spec_names_importable_handlers_only() -> None:
     assert handler_spec(clientapps.Counter) == "tests.apps.clientapps:Counter"
     with pytest.raises(TypeError, match="cannot be imported"):
         handler_spec(lambda data: None)
+
+
+def test_a_handler_taking_the_ring_record_gets_one() -> None:
+    seen: list[Record] = []
+
+    def keep(data: bytes, record: Record) -> None:
+        seen.append(record)
+
+    with Harness(keep) as h:
+        h.send(b"hi", sender="/run/app.sock")
+    (record,) = seen
+    assert (record.payload, record.address) == (b"hi", b"/run/app.sock")
+    assert (record.pid, record.uid, record.gid) == (os.getpid(), os.getuid(), os.getgid())

@@ -35,10 +35,16 @@ from ugram.builtin.aggregate import (
 from ugram.builtin.record import encode_line
 from ugram.codecs.statsd import parse_packet
 from ugram.codecs.syslog import parse_syslog
+from ugram.ring import Record
 
 
 def dgram(data: bytes = b"", at: float = 1000.0) -> Datagram:
     return Datagram(data, int(at * 1e9), b"", None)
+
+
+def record(data: bytes = b"", at: float = 1000.0) -> Record:
+    """What a worker hands the built-ins beside each message (no credentials collected)."""
+    return Record(data, b"", int(at * 1e9), 0, -1, -1)
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -120,7 +126,7 @@ def test_a_line_longer_than_max_bytes_gets_a_file_of_its_own(tmp_path: Path) -> 
 def test_log_sink_writes_what_the_codec_decoded(tmp_path: Path) -> None:
     sink = LogSink(path=str(tmp_path / "s.jsonl"), fsync="always")
     sink.setup()
-    sink.handle_batch([b"hi", b"\xff", parse_syslog(b"<11>x")], [dgram(), dgram(), dgram()])
+    sink.handle_batch([b"hi", b"\xff", parse_syslog(b"<11>x")], [record(), record(), record()])
     sink.teardown()
 
     text, binary, syslog = (
@@ -320,7 +326,7 @@ def test_a_log_sink_batch_with_an_unencodable_message_keeps_the_others(tmp_path:
     sink = LogSink(path=str(tmp_path / "s.jsonl"), fsync="never")
     sink.setup()
     messages = ["one", msgspec.msgpack.Ext(1, b""), "three"]
-    sink.handle_batch(messages, [dgram(), dgram(), dgram()])
+    sink.handle_batch(messages, [record(), record(), record()])
     sink.teardown()
     records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [r.get("text", r.get("error", "")[:6]) for r in records] == ["one", "the me", "three"]

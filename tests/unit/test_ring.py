@@ -7,8 +7,6 @@ same fd plays a replacement worker after a crash.
 from __future__ import annotations
 
 import os
-import platform
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from ugram.errors import RingCorruptError, RingFullError, UnsupportedPlatformError
+from ugram.errors import RingCorruptError, RingFullError
 from ugram.ring import (
     ACKED,
     CONTROL_SIZE,
@@ -39,7 +37,6 @@ from ugram.ring import (
     TAIL,
     Record,
     Ring,
-    check_memory_ordering,
     record_size,
 )
 
@@ -236,35 +233,6 @@ def test_second_view_of_a_non_ring_fd_is_refused() -> None:
             Ring(fd)
     finally:
         os.close(fd)
-
-
-@pytest.mark.parametrize("machine", ["aarch64", "arm64", "ppc64le", "riscv64"])
-def test_weakly_ordered_cpus_are_refused(machine: str) -> None:
-    with pytest.raises(UnsupportedPlatformError, match=machine):
-        check_memory_ordering(machine)
-
-
-@pytest.mark.parametrize("machine", ["x86_64", "AMD64"])
-def test_total_store_order_cpus_are_accepted(machine: str) -> None:
-    check_memory_ordering(machine)
-
-
-@pytest.mark.parametrize("machine", ["i386", "i686", "x86"])
-def test_32_bit_x86_is_refused_where_8_byte_stores_tear(
-    monkeypatch: pytest.MonkeyPatch, machine: str
-) -> None:
-    monkeypatch.setattr(platform, "machine", lambda: machine)
-    with pytest.raises(UnsupportedPlatformError, match=f"{machine}.*8-byte stores can tear"):
-        check_memory_ordering()
-    with pytest.raises(UnsupportedPlatformError, match=machine):
-        Ring.create(4096)  # the rings themselves refuse, not only the doctor
-
-
-def test_a_32_bit_python_is_refused_even_on_x86_64(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(sys, "maxsize", 2**31 - 1)
-    with pytest.raises(UnsupportedPlatformError, match="64-bit Python"):
-        check_memory_ordering()
 
 
 def test_wrap_with_a_gap_shorter_than_a_header() -> None:

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from .. import safefs
-from ..datagram import Datagram
+from ..datagram import decode_address
 from ..errors import UnsafePathError
 from ..escaping import printable
 from ..logs import RateLimited
+from ..ring import Record
 from .options import load_options
-from .record import encode_line, escaped
+from .record import LineEncoder, escaped, line_ends
 
 log = logging.getLogger("ugram.builtin.sink")
 _warn = RateLimited(log)
@@ -96,29 +99,48 @@ class RotatingFile:
         Raises:
             OSError: the file cannot be written (disk full, permissions, ...).
         """
+        self.write_lines(b"".join(lines), list(itertools.accumulate(map(len, lines))))
+
+    def write_lines(self, data: bytes | bytearray, ends: Sequence[int] | None = None) -> None:
+        """:meth:`write` for lines already joined: ``data``, and ``ends``, the offset just
+        past each line (None: each line ends in its only ``\\n``, as JSON lines do; then
+        they are found only for a rotation). A batch that fits is one ``write(2)``.
+
+        Raises:
+            OSError: the file cannot be written (disk full, permissions, ...).
+        """
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             size = self._follow()
-            pending: list[bytes] = []
-            rotating = bool(self.max_bytes)
-            for line in lines:
-                if rotating and size and size + len(line) > self.max_bytes:
-                    self._write_all(b"".join(pending))
-                    pending = []
-                    if self._rotate():
-                        size = 0
-                    else:  # logged; try again with the next write, not for every line
-                        rotating = False
-                pending.append(line)
-                size += len(line)
-            self._write_all(b"".join(pending))
+            if not self.max_bytes or size + len(data) <= self.max_bytes:
+                self._write_all(data)  # no line can pass max_bytes: no rotation
+            else:
+                self._write_rotating(data, line_ends(data) if ends is None else ends, size)
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+    def _write_rotating(self, data: bytes | bytearray, ends: Sequence[int], size: int) -> None:
+        """Write ``data`` line by line, rotating before a line that would pass ``max_bytes``."""
+        written = start = 0  # the first byte not written yet; the current line's
+        rotating = True
+        for end in ends:
+            if rotating and size and size + end - start > self.max_bytes:
+                self._write_all(data[written:start])
+                written = start
+                if self._rotate():
+                    size = 0
+                else:  # logged; try again with the next write, not for every line
+                    rotating = False
+            size += end - start
+            start = end
+        self._write_all(data[written:start])
+
+    def _write_all(self, data: bytes | bytearray) -> None:
+        # No memoryview: one left in a traceback would keep the encoder's reused buffer
+        # from growing. A short write (rare on a file) copies the rest.
+        while data:
+            done = os.write(self._fd, data)
+            data = data[done:]
 
     def _follow(self) -> int:
         """Reopen ``path`` if another writer rotated it; return its size."""
@@ -231,6 +253,7 @@ class LogSink:
         self.tick_interval = self.options.fsync_interval
         self._file: RotatingFile | None = None
         self._unsynced = False
+        self._encoder = LineEncoder()
         self.error_records = 0  # messages written as error records (see handle_batch)
 
     def setup(self) -> None:
@@ -246,27 +269,27 @@ class LogSink:
         except UnsafePathError as exc:
             raise UnsafePathError(f"LogSink (UGSINK_PATH={o.path}): {exc}") from None
 
-    def handle_batch(self, messages, dgrams: list[Datagram]) -> None:  # type: ignore[no-untyped-def]
+    def handle_batch(self, messages, records: list[Record]) -> None:  # type: ignore[no-untyped-def]
         """Write one JSON line per message; ``messages`` is untyped on purpose: it takes
-        whatever the codec gives (bytes with raw, JSON values, SyslogMessage, ...).
+        whatever the codec gives (bytes with raw, JSON values, SyslogMessage, ...), and
+        ``records`` the ring's :class:`~ugram.ring.Record` of each (where it came from and
+        when: a Datagram a record would cost the worker about as much as its line;
+        :func:`ugram.builtin.record.datagram` makes one from a record).
 
         A message that cannot be encoded as JSON (a msgpack ``Ext``, ...) costs nothing to
         the others: it is written as an error record (its datagram in base64 and an
         ``error``), counted in :attr:`error_records` and logged (rate-limited).
         """
         assert self._file is not None, "setup() was not called"
-        lines = []
-        for message, dgram in zip(messages, dgrams, strict=True):
-            line, error = encode_line(message, dgram)
-            if error is not None:
-                self.error_records += 1
-                _warn.warning(
-                    "LogSink: a message from %s was written as an error record: %s",
-                    escaped(dgram.sender),
-                    printable(error),
-                )
-            lines.append(line)
-        self._file.write(lines)
+        encoder = self._encoder
+        for record, error in encoder.encode(messages, records):
+            self.error_records += 1
+            _warn.warning(
+                "LogSink: a message from %s was written as an error record: %s",
+                escaped(decode_address(record.address)),
+                printable(error),
+            )
+        self._file.write_lines(encoder.buffer)  # JSON lines: no ends needed
         if self.options.fsync == "always":
             self._file.fsync()
         else:

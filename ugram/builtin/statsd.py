@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import math
 import os
 import re
 import secrets
@@ -23,10 +24,12 @@ from ..codecs.statsd import Line
 from ..datagram import Datagram
 from ..errors import UnsafePathError
 from ..logs import RateLimited
+from ..ring import Record
 from ..spec import pid_alive
 from .aggregate import (
     Bucket,
     Limits,
+    SeriesKeys,
     Totals,
     add_to_totals,
     dump_bucket,
@@ -219,6 +222,23 @@ class Spool:
             directory.close()
 
 
+def _interval_end(received_ns: list[int], start: int, index: int, interval: float) -> int:
+    """Where the run of datagrams from ``start`` on received in interval ``index`` ends: the
+    first of another interval, or the end."""
+    # The interval of a time only grows with it: when the times are in order (as received,
+    # unless the clock was set back) and the last is in the interval, all are.
+    last = int(received_ns[-1] / 1e9 // interval)
+    if start == 0 and last == index and received_ns == sorted(received_ns):
+        return len(received_ns)
+    at = math.nan  # those of one read share their float time: each looked at once
+    for k in range(start + 1, len(received_ns)):
+        if received_ns[k] / 1e9 != at:
+            at = received_ns[k] / 1e9
+            if int(at // interval) != index:
+                return k
+    return len(received_ns)
+
+
 def _check_ours(directory: safefs.Dir, name: str) -> None:
     """Refuse, at start-up, an output file the merge would refuse later."""
     try:
@@ -293,6 +313,9 @@ class StatsdAggregator:
         self.tick_interval = min(1.0, self.interval / 4)
         self.grace = max(0.5, 2 * self.tick_interval)
         self._buckets: dict[int, Bucket] = {}
+        self._keys = SeriesKeys(o.max_tags, o.max_series)  # shared by every interval's bucket
+        self._index: int | None = None  # the interval the last line went to, and its bucket
+        self._current = Bucket(0.0)
         self._spool: Spool | None = None
         self.clock: Callable[[], float] = time.time  # when intervals end (tests replace it)
 
@@ -311,14 +334,32 @@ class StatsdAggregator:
             ) from None
         self._spool.register()
 
+    def handle_batch(self, packets: list[list[Line]], records: list[Record]) -> None:
+        """Aggregate each datagram's lines in the interval of its receive time (what the
+        worker calls: ``records`` are the ring's, one beside each datagram's lines; a
+        Datagram a record would cost more than aggregating its line)."""
+        received = [record[2] for record in records]
+        interval, start = self.interval, 0
+        while start < len(received):
+            index = int(received[start] / 1e9 // interval)  # as handle's received_at
+            stop = _interval_end(received, start, index, interval)
+            bucket = self._current if index == self._index else self._bucket(index)
+            bucket.add_packets(packets, received, start, stop)
+            start = stop
+
     def handle(self, line: Line, dgram: Datagram) -> None:
-        """Aggregate one line in the interval of its receive time."""
-        self._bucket(int(dgram.received_at // self.interval)).add(line, dgram.received_ns)
+        """Aggregate one line in the interval of its receive time (:meth:`handle_batch`,
+        one line at a time)."""
+        index = int(dgram.received_at // self.interval)
+        bucket = self._current if index == self._index else self._bucket(index)
+        bucket.add(line, dgram.received_ns)
 
     def _bucket(self, index: int) -> Bucket:
         bucket = self._buckets.get(index)
         if bucket is None:
-            bucket = self._buckets[index] = Bucket(index * self.interval, self.limits)
+            bucket = Bucket(index * self.interval, self.limits, self._keys)
+            self._buckets[index] = bucket
+        self._index, self._current = index, bucket
         return bucket
 
     def tick(self) -> None:
@@ -353,6 +394,8 @@ class StatsdAggregator:
         spool = self._require()
         for index in sorted(self._buckets):
             if before is None or index < before:
+                if index == self._index:  # written now: a later line needs a new bucket
+                    self._index = None
                 bucket = self._buckets.pop(index)
                 if bucket:
                     spool.write_partial(bucket)

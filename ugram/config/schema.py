@@ -71,7 +71,12 @@ DEFAULT_HANDLER = "ugram.builtin:print_json"
 
 # Built-in handlers that never call dgram.reply(): no credentials are collected for them.
 NEVER_REPLY = frozenset(
-    ("ugram.builtin:print_json", "ugram.builtin:LogSink", "ugram.builtin:StatsdAggregator")
+    (
+        "ugram.builtin:print_json",
+        "ugram.builtin:LogSink",
+        "ugram.builtin:StatsdAggregator",
+        "ugram.builtin:Forward",
+    )
 )
 
 

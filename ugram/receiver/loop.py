@@ -22,7 +22,8 @@ import setproctitle
 import uvloop
 
 from .. import logs
-from ..ring import Ring, full_fence
+from ..ordering import full_fence
+from ..ring import Ring
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import Slot, State, Stats
 from ..wake import clear_wake, signal_wake

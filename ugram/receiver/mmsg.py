@@ -18,6 +18,7 @@ import struct
 import sys
 
 from .. import portable, speedups
+from ..ordering import words
 from .rights import close_in_control
 
 BATCH = 64
@@ -152,7 +153,7 @@ class BatchReceiver:
 
     def _layout(self, batch: int) -> None:
         mm, offset = self._mm, 0
-        self.desc = memoryview(mm)[:_DESC].cast("Q")
+        self.desc = words(mm, 0, _DESC // 8)  # read by a successor: ordered (ugram.ordering)
         offset = _DESC
         self.headers = (_Mmsghdr * batch).from_buffer(mm, offset)
         offset += ctypes.sizeof(self.headers)

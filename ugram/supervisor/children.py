@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from .. import portable, speedups
+from .. import ordering, portable, speedups
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, ChildCrashedError
 from ..events import ConnState
 from ..health import Liveness
@@ -98,6 +98,7 @@ class Children:
             f"listening on {self._res.bound.path} with {cfg.workers} worker(s), "
             f"handler {cfg.handler}, codec {cfg.codec}; "
             f"per-datagram loops {speedups.describe(cfg.speedups)}; "
+            f"memory ordering {ordering.describe()}; "
             f"platform {portable.current().describe()}"
         )
 

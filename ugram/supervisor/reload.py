@@ -33,10 +33,12 @@ class RollingReload:
         """Reload the workers of ``state``; ``children`` says which are still booting."""
         self._state, self._res, self._children = state, res, children
         self._rolling: list[int] = []  # slots still to restart
+        self._since = 0.0  # when the SIGHUP came: a worker started later runs the new code
 
     def start(self) -> None:
         """Plan a restart of every worker that is not being retired."""
         state = self._state
+        self._since = time.monotonic()
         self._rolling = sorted(i for i in state.workers if i not in state.retiring)
         state.callbacks.emit_server_info(f"SIGHUP: reloading {len(self._rolling)} worker(s)")
 
@@ -53,13 +55,27 @@ class RollingReload:
         if state.handover is not None:
             self._advance_handover(state.handover)
             return
-        if not self._rolling or state.phase is not Phase.RUNNING or self._children.any_booting():
+        if not self._rolling or state.phase is not Phase.RUNNING:
             return
-        index = self._rolling.pop(0)
-        if index in state.workers and index not in state.retiring:
-            state.handover = Handover(index, self._spawn_standby(index))
-        elif not self._rolling:
+        self._skip_restarted()
+        if self._rolling and not self._children.any_booting():
+            index = self._rolling.pop(0)
+            if index in state.workers and index not in state.retiring:
+                state.handover = Handover(index, self._spawn_standby(index))
+                return
+        if not self._rolling:
             state.callbacks.emit_server_info("SIGHUP: last worker restarted")
+
+    def _skip_restarted(self) -> None:
+        """Drop the slots whose worker was started after the SIGHUP (a recycle, a crash's
+        respawn): it imported the new code already. Waiting for a moment when no worker
+        boots would otherwise starve the reload while workers recycle often."""
+        state = self._state
+        for index in list(self._rolling):
+            child = state.workers.get(index)
+            if child is not None and child.started >= self._since:
+                self._rolling.remove(index)
+                log.info("SIGHUP: %s started since the SIGHUP: already reloaded", child.name)
 
     def _spawn_standby(self, index: int) -> Child:
         """Start a replacement for slot ``index``; it boots, then waits for its turn."""

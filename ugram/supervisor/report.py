@@ -16,6 +16,7 @@ from collections.abc import Callable
 import msgspec
 import psutil
 
+from .. import handler_stats
 from ..health import Health, Liveness, receiver_frozen, stall_reason
 from ..observe import ProcessInfo, Report, WorkerInfo
 from ..ring import Ring
@@ -70,6 +71,8 @@ def build_report(
         metrics=metrics_url,
         config=msgspec.to_builtins(state.config),
         uss_bytes=uss(os.getpid()),
+        server_id=res.server_id,
+        handler_metrics=view.handler_metrics(),
     )
 
 
@@ -111,6 +114,7 @@ class _View:
         self.active = state.active
         self.phase: str = state.phase.value
         self.timeout = state.config.worker_timeout
+        self.handlers = res.handlers
 
     @classmethod
     def of(cls, state: ServerState, res: Resources) -> _View:
@@ -126,6 +130,10 @@ class _View:
 
     def block(self, index: int) -> memoryview:
         return self.stats.block(worker_block(index))
+
+    def handler_metrics(self) -> list[handler_stats.Reading]:
+        """What the handlers declared (:mod:`ugram.handler_stats`), over every slot."""
+        return handler_stats.read(self.handlers, range(len(self.rings)), time.monotonic_ns())
 
     def receiver_pid(self) -> int:
         return self.receiver.proc.pid if self.receiver else 0
@@ -183,6 +191,7 @@ def check_health(view: _View) -> Health:
         reason = _worker_problem(view, index)
         if reason:
             reasons.append(reason)
+    reasons += handler_stats.alarms(view.handler_metrics())
     return Health(ok=not reasons, reasons=reasons)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .. import portable
+from .. import handler_stats, portable
 from ..config import Config
 from ..errors import SocketError, UnsupportedPlatformError
 from ..receiver import mmsg
@@ -51,6 +52,9 @@ class Resources:
         scratch: the receiver's recvmmsg area (-1: none), held here so that a receiver's
             successor can place what it had read.
         control: the supervisor's own counter block (active workers, drain flag, ...).
+        handlers: the counters handlers declare (:mod:`ugram.handler_stats`), a block per
+            worker slot.
+        server_id: drawn once per start; the first part of every ``Datagram.id``.
     """
 
     bound: BoundSocket
@@ -60,6 +64,8 @@ class Resources:
     stats: Stats
     scratch: int
     control: memoryview
+    handlers: handler_stats.Table
+    server_id: str = field(default_factory=lambda: secrets.token_hex(8))
     released: bool = False
 
     @classmethod
@@ -73,18 +79,19 @@ class Resources:
         slots = config.worker_slots
         rings: list[Ring] = []
         wakes: list[tuple[int, int]] = []
-        space, stats, scratch = (-1, -1), None, -1
+        space, stats, scratch, handlers = (-1, -1), None, -1, None
         try:
             rings += (Ring.create(config.ring_size) for _ in range(slots))
             wakes += (make_wake() for _ in range(slots))
             space = make_wake()
             stats = Stats.create(slots + 3)  # + receiver, supervisor, standby
             scratch = _create_scratch(config)
+            handlers = handler_stats.Table.create(slots)
         except BaseException:
-            _release(bound, rings, [*wakes, space], stats, scratch)
+            _release(bound, rings, [*wakes, space], stats, scratch, handlers)
             raise
         control = stats.block(supervisor_block(slots))
-        return cls(bound, rings, wakes, space, stats, scratch, control)
+        return cls(bound, rings, wakes, space, stats, scratch, control, handlers)
 
     @property
     def standby_at(self) -> int:
@@ -120,6 +127,8 @@ class Resources:
             stats_block=block,
             control_block=supervisor_block(len(self.rings)),
             scratch_fd=self.scratch if role == "receiver" else -1,
+            server_id=self.server_id,
+            handler_stats_fd=self.handlers.fd if role == "worker" else -1,
         )
 
     def close_rings(self) -> None:
@@ -137,7 +146,14 @@ class Resources:
         """Unlink the socket file (if still ours), close it, and free the shared memory."""
         self.released = True
         self.control.release()
-        _release(self.bound, self.rings, [*self.wakes, self.space], self.stats, self.scratch)
+        _release(
+            self.bound,
+            self.rings,
+            [*self.wakes, self.space],
+            self.stats,
+            self.scratch,
+            self.handlers,
+        )
 
 
 def _release(
@@ -146,6 +162,7 @@ def _release(
     wakes: list[tuple[int, int]],
     stats: Stats | None,
     scratch: int,
+    handlers: handler_stats.Table | None,
 ) -> None:
     unlink_if_ours(bound)
     bound.sock.close()
@@ -160,6 +177,9 @@ def _release(
         os.close(stats.fd)
     if scratch >= 0:
         os.close(scratch)
+    if handlers is not None:
+        handlers.close()
+        os.close(handlers.fd)
 
 
 def bind(config: Config) -> BoundSocket:

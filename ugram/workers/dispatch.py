@@ -98,8 +98,14 @@ class Dispatcher:
         plain = handler.mode == "data"
         self._native_call = handler.call if plain else None
         self._native_decode = handler.decode if plain else None
+        # What a batch handler gets beside each message: a Datagram, the record, or nothing.
+        self._beside = {"both": self.datagram, "record": _same}.get(handler.mode)
         self._invalid = logs.RateLimited(log)
         self._errors = logs.RateLimited(log)
+        # Datagram.id: "<server>-<slot>-<ring resets>"; set by the worker once it owns the
+        # ring. A batch's positions, by record, while datagrams are made for it.
+        self.origin: str | None = None
+        self._positions: dict[int, int] | None = None
         self.step = self.batch_step if handler.batch else self.record_step
 
     def record_step(self, batch: Batch) -> int:
@@ -179,13 +185,18 @@ class Dispatcher:
         self.ring.start(end)
         c[Slot.PROGRESS] += len(batch)
         c[Slot.BUSY_SINCE_NS] = time.monotonic_ns()
-        messages, dgrams = self.decode_batch(batch)  # the invalid ones counted in the journal
+        if handler.mode == "both" and self.origin is not None:
+            self._positions = {id(record): at for record, at in batch}
+        try:
+            messages, dgrams = self.decode_batch(batch)  # the invalid counted in the journal
+        finally:
+            self._positions = None
         if messages:
             try:
-                if handler.mode == "both":
-                    handler.call(messages, dgrams)
-                else:
+                if handler.mode == "data":
                     handler.call(messages)
+                else:
+                    handler.call(messages, dgrams)
             except Exception:
                 ctl[_J_ERRORS] += len(messages)
                 self._errors.warning("worker %d: batch handler raised", self.index, exc_info=True)
@@ -209,13 +220,13 @@ class Dispatcher:
             for record, _ in batch:
                 observe_latency(c, now - record.recv_ns)
 
-    def decode_batch(self, batch: Batch) -> tuple[list[Any], list[Datagram]]:
+    def decode_batch(self, batch: Batch) -> tuple[list[Any], list[Any]]:
         """The messages of a batch (undecodable ones counted and left out), and with
-        ``mode == "both"`` their Datagrams."""
+        ``mode == "both"`` their Datagrams, with ``"record"`` their records."""
         handler, ctl = self.handler, self.ring.ctl
-        make = self.datagram if handler.mode == "both" else None
+        make = self._beside
         if self._native is not None:
-            decoded: tuple[list[Any], list[Datagram]] = self._native.decode_batch(
+            decoded: tuple[list[Any], list[Any]] = self._native.decode_batch(
                 batch,
                 handler.decode,
                 DECODE_ERRORS,
@@ -226,7 +237,7 @@ class Dispatcher:
             )
             return decoded
         messages: list[Any] = []
-        dgrams: list[Datagram] = []
+        dgrams: list[Any] = []
         for record, _ in batch:
             try:
                 message = (
@@ -265,6 +276,8 @@ class Dispatcher:
         try:
             if handler.mode == "data":
                 handler.call(message)
+            elif handler.mode == "record":
+                handler.call(message, record)
             else:
                 dgram = self.datagram(record)
                 if handler.mode == "dgram":
@@ -280,7 +293,10 @@ class Dispatcher:
         return False
 
     def datagram(self, record: Record) -> Datagram:
-        """The :class:`Datagram` a handler receives for ``record``."""
+        """The :class:`Datagram` a handler receives for ``record`` (the record in hand, or
+        one of the batch being decoded)."""
+        positions = self._positions
+        end = positions[id(record)] if positions is not None else int(self.ring.ctl[IN_HAND])
         return Datagram(
             record.payload,
             record.recv_ns,
@@ -289,6 +305,8 @@ class Dispatcher:
             _creds(record),
             self._count_reply_error,
             allow_abstract=self._allow_abstract,
+            origin=self.origin,
+            position=end,
         )
 
     def _count_reply_error(self) -> None:
@@ -302,6 +320,10 @@ class Dispatcher:
 
     def _report_error(self, exc: BaseException) -> None:
         self._errors.warning("worker %d: handler raised", self.index, exc_info=exc)
+
+
+def _same(record: Record) -> Record:
+    return record  # a "record" handler's second argument: no object a record
 
 
 def _creds(record: Record) -> tuple[int, int, int] | None:

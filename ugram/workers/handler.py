@@ -12,7 +12,14 @@ Accepted forms, found by looking at the handler's signature once at start-up:
   ``tick_interval`` seconds (default 1.0) between records — the place to flush;
 * batches: a ``handle_batch(msgs: list[T])`` method, or a function marked with
   :func:`batch`, receives every record available at once (up to the worker's batch size);
-  an optional second parameter receives the list of :class:`~ugram.Datagram`.
+  an optional second parameter receives the list of :class:`~ugram.Datagram`;
+* a second parameter annotated :class:`ugram.ring.Record` (``list[Record]`` for a batch)
+  receives the ring's record itself instead of a Datagram: the payload, the sender's raw
+  address, the receive time in ns and the credentials (``uid == gid == -1`` when none were
+  collected), and no ``reply``. It costs the worker no object a record; the built-in
+  ``LogSink`` and ``StatsdAggregator`` take it. Such a batch handler of a codec with several
+  messages a datagram (``lines``, ``statsd``) that takes ``list[list[T]]`` gets each
+  datagram's list of messages beside its record, not one flat list.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import msgspec
 from ..config import Config
 from ..datagram import Datagram
 from ..errors import ConfigError, HandlerImportError
+from ..ring import Record
 
 Decode = Callable[[bytes], Any]
 MSGSPEC_CODECS = frozenset({"raw", "json", "msgpack"})  # the others are in ugram.codecs
@@ -42,10 +50,13 @@ class Handler:
     Attributes:
         call: the function or bound method to call.
         decode: turns the payload into the handler's first argument; None passes bytes.
-        mode: ``"data"`` (message only), ``"both"`` (message, Datagram), ``"dgram"``.
+        mode: ``"data"`` (message only), ``"both"`` (message, Datagram), ``"dgram"``
+            (Datagram only), ``"record"`` (message, the ring's :class:`Record`).
         setup, teardown: lifecycle hooks, or None.
         batch: the handler takes lists of messages (and of Datagrams).
         tick, tick_interval: periodic hook and its period in seconds.
+        batch_size: records per batch the handler asks for (``batch_size`` attribute of a
+            handler object; 0: the server's ``batch_size``).
     """
 
     call: Callable[..., Any]
@@ -56,11 +67,12 @@ class Handler:
     batch: bool = False
     tick: Callable[[], Any] | None = None
     tick_interval: float = 1.0
+    batch_size: int = 0
 
     @property
     def wants_datagram(self) -> bool:
-        """True when the handler takes a :class:`Datagram`."""
-        return self.mode != "data"
+        """True when the handler takes a :class:`Datagram` (and so may reply)."""
+        return self.mode in ("both", "dgram")
 
 
 def import_target(spec: str) -> Any:
@@ -108,12 +120,16 @@ def load_handler(config: Config) -> Handler:
     mode, message_type = _signature(call, config.handler)
     if is_batch:
         message_type = _element_type(message_type, config.handler)
+    per_datagram = _per_datagram(mode, is_batch, message_type, config.codec)
+    if per_datagram:
+        message_type = _element_type(message_type, config.handler)
     decode = None if mode == "dgram" else make_decoder(message_type, config.codec)
-    if decode is not None and _uses_codecs(config.codec):
+    if decode is not None and _uses_codecs(config.codec) and not per_datagram:
         from .. import codecs
 
-        if config.codec in codecs.MULTI_MESSAGE:
-            call = codecs.fan_out(call, mode, is_batch)  # one call per message of a datagram
+        if config.codec in codecs.MULTI_MESSAGE:  # one call per message of a datagram
+            # fan_out passes the second argument (a Datagram or a Record) along as it is
+            call = codecs.fan_out(call, "both" if mode == "record" else mode, is_batch)
     return Handler(
         call=call,
         decode=decode,
@@ -123,7 +139,17 @@ def load_handler(config: Config) -> Handler:
         batch=is_batch,
         tick=_hook(target, "tick"),
         tick_interval=float(getattr(target, "tick_interval", 1.0)),
+        batch_size=_batch_size(target, config.handler),
     )
+
+
+def _batch_size(target: Any, spec: str) -> int:
+    if inspect.isroutine(target):
+        return 0
+    size = getattr(target, "batch_size", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise HandlerImportError(f"{spec}.batch_size must be a whole number >= 0, not {size!r}")
+    return size
 
 
 BATCH_MARK = "__ugram_batch__"
@@ -145,6 +171,18 @@ def _entry_point(target: Any, spec: str) -> tuple[Callable[..., Any], bool]:
     raise HandlerImportError(
         f"{spec} is neither a function nor an object with a handle() or handle_batch() method"
     )
+
+
+def _per_datagram(mode: str, is_batch: bool, message_type: Any, codec: str) -> bool:
+    """True for a ``"record"`` batch handler of a several-messages-a-datagram codec that
+    takes ``list[list[T]]``: it gets each datagram's list as decoded, none flattened."""
+    if mode != "record" or not is_batch or typing.get_origin(message_type) is not list:
+        return False
+    if not _uses_codecs(codec):
+        return False
+    from .. import codecs
+
+    return codec in codecs.MULTI_MESSAGE
 
 
 def _element_type(list_type: Any, spec: str) -> Any:
@@ -181,9 +219,13 @@ def _signature(call: Callable[..., Any], name: str) -> tuple[str, Any]:
     except Exception as exc:
         raise HandlerImportError(f"cannot resolve the type hints of {name}: {exc}") from exc
     first = hints.get(params[0].name, inspect.Parameter.empty)
-    if len(params) == 1 and first is Datagram:
-        return "dgram", first
-    return ("both" if len(params) == 2 else "data"), first
+    if len(params) == 1:
+        return ("dgram" if first is Datagram else "data"), first
+    second = hints.get(params[1].name)
+    return ("record" if second in _RECORD_HINTS else "both"), first
+
+
+_RECORD_HINTS = (Record, list[Record])  # the second parameter's, for mode "record"
 
 
 def make_decoder(message_type: Any, codec: str) -> Decode | None:

@@ -21,9 +21,9 @@ import time
 
 import setproctitle
 
-from .. import logs, speedups
+from .. import context, handler_stats, logs, speedups
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError, RingCorruptError
-from ..ring import ATTEMPTS, CORRUPT, IN_HAND, Ring, mark_corrupt_fd
+from ..ring import ATTEMPTS, CORRUPT, IN_HAND, RESETS, Ring, mark_corrupt_fd
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import COMMAND_RETIRE, JOURNALED, Slot, State, Stats
 from ..wake import clear_wake, signal_wake
@@ -72,6 +72,18 @@ class Worker:
         self.careful_until = 0
         self.ring_corrupt = False  # found corrupt here: marked, and this worker stops
         self._ppid = os.getppid()
+        self._spec = spec
+
+    def attach(self) -> None:
+        """Take the slot's shared state (after ``setup()``; a SIGHUP replacement once it
+        took over): the handlers' counters block, and what names this slot's records."""
+        spec = self._spec
+        if spec.handler_stats_fd >= 0:
+            handler_stats.bind(handler_stats.Table(spec.handler_stats_fd).block(self.index))
+        context.bind_worker(self.index, spec.server_id, self.counters, self.ring.used_bytes)
+        if spec.server_id:
+            # Read once: the ring is reset (positions from 0 again) only with no worker on it.
+            self.dispatcher.origin = f"{spec.server_id}-{self.index}-{int(self.ring.ctl[RESETS])}"
 
     def recover(self) -> None:
         """Settle a dead predecessor's counts, replay what it left unacknowledged, and
@@ -196,7 +208,7 @@ class Worker:
         # dead worker had taken: the record that kills is then the one counted as poison.
         if self.ring.read_position < self.careful_until:
             return 1
-        return self.config.batch_size
+        return self.handler.batch_size or self.config.batch_size
 
     def _ack(self) -> None:
         if self.ring.ack():
@@ -249,6 +261,7 @@ def main(argv: list[str]) -> int:
     if standby and not stand_by(counters, spec.index, ppid):
         called_off(handler, counters, spec.index)
         return 0
+    worker.attach()
     worker.recover()
     try:
         worker.run()

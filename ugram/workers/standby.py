@@ -16,7 +16,7 @@ import time
 
 import setproctitle
 
-from ..ring import full_fence
+from ..ordering import full_fence
 from ..spec import parent_alive
 from ..stats import COMMAND_RETIRE, COMMAND_TAKE_OVER, Slot, State
 from .handler import Handler

@@ -1,7 +1,8 @@
 """DogStatsD aggregation: one flush interval's :class:`Bucket`, how buckets of several
 workers merge, and the records written for an interval and for the running totals.
 
-One job a module: :mod:`~.bucket` aggregates an interval and merges buckets,
+One job a module: :mod:`~.bucket` aggregates an interval and merges buckets, :mod:`~.keys`
+builds each series' key once,
 :mod:`~.partial` writes a bucket to a worker's partial file and reads it back,
 :mod:`~.interval` renders the record of a merged interval, :mod:`~.totals` folds intervals
 into the running totals (pruning idle series).
@@ -12,7 +13,6 @@ from __future__ import annotations
 from .bucket import NO_LIMITS as NO_LIMITS
 from .bucket import SUMMARY_KINDS as SUMMARY_KINDS
 from .bucket import Bucket as Bucket
-from .bucket import Key as Key
 from .bucket import Limits as Limits
 from .interval import CounterOut as CounterOut
 from .interval import IntervalOut as IntervalOut
@@ -20,6 +20,8 @@ from .interval import SummaryOut as SummaryOut
 from .interval import ValueOut as ValueOut
 from .interval import quantile as quantile
 from .interval import render_interval as render_interval
+from .keys import Key as Key
+from .keys import SeriesKeys as SeriesKeys
 from .partial import dump_bucket as dump_bucket
 from .partial import load_bucket as load_bucket
 from .totals import CounterTotal as CounterTotal
@@ -39,6 +41,7 @@ __all__ = [
     "IntervalOut",
     "Key",
     "Limits",
+    "SeriesKeys",
     "SetTotal",
     "SummaryOut",
     "SummaryTotal",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from math import isfinite
 
 from ...codecs.statsd import Event, Line, Metric, ServiceCheck
+from .keys import MISSING, Key, SeriesKeys
 
-Key = tuple[str, tuple[str, ...]]  # metric name, sorted distinct tags
 SUMMARY_KINDS = {"h": "histograms", "ms": "timers", "d": "distributions"}
 
 
@@ -58,9 +58,15 @@ class Bucket:
     partial files of the interval that were not merged (see the aggregator).
     """
 
-    def __init__(self, start: float, limits: Limits = NO_LIMITS) -> None:
+    def __init__(
+        self, start: float, limits: Limits = NO_LIMITS, keys: SeriesKeys | None = None
+    ) -> None:
+        """``keys``: the series keys to share with other buckets of the same limits (an
+        aggregator's intervals); a bucket of its own makes its own."""
         self.start = start
         self.limits = limits
+        self.keys = keys if keys is not None else SeriesKeys(limits.max_tags, limits.max_series)
+        self._cached_key = self.keys.cached  # the per-line lookup, bound once
         self.counters: dict[Key, float] = {}
         self.gauges: dict[Key, tuple[int, float]] = {}  # (received_ns, value)
         self.sets: dict[Key, set[str]] = {}
@@ -78,49 +84,86 @@ class Bucket:
 
     def add(self, line: Line, received_ns: int) -> None:
         """Aggregate one parsed line received at ``received_ns`` (epoch nanoseconds)."""
-        self.lines += 1
-        if isinstance(line, Metric):
-            if not self.add_metric(line, received_ns):
-                self.refused_lines += 1
-        elif isinstance(line, Event):
-            self.events.append((received_ns, line))
-        else:
-            self.checks.append((received_ns, line))
+        self.add_packets(((line,),), (received_ns,), 0, 1)
+
+    def add_packets(
+        self,
+        packets: Sequence[Sequence[Line]],
+        received_ns: Sequence[int],
+        start: int,
+        stop: int,
+    ) -> None:
+        """Aggregate the lines of ``packets[start:stop]``, each datagram's received at its
+        ``received_ns`` (one loop for a worker's batch: no call a line but its type's)."""
+        cached, build, by_kind = self._cached_key, self.keys.key, _BY_KIND
+        lines = refused = 0
+        for packet, ns in zip(packets[start:stop], received_ns[start:stop], strict=True):
+            lines += len(packet)
+            for line in packet:
+                if isinstance(line, Metric):
+                    key = cached((line.name, line.tags), MISSING)
+                    if key is MISSING:
+                        key = build(line.name, line.tags)
+                    # None: more than max_tags distinct tags
+                    if key is None or not by_kind[line.type](self, key, line, ns):
+                        refused += 1
+                elif isinstance(line, Event):
+                    self.events.append((ns, line))
+                else:
+                    self.checks.append((ns, line))
+        self.lines += lines
+        self.refused_lines += refused
 
     def add_metric(self, m: Metric, received_ns: int) -> bool:
         """Aggregate one metric line; False when it is refused (see the limits)."""
-        tags = set(m.tags)
-        if self.limits.max_tags and len(tags) > self.limits.max_tags:
-            return False  # a key of thousands of one-byte tags would cost ~50 bytes each
-        key = (m.name, tuple(sorted(tags)))
-        if m.type == "c":
-            old = self.counters.get(key)
-            new = (old or 0.0) + sum(m.values) / m.sample_rate
-            if not isfinite(new) or (old is None and not self._admit(False)):
+        key = self.keys.key(m.name, m.tags)
+        # a key of thousands of one-byte tags would cost ~50 bytes each: refused
+        return key is not None and _BY_KIND[m.type](self, key, m, received_ns)
+
+    def _add_counter(self, key: Key, m: Metric, received_ns: int) -> bool:
+        old = self.counters.get(key)
+        new = (old or 0.0) + sum(m.values) / m.sample_rate
+        if not isfinite(new) or (old is None and not self._admit(False)):
+            return False
+        self.counters[key] = new
+        return True
+
+    def _add_gauge(self, key: Key, m: Metric, received_ns: int) -> bool:
+        current = self.gauges.get(key)
+        if current is None:
+            if not self._admit(False):
                 return False
-            self.counters[key] = new
-        elif m.type == "g":
-            if key not in self.gauges and not self._admit(False):
+        elif received_ns < current[0]:  # a later one is already there
+            return True
+        self.gauges[key] = (received_ns, m.values[-1])
+        return True
+
+    def _add_set(self, key: Key, m: Metric, received_ns: int) -> bool:
+        members = self.sets.get(key)
+        if members is None:
+            if not self._admit(False):
                 return False
-            self.set_gauge(key, received_ns, m.values[-1])
-        elif m.type == "s":
-            members = self.sets.get(key)
-            if members is None:
-                if not self._admit(False):
-                    return False
-                members = self.sets[key] = set()
-            self.add_members(members, m.members)
+            members = self.sets[key] = set()
+        self.add_members(members, m.members)
+        return True
+
+    def _add_samples(self, key: Key, m: Metric, received_ns: int) -> bool:
+        """Keep a histogram, timer or distribution line's values with their weight."""
+        values, weight = m.values, 1.0 / m.sample_rate
+        largest = values[0] if len(values) == 1 else max(values, key=abs, default=0.0)
+        if values and not isfinite(weight * largest):
+            return False
+        entry = self.samples.get((m.type, key))
+        if entry is None:
+            if not self._admit(False):
+                return False
+            entry = self.samples[m.type, key] = ([], [])
+        if len(values) == 1:  # the usual line: no list built for it
+            entry[0].append(values[0])
+            entry[1].append(weight)
         else:
-            weight = 1.0 / m.sample_rate
-            if m.values and not isfinite(weight * max(m.values, key=abs)):
-                return False
-            entry = self.samples.get((m.type, key))
-            if entry is None:
-                if not self._admit(False):
-                    return False
-                entry = self.samples[m.type, key] = ([], [])
-            entry[0].extend(m.values)
-            entry[1].extend([weight] * len(m.values))
+            entry[0].extend(values)
+            entry[1].extend([weight] * len(values))
         return True
 
     def _admit(self, present: bool) -> bool:
@@ -200,3 +243,15 @@ class Bucket:
 
     def __bool__(self) -> bool:
         return bool(self.lines or self.invalid_lines)
+
+
+# One method a metric type, each False when it refuses the line (plain functions: bound
+# methods in the bucket would make each bucket a reference cycle, freed only by the GC).
+_BY_KIND: dict[str, Callable[[Bucket, Key, Metric, int], bool]] = {
+    "c": Bucket._add_counter,
+    "g": Bucket._add_gauge,
+    "s": Bucket._add_set,
+    "h": Bucket._add_samples,
+    "ms": Bucket._add_samples,
+    "d": Bucket._add_samples,
+}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from ...codecs.statsd import Event, ServiceCheck
-from .bucket import SUMMARY_KINDS, Bucket, Key
+from .bucket import SUMMARY_KINDS, Bucket
+from .keys import Key
 
 
 class CounterOut(msgspec.Struct):

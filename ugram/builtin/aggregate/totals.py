@@ -11,7 +11,8 @@ from typing import TypeVar
 
 import msgspec
 
-from .bucket import NO_LIMITS, SUMMARY_KINDS, Bucket, Key, Limits, to_ns
+from .bucket import NO_LIMITS, SUMMARY_KINDS, Bucket, Limits, to_ns
+from .keys import Key
 
 _V = TypeVar("_V")
 
