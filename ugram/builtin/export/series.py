@@ -51,26 +51,36 @@ class CounterSeries(Series):
 
 class GaugeSeries(Series):
     """The last absolute value by receive time, plus the changes (``+N``/``-N``) received
-    after it, from any worker."""
+    after it, from any worker.
 
-    __slots__ = ("base", "base_ns", "changes")
+    Changes are kept one by one (with their receive times) for :data:`GAUGE_ORDER_NS` and
+    at most :data:`GAUGE_CHANGES` of them, so that an absolute value another worker's delta
+    brings later still voids exactly the changes received before it; older ones are summed
+    into ``folded``, which an absolute value voids only when it was received after the
+    newest of them.
+    """
+
+    __slots__ = ("base", "base_ns", "changes", "folded", "folded_ns")
 
     def __init__(self, labels: tuple[tuple[str, str], ...]) -> None:
         super().__init__(labels)
         self.base, self.base_ns = 0.0, 0
+        self.folded, self.folded_ns = 0.0, 0
         self.changes: list[tuple[int, float]] = []
 
     def add(self, at_ns: int, value: float, change_ns: int, change: float) -> bool:
-        base, base_ns, changes = self.base, self.base_ns, self.changes
+        base, base_ns, changes, folded = self.base, self.base_ns, self.changes, self.folded
         if at_ns and at_ns >= base_ns:  # a later absolute value: earlier changes are void
             base, base_ns = value, at_ns
             changes = [c for c in changes if c[0] > at_ns]
+            if at_ns >= self.folded_ns:
+                folded = 0.0
         # >=: a change in the datagram that set the value (one receive time) comes after it
         if change_ns and change_ns >= base_ns:
             changes = [*changes, (change_ns, change)]
-        if not math.isfinite(base + sum(c for _, c in changes)):
+        if not math.isfinite(base + folded + sum(c for _, c in changes)):
             return False
-        self.base, self.base_ns, self.changes = base, base_ns, changes
+        self.base, self.base_ns, self.changes, self.folded = base, base_ns, changes, folded
         self._fold()
         return True
 
@@ -78,20 +88,18 @@ class GaugeSeries(Series):
         changes = self.changes
         if not changes:
             return
-        newest = max(ns for ns, _ in changes)
-        if len(changes) <= GAUGE_CHANGES and min(ns for ns, _ in changes) > newest - GAUGE_ORDER_NS:
+        oldest = max(ns for ns, _ in changes) - GAUGE_ORDER_NS
+        if len(changes) <= GAUGE_CHANGES and min(ns for ns, _ in changes) > oldest:
             return
         changes.sort()
-        while changes and (
-            len(changes) > GAUGE_CHANGES or changes[0][0] <= newest - GAUGE_ORDER_NS
-        ):
+        while changes and (len(changes) > GAUGE_CHANGES or changes[0][0] <= oldest):
             ns, change = changes.pop(0)
-            self.base += change
-            self.base_ns = max(self.base_ns, ns)
+            self.folded += change
+            self.folded_ns = max(self.folded_ns, ns)
 
     @property
     def value(self) -> float:
-        return self.base + sum(c for _, c in self.changes)
+        return self.base + self.folded + sum(c for _, c in self.changes)
 
 
 class HistogramSeries(Series):
