@@ -32,7 +32,7 @@ log = logging.getLogger("ugram.receiver")
 
 # plain ints: faster indexes than IntEnum members
 _RECEIVED, _BYTES, _OVERSIZED = int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED)
-_FDS_CLOSED = int(Slot.FDS_CLOSED)
+_FDS_CLOSED, _SHED = int(Slot.FDS_CLOSED), int(Slot.SHED)
 _PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED, _FDS_CLOSED)  # what the C helper's drain counts
 SCM_CREDENTIALS: int = getattr(socket, "SCM_CREDENTIALS", -1)
 
@@ -106,7 +106,10 @@ class Intake:
         """Drain the socket (up to the budget) into the rings; True when it ran empty.
 
         A datagram that found no room is held, with every one read after it."""
-        if self.batch is not None and self.compiled and self.batch.native:
+        # While a worker sheds (an outage of its broker), the Python loops place each
+        # datagram: the C drain knows nothing of shedding.
+        native = self.batch is not None and self.compiled and self.batch.native
+        if native and not self.routes.shedding:
             return self._drain_native()
         if self.batch is not None:
             return self._drain_batched()
@@ -159,7 +162,8 @@ class Intake:
                 self.counters[_FDS_CLOSED] += rx.closed_fds
             if not count:
                 return True
-            placed = self._place_plain(count) if self.plain else self.place_slots(range(count))
+            plain = self.plain and not self.routes.shedding
+            placed = self._place_plain(count) if plain else self.place_slots(range(count))
             if not placed:
                 return False
             rx.complete(count)
@@ -325,8 +329,15 @@ class Intake:
         target = self.admit(n, payload, creds)
         if target is None or self._put(payload, address, target, creds=creds):
             return True
+        if self.routes.sheds(target):
+            self.shed()
+            return True
         self.pending.append(Held(bytes(payload), n, address, time.time_ns(), target, creds))
         return False
+
+    def shed(self) -> None:
+        """Count one datagram dropped because the workers it may go to shed (``shed``)."""
+        self.counters[_SHED] += 1
 
     def describe(self) -> str:
         """Which per-datagram path reads: compiled, or which Python loop and why."""

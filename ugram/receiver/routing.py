@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from ..config import Config
-from ..ring import Ring
+from ..ring import SHEDDING, Ring
 from ..stats import Slot
 from ..wake import signal_wake
 
@@ -57,12 +57,19 @@ class Routes:
     maps keys onto the others, until the supervisor has reset it (the ring side of a
     corrupt ring is in :mod:`ugram.ring`, the worker's in :mod:`ugram.workers.loop`).
 
+    Shedding (a forwarding sink's ``drop_newest``: its deliveries fail and its backlog is
+    over the limit): round-robin skips that ring as if it were full, and a datagram that no
+    ring takes is dropped (:meth:`sheds`) when every ring it may go to sheds; one that a
+    ring merely full may still take waits for it, as without shedding.
+
     Attributes:
         rings, wake_fds: every ring, and its consumer's wake-up channel.
         indexes: the rings routed to, by index; ``routed``, ``maps`` and ``wakes``: theirs
             (the last two for the C helper's drain).
         next_ring: the position in ``routed`` that round-robin tries first.
         router: the ``route_by`` key router, or None for round-robin.
+        shedding: the routed rings whose worker asks for new datagrams to be dropped, as
+            seen at the last :meth:`sync_active` (once per read pass).
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class Routes:
         self._counters = counters
         self.active = len(rings)
         self.next_ring = 0
+        self.shedding: frozenset[int] = frozenset()
         self._corrupt_seen: set[int] = set()  # rings marked corrupt, as last seen
         self._route_to(list(range(self.active)))
 
@@ -91,6 +99,24 @@ class Routes:
         self.active = active
         self._counters[Slot.ACTIVE_SEEN] = active
         self._sync_routes()
+        self._sync_shedding()
+
+    def _sync_shedding(self) -> None:
+        """Take up which routed rings' workers shed (one load each: ordering record 11)."""
+        rings = self.rings
+        shedding = [index for index in self.indexes if rings[index].ctl[SHEDDING]]
+        if shedding or self.shedding:
+            self.shedding = frozenset(shedding)
+
+    def sheds(self, target: int) -> bool:
+        """A datagram for ``target`` (-1: any routed ring) that found no room is to be
+        dropped rather than held: its ring's worker sheds, or every routed ring's does."""
+        shedding = self.shedding
+        if not shedding:
+            return False
+        if target >= 0:
+            return target in shedding
+        return bool(self.indexes) and shedding.issuperset(self.indexes)
 
     def _sync_routes(self) -> None:
         """Route to the active rings not marked corrupt."""
@@ -153,13 +179,18 @@ class Routes:
         """Copy a datagram into ``target``'s ring, or the next routed one with room (-1);
         False when there was no room."""
         ns = time.time_ns() if recv_ns is None else recv_ns
+        shedding = self.shedding
         if target >= 0:  # routed by key: only that worker's ring keeps the key's order
+            if shedding and target in shedding:
+                return False
             return self.rings[target].try_put(payload, address, ns, creds)
         rings = self.routed
         count = len(rings)
         start = self.next_ring
         for step in range(count):
             index = (start + step) % count
+            if shedding and self.indexes[index] in shedding:
+                continue  # as if full: a worker that takes datagrams gets them
             if rings[index].try_put(payload, address, ns, creds):
                 self.next_ring = (index + 1) % count
                 return True
