@@ -182,6 +182,7 @@ class JetStreamSink:
             except Exception:  # the loop thread is gone: start another, deliver again
                 log.exception("forward: delivery failed; trying again")
                 time.sleep(KEEP_ALIVE)
+                context.shed_new(self._pipeline, False)  # its loop cannot say so any more
                 self._pipeline, self._loop = None, None
                 self.start()
                 assert self._pipeline is not None
