@@ -15,8 +15,8 @@ OUT = os.environ.get("UGTEST_OUT", "/tmp")
 class ShedOnce:
     """Worker 0, on the first record it gets (once per server run: ``$UGTEST_OUT/shed``
     marks it), asks for shedding (``$UGTEST_OUT/shedding`` says so) and holds that record
-    until ``$UGTEST_OUT/release`` exists, then stops asking. Every record handled is
-    appended to ``$UGTEST_OUT/<pid>.log`` as ``<worker> <payload>``."""
+    until ``$UGTEST_OUT/release`` exists, then stops asking (and removes ``shedding``).
+    Every record handled is appended to ``$UGTEST_OUT/<pid>.log`` as ``<worker> <payload>``."""
 
     def setup(self) -> None:
         self.fd = os.open(f"{OUT}/{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -30,6 +30,7 @@ class ShedOnce:
                 context.keep_alive()
                 time.sleep(0.01)
             context.shed_new(self, False)
+            os.unlink(f"{OUT}/shedding")
         os.write(self.fd, f"{index} ".encode() + data + b"\n")
 
     def _first(self) -> bool:

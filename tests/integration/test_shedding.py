@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from tests.conftest import read_records, run_server, send_all, wait_for
 from tests.integration.test_faults import children
@@ -36,6 +37,12 @@ def by_worker(out_dir: Path) -> dict[str, list[str]]:
     return handled
 
 
+def stop_shedding(out_dir: Path) -> None:
+    """Let worker 0 go on, and wait until it no longer sheds."""
+    (out_dir / "release").touch()
+    wait_for(lambda: not (out_dir / "shedding").exists(), what="worker 0 not shedding")
+
+
 def start_shedding(path: Path, out_dir: Path) -> list[str]:
     """Send until worker 0 has a record and sheds; returns what was sent."""
     sent: list[str] = []
@@ -57,7 +64,7 @@ def test_round_robin_goes_around_a_shedding_worker(sock_dir: Path, out_dir: Path
         send_all(path, *(p.encode() for p in during))
         wait_for(lambda: len(by_worker(out_dir)["1"]) == len(warm) - 1 + 300, what="worker 1")
         shed_during = shed(port)
-        (out_dir / "release").touch()
+        stop_shedding(out_dir)
         after = [f"b-{i}" for i in range(300)]
         send_all(path, *(p.encode() for p in after))
         wait_for(lambda: len(read_records(out_dir)) == len(warm) + 600, what="all handled")
@@ -111,3 +118,31 @@ def test_a_key_of_a_shedding_worker_is_shed_until_it_is_replaced(
     assert sorted(json.loads(p)["i"] for p in handled["0"]) == [-1, *range(100, 150)]
     assert sorted(json.loads(p)["i"] for p in handled["1"]) == list(range(100))
     assert server.summary()["rejected"] == 100
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--speedups", "false"), ("--receive-batch", "1"), ("--codec", "json", "--route-by", "k")],
+    ids=["compiled", "pure-python", "recvfrom", "keyed"],
+)
+def test_when_every_worker_sheds_each_datagram_is_counted_once(
+    sock_dir: Path, out_dir: Path, args: tuple[str, ...]
+) -> None:
+    """One worker, shedding: every datagram read is counted under one reason (oversized
+    before shed), whichever loop reads it."""
+    path, port = sock_dir / "s.sock", free_port()
+    common = ("--workers", "1", "--max-datagram", "100", "--metrics", f"127.0.0.1:{port}")
+    with run_server("shedapps:ShedOnce", path, *common, *args, out_dir=out_dir) as server:
+        send_all(path, b'{"k": "first"}')
+        wait_for(lambda: (out_dir / "shedding").exists(), what="worker 0 shedding")
+        normal = [json.dumps({"k": "a", "i": i}).encode() for i in range(300)]
+        big = json.dumps({"k": "a", "p": "x" * 200}).encode()
+        send_all(path, *normal[:150], *[big] * 5, *normal[150:])
+        wait_for(lambda: shed(port) == 300, what="300 shed")
+        stop_shedding(out_dir)
+        send_all(path, *normal[:10])
+        wait_for(lambda: len(read_records(out_dir)) == 11, what="11 handled")
+        assert server.stop() == 0, server.stderr
+    summary = server.summary()
+    assert (summary["received"], summary["oversized"], summary["rejected"]) == (316, 5, 305)
+    assert summary["handled"] == 11

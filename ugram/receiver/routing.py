@@ -4,6 +4,7 @@ over the rings that are routed to."""
 from __future__ import annotations
 
 import logging
+import mmap
 import time
 import zlib
 from collections.abc import Callable
@@ -70,6 +71,8 @@ class Routes:
         router: the ``route_by`` key router, or None for round-robin.
         shedding: the routed rings whose worker asks for new datagrams to be dropped, as
             seen at the last :meth:`sync_active` (once per read pass).
+        open_maps, open_wakes: ``maps`` and ``wakes`` of the routed rings that do not shed
+            (the C helper's drain round-robins over them).
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class Routes:
         self.active = len(rings)
         self.next_ring = 0
         self.shedding: frozenset[int] = frozenset()
+        self.open_maps: list[mmap.mmap] = []
+        self.open_wakes: list[int] = []
         self._corrupt_seen: set[int] = set()  # rings marked corrupt, as last seen
         self._route_to(list(range(self.active)))
 
@@ -109,11 +114,18 @@ class Routes:
                 break
         else:  # the common case: none sheds
             if self.shedding:
-                self.shedding = frozenset()
+                self._shed(frozenset())
             return
-        self.shedding = frozenset(
-            index for index, ctl in zip(self.indexes, self._controls, strict=True) if ctl[SHEDDING]
-        )
+        pairs = zip(self.indexes, self._controls, strict=True)
+        shedding = frozenset(index for index, ctl in pairs if ctl[SHEDDING])
+        if shedding != self.shedding:
+            self._shed(shedding)
+
+    def _shed(self, shedding: frozenset[int]) -> None:
+        self.shedding = shedding
+        taking = [k for k, index in enumerate(self.indexes) if index not in shedding]
+        self.open_maps = [self.maps[k] for k in taking]
+        self.open_wakes = [self.wakes[k] for k in taking]
 
     def sheds(self, target: int) -> bool:
         """A datagram for ``target`` (-1: any routed ring) that found no room is to be
@@ -147,6 +159,7 @@ class Routes:
         self.maps = [ring.mapping for ring in self.routed]  # for the C drain
         self.wakes = [self.wake_fds[index] for index in routes]
         self.next_ring = self.next_ring % len(routes) if routes else 0
+        self._shed(self.shedding & frozenset(routes))
 
     def route_around_corrupt_rings(self) -> bool:
         """Mark every routed ring that no producer could have left as it is (the C helper's
