@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.conftest import read_records, run_server, send_all, wait_for
+from tests.conftest import profile_env, read_records, run_server, send_all, wait_for
 from tests.integration.test_faults import children
 from tests.nats.conftest import free_port
 
@@ -53,12 +53,23 @@ def start_shedding(path: Path, out_dir: Path) -> list[str]:
     return sent
 
 
-def test_round_robin_goes_around_a_shedding_worker(sock_dir: Path, out_dir: Path) -> None:
-    """Another worker takes every datagram while one sheds: none is dropped (and the
-    receiver's compiled drain is left for the Python loop meanwhile, and taken up again)."""
+@pytest.mark.parametrize(
+    ("ordering", "profile"),
+    [("", "linux"), ("compiled", "linux"), ("", "portable")],
+    ids=["default", "compiled-ordering", "portable"],
+)
+def test_round_robin_goes_around_a_shedding_worker(
+    sock_dir: Path, out_dir: Path, ordering: str, profile: str
+) -> None:
+    """Another worker takes every datagram while one sheds: none is dropped, and the
+    shedding one takes its share again once it stops; under both memory orderings (the
+    flag is a shared word) and the portable profile."""
     path, port = sock_dir / "s.sock", free_port()
     args = ("--workers", "2", "--metrics", f"127.0.0.1:{port}")
-    with run_server("shedapps:ShedOnce", path, *args, out_dir=out_dir) as server:
+    env = profile_env(profile, out_dir)
+    if ordering:
+        env["UGRAM_MEMORY_ORDERING"] = ordering
+    with run_server("shedapps:ShedOnce", path, *args, env=env) as server:
         warm = start_shedding(path, out_dir)
         during = [f"a-{i}" for i in range(300)]
         send_all(path, *(p.encode() for p in during))
@@ -75,6 +86,7 @@ def test_round_robin_goes_around_a_shedding_worker(sock_dir: Path, out_dir: Path
     assert sorted(handled["0"] + handled["1"]) == sorted(warm + during + after)
     assert shed_during == 0
     assert server.summary()["rejected"] == 0
+    assert ("memory ordering C11" in server.stderr) == (ordering == "compiled")
 
 
 def keys_of_workers() -> tuple[str, str]:
