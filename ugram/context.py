@@ -12,6 +12,7 @@ with nothing in its ring.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ _BUSY = int(Slot.BUSY_SINCE_NS)
 class _Worker:
     counters: memoryview | None = None
     backlog: Callable[[], int] | None = None
+    set_shedding: Callable[[bool], None] | None = None
     index = -1
     server_id = ""
     ppid = 0
@@ -34,15 +36,25 @@ class _Worker:
 
 
 _worker = _Worker()
+_shedders: set[object] = set()
+_shedders_lock = threading.Lock()
 
 
 def bind_worker(
-    index: int, server_id: str, counters: memoryview, backlog: Callable[[], int]
+    index: int,
+    server_id: str,
+    counters: memoryview,
+    backlog: Callable[[], int],
+    set_shedding: Callable[[bool], None] | None = None,
 ) -> None:
     """Called once by the worker process before it handles records (not by handlers)."""
     _worker.index, _worker.server_id = index, server_id
     _worker.counters, _worker.backlog = counters, backlog
     _worker.ppid = os.getppid()
+    with _shedders_lock:
+        _worker.set_shedding = set_shedding
+        if set_shedding is not None and _shedders:  # asked before the slot was ours
+            set_shedding(True)
 
 
 def bind_export(fd: int) -> None:
@@ -105,6 +117,26 @@ def backlog_bytes() -> int:
     """Bytes in this worker's ring that are not acknowledged yet (the batch in hand
     included): what would be replayed if the worker died now. 0 outside a worker."""
     return _worker.backlog() if _worker.backlog is not None else 0
+
+
+def shed_new(who: object, shedding: bool) -> None:
+    """Ask the receiver to drop new datagrams for this worker (``shedding``), counted as
+    ``shed``, instead of holding them while the ring cannot take them; or stop asking.
+
+    For a sink that can no longer deliver and must not make senders wait (a forwarding
+    sink's ``drop_newest``). ``who`` names the asker: the receiver sheds while any asker
+    of this process does. The records already in the ring are not affected. Outside a
+    worker it does nothing.
+    """
+    with _shedders_lock:
+        was = bool(_shedders)
+        if shedding:
+            _shedders.add(who)
+        else:
+            _shedders.discard(who)
+        now = bool(_shedders)
+        if now != was and _worker.set_shedding is not None:
+            _worker.set_shedding(now)
 
 
 def worker_index() -> int:

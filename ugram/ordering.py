@@ -71,6 +71,11 @@ exit and ``waitpid`` order everything the dead process stored before the reader'
    before the supervisor reaped it (release is cumulative).
 10. **The receiver's scratch area** (:mod:`ugram.receiver.mmsg`). The ``placed`` index is
     stored (R) after the record reached its ring; a successor reads it after death.
+11. **Shedding** (a forwarding sink's ``drop_newest``). The worker's sink stores
+    ``SHEDDING`` (R) in its ring's consumer line; the receiver loads it (A) once per read
+    pass; the supervisor stores 0 (R) after the worker was reaped, and ``reset`` does. It
+    orders nothing else: a stale value costs at most one pass of new datagrams dropped
+    (counted) or held, never a record already in the ring.
 """
 
 from __future__ import annotations

@@ -55,8 +55,9 @@ MAGIC = 0x5547_5241_4D31_0002  # "UGRAM1", version 2 (128-byte lines, DATA_AT)
 _MAGIC, _CAPACITY, _DATA_AT = 0, 1, 2
 # producer line (offset 128): written only by the receiver (CLOSED: the supervisor)
 HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 16, 17, 18, 19
-# consumer line (offset 256): written only by the worker
-TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED = 32, 33, 34, 35, 36
+# consumer line (offset 256): written only by the worker (SHEDDING: also by the supervisor
+# once the worker is gone; see Ring.set_shedding)
+TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED, SHEDDING = 32, 33, 34, 35, 36, 37
 # The consumer's own notes, on its line: nothing in this module reads or writes them. A ring
 # that runs the other way (a worker producing, the supervisor consuming: the statsd
 # exposition's export ring) keeps there what its consumer applied last.
@@ -463,6 +464,22 @@ class Ring:
         if sleeping:
             full_fence()
 
+    def set_shedding(self, shedding: bool) -> None:
+        """Ask the producer to drop new records for this ring instead of holding them, or
+        stop asking (a forwarding sink's ``drop_newest`` policy, from the worker; cleared by
+        the supervisor once that worker is gone).
+
+        Advisory: the producer reads it once per read pass, so a change takes effect within
+        a pass; the records in the ring are untouched either way.
+        """
+        self.ctl[SHEDDING] = 1 if shedding else 0
+
+    @property
+    def shedding(self) -> bool:
+        """Producer side: the consumer asks for new records to be dropped (see
+        :meth:`set_shedding`)."""
+        return bool(self.ctl[SHEDDING])
+
     def has_unread(self) -> bool:
         """True when a published record has not been read yet."""
         return self._rpos != int(self.ctl[HEAD])
@@ -564,7 +581,8 @@ class Ring:
         lost = min(max(0, published - int(ctl[ACKED])), cap // HEADER_SIZE)
         ctl[_MAGIC], ctl[_CAPACITY], ctl[_DATA_AT] = MAGIC, cap, CONTROL_SIZE
         ctl[PUBLISHED] = ctl[ACKED] = ctl[J_ACKED] = published - lost
-        for slot in (HEAD, TAIL, IN_HAND, CONSUMER_WAITING, ATTEMPT_POS, ATTEMPTS, *JOURNAL):
+        zeroed = (HEAD, TAIL, IN_HAND, CONSUMER_WAITING, SHEDDING, ATTEMPT_POS, ATTEMPTS)
+        for slot in (*zeroed, *JOURNAL):
             ctl[slot] = 0  # a zero journal settles nothing: counts only grow (settle_journal)
         ctl[SPACE_SIGNALLED] = ctl[PRODUCER_WAITING]  # no wait for space outstanding
         ctl[RESETS] += 1  # positions restart at 0: a record's id must not name an old one

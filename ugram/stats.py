@@ -103,7 +103,11 @@ SLOT_DOCS: dict[Slot, tuple[str, str]] = {
     Slot.OVERSIZED: ("receiver", "rejected: larger than max_datagram (never passed truncated)"),
     Slot.UNAUTHORIZED: ("receiver", "rejected: sender not in allow_uid / allow_gid"),
     Slot.RATE_LIMITED: ("receiver", "rejected: sender over rate_limit"),
-    Slot.SHED: ("receiver", "rejected: shed by a drop policy (none exists yet: always 0)"),
+    Slot.SHED: (
+        "receiver",
+        "rejected: shed by a drop policy: a new datagram for a worker whose forwarding sink "
+        "(policy drop_newest) fails to deliver with a backlog over its limit",
+    ),
     Slot.REPLAYED: ("worker", "records read again after a predecessor died holding them"),
     Slot.QUARANTINED: ("worker", "poison records moved to the dead-letter file"),
     Slot.BLOCKED_NS: ("receiver", "nanoseconds spent waiting for ring space (backpressure)"),

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import APPS, child_env, read_records, run_server
 from tests.integration.test_faults import children, running_workers
 
-SECONDS = float(os.environ.get("UGTEST_SOAK_SECONDS", "15"))
+SECONDS = float(os.environ.get("UGTEST_SOAK_SECONDS", "10"))
 
 
 @pytest.mark.slow

@@ -92,12 +92,15 @@ def check_exactly_once(stored: list[Stored], senders: int, count: int) -> None:
 
 
 def metrics(port: int) -> dict[str, float]:
-    """The ``ugram_forward_*`` and ``ugram_handled_total`` samples of ``/metrics``."""
+    """The ``ugram_forward_*``, ``ugram_handled_total`` and ``ugram_rejected_total`` samples
+    of ``/metrics``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
     samples = {}
     for line in text.splitlines():
-        match = re.match(r"(ugram_(?:forward_\w+|handled_total)(?:\{[^}]*\})?) (\S+)$", line)
+        match = re.match(
+            r"(ugram_(?:forward_\w+|handled_total|rejected_total)(?:\{[^}]*\})?) (\S+)$", line
+        )
         if match:
             samples[match.group(1)] = float(match.group(2))
     return samples

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from tests.conftest import run_server, send_all, wait_for
@@ -26,6 +27,7 @@ from tests.nats.helpers import (
 )
 
 ACKED = "ugram_forward_acknowledged_total"
+SHED = 'ugram_rejected_total{reason="shed"}'
 
 
 def test_a_flood_is_stored_exactly_once(sock_dir: Path, nats_server: NatsServer) -> None:
@@ -120,6 +122,9 @@ def test_a_broker_outage_blocks_senders_and_loses_nothing(
     assert during["ugram_forward_failing_seconds"] >= 1
     assert during["ugram_forward_connected"] == 0
     assert max(r["longest"] for r in reports) > 2.0  # blocked while the broker was away
+    # The default policy sheds nothing: full rings hold the senders back.
+    assert during["ugram_forward_shedding"] == 0
+    assert during[SHED] == 0
 
 
 def test_a_full_stream_is_backpressure_until_it_has_room(
@@ -219,3 +224,52 @@ def test_drop_oldest_by_backlog_keeps_senders_going_while_the_broker_is_away(
     assert counts['ugram_forward_dropped_total{reason="unreachable"}'] == 2000
     assert counts[ACKED] == 0
     assert max(r["longest"] for r in reports) < 2.0  # no waiting for the broker
+
+
+def _marks(prefix: str, count: int) -> list[bytes]:
+    return [json.dumps({"s": prefix, "i": i}).encode() for i in range(count)]
+
+
+def test_drop_newest_sheds_new_datagrams_while_the_broker_is_away(
+    sock_dir: Path, nats_server: NatsServer
+) -> None:
+    """drop_newest: while deliveries fail and a worker's ring holds more than
+    drop_after_bytes, the receiver drops new datagrams for it (counted as shed) instead of
+    making the senders wait; what the rings held is stored once when the broker is back,
+    and from the first acknowledgement on nothing more is shed."""
+    path, port, urls = sock_dir / "s.sock", free_port(), [nats_server.url]
+    env = forward_env(urls, "NEWEST", policy="drop_newest", drop_after_bytes="16384")
+    args = serve_args(port, "--max-datagram", "1024", "--ring-size", "65536")
+    with run_server("ugram.builtin:Forward", path, *args, env=env) as server:
+        send_all(path, *_marks("pre", 50))
+        wait_for(lambda: metrics(port).get(ACKED) == 50, what="50 acknowledged")
+        procs = start_senders(path, 2, 1500, rate=1000, pad=250)
+        wait_for(lambda: metrics(port).get(ACKED, 0) >= 250, what="forwarding")
+        nats_server.stop(signal.SIGKILL)
+        # The senders finish while the broker is away: nothing makes them wait for it.
+        reports = finish_senders(procs, timeout=20)
+        during = metrics(port)
+        nats_server.start()
+        shed = int(during[SHED])
+        stored = read_stream(urls, "NEWEST", 50 + 3000 - shed)
+        wait_for(lambda: metrics(port).get("ugram_forward_shedding") == 0, what="not shedding")
+        send_all(path, *_marks("post", 50))
+        stored = read_stream(urls, "NEWEST", 50 + 3000 - shed + 50)
+        wait_for(lambda: metrics(port).get("ugram_handled_total") == 3100 - shed, what="handled")
+        after = metrics(port)
+        assert server.stop() == 0, server.stderr[-3000:]
+    assert during["ugram_forward_connected"] == 0  # the senders were done before it was back
+    assert during["ugram_forward_shedding"] == 2
+    assert 0 < shed < 3000
+    keys = Counter((json.loads(m.data)["s"], json.loads(m.data)["i"]) for m in stored)
+    assert max(keys.values()) == 1, keys.most_common(3)  # nothing stored twice
+    assert len({m.msg_id for m in stored}) == len(stored)
+    flood = {key for key in keys if key[0] in ("s0", "s1")}
+    assert flood <= {(f"s{s}", i) for s in range(2) for i in range(1500)}
+    assert len(flood) == 3000 - shed  # every datagram sent is stored, or counted as shed
+    assert {("pre", i) for i in range(50)} <= set(keys)
+    assert {("post", i) for i in range(50)} <= set(keys)
+    assert after[SHED] == shed  # once back, nothing more is shed
+    assert sum(v for k, v in after.items() if k.startswith("ugram_forward_dropped_total")) == 0
+    assert server.summary()["rejected"] == shed
+    assert max(r["longest"] for r in reports) < 1.0  # blocked, they would wait for the broker

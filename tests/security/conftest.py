@@ -11,6 +11,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import read_records, run_server, wait_for
 
 ATTACKER = "ugattacker"
 # The attacker's interpreter: the test's own may live where the attacker cannot reach it
@@ -180,3 +183,69 @@ def victim() -> Iterator[Victim]:
         )
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+# A sender that binds its own socket, asks for a reply, then swaps its socket's name for a
+# symlink (or a hard link, "link:" before the target) to a socket it does not own.
+SWAPPER = r"""
+import os, socket, sys, time
+server, mine, target = sys.argv[1], sys.argv[2], sys.argv[3]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(mine)
+sock.sendto(b"reflected", server)
+os.rename(mine, mine + ".away")
+if target.startswith("link:"):
+    try:
+        os.link(target[5:], mine)
+    except PermissionError:  # fs.protected_hardlinks: the test plants it for us
+        print("link-needed", flush=True)
+        while not os.path.exists(mine):
+            time.sleep(0.01)
+else:
+    os.symlink(target, mine)
+print("swapped", flush=True)
+time.sleep(3)
+"""
+
+
+def reply_swap_attack(
+    attacker: Attacker,
+    server: Path,
+    mine: Path,
+    swap: str,
+    out_dir: Path,
+    env: dict[str, str],
+    recv_timeout: float,
+) -> str:
+    """Run ``trustapps:slow_echo`` on ``server`` and the swapper; returns the server's stderr.
+
+    A root-only socket stands in for the victim: the test fails if the reply reaches it.
+    """
+    guarded_dir = Path(tempfile.mkdtemp(prefix="ugr", dir="/tmp"))
+    guarded_dir.chmod(0o711)
+    guarded = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    target = str(guarded_dir / "root-only.sock")
+    guarded.bind(target)
+    os.chmod(target, 0o600)
+    guarded.settimeout(recv_timeout)
+    try:
+        with run_server(
+            "trustapps:slow_echo", server, "--workers", "1", "--mode", "0666", env=env
+        ) as srv:
+            prefix = "link:" if swap == "hardlink" else ""
+            swapper = attacker.start(SWAPPER, str(server), str(mine), prefix + target)
+            assert swapper.stdout is not None
+            line = swapper.stdout.readline().strip()
+            if line == "link-needed":  # fs.protected_hardlinks is on: plant it for the attacker
+                os.link(target, mine)
+                line = swapper.stdout.readline().strip()
+            assert line == "swapped", stop(swapper)
+            wait_for(lambda: "reflected" in read_records(out_dir), what="the reply attempt")
+            with pytest.raises(TimeoutError):
+                guarded.recv(100)
+            stop(swapper)
+            assert srv.stop() == 0
+        return srv.stderr
+    finally:
+        guarded.close()
+        shutil.rmtree(guarded_dir)

@@ -241,7 +241,7 @@ def test_connections_held_open_by_another_user_do_not_lock_out_healthz(
             host, port = re.findall(r"serving metrics on http://(.+):(\d+)/", server.stderr)[0]
             where = f"{host}:{port}"
         wait_for(lambda: healthz(where).endswith(b"\r\n\r\nok\n"), what="a healthy server")
-        slowloris = attacker.start(SLOWLORIS, where, "100", "12")
+        slowloris = attacker.start(SLOWLORIS, where, "100", "6.5")
         try:
             assert slowloris.stdout is not None
             assert slowloris.stdout.readline().strip() == "ready", stop(slowloris)

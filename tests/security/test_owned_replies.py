@@ -8,36 +8,12 @@ others may write). A real second user attacks a server run with ``UGRAM_PORTABLE
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import profile_env, read_records, run_server, wait_for
-from tests.security.conftest import Attacker, stop
-
-SWAPPER = r"""
-import os, socket, sys, time
-server, mine, target = sys.argv[1], sys.argv[2], sys.argv[3]
-sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-sock.bind(mine)
-sock.sendto(b"reflected", server)
-os.rename(mine, mine + ".away")
-if target.startswith("link:"):
-    try:
-        os.link(target[5:], mine)
-    except PermissionError:  # fs.protected_hardlinks: the test plants it for us
-        print("link-needed", flush=True)
-        while not os.path.exists(mine):
-            time.sleep(0.01)
-else:
-    os.symlink(target, mine)
-print("swapped", flush=True)
-time.sleep(3)
-"""
+from tests.conftest import profile_env, run_server
+from tests.security.conftest import Attacker, reply_swap_attack
 
 ASKER = r"""
 import socket, sys
@@ -57,37 +33,11 @@ def test_a_sender_swapping_its_own_socket_gets_no_reply_to_another(
     attacker: Attacker, shared_dir: Path, hostile_dir: Path, out_dir: Path, swap: str
 ) -> None:
     """The attacker's own directory passes the proof; what it swaps in does not."""
-    guarded_dir = Path(tempfile.mkdtemp(prefix="ugr", dir="/tmp"))
-    guarded_dir.chmod(0o711)
-    guarded = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    guarded.bind(str(guarded_dir / "root-only.sock"))
-    guarded.settimeout(0.5)
-    path = shared_dir / "s.sock"
     env = profile_env("portable", out_dir)
-    try:
-        with run_server(
-            "trustapps:slow_echo", path, "--workers", "1", "--mode", "0666", env=env
-        ) as server:
-            target = str(guarded_dir / "root-only.sock")
-            mine = hostile_dir / "a.sock"
-            prefix = "link:" if swap == "hardlink" else ""
-            swapper = attacker.start(SWAPPER, str(path), str(mine), prefix + target)
-            assert swapper.stdout is not None
-            line = swapper.stdout.readline().strip()
-            if line == "link-needed":  # fs.protected_hardlinks is on: plant it for the attacker
-                os.link(target, mine)
-                line = swapper.stdout.readline().strip()
-            assert line == "swapped", stop(swapper)
-            wait_for(lambda: "reflected" in read_records(out_dir), what="the reply attempt")
-            with pytest.raises(TimeoutError):
-                guarded.recv(100)
-            stop(swapper)
-            assert server.stop() == 0
-        why = "is not a socket" if swap == "symlink" else "has 2 links"
-        assert why in server.stderr
-    finally:
-        guarded.close()
-        shutil.rmtree(guarded_dir)
+    stderr = reply_swap_attack(
+        attacker, shared_dir / "s.sock", hostile_dir / "a.sock", swap, out_dir, env, 0.5
+    )
+    assert ("is not a socket" if swap == "symlink" else "has 2 links") in stderr
 
 
 def test_a_sender_in_its_own_directory_gets_its_reply_and_one_in_a_shared_one_does_not(

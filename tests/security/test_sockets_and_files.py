@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import child_env, read_records, run_server, send, wait_for
-from tests.security.conftest import Attacker, Victim, plant_hardlink, stop
+from tests.security.conftest import Attacker, Victim, plant_hardlink, reply_swap_attack, stop
 
 
 def serve(
@@ -400,61 +400,21 @@ def test_an_explicit_dead_letter_path_planted_by_the_attacker_is_refused(
 
 # -- replies ------------------------------------------------------------------------------------
 
-SWAPPER = r"""
-import os, socket, sys, time
-server, mine, target = sys.argv[1], sys.argv[2], sys.argv[3]
-sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-sock.bind(mine)
-sock.sendto(b"reflected", server)
-os.rename(mine, mine + ".away")
-if target.startswith("link:"):
-    try:
-        os.link(target[5:], mine)
-    except PermissionError:  # fs.protected_hardlinks: the test plants it for us
-        print("link-needed", flush=True)
-        while not os.path.exists(mine):
-            time.sleep(0.01)
-else:
-    os.symlink(target, mine)
-print("swapped", flush=True)
-time.sleep(3)
-"""
-
 
 @pytest.mark.parametrize("swap", ["symlink", "hardlink"])
 def test_a_reply_never_reaches_a_socket_the_sender_does_not_own(
     attacker: Attacker, shared_dir: Path, out_dir: Path, swap: str
 ) -> None:
-    guarded_dir = Path(tempfile.mkdtemp(prefix="ugr", dir="/tmp"))
-    guarded_dir.chmod(0o711)
-    guarded = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    guarded.bind(str(guarded_dir / "root-only.sock"))
-    os.chmod(guarded_dir / "root-only.sock", 0o600)
-    guarded.settimeout(2.0)
-    path = shared_dir / "s.sock"
-    try:
-        with run_server(
-            "trustapps:slow_echo", path, "--workers", "1", "--mode", "0666", out_dir=out_dir
-        ) as server:
-            target = str(guarded_dir / "root-only.sock")
-            mine = shared_dir / "a.sock"
-            prefix = "link:" if swap == "hardlink" else ""
-            swapper = attacker.start(SWAPPER, str(path), str(mine), prefix + target)
-            assert swapper.stdout is not None
-            line = swapper.stdout.readline().strip()
-            if line == "link-needed":  # fs.protected_hardlinks is on: plant it for the attacker
-                os.link(target, mine)
-                line = swapper.stdout.readline().strip()
-            assert line == "swapped", stop(swapper)
-            wait_for(lambda: "reflected" in read_records(out_dir), what="the reply attempt")
-            with pytest.raises(TimeoutError):
-                guarded.recv(100)
-            stop(swapper)
-            assert server.stop() == 0
-        assert "does not own it" in server.stderr
-    finally:
-        guarded.close()
-        shutil.rmtree(guarded_dir)
+    stderr = reply_swap_attack(
+        attacker,
+        shared_dir / "s.sock",
+        shared_dir / "a.sock",
+        swap,
+        out_dir,
+        child_env(out_dir),
+        2.0,
+    )
+    assert "does not own it" in stderr
 
 
 def test_a_reply_to_a_relative_name_is_refused(

@@ -8,7 +8,7 @@ import pytest
 
 from ugram.builtin.options import load_options
 from ugram.errors import ConfigError
-from ugram.forward import ForwardOptions, Template
+from ugram.forward import ForwardOptions, JetStreamSink, Template
 
 
 def _options(**env: str) -> ForwardOptions:
@@ -36,8 +36,12 @@ def test_defaults_derive_the_stream_subjects_and_the_fallback() -> None:
         ({"stream": "A.B"}, "UGFORWARD_STREAM"),
         ({"replicas": "7"}, "UGFORWARD_REPLICAS"),
         ({"max_in_flight": "0"}, "UGFORWARD_MAX_IN_FLIGHT"),
-        ({"policy": "drop_newest"}, "UGFORWARD_POLICY"),
+        ({"policy": "drop_newest"}, "UGFORWARD_POLICY.*drop_newest needs drop_after"),
         ({"policy": "drop_oldest"}, "drop_after"),
+        ({"policy": "drop-newest"}, "UGFORWARD_POLICY.*use block, drop_newest or drop_oldest"),
+        ({"policy": "DROP_NEWEST"}, "UGFORWARD_POLICY.*use block, drop_newest or drop_oldest"),
+        ({"policy": ""}, "UGFORWARD_POLICY.*use block"),
+        ({"policy": "drop_newest", "drop_after_bytes": "-1"}, "UGFORWARD_DROP_AFTER_BYTES"),
         ({"creds": "/nonexistent/u.creds"}, "does not exist"),
         ({"bogus": "1"}, "unknown option UGFORWARD_BOGUS"),
     ],
@@ -45,6 +49,17 @@ def test_defaults_derive_the_stream_subjects_and_the_fallback() -> None:
 def test_a_bad_option_is_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         _options(**env)
+
+
+def test_drop_newest_takes_an_age_or_a_backlog_limit() -> None:
+    assert _options(policy="drop_newest", drop_after_bytes="65536").drop_after_bytes == 65536
+    assert _options(policy="drop_newest", drop_after="2.5").drop_after == 2.5
+    assert _options().policy == "block"
+
+
+def test_a_sink_in_code_names_the_policies() -> None:
+    with pytest.raises(ConfigError, match=r"invalid forwarding option.*use block, drop_newest"):
+        JetStreamSink(policy="newest")
 
 
 def test_tls_cert_needs_its_key(tmp_path: Path) -> None:

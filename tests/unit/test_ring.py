@@ -639,3 +639,18 @@ RingMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestRingAsFifo = RingMachine.TestCase
+
+
+def test_shedding_is_asked_by_the_consumer_and_forgotten_by_a_reset(pair: Pair) -> None:
+    producer, consumer = pair.producer, pair.consumer
+    assert not producer.shedding
+    consumer.set_shedding(True)
+    assert producer.shedding
+    assert put(producer, 0, 10)  # advisory: the ring still takes what the producer puts
+    consumer.set_shedding(False)
+    assert not producer.shedding
+    consumer.set_shedding(True)
+    consumer.mark_corrupt()
+    assert not producer.routable()
+    consumer.reset()
+    assert not producer.shedding

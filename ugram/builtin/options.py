@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 import msgspec.inspect
 
+from ..config.fields import literal_choices
 from ..errors import ConfigError
 
 O = TypeVar("O", bound=msgspec.Struct)  # noqa: E741
@@ -44,7 +45,7 @@ def load_options(
     try:
         return msgspec.convert(values, kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(prefix, str(exc), values)) from None
+        raise ConfigError(_explain(prefix, str(exc), values, kind)) from None
 
 
 def _list_fields(kind: type[msgspec.Struct]) -> set[str]:
@@ -69,15 +70,19 @@ def _unwrap(t: msgspec.inspect.Type) -> msgspec.inspect.Type:
 _AT_FIELD = re.compile(r" - at `\$\.(\w+)")
 
 
-def _explain(prefix: str, message: str, values: Mapping[str, Any]) -> str:
-    """One line naming the option as the user set it (``UGSINK_MAX_BYTES``) and its value."""
+def _explain(
+    prefix: str, message: str, values: Mapping[str, Any], kind: type[msgspec.Struct]
+) -> str:
+    """One line naming the option as the user set it (``UGSINK_MAX_BYTES``) and its value
+    (and, for one of a few words, which they are)."""
     at = _AT_FIELD.search(message)
     if at is None:
         return f"invalid {prefix}* option: {message}"
     name = at.group(1)
+    choices = literal_choices(kind, name)
     return (
         f"invalid value for {prefix}{name.upper()} (option {name}): "
-        f"{values.get(name)!r}: {message[: at.start()]}"
+        f"{values.get(name)!r}: {message[: at.start()]}" + (f" (use {choices})" if choices else "")
     )
 
 

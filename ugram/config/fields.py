@@ -309,6 +309,17 @@ def meta_of(annotated: Any) -> msgspec.Meta | None:
     return None
 
 
+def literal_choices(kind: type[msgspec.Struct], name: str) -> str:
+    """The values field ``name`` of ``kind`` may take, when it is a ``Literal`` ("a, b or
+    c"); "" for any other field."""
+    info = msgspec.inspect.type_info(kind)
+    for field in getattr(info, "fields", ()):
+        if field.name == name and isinstance(field.type, msgspec.inspect.LiteralType):
+            values = [str(value) for value in field.type.values]
+            return ", ".join(values[:-1]) + " or " + values[-1] if len(values) > 1 else values[0]
+    return ""
+
+
 def allowed_of(annotated: Any) -> str:
     """Return what an annotated type allows, as the errors and the help say it ("" if unsaid)."""
     meta = meta_of(annotated)

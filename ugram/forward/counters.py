@@ -60,6 +60,11 @@ class ForwardCounters:
         self.rtt = Histogram(
             p + "rtt_seconds", "Publish to acknowledgement, per message.", RTT_BOUNDS, 1e-9
         )
+        self.shedding = Gauge(
+            p + "shedding",
+            "Workers whose new datagrams are dropped (drop_newest: deliveries fail and the "
+            "backlog is over the limit).",
+        )
         self.failing = Alarm(
             p + "failing_seconds",
             "forwarding to JetStream has failed (or had no connection)",

@@ -51,13 +51,17 @@ class ForwardOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         ack_timeout: seconds to wait for one acknowledgement before publishing it again.
         retry_max: the longest pause, in seconds, between two rounds of retries (the pause
             doubles from 0.05 s after each round that delivered nothing).
-        policy: ``block`` (retry until delivered: backpressure) or ``drop_oldest`` (give up
-            messages per ``drop_after`` / ``drop_after_bytes``, counted).
+        policy: ``block`` (retry until delivered: backpressure), ``drop_oldest`` (give up
+            messages per ``drop_after`` / ``drop_after_bytes``, counted) or ``drop_newest``
+            (keep what the ring holds; the receiver drops new datagrams for this worker,
+            counted as ``shed``, while deliveries fail and the backlog is over
+            ``drop_after`` / ``drop_after_bytes``).
         drop_after: with ``drop_oldest``: give up a message not acknowledged this many
-            seconds after ugram received it (0: no age limit).
-        drop_after_bytes: with ``drop_oldest``: give up the batch in hand while deliveries
-            fail and this worker's ring holds more than this many unacknowledged bytes
-            (0: no limit).
+            seconds after ugram received it; with ``drop_newest``: shed once the oldest
+            message held has waited this long (0: no age limit).
+        drop_after_bytes: while deliveries fail and this worker's ring holds more than this
+            many unacknowledged bytes: with ``drop_oldest``, give up the batch in hand; with
+            ``drop_newest``, shed (0: no limit).
         unhealthy_after: ``/healthz`` is unhealthy once deliveries have failed (or the
             connection has been down) for this many seconds.
     """
@@ -81,7 +85,7 @@ class ForwardOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 256
     ack_timeout: Seconds = 2.0
     retry_max: Seconds = 2.0
-    policy: Literal["block", "drop_oldest"] = "block"
+    policy: Literal["block", "drop_oldest", "drop_newest"] = "block"
     drop_after: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     drop_after_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     unhealthy_after: Seconds = 10.0
@@ -96,8 +100,8 @@ class ForwardOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             _fail("stream", f"{self.stream!r}: letters, digits, '-' and '_' only")
         for subject in subject_list(self.stream_subjects):
             _check("stream_subjects", _stream_subject, subject)
-        if self.policy == "drop_oldest" and not (self.drop_after or self.drop_after_bytes):
-            _fail("policy", "drop_oldest needs drop_after or drop_after_bytes (> 0)")
+        if self.policy != "block" and not (self.drop_after or self.drop_after_bytes):
+            _fail("policy", f"{self.policy} needs drop_after or drop_after_bytes (> 0)")
         for name in ("creds", "nkey", "tls_ca", "tls_cert", "tls_key"):
             _check(name, _readable, getattr(self, name))
         if bool(self.tls_cert) != bool(self.tls_key):

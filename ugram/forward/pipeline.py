@@ -11,6 +11,11 @@ opens the window once that is acknowledged: an outage costs one publish per paus
 batch. While there is no connection nothing is sent; the pipeline waits for nats-py to
 reconnect.
 
+``drop_newest`` gives nothing up here: while deliveries fail and the backlog is over its
+limit, the pipeline asks the receiver to drop new datagrams for this worker
+(:func:`ugram.context.shed_new`, judged every ``JUDGE_EVERY`` while they fail),
+and stops asking at the first acknowledgement, or when the batch is done.
+
 Runs on the loop of :class:`~ugram.forward.link.LoopThread`.
 """
 
@@ -38,6 +43,10 @@ _warn = RateLimited(log)
 
 MSG_ID, EXPECTED_STREAM = "Nats-Msg-Id", "Nats-Expected-Stream"
 FIRST_PAUSE = 0.05
+# Seconds between two looks while waiting (a connection, a reply, a pause): the liveness
+# note flush() reads; under drop_newest, how soon a backlog over the limit starts shedding
+# (a ring fills in a fraction of a second under a flood, and then the senders wait).
+LOOK_EVERY, JUDGE_EVERY = 0.5, 0.1
 _TOO_LARGE_CODES = frozenset({10054})  # JetStream: message size exceeds the stream's maximum
 
 
@@ -119,6 +128,8 @@ class Pipeline:
         self._changed = asyncio.Event()
         self._trusted = True  # the last round delivered: open the whole window at once
         self._busy = False
+        self._shedding = False  # asked the receiver to drop new datagrams (drop_newest)
+        self._look = JUDGE_EVERY if options.policy == "drop_newest" else LOOK_EVERY
         self._task: asyncio.Task[None] | None = None  # the connection's
         self.activity_ns = time.monotonic_ns()  # the loop's last sign of life (flush watches)
 
@@ -153,6 +164,7 @@ class Pipeline:
         finally:
             self._busy = False
             self.c.pending.set(0)
+            self._shed(False)
         return result
 
     async def _wait_for_connection(
@@ -162,9 +174,10 @@ class Pipeline:
         for out in pending:
             out.failure = out.failure or why.UNREACHABLE
         pending = self._apply_policy(pending, result)
+        self._judge_shedding(pending)
         if pending:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.link.connected.wait(), 0.5)
+                await asyncio.wait_for(self.link.connected.wait(), self._look)
         return pending
 
     async def _pause(self, pause: float, pending: list[Outgoing]) -> None:
@@ -173,7 +186,9 @@ class Pipeline:
         end = time.monotonic() + pause * random.uniform(0.75, 1.25)
         while (left := end - time.monotonic()) > 0:  # keep the activity fresh for flush
             self.activity_ns = time.monotonic_ns()
-            await asyncio.sleep(min(left, 0.5))
+            if not self._trusted:  # the last round delivered nothing
+                self._judge_shedding(pending)
+            await asyncio.sleep(min(left, self._look))
 
     async def _publish_round(
         self, pending: list[Outgoing], result: Delivery
@@ -190,6 +205,8 @@ class Pipeline:
                 while queue and len(state.flights) < window:
                     await self._send(queue.popleft(), state, result)
                 await self._wait(state)
+                if not self._trusted and not state.delivered:  # a probe, unanswered so far
+                    self._judge_shedding(pending)
                 if self._collect(state, result) and window == 1:
                     window = self.options.max_in_flight  # the probe went through
                 if window == 1 and state.failed and not state.delivered:
@@ -238,7 +255,7 @@ class Pipeline:
         timeout = max(0.0, (first.deadline_ns - time.monotonic_ns()) / 1e9)
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), min(timeout, 0.5))
+            await asyncio.wait_for(self._changed.wait(), min(timeout, self._look))
         self.activity_ns = now = time.monotonic_ns()
         while state.flights:  # in send order: every one has the same timeout
             token, flight = next(iter(state.flights.items()))
@@ -266,6 +283,7 @@ class Pipeline:
         self.c.in_flight.set(len(state.flights))
         if acknowledged:
             self._recovered()
+            self._shed(False)
         return acknowledged
 
     def _finish(self, flight: _Flight, outcome: str, state: _Round) -> None:
@@ -315,6 +333,34 @@ class Pipeline:
             else:
                 kept.append(out)
         return kept
+
+    def _judge_shedding(self, pending: list[Outgoing]) -> None:
+        """``drop_newest``, while deliveries fail: shed once this worker's ring holds more
+        than ``drop_after_bytes``, or the oldest message held has waited ``drop_after``."""
+        o = self.options
+        if o.policy != "drop_newest" or self._shedding or not pending:
+            return
+        over = bool(o.drop_after_bytes) and context.backlog_bytes() > o.drop_after_bytes
+        if not over and o.drop_after:
+            oldest = min(out.received_ns for out in pending)
+            over = oldest <= time.time_ns() - int(o.drop_after * 1e9)
+        if over:
+            self._shed(True)
+
+    def _shed(self, shedding: bool) -> None:
+        """Ask the receiver to drop new datagrams for this worker, or to stop."""
+        if shedding == self._shedding:
+            return
+        self._shedding = shedding
+        self.c.shedding.set(1 if shedding else 0)
+        context.shed_new(self, shedding)
+        if shedding:
+            log.warning(
+                "forward: deliveries fail and the backlog is over the drop_newest limit: new "
+                "datagrams for this worker are dropped (counted as shed) until one is stored"
+            )
+        else:
+            log.info("forward: taking new datagrams again (policy drop_newest)")
 
     def _failing(self) -> None:
         self.c.failing.raise_at(time.monotonic_ns())

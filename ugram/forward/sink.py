@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from .. import context
+from ..config.fields import literal_choices
 from ..datagram import Datagram
 from ..errors import ConfigError
 from .counters import ForwardCounters
@@ -49,7 +50,10 @@ def make_options(options: ForwardOptions | None, overrides: Mapping[str, Any]) -
     try:
         return msgspec.convert(values, ForwardOptions)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid forwarding option: {exc}") from None
+        at = str(exc).rpartition("$.")[2].rstrip("`")
+        choices = literal_choices(ForwardOptions, at)
+        hint = f" (use {choices})" if choices else ""
+        raise ConfigError(f"invalid forwarding option: {exc}{hint}") from None
 
 
 class JetStreamSink:
@@ -178,6 +182,7 @@ class JetStreamSink:
             except Exception:  # the loop thread is gone: start another, deliver again
                 log.exception("forward: delivery failed; trying again")
                 time.sleep(KEEP_ALIVE)
+                context.shed_new(self._pipeline, False)  # its loop cannot say so any more
                 self._pipeline, self._loop = None, None
                 self.start()
                 assert self._pipeline is not None

@@ -32,7 +32,7 @@ log = logging.getLogger("ugram.receiver")
 
 # plain ints: faster indexes than IntEnum members
 _RECEIVED, _BYTES, _OVERSIZED = int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED)
-_FDS_CLOSED = int(Slot.FDS_CLOSED)
+_FDS_CLOSED, _SHED = int(Slot.FDS_CLOSED), int(Slot.SHED)
 _PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED, _FDS_CLOSED)  # what the C helper's drain counts
 SCM_CREDENTIALS: int = getattr(socket, "SCM_CREDENTIALS", -1)
 
@@ -106,8 +106,11 @@ class Intake:
         """Drain the socket (up to the budget) into the rings; True when it ran empty.
 
         A datagram that found no room is held, with every one read after it."""
-        if self.batch is not None and self.compiled and self.batch.native:
-            return self._drain_native()
+        if self.batch is not None and self.compiled:
+            if self.routes.shedding and self.routes.sheds(-1):
+                return self._shed_all()
+            if self.batch.native:
+                return self._drain_native()
         if self.batch is not None:
             return self._drain_batched()
         if self.with_creds:
@@ -159,7 +162,8 @@ class Intake:
                 self.counters[_FDS_CLOSED] += rx.closed_fds
             if not count:
                 return True
-            placed = self._place_plain(count) if self.plain else self.place_slots(range(count))
+            plain = self.plain and not self.routes.shedding
+            placed = self._place_plain(count) if plain else self.place_slots(range(count))
             if not placed:
                 return False
             rx.complete(count)
@@ -173,10 +177,13 @@ class Intake:
         rx, routes = self.batch, self.routes
         assert rx is not None
         routed = routes.routed
+        # Over the rings that do not shed (all of them but in an outage); one that does
+        # is skipped, as place_slots skips it.
+        maps = routes.open_maps
         try:
             empty, routes.next_ring, _, oversized, count, following = rx.drain_native(
-                (routes.maps, routes.wakes),
-                (len(routed), routes.next_ring),
+                (maps, routes.open_wakes),
+                (len(maps), routes.next_ring % len(maps)),
                 self.limit,
                 max(1, self.budget // rx.size),
                 (self.counters, _PLAIN_COUNTERS),
@@ -199,6 +206,37 @@ class Intake:
                 return False
             rx.complete(count)
         return empty
+
+    def _shed_all(self) -> bool:
+        """Every ring sheds, and no datagram needs a decision of its own (no admission, no
+        key): read and count, place nothing. True when the socket ran empty."""
+        rx, c, limit = self.batch, self.counters, self.limit
+        assert rx is not None
+        fields = rx.layout[0]
+        length, flags, stride, truncated = mmsg.LEN, mmsg.FLAGS, mmsg.STRIDE, mmsg.MSG_TRUNC
+        for _ in range(max(1, self.budget // rx.size)):
+            count = rx.receive()
+            if rx.closed_fds:
+                c[_FDS_CLOSED] += rx.closed_fds
+            if not count:
+                return True
+            oversized = sum(
+                1
+                for at in range(0, count * stride, stride)
+                if fields[at + length] > limit or fields[at + flags] & truncated
+            )
+            if oversized:
+                c[_OVERSIZED] += oversized
+                self._warn.warning(
+                    "rejected a datagram larger than max_datagram=%d", limit, times=oversized
+                )
+            # The reasons before RECEIVED, and both before the slots are released: a kill in
+            # between counts them again in a successor, never as lost.
+            c[_SHED] += count - oversized
+            c[_RECEIVED] += count
+            rx.mark_placed(count - 1)
+            rx.complete(count)
+        return False
 
     def _place_plain(self, count: int) -> bool:
         """The common case inlined (no admission, no routing key, no credentials): per
@@ -325,8 +363,15 @@ class Intake:
         target = self.admit(n, payload, creds)
         if target is None or self._put(payload, address, target, creds=creds):
             return True
+        if self.routes.sheds(target):
+            self.shed()
+            return True
         self.pending.append(Held(bytes(payload), n, address, time.time_ns(), target, creds))
         return False
+
+    def shed(self) -> None:
+        """Count one datagram dropped because the workers it may go to shed (``shed``)."""
+        self.counters[_SHED] += 1
 
     def describe(self) -> str:
         """Which per-datagram path reads: compiled, or which Python loop and why."""

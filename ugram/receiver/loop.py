@@ -178,7 +178,9 @@ class Receiver:
                     continue
                 self.pending[0] = held._replace(target=target)
             if not self.routes.put(held.payload, held.address, target, held.recv_ns, held.creds):
-                return False
+                if not self.routes.sheds(target):
+                    return False
+                self.intake.shed()  # its worker began shedding while it was held
             self._done_with(self.pending.popleft())
         return True
 

@@ -123,6 +123,9 @@ class Children:
                 account_lost(self._res)
             return
         del state.workers[child.index]
+        # A dead worker's forwarding sink can no longer say when publishing works again:
+        # its successor (if any) starts by taking every datagram (it judges anew).
+        self._res.rings[child.index].set_shedding(False)
         state.emit_info(child, ConnState.WORKER_STOPPED)
         if not self.booting(child):
             self._ran.add(child.index)  # it ran, even if no tick saw it running

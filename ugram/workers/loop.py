@@ -80,7 +80,9 @@ class Worker:
         spec = self._spec
         if spec.handler_stats_fd >= 0:
             handler_stats.bind(handler_stats.Table(spec.handler_stats_fd).block(self.index))
-        context.bind_worker(self.index, spec.server_id, self.counters, self.ring.used_bytes)
+        context.bind_worker(
+            self.index, spec.server_id, self.counters, self.ring.used_bytes, self.ring.set_shedding
+        )
         context.bind_ring(lambda: int(self.ring.ctl[RESETS]))
         if spec.server_id:
             # Read once: the ring is reset (positions from 0 again) only with no worker on it.
