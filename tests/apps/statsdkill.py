@@ -42,4 +42,3 @@ class KillingAggregator(StatsdAggregator):
         super().handle_batch(packets, records)
         if due and KILL_AT == "after-publish" and _first_to_die():
             os.kill(os.getpid(), signal.SIGKILL)
-

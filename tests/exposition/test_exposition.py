@@ -82,7 +82,32 @@ def assert_exposes(samples: Samples, truth: dict[str, float]) -> None:
 
 
 def workers_of(pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(pid).children() if "worker" in " ".join(p.cmdline())]
+    """The server's live worker processes (not a killed one waiting to be reaped)."""
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie, meanwhile
+            continue
+    return found
+
+
+def live_workers(pid: int, dead: set[int]) -> list[psutil.Process]:
+    """The server's worker processes, but those in ``dead`` (killed, perhaps not reaped)."""
+    return [p for p in workers_of(pid) if p.pid not in dead]
+
+
+def a_live_worker(pid: int, dead: set[int], turn: int) -> psutil.Process:
+    """One of the server's live workers (waiting for a restart), by turns."""
+    found: list[psutil.Process] = []
+
+    def ready() -> bool:
+        found[:] = live_workers(pid, dead)
+        return bool(found)
+
+    wait_for(ready, what="a live worker")
+    return found[turn % len(found)]
 
 
 def test_two_workers_expose_exact_totals(sock_dir: Path) -> None:
@@ -157,26 +182,29 @@ def test_a_worker_killed_around_its_publish_counts_each_record_once(
 
 
 def test_sigkills_mid_flood_lose_nothing_and_count_nothing_twice(sock_dir: Path) -> None:
-    path, n = sock_dir / "s.sock", 12_000
+    """Six SIGKILLs, each right after a chunk of the flood went in (the workers busy with
+    it, records unacknowledged): every line counts exactly once."""
+    path, n, kills = sock_dir / "s.sock", 12_000, 6
     env = serve_env(timer_type="histogram")
     args = ("--codec", "statsd", "--workers", "2", "--metrics", "127.0.0.1:0")
+    datagrams = flood(n)
+    chunk = n // kills
     with run_server(AGGREGATOR, path, *args, env=env) as server:
         url = metrics_url(server)
-        sender = threading.Thread(target=send_lines, args=(path, flood(n)))
-        sender.start()
-        killed = 0
-        while sender.is_alive() and killed < 6:
-            time.sleep(0.15)
-            victims = workers_of(server.proc.pid)
-            if victims:
-                victims[killed % len(victims)].kill()
-                killed += 1
-        sender.join(120)
+        dead: set[int] = set()
+        for start in range(0, n, chunk):
+            send_lines(path, datagrams[start : start + chunk])
+            victim = a_live_worker(server.proc.pid, dead, len(dead))
+            victim.kill()
+            dead.add(victim.pid)
+        killed = len(dead)
         samples = scrape_when(url, lambda s: lines_total(s) >= n * FLOOD_LINES, "the flood")
-        time.sleep(0.3)
+        time.sleep(0.3)  # anything counted twice would show by now
         samples = scrape(url)
+        replays = server.stderr.count("replaying")
         assert server.stop() == 0, server.stderr
-    assert killed >= 3
+    assert killed == kills
+    assert replays >= 1  # at least one kill left records to replay
     assert_exposes(samples, expected(n))
     assert lines_total(samples) == n * FLOOD_LINES
 
@@ -191,8 +219,10 @@ def test_sighup_keeps_every_series(sock_dir: Path) -> None:
         old = {p.pid for p in workers_of(server.proc.pid)}
         os.kill(server.proc.pid, signal.SIGHUP)
         wait_for(
-            lambda: not old & {p.pid for p in workers_of(server.proc.pid)}
-            and len(workers_of(server.proc.pid)) == 2,
+            lambda: (
+                not old & {p.pid for p in workers_of(server.proc.pid)}
+                and len(workers_of(server.proc.pid)) == 2
+            ),
             what="reloaded workers",
         )
         after = scrape(url)
@@ -231,17 +261,17 @@ def test_caps_and_conflicts_are_counted_never_a_failed_scrape(sock_dir: Path) ->
         send_lines(path, [line.encode() for line in first])
         scrape_when(url, lambda s: lines_total(s) + refused_total(s) >= 9, "the first lines")
         send_lines(path, [line.encode() for line in then])
-        samples = scrape_when(
-            url, lambda s: lines_total(s) + refused_total(s) >= 15, "every line"
-        )
+        samples = scrape_when(url, lambda s: lines_total(s) + refused_total(s) >= 15, "every line")
         text = fetch(url, "application/openmetrics-text; version=1.0.0")
     assert [k for k in samples if k.startswith("wide_total")] == [
         f'wide_total{{id="{i}"}}' for i in range(3)
     ]
     assert samples['mixed_total{a="x"}'] == samples['mixed_total{b="y"}'] == 1
     assert own(samples, "mixed_label_families") == 1
-    assert samples["thing_total{}"] == 1 and "thing{}" not in samples
-    assert samples['lat_bucket{le="1.0"}'] == 1 and "lat_count{}" in samples
+    assert samples["thing_total{}"] == 1
+    assert "thing{}" not in samples
+    assert samples['lat_bucket{le="1.0"}'] == 1
+    assert "lat_count{}" in samples
     reasons = ("max_series_per_metric", "type_conflict", "name_conflict", "max_series")
     reasons += ("reserved_name", "negative_counter")
     refused = {r: own(samples, "refused_lines_total", reason=r) for r in reasons}
@@ -302,7 +332,8 @@ def test_prometheus_output_needs_a_metrics_endpoint(sock_dir: Path) -> None:
         AGGREGATOR, path, "--codec", "statsd", env=serve_env(output="prometheus"), wait=False
     ) as server:
         assert server.proc.wait(60) == 4
-    assert "UGSTATSD_OUTPUT=prometheus" in server.stderr and "--metrics" in server.stderr
+    assert "UGSTATSD_OUTPUT=prometheus" in server.stderr
+    assert "--metrics" in server.stderr
 
 
 def test_both_outputs_at_once(sock_dir: Path) -> None:
