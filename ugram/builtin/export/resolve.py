@@ -1,20 +1,19 @@
 """From a statsd line's name, type and tags to the series it feeds (in a worker).
 
 A :class:`Resolver` maps each distinct ``(name, type, tags)`` once: through the mapping
-rules (:mod:`.mapping`), or by escaping the name (:func:`.names.escape`); its tags become
-labels (:class:`.names.TagLabels`); its type and profile say how it is exposed. The answer
-is a :class:`Target`, cached, with a series id (``sid``) that names the series in the
-deltas this worker publishes: the first delta to use an id carries its definition.
+rules (:class:`ugram.builtin.mapping.Mapper`), or by escaping the name
+(:func:`.names.escape`); its tags become labels (:class:`.names.TagLabels`); its type and
+profile say how it is exposed. The answer is a :class:`Target`, cached, with a series id
+(``sid``) that names the series in the deltas this worker publishes: the first delta to
+use an id carries its definition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 from msgspec.structs import replace
 
 from ...codecs.statsd import Metric
+from ..mapping import Mapped, Mapper
 from .names import RESERVED_PREFIX, TagLabels, escape
 from .wire import Profile, SeriesDef
 
@@ -41,29 +40,8 @@ class Target:
         self.dropped = 0  # tags each line drops (see TagLabels)
 
 
-@dataclass(frozen=True)
-class Mapped:
-    """What a mapping rule made of a statsd name (see :mod:`.mapping`)."""
-
-    name: str
-    labels: dict[str, str] = field(default_factory=dict)
-    drop: bool = False
-    honor_labels: bool = False
-    timer_type: str = ""  # "" : the default
-    buckets: tuple[float, ...] = ()
-    quantiles: tuple[tuple[float, float], ...] = ()
-    max_age: float = 0.0
-    age_buckets: int = 0
-    ttl: float | None = None  # None: the default
-    help: str = ""
-
-
-Rules = Callable[[str, str], Mapped | None]  # (statsd name, statsd_exporter type) -> match
-
-
-def no_rules(name: str, metric_type: str) -> Mapped | None:
-    """The rules without a mapping file: nothing matches."""
-    return None
+# statsd_exporter's default quantiles' errors, carried along (only documented: see .sketch)
+QUANTILE_ERRORS = {0.5: 0.05, 0.9: 0.01, 0.99: 0.001}
 
 
 class Resolver:
@@ -73,15 +51,16 @@ class Resolver:
         self,
         defaults: Profile,
         timer_type: str,
-        rules: Rules = no_rules,
+        mapper: Mapper | None = None,
         bare_tag_label: str = "",
         max_tags: int = 0,
         max_ids: int = 100_000,
     ) -> None:
         """``defaults``: the profile of unmapped lines (its kind is ignored); ``timer_type``:
-        ``histogram`` or ``summary`` for timers, histograms and distributions; ``max_ids``:
+        ``histogram`` or ``summary`` for timers, histograms and distributions; ``mapper``:
+        a mapping file's rules (None: names are only escaped); ``max_ids``:
         the most distinct series ids kept before the tables start afresh (:meth:`full`)."""
-        self.defaults, self.timer_type, self.rules = defaults, timer_type, rules
+        self.defaults, self.timer_type, self.mapper = defaults, timer_type, mapper
         self.tags = TagLabels(bare_tag_label)
         self.max_tags, self.max_ids = max_tags, max_ids
         self.cache: dict[tuple[str, str, tuple[str, ...]], Target] = {}
@@ -111,9 +90,13 @@ class Resolver:
         return target
 
     def _resolve(self, line: Metric) -> Target:
-        mapped = self.rules(line.name, STATSD_TYPES[line.type])
-        if mapped is not None and mapped.drop:
-            return Target(DROPPED)
+        mapped = None
+        if self.mapper is not None:
+            mapped = self.mapper.map(line.name, line.type)
+            if mapped is None:  # action: drop
+                return Target(DROPPED)
+            if not mapped.name:  # a template whose references were all empty
+                return Target(REFUSED, reason="empty_name")
         profile = self._profile(line.type, mapped)
         name = escape(mapped.name) if mapped is not None else escape(line.name)
         if not name:
@@ -124,29 +107,30 @@ class Resolver:
             return Target(REFUSED, reason="max_tags")
         labels, dropped = self.tags.labels(line.tags, profile.kind)
         if mapped is not None:
-            for label, value in mapped.labels.items():
-                if not (mapped.honor_labels and label in labels):
-                    labels[label] = value
+            for label, value in mapped.labels:
+                if value and not (mapped.honor_labels and label in labels):
+                    labels[label] = value  # an empty value: no label, as in Prometheus
         target = self._target(line, name, labels, profile)
+        if mapped is not None and mapped.scale is not None and target.kind in (HISTOGRAM, SUMMARY):
+            target.scale *= mapped.scale  # observers only, as statsd_exporter
         target.dropped = dropped
         return target
 
     def _profile(self, statsd_type: str, mapped: Mapped | None) -> Profile:
         kind = STATSD_TYPES[statsd_type]
-        base = self.defaults
         if kind == "observer":
-            timer = (mapped.timer_type if mapped is not None else "") or self.timer_type
-            kind = timer
-        profile = replace(base, kind=kind)
+            kind = (mapped.observer if mapped is not None else None) or self.timer_type
+        profile = replace(self.defaults, kind=kind)
         if mapped is None:
             return profile
+        quantiles = profile.quantiles
+        if mapped.quantiles:
+            quantiles = tuple((q, QUANTILE_ERRORS.get(q, 0.01)) for q in mapped.quantiles)
         return replace(
             profile,
             help=mapped.help or profile.help,
             buckets=mapped.buckets or profile.buckets,
-            quantiles=mapped.quantiles or profile.quantiles,
-            max_age=mapped.max_age or profile.max_age,
-            age_buckets=mapped.age_buckets or profile.age_buckets,
+            quantiles=quantiles,
             ttl=profile.ttl if mapped.ttl is None else mapped.ttl,
         )
 

@@ -52,7 +52,7 @@ _warn = RateLimited(log)
 
 MAX_PENDING = 256 * 1024 * 1024  # bytes of one delta's parts before its FINAL (a bound)
 # The worker's own counts that are exposed (anything else in a delta is not trusted).
-WORKER_REASONS = ("invalid_name", "reserved_name", "max_tags", "negative_counter")
+WORKER_REASONS = ("invalid_name", "empty_name", "reserved_name", "max_tags", "negative_counter")
 SUPERVISOR_REASONS = (
     "max_series",
     "max_series_per_metric",
