@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .stats import Slot
 
@@ -28,6 +29,10 @@ class _Worker:
     index = -1
     server_id = ""
     ppid = 0
+    export_fd = -1
+    resets: Callable[[], int] | None = None
+    batch: Sequence[tuple[Any, int]] = ()
+    ends: dict[int, int] | None = None
 
 
 _worker = _Worker()
@@ -50,6 +55,54 @@ def bind_worker(
         _worker.set_shedding = set_shedding
         if set_shedding is not None and _shedders:  # asked before the slot was ours
             set_shedding(True)
+
+
+def bind_export(fd: int) -> None:
+    """Called by the worker process before the handler is imported (not by handlers):
+    ``fd`` is its slot's export ring (-1: none)."""
+    _worker.export_fd = fd
+
+
+def bind_ring(resets: Callable[[], int]) -> None:
+    """Called by the worker once it owns its ring (not by handlers): ``resets`` reads it."""
+    _worker.resets = resets
+
+
+def hand_over(batch: Sequence[tuple[Any, int]]) -> None:
+    """Called by the worker before each ``handle_batch`` (not by handlers): the ring's
+    ``(record, end)`` pairs of the batch."""
+    _worker.batch, _worker.ends = batch, None
+
+
+def export_fd() -> int:
+    """The shared-memory ring this worker slot publishes exposed metrics through, read by
+    the supervisor that serves ``/metrics`` (:mod:`ugram.builtin.export`); -1 when the server
+    serves no ``/metrics``, or outside a worker. Only the slot's current worker may write
+    it: use it from ``handle_batch`` or ``tick``, never from ``setup`` (a SIGHUP
+    replacement runs ``setup`` while the worker it replaces still writes)."""
+    return _worker.export_fd
+
+
+def record_end(record: object) -> int:
+    """Where ``record`` (one of the batch ``handle_batch`` got) ends in this worker's ring:
+    a byte position that only grows while the ring is not reset (see :func:`ring_resets`),
+    and the same when the record is replayed. -1 outside a worker or for another record."""
+    ends = _worker.ends
+    if ends is None:
+        ends = _worker.ends = {id(r): end for r, end in _worker.batch}
+    return ends.get(id(record), -1)
+
+
+def batch_end() -> int:
+    """Where the batch ``handle_batch`` got ends in this worker's ring (its records that did
+    not decode included); -1 outside a worker."""
+    return _worker.batch[-1][1] if _worker.batch else -1
+
+
+def ring_resets() -> int:
+    """How many times this worker's ring was emptied for corruption (positions restart at 0
+    after each); 0 outside a worker."""
+    return _worker.resets() if _worker.resets is not None else 0
 
 
 def keep_alive() -> None:

@@ -20,7 +20,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.registry import Collector
 
 from .errors import SocketError
 from .exposition import buckets, handler_families
@@ -270,15 +271,19 @@ def make_app(
     report: Callable[[], Report],
     health: Callable[[], Health],
     connections: ConnectionCounters | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> App:
     """The WSGI app: ``/metrics`` (prometheus-client), ``/healthz``, and an index at ``/``.
 
-    ``/metrics`` includes the endpoint's own ``connections`` counters when given.
+    ``/metrics`` includes the endpoint's own ``connections`` counters when given, and what
+    ``collectors`` yield (the statsd exposition's application metrics).
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(report))
     if connections is not None:
         registry.register(connections)
+    for collector in collectors:
+        registry.register(collector)
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -421,10 +426,11 @@ class MetricsServer(HttpServer):
         mode: int = 0o660,
         gid: int = -1,
         allow_unsafe: bool = False,
+        collectors: Sequence[Collector] = (),
     ) -> None:
         """Bind ``address`` (``HOST:PORT``, a unix path or ``@name``); unix sockets get
         ``mode`` and ``gid`` like the server socket (``allow_unsafe``: see
-        ``allow_unsafe_dir``).
+        ``allow_unsafe_dir``); ``collectors`` add families to ``/metrics``.
 
         Raises:
             SocketError: the address is malformed or cannot be bound.
@@ -441,7 +447,8 @@ class MetricsServer(HttpServer):
             sock = self._bound.sock
             self.url, name = f"unix:{where}:/metrics", "localhost:0"
         self.connections = ConnectionCounters()
-        super().__init__(sock, make_app(report, health, self.connections), self.connections, name)
+        app = make_app(report, health, self.connections, collectors)
+        super().__init__(sock, app, self.connections, name)
 
     def close(self) -> None:
         """Stop serving (after the app calls in progress), close, remove a unix socket file."""

@@ -58,6 +58,10 @@ HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 16, 17, 18, 19
 # consumer line (offset 256): written only by the worker (SHEDDING: also by the supervisor
 # once the worker is gone; see Ring.set_shedding)
 TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED, SHEDDING = 32, 33, 34, 35, 36, 37
+# The consumer's own notes, on its line: nothing in this module reads or writes them. A ring
+# that runs the other way (a worker producing, the supervisor consuming: the statsd
+# exposition's export ring) keeps there what its consumer applied last.
+NOTES = (40, 41, 42)
 # supervisor line (offset 384): poison accounting, written by the worker at start-up; and
 # the corruption mark (see Ring.mark_corrupt): 0, MARKED (by the worker or the receiver) or
 # QUIESCED (the receiver stopped writing to it), back to 0 by the supervisor's reset. RESETS
@@ -584,3 +588,21 @@ class Ring:
         ctl[RESETS] += 1  # positions restart at 0: a record's id must not name an old one
         ctl[CORRUPT] = 0  # last: the producer may route to it again
         return lost
+
+
+def unacknowledged(ring: Ring) -> list[Record]:
+    """The records between ``ring``'s tail and head, read without taking them (for a ring
+    whose producer is gone: what it published and no consumer acknowledged yet).
+
+    Raises:
+        RingCorruptError: a record there cannot be what a producer wrote.
+    """
+    walker = Ring(ring.fd, use_speedups=False)
+    try:
+        walker._rpos = walker._head_seen = int(ring.ctl[TAIL])
+        records = []
+        while (record := walker._read()) is not None:
+            records.append(record)
+        return records
+    finally:
+        walker.close()

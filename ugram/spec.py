@@ -32,6 +32,8 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
             (:attr:`ugram.Datagram.id`).
         handler_stats_fd: the table of counters handlers define (:mod:`ugram.handler_stats`;
             -1: none). A worker writes the block of its slot.
+        export_fd: a worker slot's export ring (-1: none): the worker publishes there what
+            the supervisor exposes on ``/metrics`` for it (:mod:`ugram.builtin.export`).
     """
 
     role: str
@@ -48,12 +50,13 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     standby_block: int = -1
     server_id: str = ""
     handler_stats_fd: int = -1
+    export_fd: int = -1
 
     def fds(self) -> list[int]:
         """Every fd the child must inherit."""
         fds = {self.socket_fd, *self.ring_fds, *self.wake_fds, self.space_fd, self.stats_fd}
-        optional = {fd for fd in (self.scratch_fd, self.handler_stats_fd) if fd >= 0}
-        return sorted(fds | optional)
+        optional = (self.scratch_fd, self.handler_stats_fd, self.export_fd)
+        return sorted(fds | {fd for fd in optional if fd >= 0})
 
     def argv(self) -> list[str]:
         """The command line that starts this child."""

@@ -347,11 +347,15 @@ _RATE = st.sampled_from([1.0, 0.5, 0.25, 0.1, 1e-05])
 @st.composite
 def metrics(draw: st.DrawFn) -> Metric:
     kind = draw(st.sampled_from(["c", "g", "ms", "h", "s", "d"]))
-    values = (
+    values: dict[str, object] = (
         {"members": draw(st.lists(_STATSD_NAME, min_size=1, max_size=3).map(tuple))}
         if kind == "s"
         else {"values": draw(_VALUES)}
     )
+    if kind == "g":  # a signed gauge value is a change: an absolute one is never negative
+        values["relative"] = draw(st.booleans())
+        if not values["relative"]:
+            values["values"] = tuple(abs(v) for v in values["values"])  # type: ignore[attr-defined]
     return Metric(
         name=draw(_STATSD_NAME),
         type=kind,

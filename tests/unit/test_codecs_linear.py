@@ -84,6 +84,8 @@ def _old_metric(line: bytes) -> Metric:
         fields["members"] = tuple(value.decode() for value in raw_values)
     else:
         fields["values"] = tuple(old_number(value) for value in raw_values)
+        # added since: a gauge whose every value is signed is a change (Metric.relative)
+        fields["relative"] = kind == "g" and all(v[:1] in (b"+", b"-") for v in raw_values)
     for section in sections[2:]:
         if section.startswith(b"@"):
             rate = old_number(section[1:])

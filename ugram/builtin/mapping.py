@@ -71,11 +71,15 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
+_SUMMARY_WINDOWS = (
+    "ugram's summaries cover UGSTATSD_SUMMARY_MAX_AGE seconds in UGSTATSD_SUMMARY_AGE_BUCKETS "
+    "windows, for every mapping alike"
+)
 # statsd_exporter keys ugram reads but does not act on would be silently different: refused.
 _NOT_SUPPORTED = {
-    "max_age": "ugram's summaries are over each flush interval's samples",
-    "age_buckets": "ugram's summaries are over each flush interval's samples",
-    "buf_cap": "ugram's summaries are over each flush interval's samples",
+    "max_age": _SUMMARY_WINDOWS,
+    "age_buckets": _SUMMARY_WINDOWS,
+    "buf_cap": _SUMMARY_WINDOWS,
     "native_histogram_bucket_factor": "ugram exposes classic histograms only",
     "native_histogram_max_buckets": "ugram exposes classic histograms only",
 }
@@ -87,7 +91,7 @@ class MappingError(ConfigError):
 
 class _Objective(msgspec.Struct, forbid_unknown_fields=True):
     quantile: float
-    error: float = 0.0  # accepted for compatibility: ugram's quantiles are exact
+    error: float = 0.0  # accepted for compatibility, not used (ugram's sketch: 1 %)
 
 
 class _SummaryOptions(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from ..config.fields import literal_choices
 from ..errors import ConfigError
@@ -32,17 +33,38 @@ def load_options(
     if env.get(prefix + "CONFIG"):
         values.update(_read_options(env[prefix + "CONFIG"]))
     names = set(kind.__struct_fields__)
+    lists = _list_fields(kind)
     for key, value in env.items():
         if key.startswith(prefix) and key != prefix + "CONFIG":
             name = key[len(prefix) :].lower()
             if name not in names:
                 raise ConfigError(f"unknown option {key} (options: {', '.join(sorted(names))})")
-            values[name] = value
+            # a list in a variable: comma-separated (UGSTATSD_BUCKETS=0.1,0.5,1)
+            values[name] = [v.strip() for v in value.split(",")] if name in lists else value
     values.update(overrides)
     try:
         return msgspec.convert(values, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(prefix, str(exc), values, kind)) from None
+
+
+def _list_fields(kind: type[msgspec.Struct]) -> set[str]:
+    """The options whose value is a list or tuple."""
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {
+        f.name
+        for f in info.fields
+        if isinstance(_unwrap(f.type), msgspec.inspect.ListType | msgspec.inspect.VarTupleType)
+    }
+
+
+def _unwrap(t: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    # Annotated[...] with constraints, and "X | None", around the list
+    if isinstance(t, msgspec.inspect.UnionType):
+        inner = [u for u in t.types if not isinstance(u, msgspec.inspect.NoneType)]
+        return inner[0] if len(inner) == 1 else t
+    return t
 
 
 _AT_FIELD = re.compile(r" - at `\$\.(\w+)")

@@ -14,11 +14,11 @@ import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
-from .. import safefs
+from .. import context, safefs
 from ..codecs import take_invalid_lines
 from ..codecs.statsd import Line
 from ..datagram import Datagram
@@ -38,6 +38,8 @@ from .aggregate import (
 )
 from .options import load_options
 from .record import encode
+from .statsd_options import StatsdOptions as StatsdOptions
+from .statsd_options import make_exporter
 
 log = logging.getLogger("ugram.builtin.statsd")
 _warn = RateLimited(log)
@@ -252,39 +254,14 @@ def _check_ours(directory: safefs.Dir, name: str) -> None:
     safefs.check_existing(info, directory.join(name))
 
 
-class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """:class:`StatsdAggregator` options (``UGSTATSD_<NAME>``).
-
-    Attributes:
-        dir: the directory for the workers' partial aggregates and the output files.
-        flush_interval: seconds per interval; intervals are aligned on the clock (multiples
-            of it since the epoch), so every worker agrees which interval a line belongs to.
-        max_series: the most series (one metric type, name and tag set) one interval's
-            aggregate, and the totals, hold; lines of further series are refused and counted
-            (0: no limit).
-        max_set_members: the most distinct members one set holds, per interval and in the
-            totals; further members are refused and counted (0: no limit).
-        max_members: the most set members all sets together hold, per interval and in the
-            totals (0: no limit).
-        series_ttl: seconds after which a series not updated is dropped from the totals
-            (0: never).
-        max_tags: the most distinct tags a metric line may have; a line with more is
-            refused and counted (0: no limit). Each tag is at most 1 KiB and a line 8 KiB
-            (the codec's limits): a series' key is bounded either way, but thousands of
-            one-byte tags would cost ~50 bytes of memory each.
-    """
-
-    dir: Annotated[str, msgspec.Meta(min_length=1)] = "ugram-statsd"
-    flush_interval: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
-    max_series: Annotated[int, msgspec.Meta(ge=0)] = 10_000
-    max_set_members: Annotated[int, msgspec.Meta(ge=0)] = 10_000
-    max_members: Annotated[int, msgspec.Meta(ge=0)] = 100_000
-    series_ttl: Annotated[float, msgspec.Meta(ge=0)] = 86_400.0
-    max_tags: Annotated[int, msgspec.Meta(ge=0)] = 64
-
-
 class StatsdAggregator:
-    """DogStatsD-compatible aggregation, merged across workers; run with ``--codec statsd``.
+    """DogStatsD-compatible aggregation across workers; run with ``--codec statsd``.
+
+    Two outputs (``output``): ``prometheus`` exposes the series on the server's
+    ``--metrics`` endpoint, merged by the supervisor from every worker's export ring
+    (:mod:`ugram.builtin.export`: each batch's contribution is published there before the
+    batch is acknowledged, so a killed worker loses nothing and a replay counts once);
+    ``jsonl`` writes per-interval records and running totals into ``dir``:
 
     Each line is aggregated in the worker that got it, in the interval of its receive time.
     After an interval ends, each worker writes its aggregate of it to ``<dir>/partials/``;
@@ -294,7 +271,9 @@ class StatsdAggregator:
     :class:`~ugram.builtin.aggregate.Totals`). When the server stops, the last worker to stop
     merges everything left, so the output is complete after a graceful shutdown.
 
-        UGSTATSD_DIR=/var/lib/app/statsd UGSTATSD_FLUSH_INTERVAL=10 \\
+        ugram serve ugram.builtin:StatsdAggregator --codec statsd --socket /run/app/dsd.sock \\
+            --metrics 127.0.0.1:9102
+        UGSTATSD_OUTPUT=jsonl UGSTATSD_DIR=/var/lib/app/statsd \\
             ugram serve ugram.builtin:StatsdAggregator --codec statsd --socket /run/app/dsd.sock
     """
 
@@ -302,10 +281,14 @@ class StatsdAggregator:
         """Read the options: keyword arguments > ``UGSTATSD_*`` variables > file > defaults.
 
         Raises:
-            ConfigError: an invalid or unknown option (see :class:`StatsdOptions`).
+            ConfigError: an invalid or unknown option (see :class:`StatsdOptions`), an
+                output the server cannot give, or a mapping file that does not load.
         """
         self.options = load_options("UGSTATSD_", StatsdOptions, options)
         o = self.options
+        self.output = o.resolved_output(context.export_fd() >= 0)
+        self.jsonl = self.output in ("jsonl", "both")
+        self.exporter = make_exporter(o) if self.output != "jsonl" else None
         self.limits = Limits(
             o.max_series, o.max_set_members, o.max_members, o.series_ttl, o.max_tags
         )
@@ -320,12 +303,14 @@ class StatsdAggregator:
         self.clock: Callable[[], float] = time.time  # when intervals end (tests replace it)
 
     def setup(self) -> None:
-        """Create (or check) the directory and register this worker.
+        """Create (or check) the directory and register this worker (``jsonl`` output).
 
         Raises:
             UnsafePathError: the directory or a file in it is not safe to use (see
                 :class:`Spool`); the server stops (exit 3) with the message.
         """
+        if not self.jsonl:
+            return
         try:
             self._spool = Spool(self.options.dir)
         except UnsafePathError as exc:
@@ -335,9 +320,23 @@ class StatsdAggregator:
         self._spool.register()
 
     def handle_batch(self, packets: list[list[Line]], records: list[Record]) -> None:
-        """Aggregate each datagram's lines in the interval of its receive time (what the
-        worker calls: ``records`` are the ring's, one beside each datagram's lines; a
-        Datagram a record would cost more than aggregating its line)."""
+        """Aggregate each datagram's lines (what the worker calls: ``records`` are the
+        ring's, one beside each datagram's lines; a Datagram a record would cost more than
+        aggregating its line).
+
+        Raises:
+            ExportError: the export ring cannot take the batch (corrupt, supervisor gone).
+        """
+        if self.exporter is not None:
+            invalid = take_invalid_lines("statsd")
+            self.exporter.handle_batch(packets, records, invalid)
+            if self.jsonl and invalid:
+                self._bucket(int(self.clock() // self.interval)).invalid_lines += invalid
+        if self.jsonl:
+            self._aggregate(packets, records)
+
+    def _aggregate(self, packets: list[list[Line]], records: list[Record]) -> None:
+        """Aggregate each datagram's lines in the interval of its receive time."""
         received = [record[2] for record in records]
         interval, start = self.interval, 0
         while start < len(received):
@@ -348,8 +347,8 @@ class StatsdAggregator:
             start = stop
 
     def handle(self, line: Line, dgram: Datagram) -> None:
-        """Aggregate one line in the interval of its receive time (:meth:`handle_batch`,
-        one line at a time)."""
+        """Aggregate one line (:meth:`handle_batch`, one line at a time; in the JSON-lines
+        output only: the worker calls :meth:`handle_batch`)."""
         index = int(dgram.received_at // self.interval)
         bucket = self._current if index == self._index else self._bucket(index)
         bucket.add(line, dgram.received_ns)
@@ -364,6 +363,8 @@ class StatsdAggregator:
 
     def tick(self) -> None:
         """Publish the intervals that ended; merge the ones every worker had time to publish."""
+        if not self.jsonl:
+            return
         spool = self._require()
         now = self.clock()
         self._spill(int(now // self.interval))
@@ -373,6 +374,8 @@ class StatsdAggregator:
 
     def teardown(self) -> None:
         """Publish everything; the last worker to stop merges everything."""
+        if not self.jsonl:
+            return
         spool = self._require()
         self._spill(None)
         spool.unregister()  # after the partials are written: see others_alive()

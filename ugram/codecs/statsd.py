@@ -64,6 +64,9 @@ class Metric(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="m
         tags: ``#`` tags as sent (``key:value`` or ``value``).
         timestamp: ``|T`` seconds since the epoch, or None.
         container_id: ``|c:`` container id, or None.
+        relative: a gauge whose every value was sent with a sign (``g:+3``, ``g:-2``): a
+            change to add to the gauge, not a value to set it to (statsd's convention;
+            ``g:1:+2`` sets it to 2). False for every other type.
     """
 
     name: str
@@ -74,6 +77,7 @@ class Metric(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="m
     tags: tuple[str, ...] = ()
     timestamp: int | None = None
     container_id: str | None = None
+    relative: bool = False
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="event"):
@@ -172,6 +176,8 @@ def _metric(line: bytes, limits: bool) -> Metric:
         fields["members"] = _members(raw_values)
     else:
         fields["values"] = tuple(map(_number, raw_values))
+        if kind == "g" and all(raw[:1] in b"+-" for raw in raw_values):
+            fields["relative"] = True
     for section in sections[2:]:
         _metric_section(section, fields)
     if limits:  # checked last: a line that does not parse costs no more for its length
@@ -374,7 +380,12 @@ def format_line(line: Line) -> bytes:
         return _format_event(line)
     if isinstance(line, ServiceCheck):
         return _format_service_check(line)
-    values = line.members if line.type == "s" else tuple(map(repr, line.values))
+    if line.type == "s":
+        values = line.members
+    elif line.relative:
+        values = tuple(f"{value:+}" if value == value else repr(value) for value in line.values)
+    else:
+        values = tuple(map(repr, line.values))
     parts = [f"{line.name}:{':'.join(values)}|{line.type}"]
     if line.sample_rate != 1.0:
         parts.append(f"@{line.sample_rate!r}")

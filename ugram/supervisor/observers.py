@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..health import Health
 from ..observe import Report
 from .report import build_report, health_of
 from .resources import Resources
 from .state import ServerState
+
+if TYPE_CHECKING:
+    from .exports import ExportConsumer
 
 log = logging.getLogger("ugram.supervisor")
 
@@ -48,6 +51,7 @@ class Observers:
         self._scrape_lock = threading.Lock()
         self._scraped: tuple[float, Report] | None = None  # (when built, the report)
         self.metrics_url = ""
+        self.exports: ExportConsumer | None = None
         try:
             self._bind()
         except BaseException:
@@ -58,7 +62,10 @@ class Observers:
         cfg = self._state.config
         if cfg.metrics:
             from ..metrics import MetricsServer  # prometheus-client only where it is served
+            from .exports import ExportConsumer
 
+            if self._res.exports:
+                self.exports = ExportConsumer(self._res.exports)
             server = MetricsServer(
                 cfg.metrics,
                 self._scrape,
@@ -66,6 +73,7 @@ class Observers:
                 cfg.file_mode,
                 cfg.gid,
                 allow_unsafe=cfg.allow_unsafe_dir,
+                collectors=[self.exports] if self.exports is not None else [],
             )
             self.metrics_url = server.url
             self._served.append(server)
@@ -103,6 +111,8 @@ class Observers:
 
     def start(self) -> None:
         """Serve each endpoint from its own daemon thread."""
+        if self.exports is not None:
+            self.exports.start()
         for served in self._served:
             served.start()
         if self.metrics_url:
@@ -112,3 +122,5 @@ class Observers:
         """Stop serving (waits for a request in progress) and remove what was bound."""
         while self._served:
             self._served.pop().close()
+        if self.exports is not None:
+            self.exports.close()

@@ -54,6 +54,8 @@ class Resources:
         control: the supervisor's own counter block (active workers, drain flag, ...).
         handlers: the counters handlers declare (:mod:`ugram.handler_stats`), a block per
             worker slot.
+        exports: with ``metrics``, one export ring per worker slot that the worker produces
+            into and the supervisor consumes (:mod:`ugram.builtin.export`); else empty.
         server_id: drawn once per start; the first part of every ``Datagram.id``.
     """
 
@@ -65,6 +67,7 @@ class Resources:
     scratch: int
     control: memoryview
     handlers: handler_stats.Table
+    exports: list[Ring] = field(default_factory=list)
     server_id: str = field(default_factory=lambda: secrets.token_hex(8))
     released: bool = False
 
@@ -78,6 +81,7 @@ class Resources:
         """
         slots = config.worker_slots
         rings: list[Ring] = []
+        exports: list[Ring] = []
         wakes: list[tuple[int, int]] = []
         space, stats, scratch, handlers = (-1, -1), None, -1, None
         try:
@@ -87,11 +91,13 @@ class Resources:
             stats = Stats.create(slots + 3)  # + receiver, supervisor, standby
             scratch = _create_scratch(config)
             handlers = handler_stats.Table.create(slots)
+            if config.metrics:  # the supervisor consumes them only where it serves /metrics
+                exports += (Ring.create(config.ring_size) for _ in range(slots))
         except BaseException:
-            _release(bound, rings, [*wakes, space], stats, scratch, handlers)
+            _release(bound, rings + exports, [*wakes, space], stats, scratch, handlers)
             raise
         control = stats.block(supervisor_block(slots))
-        return cls(bound, rings, wakes, space, stats, scratch, control, handlers)
+        return cls(bound, rings, wakes, space, stats, scratch, control, handlers, exports)
 
     @property
     def standby_at(self) -> int:
@@ -129,6 +135,7 @@ class Resources:
             scratch_fd=self.scratch if role == "receiver" else -1,
             server_id=self.server_id,
             handler_stats_fd=self.handlers.fd if role == "worker" else -1,
+            export_fd=self.exports[index].fd if role == "worker" and self.exports else -1,
         )
 
     def close_rings(self) -> None:
@@ -148,7 +155,7 @@ class Resources:
         self.control.release()
         _release(
             self.bound,
-            self.rings,
+            self.rings + self.exports,
             [*self.wakes, self.space],
             self.stats,
             self.scratch,

@@ -18,7 +18,7 @@ import time
 from types import ModuleType
 from typing import Any
 
-from .. import logs
+from .. import context, logs
 from ..datagram import Datagram
 from ..escaping import printable
 from ..ring import (
@@ -192,6 +192,7 @@ class Dispatcher:
         finally:
             self._positions = None
         if messages:
+            context.hand_over(batch)
             try:
                 if handler.mode == "data":
                     handler.call(messages)

@@ -83,6 +83,7 @@ class Worker:
         context.bind_worker(
             self.index, spec.server_id, self.counters, self.ring.used_bytes, self.ring.set_shedding
         )
+        context.bind_ring(lambda: int(self.ring.ctl[RESETS]))
         if spec.server_id:
             # Read once: the ring is reset (positions from 0 again) only with no worker on it.
             self.dispatcher.origin = f"{spec.server_id}-{self.index}-{int(self.ring.ctl[RESETS])}"
@@ -243,6 +244,7 @@ def main(argv: list[str]) -> int:
     standby = spec.standby_block >= 0  # a SIGHUP replacement: boots beside the old worker
     counters = Stats(spec.stats_fd).block(spec.standby_block if standby else spec.stats_block)
     counters[Slot.STATE] = State.BOOTING
+    context.bind_export(spec.export_fd)  # the handler may ask at import whether there is one
     try:
         handler = load_handler(spec.config)
     except HandlerImportError as exc:
