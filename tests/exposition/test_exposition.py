@@ -14,17 +14,8 @@ import psutil
 import pytest
 
 from tests.conftest import child_env, run_server, wait_for
-from tests.exposition.helpers import (
-    Samples,
-    fetch,
-    lines_total,
-    metrics_url,
-    own,
-    parse,
-    scrape,
-    scrape_when,
-    send_lines,
-)
+from tests.exposition.helpers import lines_total, own, scrape_when, send_lines
+from tests.scrape import Samples, fetch, metrics_url, parse, scrape
 
 AGGREGATOR = "ugram.builtin:StatsdAggregator"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import run_server
-from tests.exposition.helpers import Samples, lines_total, metrics_url, own, scrape_when, send_lines
+from tests.exposition.helpers import lines_total, own, scrape_when, send_lines
 from tests.exposition.test_exposition import AGGREGATOR, serve_env
+from tests.scrape import Samples, metrics_url
 
 MAPPING = """
 defaults:

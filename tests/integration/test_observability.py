@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Server, child_env, gone, run_server, wait_for
+from tests.scrape import metrics_url, scrape
 
 APP = """
 import msgspec
@@ -62,30 +63,6 @@ def ugram(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         timeout=30,
         check=False,
     )
-
-
-def metrics_url(server: Server) -> str:
-    found: list[str] = []
-
-    def announced() -> bool:
-        found[:] = re.findall(r"serving metrics on (http://\S+)", server.stderr)
-        return bool(found) or server.proc.poll() is not None
-
-    wait_for(announced, what="the metrics endpoint")
-    assert found, server.stderr
-    return found[0]
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of /metrics, keyed ``name{label="value",...}``."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples
 
 
 def healthz(url: str) -> tuple[int, str]:
