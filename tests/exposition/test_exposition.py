@@ -89,16 +89,23 @@ def live_workers(pid: int, dead: set[int]) -> list[psutil.Process]:
     return [p for p in workers_of(pid) if p.pid not in dead]
 
 
-def a_live_worker(pid: int, dead: set[int], turn: int) -> psutil.Process:
-    """One of the server's live workers (waiting for a restart), by turns."""
+def both_live_workers(pid: int, dead: set[int]) -> list[psutil.Process]:
+    """The server's two workers, once both are up (a killed one restarted)."""
     found: list[psutil.Process] = []
 
     def ready() -> bool:
         found[:] = live_workers(pid, dead)
-        return bool(found)
+        return len(found) == 2
 
-    wait_for(ready, what="a live worker")
-    return found[turn % len(found)]
+    wait_for(ready, what="two live workers")
+    return found
+
+
+def settled(samples: Samples, sent: int) -> bool:
+    """Whether the receiver has read ``sent`` datagrams and every ring is drained."""
+    read = sum(v for k, v in samples.items() if k.startswith("ugram_received_total{"))
+    depth = sum(v for k, v in samples.items() if k.startswith("ugram_ring_depth{"))
+    return read >= sent and depth == 0
 
 
 def test_two_workers_expose_exact_totals(sock_dir: Path) -> None:
@@ -173,8 +180,8 @@ def test_a_worker_killed_around_its_publish_counts_each_record_once(
 
 
 def test_sigkills_mid_flood_lose_nothing_and_count_nothing_twice(sock_dir: Path) -> None:
-    """Six SIGKILLs, each right after a chunk of the flood went in (the workers busy with
-    it, records unacknowledged): every line counts exactly once."""
+    """Six SIGKILLs, each of a running worker right after a chunk of the flood went in (the
+    workers busy with it, records in hand unacknowledged): every line counts exactly once."""
     path, n, kills = sock_dir / "s.sock", 12_000, 6
     env = serve_env(timer_type="histogram")
     args = ("--codec", "statsd", "--workers", "2", "--metrics", "127.0.0.1:0")
@@ -183,9 +190,12 @@ def test_sigkills_mid_flood_lose_nothing_and_count_nothing_twice(sock_dir: Path)
     with run_server(AGGREGATOR, path, *args, env=env) as server:
         url = metrics_url(server)
         dead: set[int] = set()
-        for start in range(0, n, chunk):
+        for turn, start in enumerate(range(0, n, chunk)):
+            # Chosen once both run (a restarted one has drained its ring), not while one
+            # boots: killing a booting worker kills one that holds nothing.
+            scrape_when(url, lambda s, m=start: settled(s, m), "both workers idle")
+            victim = both_live_workers(server.proc.pid, dead)[turn % 2]
             send_lines(path, datagrams[start : start + chunk])
-            victim = a_live_worker(server.proc.pid, dead, len(dead))
             victim.kill()
             dead.add(victim.pid)
         killed = len(dead)
@@ -195,7 +205,7 @@ def test_sigkills_mid_flood_lose_nothing_and_count_nothing_twice(sock_dir: Path)
         replays = server.stderr.count("replaying")
         assert server.stop() == 0, server.stderr
     assert killed == kills
-    assert replays >= 1  # at least one kill left records to replay
+    assert replays >= 1, server.stderr  # at least one kill left records to replay
     assert_exposes(samples, expected(n))
     assert lines_total(samples) == n * FLOOD_LINES
 
