@@ -337,6 +337,25 @@ def test_prometheus_output_needs_a_metrics_endpoint(sock_dir: Path) -> None:
     assert "--metrics" in server.stderr
 
 
+@pytest.mark.parametrize("output", ["jsonl", None])
+def test_a_mapping_without_an_exposition_stops_the_server(
+    sock_dir: Path, output: str | None
+) -> None:
+    """A mapping file shapes the exposed series only: with the jsonl output (set, or the
+    default without --metrics) it would be ignored, so the server refuses to start."""
+    path, mapping = sock_dir / "s.sock", sock_dir / "map.yml"
+    mapping.write_text('mappings:\n  - match: "a.*"\n    name: "b"\n')
+    options = {"mapping": str(mapping), "dir": str(sock_dir / "agg")}
+    if output is not None:
+        options["output"] = output
+    with run_server(
+        AGGREGATOR, path, "--codec", "statsd", env=serve_env(**options), wait=False
+    ) as server:
+        assert server.proc.wait(60) == 4
+    assert f"UGSTATSD_MAPPING={mapping}" in server.stderr
+    assert "--metrics" in server.stderr
+
+
 def test_both_outputs_at_once(sock_dir: Path) -> None:
     path, out = sock_dir / "s.sock", sock_dir / "agg"
     env = serve_env(output="both", dir=str(out), flush_interval="1")

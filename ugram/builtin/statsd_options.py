@@ -113,17 +113,26 @@ class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         ``/metrics``).
 
         Raises:
-            ConfigError: ``prometheus`` or ``both`` where the server serves no ``/metrics``.
+            ConfigError: ``prometheus`` or ``both`` where the server serves no ``/metrics``;
+                a ``mapping`` with the ``jsonl`` output, which it would not change.
         """
-        if self.output is None:
-            return "prometheus" if served else "jsonl"
-        if self.output != "jsonl" and not served:
+        output: Output = self.output or ("prometheus" if served else "jsonl")
+        if output != "jsonl" and not served:
             raise ConfigError(
-                f"UGSTATSD_OUTPUT={self.output} exposes the series on the server's metrics "
+                f"UGSTATSD_OUTPUT={output} exposes the series on the server's metrics "
                 "endpoint, but it serves none: add --metrics HOST:PORT (or UGRAM_METRICS), "
                 "or set UGSTATSD_OUTPUT=jsonl"
             )
-        return self.output
+        if output == "jsonl" and self.mapping:
+            # The mapping shapes the exposed series only: ignoring it would write names the
+            # user mapped away, silently.
+            how = "UGSTATSD_OUTPUT=jsonl" if self.output else "no --metrics (the jsonl output)"
+            raise ConfigError(
+                f"UGSTATSD_MAPPING={self.mapping} names the series on the metrics endpoint, "
+                f"but with {how} there is none to name: add --metrics HOST:PORT with "
+                "UGSTATSD_OUTPUT=prometheus or both, or unset UGSTATSD_MAPPING"
+            )
+        return output
 
 
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
