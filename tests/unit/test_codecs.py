@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -24,8 +25,9 @@ from ugram.codecs import (
     make_decoder,
     take_invalid_lines,
 )
+from ugram.codecs import syslog as _syslog
 from ugram.codecs.statsd import format_line, parse_line, parse_packet
-from ugram.codecs.syslog import format_rfc3164, format_rfc5424, parse_syslog
+from ugram.codecs.syslog import MONTHS, format_rfc3164, format_rfc5424, parse_syslog
 from ugram.workers.handler import DECODE_ERRORS
 
 # -- syslog vectors -----------------------------------------------------------------------------
@@ -219,6 +221,49 @@ def test_rfc3164_round_trip(
     assert got.timestamp is not None  # the year is the receiver's guess: compare the rest
     assert got.timestamp.timetuple()[1:6] == when.timetuple()[1:6]
     assert msgspec.structs.replace(got, timestamp=msg.timestamp) == msg
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(MONTHS),
+            st.integers(1, 31),
+            st.integers(0, 25),
+            st.integers(0, 61),
+            st.integers(0, 61),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_a_remembered_bsd_timestamp_is_the_one_resolved_afresh(
+    stamps: list[tuple[str, int, int, int, int]],
+) -> None:
+    """Lines sharing a timestamp get it from the per-second cache: the same answer as
+    resolving it again (valid or not: 25:61:61, Feb 30), repeated or not."""
+    for month, *numbers in stamps * 2:
+        fields = (month, *(str(n) for n in numbers))
+        line = (
+            f"<13>{month} {numbers[0]:2d} {numbers[1]:02d}:{numbers[2]:02d}:{numbers[3]:02d} h t: m"
+        )
+        got = parse_syslog(line.encode())
+        if _syslog._bsd_cache_second == int(time.time()):  # not across a second's edge
+            assert got.timestamp == _syslog._resolve_bsd_time(*fields)
+
+
+def test_the_bsd_timestamp_cache_is_forgotten_each_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cached answer lives one second of the clock: a new year (or a new day's "a day
+    ahead") is seen at the next second."""
+    clock = [1_000_000.0]
+    monkeypatch.setattr(_syslog.time, "time", lambda: clock[0])
+    monkeypatch.setattr(_syslog, "_resolve_bsd_time", lambda *fields: datetime(2000, 1, 1))
+    first = parse_syslog(b"<13>Jan  1 00:00:00 h t: m").timestamp
+    monkeypatch.setattr(_syslog, "_resolve_bsd_time", lambda *fields: datetime(2001, 1, 1))
+    assert parse_syslog(b"<13>Jan  1 00:00:00 h t: m").timestamp == first  # the same second
+    clock[0] += 1.0
+    assert parse_syslog(b"<13>Jan  1 00:00:00 h t: m").timestamp == datetime(2001, 1, 1)
 
 
 # -- statsd vectors -----------------------------------------------------------------------------

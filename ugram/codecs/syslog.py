@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -332,7 +333,32 @@ def _local(when: datetime) -> datetime:
         raise CodecError(f"syslog: timestamp out of range in this zone: {exc}") from None
 
 
-def _bsd_time(month: str, day: str, hour: str, minute: str, second: str) -> datetime | None:
+_BSD_CACHE_MAX = 4096
+_bsd_cache: dict[tuple[str, ...], datetime | None] = {}
+_bsd_cache_second = -1  # the clock's second the cached answers were given in
+
+
+def _bsd_time(*fields: str) -> datetime | None:
+    """:func:`_resolve_bsd_time` of ``fields``, remembered for the rest of the clock's second.
+
+    A flood's lines share a handful of timestamps, and resolving one (the clock, the zone,
+    two datetimes) costs more than the rest of the line's parse. Within one second of the
+    clock the answer is the same, but for a timestamp exactly a day ahead, decided at the
+    second's start instead of a fraction later.
+    """
+    global _bsd_cache_second
+    second = int(time.time())
+    if second != _bsd_cache_second or len(_bsd_cache) >= _BSD_CACHE_MAX:
+        _bsd_cache.clear()
+        _bsd_cache_second = second
+    try:
+        return _bsd_cache[fields]
+    except KeyError:
+        when = _bsd_cache[fields] = _resolve_bsd_time(*fields)
+        return when
+
+
+def _resolve_bsd_time(month: str, day: str, hour: str, minute: str, second: str) -> datetime | None:
     """A year-less local ``Mmm dd hh:mm:ss`` as an aware datetime: this year, or the last one
     when that would put it more than a day in the future (a December message read in January).
     """
