@@ -191,8 +191,9 @@ def test_sigkills_mid_flood_lose_nothing_and_count_nothing_twice(sock_dir: Path)
         url = metrics_url(server)
         dead: set[int] = set()
         for turn, start in enumerate(range(0, n, chunk)):
-            # Chosen once both run (a restarted one has drained its ring), not while one
-            # boots: killing a booting worker kills one that holds nothing.
+            # Chosen once all sent is read and every ring drained (a restarted worker that
+            # inherited records has run them), and killed the moment the chunk is in: a worker
+            # still booting, or one done with the chunk, would hold nothing to replay.
             scrape_when(url, lambda s, m=start: settled(s, m), "both workers idle")
             victim = both_live_workers(server.proc.pid, dead)[turn % 2]
             send_lines(path, datagrams[start : start + chunk])

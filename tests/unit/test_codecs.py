@@ -257,7 +257,7 @@ def test_the_bsd_timestamp_cache_is_forgotten_each_second(
     """A cached answer lives one second of the clock: a new year (or a new day's "a day
     ahead") is seen at the next second."""
     clock = [1_000_000.0]
-    monkeypatch.setattr(_syslog.time, "time", lambda: clock[0])
+    monkeypatch.setattr(time, "time", lambda: clock[0])
     monkeypatch.setattr(_syslog, "_resolve_bsd_time", lambda *fields: datetime(2000, 1, 1))
     first = parse_syslog(b"<13>Jan  1 00:00:00 h t: m").timestamp
     monkeypatch.setattr(_syslog, "_resolve_bsd_time", lambda *fields: datetime(2001, 1, 1))
