@@ -49,8 +49,10 @@ log = logging.getLogger("ugram.worker")
 
 Batch = list[tuple[Record, int]]  # what Ring.take_batch returns: (record, its end)
 
+
 # Plain ints for the hot path: indexing with an IntEnum member costs an __index__ call.
 _COMMAND, _PROGRESS, _BUSY_SINCE_NS = int(Slot.COMMAND), int(Slot.PROGRESS), int(Slot.BUSY_SINCE_NS)
+_HEARTBEAT_NS = int(Slot.HEARTBEAT_NS)
 _HANDLED, _HANDLER_ERRORS, _INVALID = int(Slot.HANDLED), int(Slot.HANDLER_ERRORS), int(Slot.INVALID)
 _J_ACKED, _J_HANDLED, _J_ERRORS, _J_INVALID = J_ACKED, J_HANDLED, J_ERRORS, J_INVALID
 _SETTLED = tuple(zip(JOURNALED, JOURNAL, strict=True))  # (counter, its journal slot)
@@ -68,6 +70,18 @@ _NATIVE_SLOTS = (
     LATENCY_SUM_NS,
 )
 _LATENCY_SLOTS = (LATENCY_FIRST, LATENCY_BUCKETS, LATENCY_SUM_NS)  # and its observe_batch
+
+
+def _batch_done(counters: memoryview) -> None:
+    """No batch in hand any more: say so, and that the worker is alive at this moment.
+
+    The heartbeat first: between two batches the watchdog judges a worker by its progress
+    counter and heartbeat, and after a batch that took long on purpose (``keep_alive``,
+    e.g. waiting out a broker outage) both are older than worker_timeout; without a fresh
+    beat it would be killed as frozen in the instant before it takes the next batch.
+    """
+    counters[_HEARTBEAT_NS] = time.monotonic_ns()
+    counters[_BUSY_SINCE_NS] = 0
 
 
 class Dispatcher:
@@ -139,7 +153,7 @@ class Dispatcher:
                 c[_INVALID] = ctl[_J_INVALID]
             done += 1
             recycler.records += 1
-        c[_BUSY_SINCE_NS] = 0
+        _batch_done(c)
         if done < len(batch):
             self.ring.rewind_to(int(ctl[TAIL]))
         return done
@@ -174,7 +188,7 @@ class Dispatcher:
                 break
             if recycler.active and recycler.due():
                 break
-        c[_BUSY_SINCE_NS] = 0
+        _batch_done(c)
         if done < total:
             self.ring.rewind_to(int(ctl[TAIL]))
         return done
@@ -208,7 +222,7 @@ class Dispatcher:
         ctl[ACKED] = acked
         for slot, journal in _SETTLED:
             c[slot] = ctl[journal]
-        c[Slot.BUSY_SINCE_NS] = 0
+        _batch_done(c)
         self.recycler.records += len(batch)
         return len(batch)
 
