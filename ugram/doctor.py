@@ -152,6 +152,23 @@ def check_speedups(config: Config) -> Finding:
     return Finding("ok" if config.speedups else "info", title)
 
 
+def check_parsers(config: Config) -> Finding:
+    """Whether the syslog codec parses with the compiled parser (ugram._parsers)."""
+    from .codecs import native
+
+    if not config.speedups:
+        return Finding("info", "codec parsers: pure Python (speedups = false)")
+    if native.PARSERS is None:
+        return Finding(
+            "warn",
+            "codec parsers: pure Python (ugram._parsers is missing or stale)",
+            "the pure-Python syslog parser costs several times the CPU per line.",
+            "install a C compiler and the Python headers, then reinstall ugram "
+            "(pip install --force-reinstall --no-deps ugram)",
+        )
+    return Finding("ok", "codec parsers: compiled (ugram._parsers)")
+
+
 def check_shared_memory(config: Config) -> list[Finding]:
     """memfd availability, and room for the rings (in memory, or in /dev/shm without memfd)."""
     need = config.worker_slots * (config.ring_size + CONTROL_SIZE)
@@ -330,6 +347,7 @@ CHECKS: tuple[Callable[[Config], Finding | list[Finding]], ...] = (
     check_shared_memory,
     check_socket_path,
     check_speedups,
+    check_parsers,
     check_passcred,
     check_sndbuf,
 )

@@ -521,7 +521,10 @@ def test_codec_types_and_codecs_must_match() -> None:
         make_decoder(Metric, "statsd")
     assert make_decoder(bytes, "syslog") is None
     assert make_decoder(bytes, "statsd") is None
-    assert make_decoder(inspect.Parameter.empty, "syslog") is parse_syslog
+    assert make_decoder(inspect.Parameter.empty, "syslog", speedups=False) is parse_syslog
+    untyped = make_decoder(inspect.Parameter.empty, "syslog")  # compiled where built
+    assert untyped is not None
+    assert untyped(b"<13>x") == parse_syslog(b"<13>x")
 
 
 def test_fan_out_calls_once_per_message_and_raises_the_first_error_once() -> None:

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import REPO
 
 SOURCE = REPO / "ugram/_speedups.c"
+PARSERS = REPO / "ugram/_parsers.c"  # portable C and Python's API alone: no guards needed
 INCLUDE = sysconfig.get_paths()["include"]
 # What _speedups.c includes, then every Linux-only name it must keep inside its guards.
 NOT_LINUX = """
@@ -66,10 +67,11 @@ def build(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.parametrize("source", [SOURCE, PARSERS], ids=["_speedups", "_parsers"])
 @pytest.mark.parametrize("cc", ["gcc", "clang"])
-def test_the_helper_compiles_without_warnings(cc: str) -> None:
+def test_the_helper_compiles_without_warnings(cc: str, source: Path) -> None:
     flags = ["-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
-    result = build(compiler(cc), "-fsyntax-only", *flags, f"-I{INCLUDE}", str(SOURCE))
+    result = build(compiler(cc), "-fsyntax-only", *flags, f"-I{INCLUDE}", str(source))
     assert result.returncode == 0, result.stderr
     assert "ugram/_" not in result.stderr, result.stderr  # warnings in Python's headers pass
 

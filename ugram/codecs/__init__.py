@@ -1,7 +1,8 @@
 """The codecs beyond msgspec's raw/json/msgpack: ``lines``, ``syslog`` and ``statsd``.
 
-Each module has a ``make_decoder(message_type)`` building, once per worker, the function that
-turns a payload into the handler's argument; the worker calls it (and counts what it raises as
+Each module has a ``make_decoder(message_type, speedups)`` building, once per worker, the
+function that turns a payload into the handler's argument (compiled where :mod:`.native` has
+it and ``speedups`` is on); the worker calls it (and counts what it raises as
 ``invalid``) exactly as it does for json and msgpack. ``lines`` and ``statsd`` carry several
 messages per datagram: their decoders return a list, and :func:`fan_out` wraps the handler so
 that it is called once per message while the worker still counts one ``handled`` datagram.
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 # name -> (decoder factory, the message type its handlers take)
-CODECS: dict[str, tuple[Callable[[Any], Decode | None], Any]] = {
+CODECS: dict[str, tuple[Callable[[Any, bool], Decode | None], Any]] = {
     lines.NAME: (lines.make_decoder, bytes),
     syslog.NAME: (syslog.make_decoder, SyslogMessage),
     statsd.NAME: (statsd.make_decoder, Line),
@@ -53,8 +54,9 @@ def handles(message_type: Any, codec: str) -> bool:
     return codec in CODECS or (codec == "raw" and _owner(message_type) is not None)
 
 
-def make_decoder(message_type: Any, codec: str) -> Decode | None:
-    """Build the decoder of ``codec`` for a handler taking ``message_type``.
+def make_decoder(message_type: Any, codec: str, speedups: bool = True) -> Decode | None:
+    """Build the decoder of ``codec`` for a handler taking ``message_type`` (with the
+    compiled parsers where ``speedups`` and built: :mod:`ugram.codecs.native`).
 
     Returns:
         ``decode(payload)``, giving one message, or a list of messages for the
@@ -70,7 +72,7 @@ def make_decoder(message_type: Any, codec: str) -> Decode | None:
             f"the handler takes {message_type!r}, which needs --codec {owner} (codec is {codec!r})"
         )
     factory, _ = CODECS[codec]
-    return factory(message_type)
+    return factory(message_type, speedups)
 
 
 def _owner(message_type: Any) -> str | None:

@@ -26,7 +26,7 @@ from .base import Decode, parse_lines
 NAME = "lines"
 
 
-def make_decoder(message_type: Any) -> Decode:
+def make_decoder(message_type: Any, speedups: bool = True) -> Decode:
     """Return ``decode(payload) -> list`` of the lines, each decoded for ``message_type``.
 
     Raises:

@@ -111,7 +111,7 @@ Line: TypeAlias = Metric | Event | ServiceCheck
 """What a ``--codec statsd`` handler receives, once per line."""
 
 
-def make_decoder(message_type: Any) -> Decode | None:
+def make_decoder(message_type: Any, speedups: bool = True) -> Decode | None:
     """Return the decoder for a handler taking ``message_type`` (None: raw bytes).
 
     Raises:

@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 
 from ..errors import HandlerImportError
+from . import native
 from .base import CodecError, Decode
 
 NAME = "syslog"
@@ -110,8 +111,9 @@ class SyslogMessage(msgspec.Struct, frozen=True, kw_only=True):
         return SEVERITIES[self.severity]
 
 
-def make_decoder(message_type: Any) -> Decode | None:
-    """Return the decoder for a handler taking ``message_type`` (None: raw bytes).
+def make_decoder(message_type: Any, speedups: bool = True) -> Decode | None:
+    """Return the decoder for a handler taking ``message_type`` (None: raw bytes): the
+    compiled twin of :func:`parse_syslog` when ``speedups`` and built, else that function.
 
     Raises:
         HandlerImportError: the handler takes something other than a SyslogMessage or bytes.
@@ -119,7 +121,11 @@ def make_decoder(message_type: Any) -> Decode | None:
     if message_type is bytes:
         return None
     if message_type in (inspect.Parameter.empty, Any, object, SyslogMessage):
-        return parse_syslog
+        compiled = native.parsers(speedups)
+        if compiled is None:
+            return parse_syslog
+        parser: Decode = compiled.SyslogParser(parse_syslog, SyslogMessage, _bsd_time, _rfc3339)
+        return parser
     raise HandlerImportError(
         f"with --codec syslog the handler takes ugram.codecs.SyslogMessage (or bytes), "
         f"not {message_type!r}"

@@ -263,8 +263,9 @@ AllowUnsafeDir = Annotated[
 Speedups = Annotated[
     bool,
     _meta(
-        "use the compiled helper (ugram._speedups) for the receiver's and workers' "
-        "per-datagram loops when it was built; false forces the pure-Python paths",
+        "use the compiled helpers when they were built: ugram._speedups for the receiver's "
+        "and workers' per-datagram loops, ugram._parsers for the syslog codec; false forces "
+        "the pure-Python paths",
         "true or false",
     ),
 ]

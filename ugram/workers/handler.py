@@ -123,7 +123,7 @@ def load_handler(config: Config) -> Handler:
     per_datagram = _per_datagram(mode, is_batch, message_type, config.codec)
     if per_datagram:
         message_type = _element_type(message_type, config.handler)
-    decode = None if mode == "dgram" else make_decoder(message_type, config.codec)
+    decode = None if mode == "dgram" else make_decoder(message_type, config.codec, config.speedups)
     if decode is not None and _uses_codecs(config.codec) and not per_datagram:
         from .. import codecs
 
@@ -228,8 +228,9 @@ def _signature(call: Callable[..., Any], name: str) -> tuple[str, Any]:
 _RECORD_HINTS = (Record, list[Record])  # the second parameter's, for mode "record"
 
 
-def make_decoder(message_type: Any, codec: str) -> Decode | None:
-    """Build the payload decoder for a handler's declared message type.
+def make_decoder(message_type: Any, codec: str, speedups: bool = True) -> Decode | None:
+    """Build the payload decoder for a handler's declared message type (``speedups``: with
+    the compiled parsers of :mod:`ugram.codecs.native` where built).
 
     Raises:
         HandlerImportError: the type cannot be decoded with this codec.
@@ -238,7 +239,7 @@ def make_decoder(message_type: Any, codec: str) -> Decode | None:
         from .. import codecs
 
         if codecs.handles(message_type, codec):  # lines, syslog, statsd: see ugram/codecs
-            return codecs.make_decoder(message_type, codec)
+            return codecs.make_decoder(message_type, codec, speedups)
     if message_type in (bytes, inspect.Parameter.empty) and codec == "raw":
         return None
     if message_type is bytes:

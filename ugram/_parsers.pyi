@@ -1,0 +1,18 @@
+# Types of the optional compiled parsers (ugram/_parsers.c); see ugram.codecs.native.
+from collections.abc import Callable
+from typing import Any
+
+API_VERSION: int
+
+class SyslogParser:
+    """parse_syslog, compiled: the same answer, or ``fallback(payload)``'s."""
+
+    def __init__(
+        self,
+        fallback: Callable[[bytes], Any],
+        message_type: type[Any],
+        bsd_time: Callable[..., Any],
+        rfc3339: Callable[[str], Any],
+        /,
+    ) -> None: ...
+    def __call__(self, payload: bytes, /) -> Any: ...
