@@ -17,7 +17,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -627,22 +629,481 @@ static PyTypeObject SyslogParserType = {
     .tp_dealloc = parser_dealloc,
 };
 
+/* == statsd ================================================================================
+
+StatsdParser(fallback, metric_type) is a callable that parses one DogStatsD datagram exactly as
+ugram.codecs.statsd.parse_packet (the reference) does when every line of it is a plain metric
+line it is sure of; for any other datagram (an event or service check, a line that does not
+parse, a line over 1 KiB: the limits, bad-line counting and logging are the reference's) it
+returns fallback(payload), which parses the whole datagram again. Metric names and tag
+sections are remembered (a small cache by their bytes): a flood repeats a few of them, and an
+aggregator's dictionary lookups are fastest with the same string object each time. */
+
+#define STATSD_MAX_FIELD 1024
+#define STATSD_MAX_NAME 256
+#define CACHE_SLOTS 1024 /* a power of two */
+
+typedef struct {
+    PyObject *key;   /* bytes: what was read */
+    PyObject *value; /* what it parsed to (str, or a tuple of str) */
+} CacheSlot;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fallback;    /* parse_packet: the reference */
+    PyObject *metric_type; /* Metric */
+    PyObject *kwnames;
+    PyObject *types[6];    /* "c", "g", "ms", "h", "s", "d" */
+    PyObject *empty;       /* () */
+    PyObject *one;         /* 1.0 */
+    CacheSlot names[CACHE_SLOTS];
+    CacheSlot tags[CACHE_SLOTS];
+} StatsdParser;
+
+static const char *const METRIC_TYPES[6] = {"c", "g", "ms", "h", "s", "d"};
+
+static size_t fnv1a(const unsigned char *at, Py_ssize_t length)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (Py_ssize_t i = 0; i < length; i++)
+        h = (h ^ at[i]) * 1099511628211ULL;
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* The cached value for these bytes, or NULL (no error set) when the slot holds others. */
+static PyObject *cache_get(CacheSlot *slot, const unsigned char *at, Py_ssize_t length)
+{
+    if (slot->key != NULL && PyBytes_GET_SIZE(slot->key) == length &&
+        memcmp(PyBytes_AS_STRING(slot->key), at, (size_t)length) == 0)
+        return Py_NewRef(slot->value);
+    return NULL;
+}
+
+static void cache_put(CacheSlot *slot, const unsigned char *at, Py_ssize_t length,
+                      PyObject *value)
+{
+    PyObject *key = PyBytes_FromStringAndSize((const char *)at, length);
+    if (key == NULL) {
+        PyErr_Clear(); /* not remembered: nothing is lost */
+        return;
+    }
+    Py_XSETREF(slot->key, key);
+    Py_XSETREF(slot->value, Py_NewRef(value));
+}
+
+/* Strict UTF-8, as bytes.decode(): NULL with no error set when it is not UTF-8. */
+static PyObject *strict_text(const unsigned char *at, Py_ssize_t length)
+{
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)at, length, NULL);
+    if (text == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        PyErr_Clear();
+    return text;
+}
+
+static PyObject *metric_name(StatsdParser *self, const unsigned char *at, Py_ssize_t length)
+{
+    CacheSlot *slot = &self->names[fnv1a(at, length) & (CACHE_SLOTS - 1)];
+    PyObject *name = cache_get(slot, at, length);
+    if (name != NULL)
+        return name;
+    name = strict_text(at, length);
+    if (name != NULL) {
+        PyUnicode_InternInPlace(&name);
+        cache_put(slot, at, length, name);
+    }
+    return name;
+}
+
+/* The reference's _tags: tuple(filter(None, raw.decode().split(","))). */
+static PyObject *metric_tags(StatsdParser *self, const unsigned char *at, Py_ssize_t length)
+{
+    CacheSlot *slot = &self->tags[fnv1a(at, length) & (CACHE_SLOTS - 1)];
+    PyObject *tags = cache_get(slot, at, length);
+    if (tags != NULL)
+        return tags;
+    PyObject *text = strict_text(at, length);
+    if (text == NULL)
+        return NULL;
+    Py_DECREF(text); /* decodes: now each tag, which then decodes too */
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i <= length; i++) {
+        if (i < length && at[i] != ',')
+            continue;
+        if (i > start) {
+            PyObject *tag = strict_text(at + start, i - start);
+            if (tag == NULL || PyList_Append(list, tag) < 0) {
+                Py_XDECREF(tag);
+                Py_DECREF(list);
+                return NULL;
+            }
+            Py_DECREF(tag);
+        }
+        start = i + 1;
+    }
+    tags = PyList_AsTuple(list);
+    Py_DECREF(list);
+    if (tags != NULL)
+        cache_put(slot, at, length, tags);
+    return tags;
+}
+
+/* The reference's _number: [+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?, finite, as float() reads
+   it (PyOS_string_to_double is what float() calls). 0 and *value, or -1 to decline. */
+static int metric_number(const unsigned char *at, Py_ssize_t length, double *value)
+{
+    char text[64];
+    Py_ssize_t i = 0, digits = 0;
+    if (length == 0 || length >= (Py_ssize_t)sizeof(text))
+        return -1;
+    if (at[i] == '+' || at[i] == '-')
+        i++;
+    while (i < length && is_digit(at[i]))
+        i++, digits++;
+    if (i < length && at[i] == '.') {
+        i++;
+        while (i < length && is_digit(at[i]))
+            i++, digits++;
+    }
+    if (digits == 0)
+        return -1;
+    if (i < length && (at[i] == 'e' || at[i] == 'E')) {
+        i++;
+        if (i < length && (at[i] == '+' || at[i] == '-'))
+            i++;
+        Py_ssize_t exponent = 0;
+        while (i < length && is_digit(at[i]))
+            i++, exponent++;
+        if (exponent == 0)
+            return -1;
+    }
+    if (i != length)
+        return -1;
+    memcpy(text, at, (size_t)length);
+    text[length] = '\0';
+    char *end;
+    double number = PyOS_string_to_double(text, &end, NULL);
+    if (number == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (*end != '\0' || !isfinite(number))
+        return -1;
+    *value = number;
+    return 0;
+}
+
+typedef struct {
+    PyObject *name, *type, *values, *members, *rate, *tags, *timestamp, *container, *relative;
+} MetricFields;
+
+static void metric_fields_clear(MetricFields *f)
+{
+    Py_XDECREF(f->name);
+    Py_XDECREF(f->type);
+    Py_XDECREF(f->values);
+    Py_XDECREF(f->members);
+    Py_XDECREF(f->rate);
+    Py_XDECREF(f->tags);
+    Py_XDECREF(f->timestamp);
+    Py_XDECREF(f->container);
+    Py_XDECREF(f->relative);
+}
+
+/* The values (or a set's members) between the name's ":" and the first "|". 0, or -1 to
+   decline (an error set only for a failed allocation). */
+static int metric_values(StatsdParser *self, int set, int gauge, const unsigned char *at,
+                         Py_ssize_t length, MetricFields *f)
+{
+    Py_ssize_t count = 1;
+    for (Py_ssize_t i = 0; i < length; i++)
+        count += at[i] == ':';
+    PyObject *values = PyTuple_New(count);
+    if (values == NULL)
+        return -1;
+    int relative = 1;
+    Py_ssize_t start = 0, k = 0;
+    for (Py_ssize_t i = 0; i <= length; i++) {
+        if (i < length && at[i] != ':')
+            continue;
+        const unsigned char *raw = at + start;
+        Py_ssize_t raw_length = i - start;
+        PyObject *item = NULL;
+        if (set) {
+            if (raw_length > 0)
+                item = strict_text(raw, raw_length);
+        } else {
+            double number;
+            if (metric_number(raw, raw_length, &number) == 0) {
+                item = PyFloat_FromDouble(number);
+                relative &= raw[0] == '+' || raw[0] == '-';
+            }
+        }
+        if (item == NULL) {
+            Py_DECREF(values);
+            return -1;
+        }
+        PyTuple_SET_ITEM(values, k++, item);
+        start = i + 1;
+    }
+    if (set) {
+        f->members = values;
+        f->values = Py_NewRef(self->empty);
+    } else {
+        f->values = values;
+        f->members = Py_NewRef(self->empty);
+    }
+    f->relative = Py_NewRef(gauge && relative ? Py_True : Py_False);
+    return 0;
+}
+
+/* One "|" section after the type: @rate, #tags, c:container, T<timestamp>, or ignored. */
+static int metric_section(StatsdParser *self, const unsigned char *at, Py_ssize_t length,
+                          MetricFields *f)
+{
+    PyObject *value;
+    if (length >= 1 && at[0] == '@') {
+        double rate;
+        if (metric_number(at + 1, length - 1, &rate) < 0 || !(rate > 0 && rate <= 1))
+            return -1;
+        if ((value = PyFloat_FromDouble(rate)) == NULL)
+            return -1;
+        Py_XSETREF(f->rate, value);
+    } else if (length >= 1 && at[0] == '#') {
+        if ((value = metric_tags(self, at + 1, length - 1)) == NULL)
+            return -1;
+        Py_XSETREF(f->tags, value);
+    } else if (length >= 2 && at[0] == 'c' && at[1] == ':') {
+        if ((value = strict_text(at + 2, length - 2)) == NULL)
+            return -1;
+        Py_XSETREF(f->container, value);
+    } else if (length >= 1 && at[0] == 'T') {
+        if (length < 2 || length > 13)
+            return -1;
+        long long seconds = 0;
+        for (Py_ssize_t i = 1; i < length; i++) {
+            if (!is_digit(at[i]))
+                return -1;
+            seconds = seconds * 10 + (at[i] - '0');
+        }
+        if ((value = PyLong_FromLongLong(seconds)) == NULL)
+            return -1;
+        Py_XSETREF(f->timestamp, value);
+    }
+    return 0;
+}
+
+/* One metric line: a Metric, NULL on an error, or DECLINE. */
+static PyObject *metric_line(StatsdParser *self, const unsigned char *b, Py_ssize_t n)
+{
+    if (n > STATSD_MAX_FIELD || (n >= 3 && memcmp(b, "_e{", 3) == 0) ||
+        (n >= 4 && memcmp(b, "_sc|", 4) == 0))
+        return DECLINE; /* the limits, events and service checks: the reference's */
+    const unsigned char *colon = memchr(b, ':', (size_t)n);
+    if (colon == NULL || colon == b || colon - b > STATSD_MAX_NAME)
+        return DECLINE;
+    const unsigned char *rest = colon + 1, *end = b + n;
+    const unsigned char *bar = memchr(rest, '|', (size_t)(end - rest));
+    if (bar == NULL)
+        return DECLINE;
+    const unsigned char *kind = bar + 1;
+    const unsigned char *kind_end = memchr(kind, '|', (size_t)(end - kind));
+    if (kind_end == NULL)
+        kind_end = end;
+    int type = -1;
+    for (int i = 0; i < 6; i++)
+        if ((Py_ssize_t)strlen(METRIC_TYPES[i]) == kind_end - kind &&
+            memcmp(kind, METRIC_TYPES[i], (size_t)(kind_end - kind)) == 0)
+            type = i;
+    if (type < 0)
+        return DECLINE;
+    MetricFields f = {0};
+    if (metric_values(self, type == 4, type == 1, rest, bar - rest, &f) < 0)
+        goto decline;
+    for (const unsigned char *p = kind_end; p < end;) {
+        const unsigned char *section = p + 1;
+        const unsigned char *next = memchr(section, '|', (size_t)(end - section));
+        if (next == NULL)
+            next = end;
+        if (metric_section(self, section, next - section, &f) < 0)
+            goto decline;
+        p = next;
+    }
+    if ((f.name = metric_name(self, b, colon - b)) == NULL)
+        goto decline;
+    f.type = Py_NewRef(self->types[type]);
+    PyObject *args[9] = {
+        f.name,
+        f.type,
+        f.values,
+        f.members,
+        f.rate ? f.rate : self->one,
+        f.tags ? f.tags : self->empty,
+        f.timestamp ? f.timestamp : Py_None,
+        f.container ? f.container : Py_None,
+        f.relative,
+    };
+    PyObject *metric = PyObject_Vectorcall(self->metric_type, args, 0, self->kwnames);
+    metric_fields_clear(&f);
+    return metric;
+decline:
+    metric_fields_clear(&f);
+    return PyErr_Occurred() ? NULL : DECLINE;
+}
+
+/* Every line (split at "\n", a trailing "\r" dropped, empty ones skipped), or DECLINE. */
+static PyObject *statsd_packet(StatsdParser *self, const unsigned char *b, Py_ssize_t n)
+{
+    PyObject *lines = PyList_New(0);
+    if (lines == NULL)
+        return NULL;
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        if (i < n && b[i] != '\n')
+            continue;
+        Py_ssize_t end = i;
+        if (end > start && b[end - 1] == '\r')
+            end--;
+        if (end > start) {
+            PyObject *metric = metric_line(self, b + start, end - start);
+            if (metric == DECLINE || metric == NULL || PyList_Append(lines, metric) < 0) {
+                if (metric != DECLINE)
+                    Py_XDECREF(metric);
+                Py_DECREF(lines);
+                return metric == DECLINE ? DECLINE : NULL;
+            }
+            Py_DECREF(metric);
+        }
+        start = i + 1;
+    }
+    if (PyList_GET_SIZE(lines) == 0) {
+        Py_DECREF(lines);
+        return DECLINE; /* no line: the reference raises */
+    }
+    return lines;
+}
+
+static PyObject *statsd_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    StatsdParser *self = (StatsdParser *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "StatsdParser takes one argument, the payload");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *lines = statsd_packet(self, view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (lines == DECLINE)
+        return PyObject_CallOneArg(self->fallback, args[0]);
+    return lines;
+}
+
+static int statsd_clear(PyObject *op)
+{
+    StatsdParser *self = (StatsdParser *)op;
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->metric_type);
+    Py_CLEAR(self->kwnames);
+    for (int i = 0; i < 6; i++)
+        Py_CLEAR(self->types[i]);
+    Py_CLEAR(self->empty);
+    Py_CLEAR(self->one);
+    for (int i = 0; i < CACHE_SLOTS; i++) {
+        Py_CLEAR(self->names[i].key);
+        Py_CLEAR(self->names[i].value);
+        Py_CLEAR(self->tags[i].key);
+        Py_CLEAR(self->tags[i].value);
+    }
+    return 0;
+}
+
+static int statsd_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    StatsdParser *self = (StatsdParser *)op;
+    PyObject *fallback, *metric_type;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "StatsdParser takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OO:StatsdParser", &fallback, &metric_type))
+        return -1;
+    statsd_clear(op);
+    self->fallback = Py_NewRef(fallback);
+    self->metric_type = Py_NewRef(metric_type);
+    self->kwnames = Py_BuildValue("(sssssssss)", "name", "type", "values", "members",
+                                  "sample_rate", "tags", "timestamp", "container_id", "relative");
+    self->empty = PyTuple_New(0);
+    self->one = PyFloat_FromDouble(1.0);
+    if (self->kwnames == NULL || self->empty == NULL || self->one == NULL)
+        return -1;
+    for (int i = 0; i < 6; i++)
+        if ((self->types[i] = PyUnicode_InternFromString(METRIC_TYPES[i])) == NULL)
+            return -1;
+    self->vectorcall = statsd_vectorcall;
+    return 0;
+}
+
+static int statsd_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    StatsdParser *self = (StatsdParser *)op;
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->metric_type);
+    return 0; /* the caches hold strings and tuples of strings: no cycle through them */
+}
+
+static void statsd_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    statsd_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyObject *statsd_call(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    if (((StatsdParser *)op)->vectorcall == NULL) {
+        PyErr_SetString(PyExc_TypeError, "StatsdParser was not initialised");
+        return NULL;
+    }
+    return PyVectorcall_Call(op, args, kwargs);
+}
+
+static PyTypeObject StatsdParserType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ugram._parsers.StatsdParser",
+    .tp_basicsize = sizeof(StatsdParser),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "StatsdParser(fallback, metric_type): parse_packet, compiled",
+    .tp_vectorcall_offset = offsetof(StatsdParser, vectorcall),
+    .tp_new = PyType_GenericNew,
+    .tp_init = statsd_init,
+    .tp_call = statsd_call,
+    .tp_traverse = statsd_traverse,
+    .tp_clear = statsd_clear,
+    .tp_dealloc = statsd_dealloc,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ugram._parsers",
-    .m_doc = "The syslog codec's common cases, compiled (see ugram.codecs.native).",
+    .m_doc = "The syslog and statsd codecs' common cases, compiled (see ugram.codecs.native).",
     .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__parsers(void)
 {
-    if (PyType_Ready(&SyslogParserType) < 0)
+    if (PyType_Ready(&SyslogParserType) < 0 || PyType_Ready(&StatsdParserType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0 ||
-        PyModule_AddObjectRef(m, "SyslogParser", (PyObject *)&SyslogParserType) < 0) {
+        PyModule_AddObjectRef(m, "SyslogParser", (PyObject *)&SyslogParserType) < 0 ||
+        PyModule_AddObjectRef(m, "StatsdParser", (PyObject *)&StatsdParserType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,7 +1,8 @@
-"""The compiled syslog parser (ugram/_parsers.c) against the pure-Python reference.
+"""The compiled syslog and statsd parsers (ugram/_parsers.c) against the pure-Python reference.
 
 Two promises: the compiled one gives exactly the reference's answer (the same message, or
-the same CodecError) on generated and adversarial datagrams; and it answers the common
+the same CodecError, and for statsd the same count of bad lines) on generated and
+adversarial datagrams; and it answers the common
 shapes itself (an implementation that handed everything to the reference would pass the
 first test and be no faster).
 """
@@ -16,8 +17,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_codecs import checks, events, metrics
 from ugram.codecs import CodecError, SyslogMessage, syslog
 from ugram.codecs import native as native_parsers
+from ugram.codecs.base import take_invalid_lines
+from ugram.codecs.statsd import Line, Metric, format_line, parse_packet
+from ugram.codecs.statsd import make_decoder as statsd_make_decoder
 from ugram.codecs.syslog import make_decoder, parse_syslog
 
 pytestmark = pytest.mark.skipif(
@@ -243,3 +248,106 @@ def test_the_compiled_parser_refuses_what_is_not_a_payload() -> None:
         FAST()  # type: ignore[call-arg]
     with pytest.raises(CodecError):
         FAST(b"\r\n\x00")
+
+
+# == statsd =======================================================================================
+
+
+def compiled_statsd(fallback: Callable[[bytes], Any] = parse_packet) -> Callable[[bytes], Any]:
+    assert native_parsers.PARSERS is not None
+    parser: Callable[[bytes], Any] = native_parsers.PARSERS.StatsdParser(fallback, Metric)
+    return parser
+
+
+FAST_STATSD = compiled_statsd()
+
+
+def statsd_outcome(parse: Callable[[bytes], Any], payload: bytes) -> tuple[object, int]:
+    """What ``parse`` gave, and how many bad lines it counted."""
+    take_invalid_lines("statsd")
+    return outcome(parse, payload), take_invalid_lines("statsd")
+
+
+def assert_same_statsd(payload: bytes) -> None:
+    assert statsd_outcome(FAST_STATSD, payload) == statsd_outcome(parse_packet, payload), payload
+
+
+STATSD_TRICKY = st.sampled_from(
+    [
+        b":", b"|", b"||", b"@", b"@0", b"@1.5", b"@.5", b"#", b"#,", b",", b"c:", b"T", b"T1",
+        b"T1234567890123", b"+", b"-", b".", b"e", b"E5", b"1e999", b"_", b"1_0", b" ", b"\t",
+        b"inf", b"nan", b"0x1", b"\r", b"\n", b"\r\n", b"\xff", b"\xc3\xa9", b"_e{", b"_sc|",
+        b"|c", b"|g", b"|ms", b"|s", b"|h", b"|d", b"|x", b"a" * 257, b"9" * 400,
+        b"|T123456789012", b"|T1234567890123", b"|T-1", b"|@1", b"|@0.0", b"|@1e-3", b"|#a,,b",
+        b"|c:", b"|c:\xff", b"|#\xff",
+    ]
+)  # fmt: skip
+
+
+@st.composite
+def statsd_datagrams(draw: st.DrawFn) -> bytes:
+    lines = draw(st.lists(metrics() | events() | checks(), min_size=1, max_size=4))
+    payload = b"\n".join(map(format_line, lines))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(payload)))
+        cut = draw(st.integers(0, 2))
+        payload = payload[:at] + draw(STATSD_TRICKY) + payload[at + cut :]
+    return payload + draw(st.sampled_from([b"", b"\n", b"\r\n", b"\n\n"]))
+
+
+@SETTINGS
+@given(statsd_datagrams())
+@example(b"a:" + b"1" * 1100 + b"|c")  # over MAX_FIELD: the reference's limits
+@example(b"n" * 257 + b":1|c")
+@example(b"a:1|c|@0|#x")
+@example(b"a:+1:-2|g\nb:1:+2|g")
+@example(b"a:1.|c|T000000000001")
+@example(b"a:1|c|T1234567890123")  # 13 digits: not a timestamp
+def test_the_compiled_statsd_parser_answers_as_the_reference(payload: bytes) -> None:
+    assert_same_statsd(payload)
+
+
+@SETTINGS
+@given(st.binary(max_size=200))
+def test_the_compiled_statsd_parser_answers_as_the_reference_on_any_bytes(payload: bytes) -> None:
+    assert_same_statsd(payload)
+
+
+@SETTINGS
+@given(st.lists(STATSD_TRICKY | WORD.map(str.encode) | st.binary(max_size=4), max_size=10))
+def test_the_compiled_statsd_parser_answers_as_the_reference_on_near_misses(
+    parts: list[bytes],
+) -> None:
+    assert_same_statsd(b"".join(parts))
+    assert_same_statsd(b"name:" + b"".join(parts))
+    assert_same_statsd(b"name:1|c|" + b"".join(parts))
+
+
+STATSD_COMMON = [
+    b"page.views:1|c",
+    b"api.latency:12.5|ms|@0.5|#env:prod,service:web",
+    b"queue.depth:-3|g|#host:a\nqueue.depth:+1|g\r\n",
+    b"users:alice|s|#team:x",
+    b"req.size:1024|h|T1733332800|c:83b2e7f0",
+    b"dist:1:2:3.5e2|d\n\n",
+]
+
+
+@pytest.mark.parametrize("payload", STATSD_COMMON)
+def test_common_statsd_datagrams_are_parsed_without_the_reference(payload: bytes) -> None:
+    declined: list[bytes] = []
+
+    def fallback(declined_payload: bytes) -> object:
+        declined.append(declined_payload)
+        return parse_packet(declined_payload)
+
+    assert compiled_statsd(fallback)(payload) == parse_packet(payload)
+    assert declined == []
+
+
+def test_repeated_names_and_tags_are_the_same_objects() -> None:
+    # What an aggregator's dictionaries find fastest: the key it stored, not an equal copy.
+    first, second = (FAST_STATSD(b"api.hits:1|c|#env:prod,host:a")[0] for _ in range(2))
+    assert first.name is second.name
+    assert first.tags is second.tags
+    assert statsd_make_decoder(Line, speedups=False) is parse_packet

@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeAlias
 import msgspec
 
 from ..errors import HandlerImportError
+from . import native
 from .base import CodecError, Decode, parse_lines
 
 NAME = "statsd"
@@ -112,7 +113,8 @@ Line: TypeAlias = Metric | Event | ServiceCheck
 
 
 def make_decoder(message_type: Any, speedups: bool = True) -> Decode | None:
-    """Return the decoder for a handler taking ``message_type`` (None: raw bytes).
+    """Return the decoder for a handler taking ``message_type`` (None: raw bytes): the
+    compiled twin of :func:`parse_packet` when ``speedups`` and built, else that function.
 
     Raises:
         HandlerImportError: the handler takes something other than a statsd Line or bytes.
@@ -120,7 +122,11 @@ def make_decoder(message_type: Any, speedups: bool = True) -> Decode | None:
     if message_type is bytes:
         return None
     if message_type in (inspect.Parameter.empty, Any, object, Line):
-        return parse_packet
+        compiled = native.parsers(speedups)
+        if compiled is None:
+            return parse_packet
+        parser: Decode = compiled.StatsdParser(parse_packet, Metric)
+        return parser
     raise HandlerImportError(
         "with --codec statsd the handler takes ugram.codecs.statsd.Line "
         f"(Metric | Event | ServiceCheck) or bytes, not {message_type!r}"

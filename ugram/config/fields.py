@@ -264,8 +264,8 @@ Speedups = Annotated[
     bool,
     _meta(
         "use the compiled helpers when they were built: ugram._speedups for the receiver's "
-        "and workers' per-datagram loops, ugram._parsers for the syslog codec; false forces "
-        "the pure-Python paths",
+        "and workers' per-datagram loops, ugram._parsers for the syslog and statsd codecs; "
+        "false forces the pure-Python paths",
         "true or false",
     ),
 ]
