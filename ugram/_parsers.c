@@ -1,5 +1,5 @@
 /*
- * ugram._parsers: the syslog codec's common cases at native speed.
+ * ugram._parsers: the syslog, statsd and lines codecs' common cases at native speed.
  *
  * SyslogParser(fallback, message_type, bsd_time, rfc3339) is a callable that parses one
  * datagram exactly as ugram.codecs.syslog.parse_syslog (the reference) does, or calls
@@ -1087,23 +1087,174 @@ static PyTypeObject StatsdParserType = {
     .tp_dealloc = statsd_dealloc,
 };
 
+/* == lines =================================================================================
+
+LinesParser(fallback, parse) is a callable that splits a datagram into its lines exactly as
+ugram.codecs.base.parse_lines does ("\n" separated, a trailing "\r" dropped, empty lines
+skipped) and gives a list of each line parsed: its bytes when `parse` is bytes, its strict
+UTF-8 text when `parse` is str, else parse(line). Where a line does not parse (a ValueError
+or RecursionError, as the reference catches) or there is no line, it returns
+fallback(payload): the reference parses the datagram again, and counts and logs its bad
+lines. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *fallback;
+    PyObject *parse;
+    int mode; /* 0: bytes, 1: str, 2: parse(line) */
+} LinesParser;
+
+static PyObject *one_line(LinesParser *self, const unsigned char *at, Py_ssize_t length)
+{
+    if (self->mode == 0)
+        return PyBytes_FromStringAndSize((const char *)at, length);
+    if (self->mode == 1) {
+        PyObject *text = strict_text(at, length);
+        return text == NULL && !PyErr_Occurred() ? DECLINE : text;
+    }
+    PyObject *line = PyBytes_FromStringAndSize((const char *)at, length);
+    if (line == NULL)
+        return NULL;
+    PyObject *parsed = PyObject_CallOneArg(self->parse, line);
+    Py_DECREF(line);
+    if (parsed == NULL &&
+        (PyErr_ExceptionMatches(PyExc_ValueError) || PyErr_ExceptionMatches(PyExc_RecursionError))) {
+        PyErr_Clear();
+        return DECLINE;
+    }
+    return parsed;
+}
+
+static PyObject *lines_packet(LinesParser *self, const unsigned char *b, Py_ssize_t n)
+{
+    PyObject *lines = PyList_New(0);
+    if (lines == NULL)
+        return NULL;
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        if (i < n && b[i] != '\n')
+            continue;
+        Py_ssize_t end = i;
+        if (end > start && b[end - 1] == '\r')
+            end--;
+        if (end > start) {
+            PyObject *line = one_line(self, b + start, end - start);
+            if (line == DECLINE || line == NULL || PyList_Append(lines, line) < 0) {
+                if (line != DECLINE)
+                    Py_XDECREF(line);
+                Py_DECREF(lines);
+                return line == DECLINE ? DECLINE : NULL;
+            }
+            Py_DECREF(line);
+        }
+        start = i + 1;
+    }
+    if (PyList_GET_SIZE(lines) == 0) {
+        Py_DECREF(lines);
+        return DECLINE;
+    }
+    return lines;
+}
+
+static PyObject *lines_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
+{
+    LinesParser *self = (LinesParser *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "LinesParser takes one argument, the payload");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *lines = lines_packet(self, view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (lines == DECLINE)
+        return PyObject_CallOneArg(self->fallback, args[0]);
+    return lines;
+}
+
+static int lines_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    LinesParser *self = (LinesParser *)op;
+    PyObject *fallback, *parse;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "LinesParser takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OO:LinesParser", &fallback, &parse))
+        return -1;
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->parse, Py_NewRef(parse));
+    self->mode = parse == (PyObject *)&PyBytes_Type ? 0 : parse == (PyObject *)&PyUnicode_Type ? 1 : 2;
+    self->vectorcall = lines_vectorcall;
+    return 0;
+}
+
+static int lines_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(((LinesParser *)op)->fallback);
+    Py_VISIT(((LinesParser *)op)->parse);
+    return 0;
+}
+
+static int lines_clear(PyObject *op)
+{
+    Py_CLEAR(((LinesParser *)op)->fallback);
+    Py_CLEAR(((LinesParser *)op)->parse);
+    return 0;
+}
+
+static void lines_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    lines_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyObject *lines_call(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    if (((LinesParser *)op)->vectorcall == NULL) {
+        PyErr_SetString(PyExc_TypeError, "LinesParser was not initialised");
+        return NULL;
+    }
+    return PyVectorcall_Call(op, args, kwargs);
+}
+
+static PyTypeObject LinesParserType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ugram._parsers.LinesParser",
+    .tp_basicsize = sizeof(LinesParser),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "LinesParser(fallback, parse): the lines codec's decode, compiled",
+    .tp_vectorcall_offset = offsetof(LinesParser, vectorcall),
+    .tp_new = PyType_GenericNew,
+    .tp_init = lines_init,
+    .tp_call = lines_call,
+    .tp_traverse = lines_traverse,
+    .tp_clear = lines_clear,
+    .tp_dealloc = lines_dealloc,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ugram._parsers",
-    .m_doc = "The syslog and statsd codecs' common cases, compiled (see ugram.codecs.native).",
+    .m_doc = "The syslog, statsd and lines codecs' common cases, compiled (ugram.codecs.native).",
     .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__parsers(void)
 {
-    if (PyType_Ready(&SyslogParserType) < 0 || PyType_Ready(&StatsdParserType) < 0)
+    if (PyType_Ready(&SyslogParserType) < 0 || PyType_Ready(&StatsdParserType) < 0 ||
+        PyType_Ready(&LinesParserType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntConstant(m, "API_VERSION", API_VERSION) < 0 ||
         PyModule_AddObjectRef(m, "SyslogParser", (PyObject *)&SyslogParserType) < 0 ||
-        PyModule_AddObjectRef(m, "StatsdParser", (PyObject *)&StatsdParserType) < 0) {
+        PyModule_AddObjectRef(m, "StatsdParser", (PyObject *)&StatsdParserType) < 0 ||
+        PyModule_AddObjectRef(m, "LinesParser", (PyObject *)&LinesParserType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -153,7 +153,7 @@ def check_speedups(config: Config) -> Finding:
 
 
 def check_parsers(config: Config) -> Finding:
-    """Whether the syslog and statsd codecs parse with the compiled parsers (ugram._parsers)."""
+    """Whether the syslog, statsd and lines codecs parse compiled (ugram._parsers)."""
     from .codecs import native
 
     if not config.speedups:

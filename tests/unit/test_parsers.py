@@ -1,10 +1,10 @@
-"""The compiled syslog and statsd parsers (ugram/_parsers.c) against the pure-Python reference.
+"""The compiled syslog, statsd and lines parsers (ugram/_parsers.c) against the pure-Python
+reference.
 
 Two promises: the compiled one gives exactly the reference's answer (the same message, or
-the same CodecError, and for statsd the same count of bad lines) on generated and
-adversarial datagrams; and it answers the common
-shapes itself (an implementation that handed everything to the reference would pass the
-first test and be no faster).
+the same CodecError, and for statsd and lines the same count of bad lines) on generated and
+adversarial datagrams; and it answers the common shapes itself (an implementation that
+handed everything to the reference would pass the first test and be no faster).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from tests.unit.test_codecs import checks, events, metrics
 from ugram.codecs import CodecError, SyslogMessage, syslog
 from ugram.codecs import native as native_parsers
 from ugram.codecs.base import take_invalid_lines
+from ugram.codecs.lines import make_decoder as lines_make_decoder
 from ugram.codecs.statsd import Line, Metric, format_line, parse_packet
 from ugram.codecs.statsd import make_decoder as statsd_make_decoder
 from ugram.codecs.syslog import make_decoder, parse_syslog
@@ -351,3 +353,36 @@ def test_repeated_names_and_tags_are_the_same_objects() -> None:
     assert first.name is second.name
     assert first.tags is second.tags
     assert statsd_make_decoder(Line, speedups=False) is parse_packet
+
+
+# == lines ========================================================================================
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int = 0
+
+
+LINE_TYPES = [bytes, str, Point, dict[str, Any]]
+LINE_SAMPLES = st.sampled_from(
+    [
+        b"\n", b"\r\n", b"\r", b"\n\n", b"\xff", b"\xc3\xa9", b"x", b"{", b"}", b'{"x": 1}',
+        b'{"x": "no"}', b'{"y": 2}', b"[]", b" ", b"\x00",
+    ]
+)  # fmt: skip
+LINE_PIECES = st.lists(LINE_SAMPLES | st.binary(max_size=6), max_size=12).map(b"".join)
+
+
+def lines_outcome(decode: Callable[[bytes], Any], payload: bytes) -> tuple[object, int]:
+    take_invalid_lines("lines")
+    return outcome(decode, payload), take_invalid_lines("lines")
+
+
+@pytest.mark.parametrize("line_type", LINE_TYPES, ids=lambda t: getattr(t, "__name__", str(t)))
+@SETTINGS
+@given(payload=LINE_PIECES)
+def test_the_compiled_lines_codec_answers_as_the_reference(line_type: Any, payload: bytes) -> None:
+    fast = lines_make_decoder(line_type, speedups=True)
+    reference = lines_make_decoder(line_type, speedups=False)
+    assert type(fast) is not type(reference)
+    assert lines_outcome(fast, payload) == lines_outcome(reference, payload), payload

@@ -21,13 +21,15 @@ from typing import Any
 import msgspec
 
 from ..errors import HandlerImportError
+from . import native
 from .base import Decode, parse_lines
 
 NAME = "lines"
 
 
 def make_decoder(message_type: Any, speedups: bool = True) -> Decode:
-    """Return ``decode(payload) -> list`` of the lines, each decoded for ``message_type``.
+    """Return ``decode(payload) -> list`` of the lines, each decoded for ``message_type``
+    (split by the compiled parser when ``speedups`` and built).
 
     Raises:
         HandlerImportError: msgspec cannot decode JSON into ``message_type``.
@@ -37,7 +39,12 @@ def make_decoder(message_type: Any, speedups: bool = True) -> Decode:
     def decode(payload: bytes) -> list[Any]:
         return parse_lines(NAME, payload, parse)
 
-    return decode
+    compiled = native.parsers(speedups)
+    if compiled is None:
+        return decode
+    # str asks it for each line's strict UTF-8 text, as _utf8 gives (decoded in C).
+    splitter: Decode = compiled.LinesParser(decode, str if parse is _utf8 else parse)
+    return splitter
 
 
 def _line_parser(message_type: Any) -> Callable[[bytes], Any]:

@@ -264,7 +264,8 @@ Speedups = Annotated[
     bool,
     _meta(
         "use the compiled helpers when they were built: ugram._speedups for the receiver's "
-        "and workers' per-datagram loops, ugram._parsers for the syslog and statsd codecs; "
+        "and workers' per-datagram loops, ugram._parsers for the syslog, statsd and lines "
+        "codecs; "
         "false forces the pure-Python paths",
         "true or false",
     ),
