@@ -265,8 +265,7 @@ Speedups = Annotated[
     _meta(
         "use the compiled helpers when they were built: ugram._speedups for the receiver's "
         "and workers' per-datagram loops, ugram._parsers for the syslog, statsd and lines "
-        "codecs; "
-        "false forces the pure-Python paths",
+        "codecs; false forces the pure-Python paths",
         "true or false",
     ),
 ]
