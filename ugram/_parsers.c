@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -42,6 +43,46 @@ static const char MONTHS[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
 static PyObject DECLINE_OBJECT;
 #define DECLINE (&DECLINE_OBJECT)
 
+/* Small caches of what repeats from line to line (names, tags, header fields), by the
+   bytes read: a slot holds one entry, a new one replaces it. */
+#define CACHE_SLOTS 1024 /* a power of two */
+#define HEADER_SLOTS 256
+
+typedef struct {
+    PyObject *key;   /* bytes: what was read */
+    PyObject *value; /* what it parsed to (str, or a tuple of str) */
+} CacheSlot;
+
+
+static size_t fnv1a(const unsigned char *at, Py_ssize_t length)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (Py_ssize_t i = 0; i < length; i++)
+        h = (h ^ at[i]) * 1099511628211ULL;
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* The cached value for these bytes, or NULL (no error set) when the slot holds others. */
+static PyObject *cache_get(CacheSlot *slot, const unsigned char *at, Py_ssize_t length)
+{
+    if (slot->key != NULL && PyBytes_GET_SIZE(slot->key) == length &&
+        memcmp(PyBytes_AS_STRING(slot->key), at, (size_t)length) == 0)
+        return Py_NewRef(slot->value);
+    return NULL;
+}
+
+static void cache_put(CacheSlot *slot, const unsigned char *at, Py_ssize_t length,
+                      PyObject *value)
+{
+    PyObject *key = PyBytes_FromStringAndSize((const char *)at, length);
+    if (key == NULL) {
+        PyErr_Clear(); /* not remembered: nothing is lost */
+        return;
+    }
+    Py_XSETREF(slot->key, key);
+    Py_XSETREF(slot->value, Py_NewRef(value));
+}
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -62,6 +103,7 @@ typedef struct {
     char iso_key[STAMP_KEY];
     Py_ssize_t iso_len;
     PyObject *iso_value;
+    CacheSlot header[HEADER_SLOTS]; /* host, app, procid, msgid, SD names */
 } SyslogParser;
 
 static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
@@ -71,6 +113,7 @@ static inline int is_space(unsigned char c)
 {
     return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
 }
+
 
 static PyObject *decode(const unsigned char *at, Py_ssize_t length)
 {
@@ -82,12 +125,28 @@ static PyObject *ascii_text(const unsigned char *at, Py_ssize_t length)
     return PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, at, length);
 }
 
+/* ASCII header text (a host, a tag, an SD name), the same object as the last time these
+   bytes were read in its cache slot. */
+static PyObject *header_text(SyslogParser *self, const unsigned char *at, Py_ssize_t length)
+{
+    if (length > 64)
+        return ascii_text(at, length);
+    CacheSlot *slot = &self->header[fnv1a(at, length) & (HEADER_SLOTS - 1)];
+    PyObject *text = cache_get(slot, at, length);
+    if (text != NULL)
+        return text;
+    text = ascii_text(at, length);
+    if (text != NULL)
+        cache_put(slot, at, length, text);
+    return text;
+}
+
 /* A header field: None for "-" (NILVALUE), else its (ASCII) text. */
-static PyObject *nil_or_text(const unsigned char *at, Py_ssize_t length)
+static PyObject *nil_or_text(SyslogParser *self, const unsigned char *at, Py_ssize_t length)
 {
     if (length == 1 && at[0] == '-')
         Py_RETURN_NONE;
-    return ascii_text(at, length);
+    return header_text(self, at, length);
 }
 
 static long long clock_second(void)
@@ -118,15 +177,15 @@ static Py_ssize_t sd_name_end(const unsigned char *b, Py_ssize_t p, Py_ssize_t n
 
 /* Parse "[id k="v" ...]..." at *pos into `elements`; 0, or -1 to decline (an error set
    only for a failed allocation). */
-static int structured_data(const unsigned char *b, Py_ssize_t n, Py_ssize_t *pos,
-                           PyObject *elements)
+static int structured_data(SyslogParser *self, const unsigned char *b, Py_ssize_t n,
+                           Py_ssize_t *pos, PyObject *elements)
 {
     Py_ssize_t p = *pos;
     while (p < n && b[p] == '[') {
         Py_ssize_t id_end = sd_name_end(b, p + 1, n);
         if (id_end < 0)
             return -1;
-        PyObject *id = ascii_text(b + p + 1, id_end - p - 1);
+        PyObject *id = header_text(self, b + p + 1, id_end - p - 1);
         if (id == NULL)
             return -1;
         PyObject *params = PyDict_GetItemWithError(elements, id); /* borrowed */
@@ -158,7 +217,7 @@ static int structured_data(const unsigned char *b, Py_ssize_t n, Py_ssize_t *pos
             }
             if (q >= n)
                 return -1;
-            PyObject *name = ascii_text(b + p + 1, name_end - p - 1);
+            PyObject *name = header_text(self, b + p + 1, name_end - p - 1);
             if (name == NULL)
                 return -1;
             PyObject *value = decode(b + v, q - v);
@@ -180,16 +239,81 @@ static int structured_data(const unsigned char *b, Py_ssize_t n, Py_ssize_t *pos
     return 0;
 }
 
+static int two_digits(const unsigned char *at)
+{
+    return is_digit(at[0]) && is_digit(at[1]) ? (at[0] - '0') * 10 + (at[1] - '0') : -1;
+}
+
+/* The reference's _rfc3339 for its plainest inputs: YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+hh:mm),
+   every field in its usual range, as datetime.fromisoformat() builds it. NULL with no error
+   set for anything else (the reference decides). */
+static PyObject *plain_rfc3339(const unsigned char *b, Py_ssize_t n)
+{
+    if (n < 20 || b[4] != '-' || b[7] != '-' || (b[10] != 'T' && b[10] != 't') || b[13] != ':' ||
+        b[16] != ':')
+        return NULL;
+    int year = 0;
+    for (int i = 0; i < 4; i++) {
+        if (!is_digit(b[i]))
+            return NULL;
+        year = year * 10 + (b[i] - '0');
+    }
+    int month = two_digits(b + 5), day = two_digits(b + 8), hour = two_digits(b + 11);
+    int minute = two_digits(b + 14), second = two_digits(b + 17);
+    if (year < 1 || month < 1 || month > 12 || day < 1 || day > 28 || hour < 0 || hour > 23 ||
+        minute < 0 || minute > 59 || second < 0 || second > 59)
+        return NULL; /* day 29-31, leap seconds, 24:00: the reference's calendar decides */
+    Py_ssize_t p = 19;
+    int micro = 0, digits = 0;
+    if (p < n && b[p] == '.') {
+        for (p++; p < n && is_digit(b[p]) && digits < 7; p++, digits++)
+            micro = micro * 10 + (b[p] - '0');
+        if (digits == 0 || digits > 6)
+            return NULL;
+        for (int i = digits; i < 6; i++)
+            micro *= 10;
+    }
+    int offset = 0;
+    if (p + 1 == n && (b[p] == 'Z' || b[p] == 'z'))
+        p++;
+    else if (p + 6 == n && (b[p] == '+' || b[p] == '-') && b[p + 3] == ':') {
+        int hh = two_digits(b + p + 1), mm = two_digits(b + p + 4);
+        if (hh < 0 || hh > 23 || mm < 0 || mm > 59)
+            return NULL;
+        offset = (hh * 60 + mm) * (b[p] == '-' ? -1 : 1);
+        p += 6;
+    } else
+        return NULL;
+    PyObject *delta = PyDelta_FromDSU(0, offset * 60, 0);
+    if (delta == NULL)
+        return NULL;
+    PyObject *zone = PyTimeZone_FromOffset(delta);
+    Py_DECREF(delta);
+    if (zone == NULL)
+        return NULL;
+    PyObject *when = PyDateTimeAPI->DateTime_FromDateAndTime(
+        year, month, day, hour, minute, second, micro, zone, PyDateTimeAPI->DateTimeType);
+    Py_DECREF(zone);
+    if (when == NULL && PyErr_ExceptionMatches(PyExc_ValueError))
+        PyErr_Clear(); /* out of range: the reference says so */
+    return when;
+}
+
 static PyObject *rfc3339_time(SyslogParser *self, const unsigned char *at, Py_ssize_t length)
 {
     if (length <= STAMP_KEY && self->iso_value != NULL && length == self->iso_len &&
         memcmp(self->iso_key, at, (size_t)length) == 0)
         return Py_NewRef(self->iso_value);
-    PyObject *text = ascii_text(at, length);
-    if (text == NULL)
+    PyObject *when = plain_rfc3339(at, length);
+    if (when == NULL && PyErr_Occurred())
         return NULL;
-    PyObject *when = PyObject_CallOneArg(self->rfc3339, text);
-    Py_DECREF(text);
+    if (when == NULL) {
+        PyObject *text = ascii_text(at, length);
+        if (text == NULL)
+            return NULL;
+        when = PyObject_CallOneArg(self->rfc3339, text);
+        Py_DECREF(text);
+    }
     if (when != NULL && when != Py_None && length <= STAMP_KEY) {
         Py_XSETREF(self->iso_value, Py_NewRef(when));
         memcpy(self->iso_key, at, (size_t)length);
@@ -241,7 +365,7 @@ static PyObject *parse_5424(SyslogParser *self, const unsigned char *b, Py_ssize
         return NULL;
     if (p < n && b[p] == '-')
         p++;
-    else if (p >= n || b[p] != '[' || structured_data(b, n, &p, elements) < 0) {
+    else if (p >= n || b[p] != '[' || structured_data(self, b, n, &p, elements) < 0) {
         Py_DECREF(elements);
         return PyErr_Occurred() ? NULL : DECLINE;
     }
@@ -272,10 +396,10 @@ static PyObject *parse_5424(SyslogParser *self, const unsigned char *b, Py_ssize
         PyLong_FromLong(pri % 8),
         PyLong_FromLong(version),
         timestamp,
-        nil_or_text(b + at[1], end[1] - at[1]),
-        nil_or_text(b + at[2], end[2] - at[2]),
-        nil_or_text(b + at[3], end[3] - at[3]),
-        nil_or_text(b + at[4], end[4] - at[4]),
+        nil_or_text(self, b + at[1], end[1] - at[1]),
+        nil_or_text(self, b + at[2], end[2] - at[2]),
+        nil_or_text(self, b + at[3], end[3] - at[3]),
+        nil_or_text(self, b + at[4], end[4] - at[4]),
         elements,
         decode(b + m, n - m),
     };
@@ -397,6 +521,15 @@ static int match_tag(const unsigned char *b, Py_ssize_t p, Py_ssize_t n, Tag *ta
     return 1;
 }
 
+/* An RFC 3164 host (the first word, any bytes but a space): cached when it is ASCII. */
+static PyObject *host_text(SyslogParser *self, const unsigned char *at, Py_ssize_t length)
+{
+    for (Py_ssize_t i = 0; i < length; i++)
+        if (at[i] >= 0x80)
+            return decode(at, length);
+    return header_text(self, at, length);
+}
+
 static PyObject *make_3164(SyslogParser *self, int pri, PyObject *timestamp,
                            const unsigned char *b, Py_ssize_t host, Py_ssize_t host_end,
                            const Tag *tag, Py_ssize_t m, Py_ssize_t n)
@@ -405,10 +538,11 @@ static PyObject *make_3164(SyslogParser *self, int pri, PyObject *timestamp,
         PyLong_FromLong(pri / 8),
         PyLong_FromLong(pri % 8),
         Py_NewRef(timestamp),
-        host < 0 ? Py_NewRef(Py_None) : decode(b + host, host_end - host),
-        tag == NULL ? Py_NewRef(Py_None) : ascii_text(b + tag->tag, tag->tag_end - tag->tag),
-        tag == NULL || tag->pid_end <= tag->pid ? Py_NewRef(Py_None)
-                                                : ascii_text(b + tag->pid, tag->pid_end - tag->pid),
+        host < 0 ? Py_NewRef(Py_None) : host_text(self, b + host, host_end - host),
+        tag == NULL ? Py_NewRef(Py_None) : header_text(self, b + tag->tag, tag->tag_end - tag->tag),
+        tag == NULL || tag->pid_end <= tag->pid
+            ? Py_NewRef(Py_None)
+            : header_text(self, b + tag->pid, tag->pid_end - tag->pid),
         decode(b + m, n - m),
     };
     PyObject *message = NULL;
@@ -588,6 +722,10 @@ static int parser_clear(PyObject *op)
     Py_CLEAR(self->kw_5424);
     Py_CLEAR(self->bsd_value);
     Py_CLEAR(self->iso_value);
+    for (int i = 0; i < HEADER_SLOTS; i++) {
+        Py_CLEAR(self->header[i].key);
+        Py_CLEAR(self->header[i].value);
+    }
     return 0;
 }
 
@@ -641,12 +779,6 @@ aggregator's dictionary lookups are fastest with the same string object each tim
 
 #define STATSD_MAX_FIELD 1024
 #define STATSD_MAX_NAME 256
-#define CACHE_SLOTS 1024 /* a power of two */
-
-typedef struct {
-    PyObject *key;   /* bytes: what was read */
-    PyObject *value; /* what it parsed to (str, or a tuple of str) */
-} CacheSlot;
 
 typedef struct {
     PyObject_HEAD
@@ -662,35 +794,6 @@ typedef struct {
 } StatsdParser;
 
 static const char *const METRIC_TYPES[6] = {"c", "g", "ms", "h", "s", "d"};
-
-static size_t fnv1a(const unsigned char *at, Py_ssize_t length)
-{
-    uint64_t h = 14695981039346656037ULL;
-    for (Py_ssize_t i = 0; i < length; i++)
-        h = (h ^ at[i]) * 1099511628211ULL;
-    return (size_t)(h ^ (h >> 29));
-}
-
-/* The cached value for these bytes, or NULL (no error set) when the slot holds others. */
-static PyObject *cache_get(CacheSlot *slot, const unsigned char *at, Py_ssize_t length)
-{
-    if (slot->key != NULL && PyBytes_GET_SIZE(slot->key) == length &&
-        memcmp(PyBytes_AS_STRING(slot->key), at, (size_t)length) == 0)
-        return Py_NewRef(slot->value);
-    return NULL;
-}
-
-static void cache_put(CacheSlot *slot, const unsigned char *at, Py_ssize_t length,
-                      PyObject *value)
-{
-    PyObject *key = PyBytes_FromStringAndSize((const char *)at, length);
-    if (key == NULL) {
-        PyErr_Clear(); /* not remembered: nothing is lost */
-        return;
-    }
-    Py_XSETREF(slot->key, key);
-    Py_XSETREF(slot->value, Py_NewRef(value));
-}
 
 /* Strict UTF-8, as bytes.decode(): NULL with no error set when it is not UTF-8. */
 static PyObject *strict_text(const unsigned char *at, Py_ssize_t length)
@@ -1245,6 +1348,9 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__parsers(void)
 {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL)
+        return NULL;
     if (PyType_Ready(&SyslogParserType) < 0 || PyType_Ready(&StatsdParserType) < 0 ||
         PyType_Ready(&LinesParserType) < 0)
         return NULL;

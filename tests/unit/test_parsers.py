@@ -81,15 +81,21 @@ def _encoded(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+ZONES = [
+    "Z", "z", "+00:00", "-00:00", "-07:00", "+05:30", "+14:00", "+23:59", "+24:00", "-05:60",
+    "+1:00", "+0100", "",
+]  # fmt: skip
+
+
 @st.composite
 def stamps_5424(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         return "-"
     when = draw(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2099, 1, 1)))
-    zone = draw(st.sampled_from(["Z", "z", "+00:00", "-07:00", "+05:30", "+14:00"]))
-    stamp = when.strftime("%Y-%m-%dT%H:%M:%S")
+    zone = draw(st.sampled_from(ZONES))
+    stamp = when.strftime(draw(st.sampled_from(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dt%H:%M:%S"])))
     if draw(st.booleans()):
-        stamp += "." + str(when.microsecond).rjust(6, "0")[: draw(st.integers(1, 6))]
+        stamp += "." + (str(when.microsecond).rjust(6, "0") + "789")[: draw(st.integers(0, 9))]
     return stamp + zone
 
 
@@ -160,6 +166,11 @@ def datagrams(draw: st.DrawFn) -> bytes:
 @example(b"<13>1 2003-10-11T22:14:15.003Z " + b"h" * 256 + b" a p m - x")
 @example(b'<13>1 - h a p m [id k="v\\"w"] x')
 @example(b"<13>\xd9\xa3 x")
+@example(b"<13>1 2026-02-29T10:00:00Z h a p m - x")  # not a leap year
+@example(b"<13>1 2024-02-29T10:00:00Z h a p m - x")
+@example(b"<13>1 2026-12-31T23:59:60Z h a p m - x")
+@example(b"<13>1 0000-01-01T00:00:00Z h a p m - x")
+@example(b"<13>1 2026-12-31T24:00:00Z h a p m - x")
 @example(b"\xd9\xa3 <13>x")
 @example(b"<1\xd9\xa3>x")
 @example(b"<13>Dec  4 18:24:31 \xc2\xa0app: x")
