@@ -125,9 +125,8 @@ def measure(
     size = sum(map(len, lines)) / len(lines)
     print(f"{name}: {len(lines)} lines, {size:.0f} bytes on average")
     print(f"  compiled            {us('compiled')}")
-    print(
-        f"  pure Python         {us('reference')}   (compiled is {ratio('reference', 'compiled'):.1f}x faster)"
-    )
+    faster = ratio("reference", "compiled")
+    print(f"  pure Python         {us('reference')}   (compiled is {faster:.1f}x faster)")
     print(f"  JSON, same object   {us('same')}")
     print(f"  JSON, same size     {us('size')}")
     headline = ratio("compiled", "same")
