@@ -2,12 +2,17 @@
 ``$UGTEST_KILL_AFTER``-th batch (``$UGTEST_KILL_AT``): ``after-publish`` (the batch's delta
 is in the export ring, the batch not acknowledged: its replay must be skipped) or
 ``before-publish`` (nothing published: its replay must count). Only the first worker dies;
-the marker file ``$UGTEST_OUT/killed`` says it did."""
+the marker file ``$UGTEST_OUT/killed`` says it did.
+
+And :class:`SlowAggregator`, which holds each batch ``$UGTEST_BATCH_DELAY`` seconds before
+aggregating it: a worker killed from outside while it works through a flood then almost
+surely holds a batch (the compiled parser alone would be done with it before the kill)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 from ugram.builtin import StatsdAggregator
 from ugram.codecs.statsd import Line
@@ -42,3 +47,13 @@ class KillingAggregator(StatsdAggregator):
         super().handle_batch(packets, records)
         if due and KILL_AT == "after-publish" and _first_to_die():
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SlowAggregator(StatsdAggregator):
+    """Waits ``$UGTEST_BATCH_DELAY`` seconds (default 0.005) with each batch in hand."""
+
+    delay = float(os.environ.get("UGTEST_BATCH_DELAY", "0.005"))
+
+    def handle_batch(self, packets: list[list[Line]], records: list[Record]) -> None:
+        time.sleep(self.delay)
+        super().handle_batch(packets, records)

@@ -102,10 +102,11 @@ def both_live_workers(pid: int, dead: set[int]) -> list[psutil.Process]:
 
 
 def settled(samples: Samples, sent: int) -> bool:
-    """Whether the receiver has read ``sent`` datagrams and every ring is drained."""
+    """Whether the receiver has read ``sent`` datagrams, every ring is drained, and every
+    worker runs (healthy: none is booting after a kill)."""
     read = sum(v for k, v in samples.items() if k.startswith("ugram_received_total{"))
     depth = sum(v for k, v in samples.items() if k.startswith("ugram_ring_depth{"))
-    return read >= sent and depth == 0
+    return read >= sent and depth == 0 and samples.get("ugram_healthy{}") == 1
 
 
 def test_two_workers_expose_exact_totals(sock_dir: Path) -> None:
@@ -181,13 +182,15 @@ def test_a_worker_killed_around_its_publish_counts_each_record_once(
 
 def test_sigkills_mid_flood_lose_nothing_and_count_nothing_twice(sock_dir: Path) -> None:
     """Six SIGKILLs, each of a running worker right after a chunk of the flood went in (the
-    workers busy with it, records in hand unacknowledged): every line counts exactly once."""
+    workers busy with it, records in hand unacknowledged): every line counts exactly once.
+    The workers hold each batch 5 ms (SlowAggregator), so that a kill finds one in hand."""
     path, n, kills = sock_dir / "s.sock", 12_000, 6
     env = serve_env(timer_type="histogram")
     args = ("--codec", "statsd", "--workers", "2", "--metrics", "127.0.0.1:0")
+    args += ("--batch-size", "32")
     datagrams = flood(n)
     chunk = n // kills
-    with run_server(AGGREGATOR, path, *args, env=env) as server:
+    with run_server("statsdkill:SlowAggregator", path, *args, env=env) as server:
         url = metrics_url(server)
         dead: set[int] = set()
         for turn, start in enumerate(range(0, n, chunk)):
