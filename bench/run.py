@@ -2,7 +2,8 @@
 
     python bench/run.py [SCENARIO ...] [--quick] [--rounds N] [options]
 
-Scenarios (none named: every one but ``compare``, ``profile`` and ``peers``, in this order)::
+Scenarios (none named: every one but ``compare``, ``profile``, ``peers`` and
+``statsd-export``, in this order)::
 
     ceilings    C recvmmsg (the machine's ceiling) and C plain recv()
     python      the plain Python receiver (a blocking recv_into() loop)
@@ -16,8 +17,10 @@ Scenarios (none named: every one but ``compare``, ``profile`` and ``peers``, in 
     netns       P1-P3 inside unshare -n with net.unix.max_dgram_qlen=512 (root only)
     compare     one handler at --rev against the working tree (--handler, --size, ...)
     profile     py-spy (and --perf) on the receiver and workers during a flood
-    peers       L1-L3: LogSink against rsyslog, the statsd aggregator against a raw
-                handler (also ``python bench/peers.py``; rsyslog when installed)
+    peers       L1-L4: LogSink against rsyslog, the statsd aggregator against a raw
+                handler, the parsers (also ``python bench/peers.py``; rsyslog when installed)
+    statsd-export  issue 17: DogStatsD into the exposition and jsonl against a plain Python
+                aggregator, scrape times (also ``python bench/statsd_export.py``)
 
 Every scenario's configurations go into one list, and each round measures every one of them
 once, in order: a row and its baseline are measured in the same process, rounds apart at
@@ -61,6 +64,7 @@ from bench.scenarios import (  # noqa: E402
 )
 from bench.senders import sender_kind  # noqa: E402
 from bench.snapshot import ugram_snapshot  # noqa: E402
+from bench.statsd_scenario import StatsdExport  # noqa: E402
 from bench.table import busy_note, machine_line, ugram_line  # noqa: E402
 from bench.work import cpu_iters  # noqa: E402
 
@@ -78,6 +82,7 @@ SCENARIOS: tuple[type[Scenario], ...] = (
     Compare,
     Profile,
     Peers,
+    StatsdExport,
 )
 NAMES = [s.name for s in SCENARIOS]
 

@@ -447,3 +447,44 @@ def test_limit_options_from_the_environment() -> None:
     assert StatsdAggregator(max_members=0).limits.max_members == 0
     with pytest.raises(ConfigError, match="max_series"):
         load_options("UGSTATSD_", StatsdOptions, {}, {"UGSTATSD_MAX_SERIES": "-1"})
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "shown"),
+    [
+        ("ttl", "60", "UGSTATSD_TTL=60"),
+        ("timer_type", "histogram", "UGSTATSD_TIMER_TYPE=histogram"),
+        ("buckets", "0.1,1", "UGSTATSD_BUCKETS=0.1,1"),
+        ("quantiles", "0.5", "UGSTATSD_QUANTILES=0.5"),
+        ("max_series_per_metric", "5", "UGSTATSD_MAX_SERIES_PER_METRIC=5"),
+        ("summary_max_age", "60", "UGSTATSD_SUMMARY_MAX_AGE=60"),
+        ("summary_age_buckets", "2", "UGSTATSD_SUMMARY_AGE_BUCKETS=2"),
+        ("bare_tag_label", "tag", "UGSTATSD_BARE_TAG_LABEL=tag"),
+    ],
+)
+def test_an_exposition_option_with_the_jsonl_output_alone_is_refused(
+    option: str, value: str, shown: str
+) -> None:
+    """It would change nothing: the server refuses to start, naming it (as for a mapping)."""
+    env = {f"UGSTATSD_{option.upper()}": value}
+    options = load_options("UGSTATSD_", StatsdOptions, {}, env)
+    with pytest.raises(ConfigError, match=f"{shown} shapes the series on the metrics endpoint"):
+        options.resolved_output(served=False)
+    with pytest.raises(ConfigError, match="UGSTATSD_OUTPUT=jsonl"):
+        msgspec.structs.replace(options, output="jsonl").resolved_output(served=True)
+    assert options.resolved_output(served=True) == "prometheus"
+    assert msgspec.structs.replace(options, output="both").resolved_output(served=True) == "both"
+
+
+def test_exposition_options_at_their_defaults_pass_with_the_jsonl_output() -> None:
+    env = {"UGSTATSD_TTL": "0", "UGSTATSD_TIMER_TYPE": "summary", "UGSTATSD_MAX_SERIES": "9"}
+    options = load_options("UGSTATSD_", StatsdOptions, {}, env)
+    assert options.resolved_output(served=False) == "jsonl"
+
+
+def test_several_exposition_options_are_named_together() -> None:
+    options = StatsdOptions(ttl=5.0, mapping="/etc/map.yml")
+    with pytest.raises(ConfigError) as caught:
+        options.resolved_output(served=False)
+    assert "UGSTATSD_MAPPING=/etc/map.yml, UGSTATSD_TTL=5 shape the series" in str(caught.value)
+    assert "or unset them" in str(caught.value)

@@ -114,7 +114,9 @@ class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
         Raises:
             ConfigError: ``prometheus`` or ``both`` where the server serves no ``/metrics``;
-                a ``mapping`` with the ``jsonl`` output, which it would not change.
+                with the ``jsonl`` output alone, an option only the exposition uses set to
+                other than its default (``mapping``, ``ttl``, ``buckets``, ...: see
+                :data:`EXPOSITION_ONLY`), which it would not change.
         """
         output: Output = self.output or ("prometheus" if served else "jsonl")
         if output != "jsonl" and not served:
@@ -123,16 +125,50 @@ class StatsdOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 "endpoint, but it serves none: add --metrics HOST:PORT (or UGRAM_METRICS), "
                 "or set UGSTATSD_OUTPUT=jsonl"
             )
-        if output == "jsonl" and self.mapping:
-            # The mapping shapes the exposed series only: ignoring it would write names the
-            # user mapped away, silently.
+        unused = self.exposition_only() if output == "jsonl" else []
+        if unused:
+            # They shape the exposed series only: ignoring one would, silently, write what
+            # the user mapped away, or keep what they gave a ttl.
             how = "UGSTATSD_OUTPUT=jsonl" if self.output else "no --metrics (the jsonl output)"
+            them = "it" if len(unused) == 1 else "them"
             raise ConfigError(
-                f"UGSTATSD_MAPPING={self.mapping} names the series on the metrics endpoint, "
-                f"but with {how} there is none to name: add --metrics HOST:PORT with "
-                "UGSTATSD_OUTPUT=prometheus or both, or unset UGSTATSD_MAPPING"
+                f"{', '.join(unused)} shape{'s' if len(unused) == 1 else ''} the series on the "
+                f"metrics endpoint, but with {how} there is none: add --metrics HOST:PORT "
+                f"with UGSTATSD_OUTPUT=prometheus or both, or unset {them}"
             )
         return output
+
+    def exposition_only(self) -> list[str]:
+        """The options set (to other than their default) that only the exposition uses, as
+        ``UGSTATSD_NAME=value``."""
+        return [
+            f"UGSTATSD_{name.upper()}={_shown(getattr(self, name))}"
+            for name in EXPOSITION_ONLY
+            if getattr(self, name) != _DEFAULTS[name]
+        ]
+
+
+# What shapes the exposed series and nothing else (the jsonl output keeps the statsd names,
+# every series of the interval, and exact timer statistics).
+EXPOSITION_ONLY = (
+    "mapping",
+    "ttl",
+    "max_series_per_metric",
+    "timer_type",
+    "buckets",
+    "quantiles",
+    "summary_max_age",
+    "summary_age_buckets",
+    "bare_tag_label",
+)
+_DEFAULTS = {field.name: field.default for field in msgspec.structs.fields(StatsdOptions)}
+
+
+def _shown(value: object) -> str:
+    """An option's value as its variable would be written."""
+    if isinstance(value, tuple):
+        return ",".join(f"{item:g}" for item in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
