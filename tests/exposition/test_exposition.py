@@ -3,6 +3,7 @@ workers, through SIGKILLs, SIGHUP, caps, TTL and conflicts (issue #17)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -372,3 +373,66 @@ def test_both_outputs_at_once(sock_dir: Path) -> None:
     assert samples["both_total{}"] == 50
     totals = (out / "totals.json").read_text()
     assert '"value":50.0' in totals.replace(" ", "")
+
+
+def test_sigkills_mid_flood_lose_nothing_in_the_jsonl_output(sock_dir: Path) -> None:
+    """The jsonl output under the same six SIGKILLs: each worker journals a batch before it
+    is acknowledged, and its successor recovers what it had not written out yet; after the
+    graceful stop, totals.json holds every line exactly once."""
+    path, out, n, kills = sock_dir / "s.sock", sock_dir / "agg", 6000, 6
+    env = serve_env(output="jsonl", dir=str(out), flush_interval="2")
+    args = ("--codec", "statsd", "--workers", "2", "--metrics", "127.0.0.1:0")
+    args += ("--batch-size", "32")
+    datagrams = flood(n)
+    chunk = n // kills
+    with run_server("statsdkill:SlowAggregator", path, *args, env=env) as server:
+        url = metrics_url(server)
+        dead: set[int] = set()
+        for turn, start in enumerate(range(0, n, chunk)):
+            scrape_when(url, lambda s, m=start: settled(s, m), "both workers idle")
+            victim = both_live_workers(server.proc.pid, dead)[turn % 2]
+            send_lines(path, datagrams[start : start + chunk])
+            victim.kill()
+            dead.add(victim.pid)
+        scrape_when(url, lambda s: settled(s, n), "the flood handled")
+        assert server.stop() == 0, server.stderr
+    totals = json.loads((out / "totals.json").read_bytes())
+    assert totals["lines"] == n * FLOOD_LINES
+    counters = {(c["name"], tuple(c["tags"])): c["value"] for c in totals["counters"]}
+    assert counters == {("app.hits", ("env:prod",)): n, ("app.hits", ("canary", "env:dev")): 4 * n}
+    timers = {t["name"]: (t["count"], t["sum"]) for t in totals["timers"]}
+    assert timers == {"app.lat": (n, sum(i % 50 for i in range(n)))}
+    histograms = {h["name"]: (h["count"], h["sum"]) for h in totals["histograms"]}
+    assert histograms == {"app.size": (n, sum(i % 10 for i in range(n)))}
+    assert [(s["name"], s["value"]) for s in totals["sets"]] == [("app.users", 13)]
+    gauges = {g["name"]: g["value"] for g in totals["gauges"]}
+    assert gauges["app.temp"] == n - 1  # the last received, whichever worker had it
+    assert not list((out / "journal").glob("*/*.log"))  # all written out at the stop
+    assert server.stderr.count("recovered") >= 1, server.stderr  # a kill left work to recover
+
+
+def test_sighup_keeps_every_line_in_the_jsonl_output(sock_dir: Path) -> None:
+    """A SIGHUP's replacement takes the slot's journal only once the worker it replaces is
+    done with it: nothing is lost, nothing counted twice."""
+    path, out = sock_dir / "s.sock", sock_dir / "agg"
+    env = serve_env(output="jsonl", dir=str(out), flush_interval="1")
+    args = ("--codec", "statsd", "--workers", "2", "--metrics", "127.0.0.1:0")
+    with run_server(AGGREGATOR, path, *args, env=env) as server:
+        url = metrics_url(server)
+        send_lines(path, [f"c{i % 5}:1|c".encode() for i in range(200)])
+        scrape_when(url, lambda s: settled(s, 200), "the first lines")
+        old = {p.pid for p in workers_of(server.proc.pid)}
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_for(
+            lambda: (
+                not old & {p.pid for p in workers_of(server.proc.pid)}
+                and len(workers_of(server.proc.pid)) == 2
+            ),
+            what="two new workers",
+        )
+        send_lines(path, [f"c{i % 5}:1|c".encode() for i in range(300)])
+        scrape_when(url, lambda s: settled(s, 500), "the later lines")
+        assert server.stop() == 0, server.stderr
+    totals = json.loads((out / "totals.json").read_bytes())
+    assert {c["name"]: c["value"] for c in totals["counters"]} == {f"c{i}": 100 for i in range(5)}
+    assert totals["lines"] == 500

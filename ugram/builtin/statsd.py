@@ -38,6 +38,7 @@ from .aggregate import (
 )
 from .options import load_options
 from .record import encode
+from .statsd_journal import WriteAhead
 from .statsd_options import StatsdOptions as StatsdOptions
 from .statsd_options import make_exporter
 
@@ -52,6 +53,9 @@ _ADVICE = (
     "chmod go-w), or choose another UGSTATSD_DIR"
 )
 OUTPUT, TOTALS, LOCK = "statsd.jsonl", "totals.json", ".lock"
+# Partial names kept in totals.json once merged: enough for every worker of a large server to
+# recover a dead one's journal minutes later (see statsd_journal), small beside the totals.
+MERGED_KEPT = 4096
 _PARTIAL = re.compile(r"(\d{1,18})-\d+-[0-9a-f]+-\d+\.msgpack")
 
 
@@ -60,8 +64,9 @@ class Spool:
 
     ``partials/`` holds each worker's per-interval aggregates (``<start ms>-<pid>-...msgpack``,
     written to a temporary name and renamed, so never read half-written); ``workers/`` one
-    empty file per live worker (``<pid>``); ``statsd.jsonl`` and ``totals.json`` the output.
-    Whoever holds the ``flock`` on ``.lock`` merges.
+    empty file per live worker (``<pid>``); ``journal/<slot>/`` each worker slot's
+    write-ahead journal (:mod:`ugram.builtin.statsd_journal`); ``statsd.jsonl`` and
+    ``totals.json`` the output. Whoever holds the ``flock`` on ``.lock`` merges.
 
     Every file goes through :mod:`ugram.safefs`: the directory and its subdirectories must be
     owned by root or the server's user and writable by nobody else (created 0750 when
@@ -107,12 +112,41 @@ class Spool:
             )
         return directory
 
-    def write_partial(self, bucket: Bucket) -> None:
-        """Publish one interval's aggregate of this process."""
+    def partial_name(self, bucket: Bucket) -> str:
+        """A new, unique name for ``bucket``'s partial file."""
         start = round(bucket.start * 1000)
-        name = f"{start:015d}-{os.getpid()}-{self._token}-{next(self._sequence)}.msgpack"
+        return f"{start:015d}-{os.getpid()}-{self._token}-{next(self._sequence)}.msgpack"
+
+    def write_partial(self, bucket: Bucket, name: str | None = None) -> None:
+        """Publish one interval's aggregate of this process (as ``name``, or a new name)."""
+        name = name or self.partial_name(bucket)
         # No fsync: a partial lives one interval; a torn one after a crash is skipped.
         safefs.write_replace(self.partials, name, dump_bucket(bucket), PRIVATE_MODE, fsync=False)
+
+    def journal_dir(self, slot: int) -> safefs.Dir:
+        """``journal/<slot>``, the write-ahead journal of a worker slot (created 0750).
+
+        Raises:
+            UnsafePathError: as for the other directories.
+        """
+        self._open(os.path.join(self.path, "journal"))
+        return self._open(os.path.join(self.path, "journal", str(slot)))
+
+    def spilled(self) -> Callable[[str], bool]:
+        """Whether a partial file was written: it is there, or ``totals.json`` says it was
+        merged (read now: call it once per recovery)."""
+        merged = set(self.read_totals().merged_partials)
+
+        def written(name: str) -> bool:
+            if name in merged:
+                return True
+            try:
+                os.stat(name, dir_fd=self.partials.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            return True
+
+        return written
 
     def register(self) -> None:
         """Announce this process as a live worker."""
@@ -261,7 +295,9 @@ class StatsdAggregator:
     ``--metrics`` endpoint, merged by the supervisor from every worker's export ring
     (:mod:`ugram.builtin.export`: each batch's contribution is published there before the
     batch is acknowledged, so a killed worker loses nothing and a replay counts once);
-    ``jsonl`` writes per-interval records and running totals into ``dir``:
+    ``jsonl`` writes per-interval records and running totals into ``dir`` (each batch is
+    journaled before it is acknowledged, :mod:`ugram.builtin.statsd_journal`, so a killed
+    worker loses nothing there either):
 
     Each line is aggregated in the worker that got it, in the interval of its receive time.
     After an interval ends, each worker writes its aggregate of it to ``<dir>/partials/``;
@@ -300,6 +336,7 @@ class StatsdAggregator:
         self._index: int | None = None  # the interval the last line went to, and its bucket
         self._current = Bucket(0.0)
         self._spool: Spool | None = None
+        self._ahead: WriteAhead | None = None  # the jsonl journal, from the first batch on
         self.clock: Callable[[], float] = time.time  # when intervals end (tests replace it)
 
     def setup(self) -> None:
@@ -333,6 +370,21 @@ class StatsdAggregator:
             if self.jsonl and invalid:
                 self._bucket(int(self.clock() // self.interval)).invalid_lines += invalid
         if self.jsonl:
+            if self._ahead is None and context.worker_index() >= 0:
+                self._adopt()
+            if self._ahead is not None:
+                packets, records = self._ahead.unreplayed(packets, records)
+                self._ahead.write(records)  # before the batch is acknowledged
+            self._aggregate(packets, records)
+
+    def _adopt(self) -> None:
+        """Own this slot's journal and aggregate what a dead predecessor acknowledged but
+        never spilled (see :mod:`ugram.builtin.statsd_journal`)."""
+        spool = self._require()
+        slot = context.worker_index()
+        self._ahead = WriteAhead(spool.journal_dir(slot), spool.spilled(), self.interval)
+        packets, records = self._ahead.take_recovered()
+        if records:
             self._aggregate(packets, records)
 
     def _aggregate(self, packets: list[list[Line]], records: list[Record]) -> None:
@@ -378,6 +430,9 @@ class StatsdAggregator:
             return
         spool = self._require()
         self._spill(None)
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
         spool.unregister()  # after the partials are written: see others_alive()
         if not spool.others_alive():
             with spool.locked(wait=True):
@@ -394,22 +449,32 @@ class StatsdAggregator:
         invalid = take_invalid_lines("statsd")
         if invalid:
             self._bucket(int(self.clock() // self.interval)).invalid_lines += invalid
-        spool = self._require()
+        spool, ahead = self._require(), self._ahead
         for index in sorted(self._buckets):
             if before is None or index < before:
                 if index == self._index:  # written now: a later line needs a new bucket
                     self._index = None
                 bucket = self._buckets.pop(index)
                 if bucket:
-                    spool.write_partial(bucket)
+                    name = spool.partial_name(bucket)
+                    if ahead is not None:  # the seal first: see statsd_journal
+                        ahead.seal(index, name)
+                    spool.write_partial(bucket, name)
+                if ahead is not None:
+                    ahead.forget(index)
 
     def _merge(self, spool: Spool, until_ms: float | None) -> None:
-        groups = spool.ready(until_ms)
-        if not groups:
+        found = spool.ready(until_ms)
+        if not found:
             return
         before = totals = spool.read_totals()
+        # Merged already, by a merge killed before it removed them: removed, not merged again.
+        done = set(before.merged_partials)
+        groups = {start: [n for n in names if n not in done] for start, names in found.items()}
         records = []
         for start in sorted(groups):
+            if not groups[start]:
+                continue
             merged = Bucket(start / 1000, self.limits)
             for name in groups[start]:
                 part = spool.read_partial(name)
@@ -419,9 +484,13 @@ class StatsdAggregator:
                     merged.merge(part)
             records.append(encode(render_interval(merged, self.interval)) + b"\n")
             totals = add_to_totals(totals, merged, self.interval, self.limits)
-        spool.append_output(b"".join(records))
+        names = [name for names in groups.values() for name in names]
+        recent = [*before.merged_partials, *names][-MERGED_KEPT:]
+        totals = msgspec.structs.replace(totals, merged_partials=recent)
+        if records:
+            spool.append_output(b"".join(records))
         spool.write_totals(encode(totals))
-        spool.remove([name for names in groups.values() for name in names])
+        spool.remove([name for names in found.values() for name in names])
         self._report(before, totals)
 
     def _report(self, before: Totals, after: Totals) -> None:

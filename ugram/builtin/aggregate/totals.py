@@ -71,7 +71,9 @@ class Totals(msgspec.Struct, kw_only=True):
     totals hold ``max_series``, or an addition that would overflow, is refused (counted in
     ``refused_series`` with those refused in the intervals); so are set members past the
     member limits (``refused_members``). ``refused_lines`` and ``skipped_partials`` add up
-    the intervals' counts.
+    the intervals' counts. ``merged_partials`` names the partial files merged lately, so
+    that a merge interrupted before it removed them does not merge them again, and a worker
+    recovering a dead one's journal knows which of its partials were merged.
     """
 
     since: float | None = None
@@ -92,6 +94,7 @@ class Totals(msgspec.Struct, kw_only=True):
     refused_members: int = 0
     pruned_series: int = 0
     skipped_partials: int = 0
+    merged_partials: list[str] = []  # the partial files merged lately (see the aggregator)
 
 
 def add_to_totals(totals: Totals, b: Bucket, interval: float, limits: Limits = NO_LIMITS) -> Totals:
