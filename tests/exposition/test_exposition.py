@@ -436,3 +436,26 @@ def test_sighup_keeps_every_line_in_the_jsonl_output(sock_dir: Path) -> None:
     totals = json.loads((out / "totals.json").read_bytes())
     assert {c["name"]: c["value"] for c in totals["counters"]} == {f"c{i}": 100 for i in range(5)}
     assert totals["lines"] == 500
+
+
+def test_a_successor_that_gets_no_batch_still_writes_out_what_it_inherits(
+    sock_dir: Path,
+) -> None:
+    """Killed after acknowledging everything, before its interval ended: the replacement
+    receives nothing, and a stop right away still writes every line out."""
+    path, out = sock_dir / "s.sock", sock_dir / "agg"
+    env = serve_env(output="jsonl", dir=str(out), flush_interval="600")
+    args = ("--codec", "statsd", "--workers", "1", "--metrics", "127.0.0.1:0")
+    with run_server(AGGREGATOR, path, *args, env=env) as server:
+        url = metrics_url(server)
+        send_lines(path, [b"c:1|c"] * 100)
+        scrape_when(url, lambda s: settled(s, 100), "the lines handled")
+        (victim,) = live_workers(server.proc.pid, set())
+        victim.kill()
+        scrape_when(
+            url, lambda s: settled(s, 100) and s["ugram_restarts_total{}"] == 1, "a new worker"
+        )
+        assert server.stop() == 0, server.stderr
+    totals = json.loads((out / "totals.json").read_bytes())
+    assert totals["lines"] == 100
+    assert [(c["name"], c["value"]) for c in totals["counters"]] == [("c", 100.0)]

@@ -38,7 +38,7 @@ from .aggregate import (
 )
 from .options import load_options
 from .record import encode
-from .statsd_journal import WriteAhead
+from .statsd_journal import BusyError, WriteAhead
 from .statsd_options import StatsdOptions as StatsdOptions
 from .statsd_options import make_exporter
 
@@ -377,12 +377,16 @@ class StatsdAggregator:
                 self._ahead.write(records)  # before the batch is acknowledged
             self._aggregate(packets, records)
 
-    def _adopt(self) -> None:
+    def _adopt(self, wait: bool = True) -> None:
         """Own this slot's journal and aggregate what a dead predecessor acknowledged but
-        never spilled (see :mod:`ugram.builtin.statsd_journal`)."""
+        never spilled (see :mod:`ugram.builtin.statsd_journal`).
+
+        Raises:
+            BusyError: another process owns the slot's journal, and not ``wait``.
+        """
         spool = self._require()
         slot = context.worker_index()
-        self._ahead = WriteAhead(spool.journal_dir(slot), spool.spilled(), self.interval)
+        self._ahead = WriteAhead(spool.journal_dir(slot), spool.spilled(), self.interval, wait)
         packets, records = self._ahead.take_recovered()
         if records:
             self._aggregate(packets, records)
@@ -429,6 +433,11 @@ class StatsdAggregator:
         if not self.jsonl:
             return
         spool = self._require()
+        if self._ahead is None and context.worker_index() >= 0:
+            # No batch came (a successor stopped at once): what a dead predecessor left
+            # still belongs in this stop's output, unless a live worker owns the slot.
+            with contextlib.suppress(BusyError):
+                self._adopt(wait=False)
         self._spill(None)
         if self._ahead is not None:
             self._ahead.close()

@@ -54,6 +54,10 @@ LOCK = ".lock"
 MAX_ENTRY = 1 << 30  # a length above it is a torn or foreign header, never an entry
 
 
+class BusyError(Exception):
+    """The slot's journal is another live process's."""
+
+
 class Entry(msgspec.Struct, array_like=True):
     """One journal entry: a batch's records of one interval, or a seal."""
 
@@ -127,11 +131,13 @@ def unsealed(entries: list[Entry], spilled: Callable[[str], bool]) -> Recovered:
 class Journal:
     """One worker slot's journal directory, owned by one process at a time (its lock)."""
 
-    def __init__(self, directory: safefs.Dir) -> None:
-        """Own ``directory`` (``<dir>/journal/<slot>``): wait for its lock, saying that the
-        wait is on purpose (a SIGHUP predecessor may still be in its teardown).
+    def __init__(self, directory: safefs.Dir, wait: bool = True) -> None:
+        """Own ``directory`` (``<dir>/journal/<slot>``): wait for its lock (``wait``),
+        saying that the wait is on purpose (a SIGHUP predecessor may still be in its
+        teardown).
 
         Raises:
+            BusyError: the lock is another process's, and not ``wait``.
             UnsafePathError: the lock file is not ours.
             OSError: it cannot be opened.
         """
@@ -142,6 +148,9 @@ class Journal:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not wait:
+                    os.close(self._lock)
+                    raise BusyError(f"{directory.path} is another worker's") from None
                 context.keep_alive()
                 time.sleep(0.05)
         self._files: dict[int, int] = {}  # interval index -> its log, open for appending
@@ -225,15 +234,22 @@ class WriteAhead:
     """A worker's side of its slot's journal: what it adopts, the replayed records it
     skips, each batch journaled before it is acknowledged, and the seals of its spills."""
 
-    def __init__(self, directory: safefs.Dir, spilled: Callable[[str], bool], interval: float):
+    def __init__(
+        self,
+        directory: safefs.Dir,
+        spilled: Callable[[str], bool],
+        interval: float,
+        wait: bool = True,
+    ) -> None:
         """Own ``directory``'s journal (see :class:`Journal`) and read what it holds;
         ``spilled`` says whether a partial was written, ``interval`` is the flush interval.
 
         Raises:
+            BusyError: another process owns it, and not ``wait``.
             UnsafePathError: a file there is not ours.
             OSError: one cannot be opened.
         """
-        self.journal = Journal(directory)
+        self.journal = Journal(directory, wait)
         self.interval = interval
         self._found = self.journal.adopt(spilled)
         self._journaled = self._found.journaled
