@@ -144,3 +144,30 @@ def test_frames_hold_their_length_and_checksum() -> None:
     assert read_entries(data[:-1]) == ([], 0)
     corrupt = data[: HEADER.size] + bytes([data[HEADER.size] ^ 1]) + data[HEADER.size + 1 :]
     assert read_entries(corrupt) == ([], 0)
+
+
+def test_a_long_interval_is_spilled_early_and_still_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An hour's interval at a high rate would hold its datagrams on the disk for an hour:
+    # past MAX_LOG bytes the interval goes out as a partial of its own, its log removed.
+    monkeypatch.setenv("UGSTATSD_FLUSH_INTERVAL", "3600")
+    monkeypatch.setattr("ugram.builtin.statsd_journal.MAX_LOG", 2000)
+    monkeypatch.setattr("ugram.context.worker_index", lambda: 0)
+    monkeypatch.setattr("ugram.context.server_id", lambda: "s")
+    monkeypatch.setattr("ugram.context.ring_resets", lambda: 0)
+    ends: dict[int, int] = {}
+    monkeypatch.setattr("ugram.context.record_end", lambda record: ends[id(record)])
+    agg = aggregator(tmp_path, monkeypatch)
+    spool = agg._require()
+    for batch in range(40):
+        records = [Record(b"c:1|c", b"", 7 * NS, -1, -1, -1) for _ in range(10)]
+        ends.update({id(r): 100 * (batch * 10 + i + 1) for i, r in enumerate(records)})
+        agg.handle_batch([parse_packet(r.payload) for r in records], records)
+    early = spool.ready(None)
+    assert sum(map(len, early.values())) >= 2  # spilled before the interval ended
+    assert all(size <= 2000 + 400 for size in agg._ahead.journal.sizes.values())  # type: ignore[union-attr]
+    agg.teardown()  # the last worker: merges everything
+    totals = Spool(spool.path).read_totals()
+    assert [(c.name, c.value) for c in totals.counters] == [("c", 400.0)]
+    assert totals.lines == 400

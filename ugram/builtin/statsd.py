@@ -376,6 +376,9 @@ class StatsdAggregator:
                 packets, records = self._ahead.unreplayed(packets, records)
                 self._ahead.write(records)  # before the batch is acknowledged
             self._aggregate(packets, records)
+            if self._ahead is not None:
+                for index in self._ahead.oversized():  # a long interval at a high rate
+                    self._spill_one(index)
 
     def _adopt(self, wait: bool = True) -> None:
         """Own this slot's journal and aggregate what a dead predecessor acknowledged but
@@ -458,19 +461,25 @@ class StatsdAggregator:
         invalid = take_invalid_lines("statsd")
         if invalid:
             self._bucket(int(self.clock() // self.interval)).invalid_lines += invalid
-        spool, ahead = self._require(), self._ahead
-        for index in sorted(self._buckets):
+        logged = self._ahead.journal.indices() if self._ahead is not None else []
+        for index in sorted(set(self._buckets) | set(logged)):
             if before is None or index < before:
-                if index == self._index:  # written now: a later line needs a new bucket
-                    self._index = None
-                bucket = self._buckets.pop(index)
-                if bucket:
-                    name = spool.partial_name(bucket)
-                    if ahead is not None:  # the seal first: see statsd_journal
-                        ahead.seal(index, name)
-                    spool.write_partial(bucket, name)
-                if ahead is not None:
-                    ahead.forget(index)
+                self._spill_one(index)
+
+    def _spill_one(self, index: int) -> None:
+        """Write interval ``index``'s bucket as a partial file (sealed in the journal first)
+        and forget its log."""
+        spool, ahead = self._require(), self._ahead
+        if index == self._index:  # written now: a later line needs a new bucket
+            self._index = None
+        bucket = self._buckets.pop(index, None)
+        if bucket:
+            name = spool.partial_name(bucket)
+            if ahead is not None:  # the seal first: see statsd_journal
+                ahead.seal(index, name)
+            spool.write_partial(bucket, name)
+        if ahead is not None:
+            ahead.forget(index)
 
     def _merge(self, spool: Spool, until_ms: float | None) -> None:
         found = spool.ready(until_ms)

@@ -12,7 +12,9 @@ whose partial exists (or was merged: ``totals.json`` lists the partials merged l
 acknowledged but never spilled, and it aggregates them again; each log is cut after its
 last whole entry (a write torn by the kill) and goes on as the new owner's. The ring replays
 the batch the dead worker had in hand: its records up to the last position journaled are
-skipped (counted), the rest count. So whenever a worker dies, each record counts once:
+skipped (counted), the rest count. A log past :data:`MAX_LOG` bytes (a long interval at a
+high rate) has its interval spilled early, as a partial of its own (the merge adds the
+partials of one interval). So whenever a worker dies, each record counts once:
 
 * killed before its batch was journaled: nothing of it is in the log; it is replayed;
 * after: it is in the log (recovered) and skipped in the replay (by each record's position
@@ -52,6 +54,7 @@ HEADER = struct.Struct("<II")  # the entry's length, its CRC-32
 RECORDS, SEAL = 0, 1
 LOCK = ".lock"
 MAX_ENTRY = 1 << 30  # a length above it is a torn or foreign header, never an entry
+MAX_LOG = 16 << 20  # bytes of one interval's log: past it, the interval is spilled early
 
 
 class BusyError(Exception):
@@ -154,6 +157,7 @@ class Journal:
                 context.keep_alive()
                 time.sleep(0.05)
         self._files: dict[int, int] = {}  # interval index -> its log, open for appending
+        self.sizes: dict[int, int] = {}  # interval index -> its log's bytes
 
     def adopt(self, spilled: Callable[[str], bool]) -> Recovered:
         """Read every log left in the directory, cut each after its last whole entry, and
@@ -175,6 +179,7 @@ class Journal:
                     end,
                 )
                 os.ftruncate(fd, end)
+            self.sizes[index] = end
             total.add(unsealed(entries, spilled))
         return total
 
@@ -184,12 +189,14 @@ class Journal:
         if fd is None:
             fd = self._open(index)
         data = memoryview(frame(entry))
+        self.sizes[index] = self.sizes.get(index, 0) + len(data)
         while data:
             data = data[os.write(fd, data) :]
 
     def forget(self, index: int) -> None:
         """Interval ``index`` is in a partial file: remove its log."""
         fd = self._files.pop(index, None)
+        self.sizes.pop(index, None)
         if fd is not None:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -314,6 +321,11 @@ class WriteAhead:
     def forget(self, index: int) -> None:
         """Interval ``index`` is written out (or held nothing): remove its log."""
         self.journal.forget(index)
+
+    def oversized(self) -> list[int]:
+        """The intervals whose log holds more than :data:`MAX_LOG` bytes: to spill now,
+        instead of holding a long interval's datagrams (an hour's, at a high rate) on disk."""
+        return [index for index, size in self.journal.sizes.items() if size > MAX_LOG]
 
     def close(self) -> None:
         """Close the logs and release the slot."""
