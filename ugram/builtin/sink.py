@@ -143,14 +143,18 @@ class RotatingFile:
             data = data[done:]
 
     def _follow(self) -> int:
-        """Reopen ``path`` if another writer rotated it; return its size."""
-        if not self._at_path():
-            self._reopen()
+        """Reopen ``path`` if another writer rotated it; return its size (two system calls
+        a batch when it was not rotated: this runs under the lock for every write)."""
+        mine = os.fstat(self._fd)
+        if self._at_path(mine):
+            return mine.st_size
+        self._reopen()
         return os.fstat(self._fd).st_size
 
-    def _at_path(self) -> bool:
-        """True if the entry at ``path`` is the file this writer writes to."""
-        mine = os.fstat(self._fd)
+    def _at_path(self, mine: os.stat_result | None = None) -> bool:
+        """True if the entry at ``path`` is the file this writer writes to (``mine``: its
+        ``fstat``, when the caller has it)."""
+        mine = mine or os.fstat(self._fd)
         try:
             current = os.stat(self.name, dir_fd=self._dir.fd, follow_symlinks=False)
         except FileNotFoundError:
