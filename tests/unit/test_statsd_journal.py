@@ -28,6 +28,7 @@ from ugram.builtin.statsd_journal import (
     unsealed,
 )
 from ugram.codecs.statsd import parse_packet
+from ugram.errors import UnsafePathError
 from ugram.ring import Record
 
 NS = 1_000_000_000
@@ -54,7 +55,7 @@ def test_a_torn_last_entry_is_cut_and_not_recovered(spool: Spool) -> None:
         file.write(frame(records(b"a:4|c", start=200))[:-3])
 
     successor = Journal(spool.journal_dir(0))
-    found = successor.adopt(spool.spilled())
+    found = successor.adopt(spool.spilled)
 
     assert found.payloads == [b"a:1|c", b"a:2|c"]
     assert found.journaled == {("s1", 0): {100, 200}}
@@ -80,11 +81,12 @@ def test_a_partial_counts_as_written_when_present_or_merged(spool: Spool) -> Non
     bucket.add(parse_packet(b"a:1|c")[0], 0)
     present = spool.partial_name(bucket)
     spool.write_partial(bucket, present)
+    assert spool.spilled(present)
+    assert not spool.spilled("merged-earlier.msgpack")
+    # A merge lists what it merged, then removes it: read at the moment of the question.
     spool.write_totals(b'{"merged_partials": ["merged-earlier.msgpack"]}')
-    written = spool.spilled()
-    assert written(present)
-    assert written("merged-earlier.msgpack")
-    assert not written("never-written.msgpack")
+    assert spool.spilled("merged-earlier.msgpack")
+    assert not spool.spilled("never-written.msgpack")
 
 
 def aggregator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StatsdAggregator:
@@ -164,6 +166,11 @@ def test_a_long_interval_is_spilled_early_and_still_counted_once(
         records = [Record(b"c:1|c", b"", 7 * NS, -1, -1, -1) for _ in range(10)]
         ends.update({id(r): 100 * (batch * 10 + i + 1) for i, r in enumerate(records)})
         agg.handle_batch([parse_packet(r.payload) for r in records], records)
+        # Until it is acknowledged, the batch's positions stay journaled: a kill now would
+        # replay it, and the replay must be skipped (its lines are in the aggregate).
+        (log,) = Path(spool.path, "journal", "0").glob("*.log")
+        last = read_entries(log.read_bytes())[0][-1]
+        assert last.ends == [ends[id(r)] for r in records]
     early = spool.ready(None)
     assert sum(map(len, early.values())) >= 2  # spilled before the interval ended
     assert all(size <= 2000 + 400 for size in agg._ahead.journal.sizes.values())  # type: ignore[union-attr]
@@ -171,3 +178,52 @@ def test_a_long_interval_is_spilled_early_and_still_counted_once(
     totals = Spool(spool.path).read_totals()
     assert [(c.name, c.value) for c in totals.counters] == [("c", 400.0)]
     assert totals.lines == 400
+
+
+def test_adoption_leaves_each_log_without_its_seals(spool: Spool) -> None:
+    # What it recovers no longer depends on totals.json remembering the sealed partial.
+    journal = Journal(spool.journal_dir(0))
+    journal.append(3, records(b"a:1|c"))
+    journal.append(3, Entry(SEAL, partial="gone.msgpack"))  # its partial was never written
+    journal.append(3, records(b"a:2|c", start=100))
+    journal.append(3, Entry(SEAL, partial="there.msgpack"))
+    journal.append(3, records(b"a:4|c", start=200))
+    journal.close()
+    successor = Journal(spool.journal_dir(0))
+    found = successor.adopt(lambda name: name == "there.msgpack")
+    assert found.payloads == [b"a:4|c"]
+    entries, _ = read_entries(Path(spool.path, "journal", "0", "3.log").read_bytes())
+    assert [(e.kind, e.payloads) for e in entries] == [(RECORDS, [b"a:4|c"])]
+    assert successor.adopt(lambda name: False).payloads == [b"a:4|c"]  # the same, afresh
+    successor.close()
+
+
+def test_a_failed_adoption_frees_the_slot(spool: Spool, tmp_path: Path) -> None:
+    directory = spool.journal_dir(0)
+    log = Path(spool.path, "journal", "0", "5.log")
+    log.write_bytes(frame(records(b"a:1|c")))
+    os.link(log, tmp_path / "planted")  # two links: not a file the journal may trust
+    with pytest.raises(UnsafePathError):
+        WriteAhead(directory, spool.spilled, 10.0)
+    (tmp_path / "planted").unlink()
+    ahead = WriteAhead(directory, spool.spilled, 10.0, wait=False)  # not BusyError: free
+    assert ahead.take_recovered()[1][0].payload == b"a:1|c"
+    ahead.close()
+
+
+def test_a_merge_keeps_every_name_it_merged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ugram.builtin.statsd.MERGED_KEPT", 3)
+    agg = aggregator(tmp_path, monkeypatch)
+    spool = agg._require()
+    spool.write_totals(b'{"merged_partials": ["old1", "old2", "old3"]}')
+    for start in (0.0, 10.0, 20.0, 30.0):
+        bucket = Bucket(start)
+        bucket.add(parse_packet(b"a:1|c")[0], int(start * NS))
+        spool.write_partial(bucket)
+    agg._merge(spool, None)
+    kept = spool.read_totals().merged_partials
+    assert len(kept) == 4
+    assert not {"old1", "old2", "old3"} & set(kept)
+    agg.teardown()

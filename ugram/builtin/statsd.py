@@ -132,21 +132,15 @@ class Spool:
         self._open(os.path.join(self.path, "journal"))
         return self._open(os.path.join(self.path, "journal", str(slot)))
 
-    def spilled(self) -> Callable[[str], bool]:
-        """Whether a partial file was written: it is there, or ``totals.json`` says it was
-        merged (read now: call it once per recovery)."""
-        merged = set(self.read_totals().merged_partials)
-
-        def written(name: str) -> bool:
-            if name in merged:
-                return True
-            try:
-                os.stat(name, dir_fd=self.partials.fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return False
-            return True
-
-        return written
+    def spilled(self, name: str) -> bool:
+        """Whether the partial file ``name`` was written: it is there, or ``totals.json``
+        says it was merged. In that order: a merge writes ``totals.json`` before it removes
+        what it merged, so a partial missing now is listed in the totals read after."""
+        try:
+            os.stat(name, dir_fd=self.partials.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return name in self.read_totals().merged_partials
+        return True
 
     def register(self) -> None:
         """Announce this process as a live worker."""
@@ -372,13 +366,16 @@ class StatsdAggregator:
         if self.jsonl:
             if self._ahead is None and context.worker_index() >= 0:
                 self._adopt()
-            if self._ahead is not None:
-                packets, records = self._ahead.unreplayed(packets, records)
-                self._ahead.write(records)  # before the batch is acknowledged
-            self._aggregate(packets, records)
-            if self._ahead is not None:
-                for index in self._ahead.oversized():  # a long interval at a high rate
+            ahead = self._ahead
+            if ahead is not None:
+                # A long interval at a high rate: spilled now, the batch that made its log
+                # so long acknowledged (spilled before, its replay would count twice).
+                for index in ahead.oversized():
                     self._spill_one(index)
+                packets, records = ahead.unreplayed(packets, records)
+                ahead.settle()
+                ahead.write(records)  # before the batch is acknowledged
+            self._aggregate(packets, records)
 
     def _adopt(self, wait: bool = True) -> None:
         """Own this slot's journal and aggregate what a dead predecessor acknowledged but
@@ -389,7 +386,7 @@ class StatsdAggregator:
         """
         spool = self._require()
         slot = context.worker_index()
-        self._ahead = WriteAhead(spool.journal_dir(slot), spool.spilled(), self.interval, wait)
+        self._ahead = WriteAhead(spool.journal_dir(slot), spool.spilled, self.interval, wait)
         packets, records = self._ahead.take_recovered()
         if records:
             self._aggregate(packets, records)
@@ -421,10 +418,14 @@ class StatsdAggregator:
         return bucket
 
     def tick(self) -> None:
-        """Publish the intervals that ended; merge the ones every worker had time to publish."""
+        """Publish the intervals that ended; merge the ones every worker had time to publish.
+        A worker that got no batch yet adopts its slot's journal here, if the slot is free."""
         if not self.jsonl:
             return
         spool = self._require()
+        if self._ahead is None and context.worker_index() >= 0:
+            with contextlib.suppress(BusyError):  # a predecessor in its teardown: later
+                self._adopt(wait=False)
         now = self.clock()
         self._spill(int(now // self.interval))
         with spool.locked(wait=False) as mine:
@@ -503,7 +504,9 @@ class StatsdAggregator:
             records.append(encode(render_interval(merged, self.interval)) + b"\n")
             totals = add_to_totals(totals, merged, self.interval, self.limits)
         names = [name for names in groups.values() for name in names]
-        recent = [*before.merged_partials, *names][-MERGED_KEPT:]
+        # This merge's own names all stay: one killed after writing the totals must find them.
+        room = MERGED_KEPT - len(names)
+        recent = [*(before.merged_partials[-room:] if room > 0 else []), *names]
         totals = msgspec.structs.replace(totals, merged_partials=recent)
         if records:
             spool.append_output(b"".join(records))

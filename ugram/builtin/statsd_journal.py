@@ -13,8 +13,9 @@ acknowledged but never spilled, and it aggregates them again; each log is cut af
 last whole entry (a write torn by the kill) and goes on as the new owner's. The ring replays
 the batch the dead worker had in hand: its records up to the last position journaled are
 skipped (counted), the rest count. A log past :data:`MAX_LOG` bytes (a long interval at a
-high rate) has its interval spilled early, as a partial of its own (the merge adds the
-partials of one interval). So whenever a worker dies, each record counts once:
+high rate) has its interval spilled early, at the start of the next batch (the one that
+made it so is acknowledged by then), as a partial of its own (the merge adds the partials of
+one interval). So whenever a worker dies, each record counts once:
 
 * killed before its batch was journaled: nothing of it is in the log; it is replayed;
 * after: it is in the log (recovered) and skipped in the replay (by each record's position
@@ -117,18 +118,31 @@ class Recovered:
             self.journaled.setdefault(key, set()).update(ends)
 
 
-def unsealed(entries: list[Entry], spilled: Callable[[str], bool]) -> Recovered:
-    """The records of ``entries`` after the last seal whose partial was ``spilled``."""
+def unsealed_entries(entries: list[Entry], spilled: Callable[[str], bool]) -> list[Entry]:
+    """The record entries after the last seal whose partial was ``spilled`` (a seal whose
+    partial was never written covers nothing)."""
+    kept: list[Entry] = []
+    for entry in entries:
+        if entry.kind != SEAL:
+            kept.append(entry)
+        elif spilled(entry.partial):  # everything before it is in that partial
+            kept = []
+    return kept
+
+
+def recovered(entries: list[Entry]) -> Recovered:
+    """The records of ``entries`` and their positions."""
     out = Recovered()
     for entry in entries:
-        if entry.kind == SEAL:
-            if spilled(entry.partial):  # everything before it is in that partial
-                out.payloads, out.received = [], []
-            continue
         out.payloads.extend(entry.payloads)
         out.received.extend(entry.received)
         out.journaled.setdefault((entry.server, entry.resets), set()).update(entry.ends)
     return out
+
+
+def unsealed(entries: list[Entry], spilled: Callable[[str], bool]) -> Recovered:
+    """The records of ``entries`` after the last seal whose partial was ``spilled``."""
+    return recovered(unsealed_entries(entries, spilled))
 
 
 class Journal:
@@ -160,8 +174,11 @@ class Journal:
         self.sizes: dict[int, int] = {}  # interval index -> its log's bytes
 
     def adopt(self, spilled: Callable[[str], bool]) -> Recovered:
-        """Read every log left in the directory, cut each after its last whole entry, and
-        return what was acknowledged but never spilled (all logs together).
+        """Read every log left in the directory and return what was acknowledged but never
+        spilled (all logs together). Each log is left holding just that: a torn entry at
+        its end (a kill mid-write) is cut, and one with seals is rewritten (atomically)
+        without them and what they cover, so no later reading depends on how long
+        ``totals.json`` remembers a merged partial.
 
         Raises:
             UnsafePathError: a log there is not ours.
@@ -180,18 +197,36 @@ class Journal:
                 )
                 os.ftruncate(fd, end)
             self.sizes[index] = end
-            total.add(unsealed(entries, spilled))
+            kept = unsealed_entries(entries, spilled)
+            if len(kept) != len(entries):
+                self._rewrite(index, kept)
+            total.add(recovered(kept))
         return total
+
+    def _rewrite(self, index: int, entries: list[Entry]) -> None:
+        """Replace interval ``index``'s log with ``entries`` (a fresh file, renamed)."""
+        data = b"".join(map(frame, entries))
+        safefs.write_replace(self.dir, _name(index), data, FILE_MODE, fsync=False)
+        os.close(self._files.pop(index))
+        self._open(index)
+        self.sizes[index] = len(data)
 
     def append(self, index: int, entry: Entry) -> None:
         """Append one entry to interval ``index``'s log (one write: O_APPEND)."""
         fd = self._files.get(index)
         if fd is None:
             fd = self._open(index)
-        data = memoryview(frame(entry))
-        self.sizes[index] = self.sizes.get(index, 0) + len(data)
-        while data:
-            data = data[os.write(fd, data) :]
+        encoded = frame(entry)
+        data = memoryview(encoded)
+        start = self.sizes[index] if index in self.sizes else os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:  # disk full after a short write: no torn entry before later ones
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+        self.sizes[index] = start + len(encoded)
 
     def forget(self, index: int) -> None:
         """Interval ``index`` is in a partial file: remove its log."""
@@ -258,8 +293,13 @@ class WriteAhead:
         """
         self.journal = Journal(directory, wait)
         self.interval = interval
-        self._found = self.journal.adopt(spilled)
+        try:
+            self._found = self.journal.adopt(spilled)
+        except BaseException:  # the slot is free again: a retry must not wait on itself
+            self.journal.close()
+            raise
         self._journaled = self._found.journaled
+        self._later: set[int] = set()  # logs to remove once the replay is over
 
     def take_recovered(self) -> tuple[list[list[Line]], list[Record]]:
         """The adopted records to aggregate again, decoded, beside records like the ring's."""
@@ -319,8 +359,20 @@ class WriteAhead:
         self.journal.append(index, Entry(SEAL, partial=partial))
 
     def forget(self, index: int) -> None:
-        """Interval ``index`` is written out (or held nothing): remove its log."""
+        """Interval ``index`` is written out (or held nothing): remove its log, once the
+        replay of the dead predecessor's batch is over (until then the log's positions say
+        which replayed records to skip, should this worker die too)."""
+        if self._journaled:
+            self._later.add(index)
+            return
         self.journal.forget(index)
+
+    def settle(self) -> None:
+        """Remove the logs :meth:`forget` kept for the replay, once it is over."""
+        if not self._journaled and self._later:
+            for index in sorted(self._later):
+                self.journal.forget(index)
+            self._later.clear()
 
     def oversized(self) -> list[int]:
         """The intervals whose log holds more than :data:`MAX_LOG` bytes: to spill now,
@@ -328,5 +380,6 @@ class WriteAhead:
         return [index for index, size in self.journal.sizes.items() if size > MAX_LOG]
 
     def close(self) -> None:
-        """Close the logs and release the slot."""
+        """Close the logs and release the slot (the logs :meth:`forget` kept stay: sealed,
+        their partials written, a successor drops them)."""
         self.journal.close()
