@@ -677,6 +677,7 @@ static int parser_init(PyObject *op, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "SyslogParser takes no keyword arguments");
         return -1;
     }
+    self->vectorcall = NULL; /* until every field is set: a failed (re-)init is not callable */
     if (!PyArg_ParseTuple(args, "OOOO:SyslogParser", &fallback, &message_type, &bsd, &rfc3339))
         return -1;
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
@@ -1134,6 +1135,7 @@ static int statsd_init(PyObject *op, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "StatsdParser takes no keyword arguments");
         return -1;
     }
+    self->vectorcall = NULL; /* until every field is set: a failed (re-)init is not callable */
     if (!PyArg_ParseTuple(args, "OO:StatsdParser", &fallback, &metric_type))
         return -1;
     statsd_clear(op);
@@ -1286,6 +1288,7 @@ static int lines_init(PyObject *op, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "LinesParser takes no keyword arguments");
         return -1;
     }
+    self->vectorcall = NULL;
     if (!PyArg_ParseTuple(args, "OO:LinesParser", &fallback, &parse))
         return -1;
     Py_XSETREF(self->fallback, Py_NewRef(fallback));

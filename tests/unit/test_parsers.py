@@ -397,3 +397,13 @@ def test_the_compiled_lines_codec_answers_as_the_reference(line_type: Any, paylo
     reference = lines_make_decoder(line_type, speedups=False)
     assert type(fast) is not type(reference)
     assert lines_outcome(fast, payload) == lines_outcome(reference, payload), payload
+
+
+def test_a_parser_whose_init_failed_refuses_calls() -> None:
+    parser = compiled_statsd()
+    with pytest.raises(TypeError):
+        parser.__init__(1)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="not initialised"):
+        parser(b"a:1|c")
+    parser.__init__(parse_packet, Metric)  # type: ignore[misc]
+    assert parser(b"a:1|c") == parse_packet(b"a:1|c")
