@@ -407,6 +407,7 @@ def test_sigkills_mid_flood_lose_nothing_in_the_jsonl_output(sock_dir: Path) -> 
     assert [(s["name"], s["value"]) for s in totals["sets"]] == [("app.users", 13)]
     gauges = {g["name"]: g["value"] for g in totals["gauges"]}
     assert gauges["app.temp"] == n - 1  # the last received, whichever worker had it
+    assert gauges["app.queue"] == n  # "+1" each: changes add up, across workers and kills
     assert not list((out / "journal").glob("*/*.log"))  # all written out at the stop
     assert server.stderr.count("recovered") >= 1, server.stderr  # a kill left work to recover
 

@@ -501,8 +501,9 @@ class StatsdAggregator:
                     merged.skipped_partials += 1
                 else:
                     merged.merge(part)
-            records.append(encode(render_interval(merged, self.interval)) + b"\n")
             totals = add_to_totals(totals, merged, self.interval, self.limits)
+            gauges = {(g.name, tuple(g.tags)): g.value for g in totals.gauges}
+            records.append(encode(render_interval(merged, self.interval, gauges)) + b"\n")
         names = [name for names in groups.values() for name in names]
         # This merge's own names all stay: one killed after writing the totals must find them.
         room = MERGED_KEPT - len(names)

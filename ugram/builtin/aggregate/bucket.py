@@ -46,7 +46,9 @@ class Bucket:
 
     Counters add ``value / sample_rate``; a gauge keeps the value received last (by the
     receiver's clock in exact nanoseconds, comparable across workers: two lines read in one
-    batch differ by 1 ns, which a float of epoch seconds cannot tell apart); a set keeps its
+    batch differ by 1 ns, which a float of epoch seconds cannot tell apart), and the
+    ``+N``/``-N`` changes received after it (or, with none, to add to the value the gauge
+    had before the interval: :meth:`gauge_value`); a set keeps its
     distinct members; histogram,
     timer and distribution samples are kept with the weight ``1 / sample_rate``.
 
@@ -69,6 +71,8 @@ class Bucket:
         self._cached_key = self.keys.cached  # the per-line lookup, bound once
         self.counters: dict[Key, float] = {}
         self.gauges: dict[Key, tuple[int, float]] = {}  # (received_ns, value)
+        # +N/-N gauge lines not superseded by a later absolute value here: (received_ns, N)
+        self.deltas: dict[Key, list[tuple[int, float]]] = {}
         self.sets: dict[Key, set[str]] = {}
         self.samples: dict[tuple[str, Key], tuple[list[float], list[float]]] = {}
         self.events: list[tuple[int, Event]] = []  # (received_ns, event)
@@ -130,12 +134,21 @@ class Bucket:
 
     def _add_gauge(self, key: Key, m: Metric, received_ns: int) -> bool:
         current = self.gauges.get(key)
-        if current is None:
-            if not self._admit(False):
-                return False
-        elif received_ns < current[0]:  # a later one is already there
+        if current is None and key not in self.deltas and not self._admit(False):
+            return False
+        if current is not None and received_ns < current[0]:  # a later value is there
+            return True
+        if m.relative:  # a change, applied to the value before it (statsd's +N/-N)
+            self.deltas.setdefault(key, []).append((received_ns, math.fsum(m.values)))
             return True
         self.gauges[key] = (received_ns, m.values[-1])
+        deltas = self.deltas.get(key)
+        if deltas:  # what came before this value no longer counts
+            kept = [d for d in deltas if d[0] > received_ns]
+            if kept:
+                self.deltas[key] = kept
+            else:
+                del self.deltas[key]
         return True
 
     def _add_set(self, key: Key, m: Metric, received_ns: int) -> bool:
@@ -201,6 +214,20 @@ class Bucket:
         if current is None or at >= current[0]:
             self.gauges[key] = (at, value)
 
+    def gauge_value(self, key: Key, before: float, before_at: int = -1) -> tuple[int, float]:
+        """A gauge's (time, value) after this bucket, given its value ``before`` (received
+        at ``before_at``): its last absolute value here, unless ``before`` is later (a late
+        interval), with the changes received after that absolute value added."""
+        absolute = self.gauges.get(key)
+        at, value = before_at, before
+        if absolute is not None and absolute[0] >= before_at:
+            at, value = absolute
+        since = absolute[0] if absolute is not None else -1
+        for t, delta in self.deltas.get(key, ()):
+            if t >= since:
+                at, value = max(at, t), value + delta
+        return at, value
+
     def merge(self, other: Bucket) -> None:
         """Add another process's aggregate of the same interval (within this one's limits)."""
         for key, value in other.counters.items():
@@ -211,10 +238,19 @@ class Bucket:
             else:
                 self.refused_series += 1
         for key, (at, gauge) in other.gauges.items():
-            if self._admit(key in self.gauges):
+            if self._admit(key in self.gauges or key in self.deltas):
                 self.set_gauge(key, at, gauge)
             else:
                 self.refused_series += 1
+        for key, changes in other.deltas.items():
+            if key in self.deltas or key in self.gauges or self._admit(False):
+                self.deltas.setdefault(key, []).extend(changes)
+            elif key not in other.gauges:  # refused once, with its absolute value if any
+                self.refused_series += 1
+        for key, changes in self.deltas.items():
+            current = self.gauges.get(key)
+            if current is not None:  # only what came after the latest value counts
+                changes[:] = [d for d in changes if d[0] >= current[0]]
         for key, members in other.sets.items():
             mine = self.sets.get(key)
             if mine is None:

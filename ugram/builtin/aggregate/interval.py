@@ -100,8 +100,12 @@ def _summary(key: Key, values: list[float], weights: list[float]) -> SummaryOut:
     )
 
 
-def render_interval(b: Bucket, interval: float) -> IntervalOut:
-    """The output record of a merged bucket."""
+def render_interval(
+    b: Bucket, interval: float, gauges: dict[Key, float] | None = None
+) -> IntervalOut:
+    """The output record of a merged bucket; ``gauges``: each gauge's value at the end of
+    the interval (the totals', which a ``+N``/``-N`` change adds to), else the bucket's."""
+    known = gauges or {}
     summaries: dict[str, list[SummaryOut]] = {name: [] for name in SUMMARY_KINDS.values()}
     for (kind, key), (values, weights) in sorted(b.samples.items()):
         summaries[SUMMARY_KINDS[kind]].append(_summary(key, values, weights))
@@ -111,7 +115,10 @@ def render_interval(b: Bucket, interval: float) -> IntervalOut:
         counters=[
             CounterOut(n, list(t), v, v / interval) for (n, t), v in sorted(b.counters.items())
         ],
-        gauges=[ValueOut(n, list(t), v) for (n, t), (_, v) in sorted(b.gauges.items())],
+        gauges=[
+            ValueOut(n, list(t), known.get((n, t), b.gauge_value((n, t), 0.0)[1]))
+            for n, t in sorted(b.gauges.keys() | b.deltas.keys())
+        ],
         sets=[ValueOut(n, list(t), len(m)) for (n, t), m in sorted(b.sets.items())],
         events=[event for _, event in sorted(b.events, key=lambda pair: pair[0])],
         service_checks=[check for _, check in sorted(b.checks, key=lambda pair: pair[0])],

@@ -24,6 +24,7 @@ class _Partial(msgspec.Struct, array_like=True):
     refused_lines: int = 0  # absent from the partials of an older ugram
     refused_series: int = 0
     refused_members: int = 0
+    gauge_deltas: list[tuple[str, tuple[str, ...], list[tuple[int, float]]]] = []
 
 
 def dump_bucket(b: Bucket) -> bytes:
@@ -42,6 +43,7 @@ def dump_bucket(b: Bucket) -> bytes:
             b.refused_lines,
             b.refused_series,
             b.refused_members,
+            [(n, t, changes) for (n, t), changes in b.deltas.items()],
         )
     )
 
@@ -65,6 +67,8 @@ def load_bucket(data: bytes) -> Bucket:
     b.lines, b.invalid_lines = p.lines, p.invalid_lines
     b.refused_lines, b.refused_series = p.refused_lines, p.refused_series
     b.refused_members = p.refused_members
+    b.deltas = {(n, t): [(at, d) for at, d in changes] for n, t, changes in p.gauge_deltas}
     b.series = len(b.counters) + len(b.gauges) + len(b.sets) + len(b.samples)
+    b.series += len(b.deltas.keys() - b.gauges.keys())
     b.members = sum(map(len, b.sets.values()))
     return b

@@ -65,7 +65,8 @@ class SummaryTotal(msgspec.Struct):
 class Totals(msgspec.Struct, kw_only=True):
     """``totals.json``: everything aggregated since the directory was created.
 
-    Counters are summed over intervals, gauges hold their last value, sets their distinct
+    Counters are summed over intervals, gauges hold their last value (``+N``/``-N`` changes
+    applied), sets their distinct
     members; ``flushes`` counts the interval records written. Within the limits: a series
     not updated for ``series_ttl`` is dropped (``pruned_series``); a new series when the
     totals hold ``max_series``, or an addition that would overflow, is refused (counted in
@@ -200,10 +201,12 @@ class _Fold:
                 self.refused_series += 1
             elif self._admit(old is not None):
                 self.counters[key] = (new, self.end)
-        for key, (at, value) in b.gauges.items():
+        for key in b.gauges.keys() | b.deltas.keys():
             current = self.gauges.get(key)
-            if self._admit(current is not None) and (current is None or at >= current[0]):
-                self.gauges[key] = (at, value)
+            if not self._admit(current is not None):
+                continue
+            at, value = current if current is not None else (-1, 0.0)
+            self.gauges[key] = b.gauge_value(key, value, at)
         for key, members in b.sets.items():
             entry = self.sets.get(key)
             if self._admit(entry is not None):
