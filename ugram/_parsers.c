@@ -43,6 +43,107 @@ static const char MONTHS[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
 static PyObject DECLINE_OBJECT;
 #define DECLINE (&DECLINE_OBJECT)
 
+/* What the three parsers share: a callable object whose vectorcall reads the payload's
+   buffer and runs its `parse_payload` (the parsed datagram, or DECLINE to hand the payload
+   to `fallback`, the pure-Python reference). */
+typedef PyObject *(*ParsePayload)(PyObject *self, const unsigned char *b, Py_ssize_t n);
+
+#define PARSER_HEAD                                                                         \
+    PyObject_HEAD vectorcallfunc vectorcall; /* NULL until __init__ succeeded */            \
+    ParsePayload parse_payload;                                                             \
+    PyObject *fallback; /* the reference */
+
+typedef struct {
+    PARSER_HEAD
+} Parser;
+
+static PyObject *parser_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    Parser *self = (Parser *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_Format(PyExc_TypeError, "%s takes one argument, the payload",
+                     Py_TYPE(callable)->tp_name);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *parsed = self->parse_payload(callable, view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (parsed == DECLINE)
+        return PyObject_CallOneArg(self->fallback, args[0]);
+    return parsed;
+}
+
+static PyObject *parser_call(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    if (((Parser *)op)->vectorcall == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s was not initialised", Py_TYPE(op)->tp_name);
+        return NULL;
+    }
+    return PyVectorcall_Call(op, args, kwargs);
+}
+
+/* The start of every __init__: not callable until it succeeds; no keyword arguments. */
+static int parser_init_start(PyObject *op, PyObject *kwargs)
+{
+    ((Parser *)op)->vectorcall = NULL;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_Format(PyExc_TypeError, "%s takes no keyword arguments", Py_TYPE(op)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* The end of a successful __init__. */
+static void parser_ready(PyObject *op, ParsePayload parse)
+{
+    ((Parser *)op)->parse_payload = parse;
+    ((Parser *)op)->vectorcall = parser_vectorcall;
+}
+
+static void parser_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    Py_TYPE(op)->tp_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+/* Each non-empty line of a datagram ("\n" separated, a trailing "\r" dropped) parsed by
+   `one`, as a list; DECLINE when `one` declines a line or there is none. */
+static PyObject *each_line(PyObject *self, const unsigned char *b, Py_ssize_t n,
+                           ParsePayload one)
+{
+    PyObject *lines = PyList_New(0);
+    if (lines == NULL)
+        return NULL;
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        if (i < n && b[i] != '\n')
+            continue;
+        Py_ssize_t end = i;
+        if (end > start && b[end - 1] == '\r')
+            end--;
+        if (end > start) {
+            PyObject *line = one(self, b + start, end - start);
+            if (line == DECLINE || line == NULL || PyList_Append(lines, line) < 0) {
+                if (line != DECLINE)
+                    Py_XDECREF(line);
+                Py_DECREF(lines);
+                return line == DECLINE ? DECLINE : NULL;
+            }
+            Py_DECREF(line);
+        }
+        start = i + 1;
+    }
+    if (PyList_GET_SIZE(lines) == 0) {
+        Py_DECREF(lines);
+        return DECLINE; /* no line: the reference raises */
+    }
+    return lines;
+}
+
 /* Small caches of what repeats from line to line (names, tags, header fields), by the
    bytes read: a slot holds one entry, a new one replaces it. */
 #define CACHE_SLOTS 1024 /* a power of two */
@@ -84,9 +185,7 @@ static void cache_put(CacheSlot *slot, const unsigned char *at, Py_ssize_t lengt
 }
 
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *fallback;     /* parse_syslog: the reference */
+    PARSER_HEAD             /* fallback: parse_syslog */
     PyObject *message_type; /* SyslogMessage */
     PyObject *bsd_time;     /* _bsd_time(month, day, hour, minute, second) */
     PyObject *rfc3339;      /* _rfc3339(text) -> datetime | None */
@@ -614,8 +713,9 @@ static PyObject *parse_3164(SyslogParser *self, const unsigned char *b, Py_ssize
 
 /* -- the whole datagram -------------------------------------------------------------------- */
 
-static PyObject *parse(SyslogParser *self, const unsigned char *b, Py_ssize_t n)
+static PyObject *syslog_payload(PyObject *op, const unsigned char *b, Py_ssize_t n)
 {
+    SyslogParser *self = (SyslogParser *)op;
     while (n > 0 && (b[n - 1] == '\0' || b[n - 1] == '\r' || b[n - 1] == '\n'))
         n--;
     if (n == 0)
@@ -650,35 +750,12 @@ static PyObject *parse(SyslogParser *self, const unsigned char *b, Py_ssize_t n)
     return parse_3164(self, b, p, n, pri);
 }
 
-static PyObject *parser_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                                   PyObject *kwnames)
-{
-    SyslogParser *self = (SyslogParser *)callable;
-    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "SyslogParser takes one argument, the payload");
-        return NULL;
-    }
-    PyObject *payload = args[0];
-    Py_buffer view;
-    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    PyObject *message = parse(self, view.buf, view.len);
-    PyBuffer_Release(&view);
-    if (message == DECLINE)
-        return PyObject_CallOneArg(self->fallback, payload);
-    return message;
-}
-
-static int parser_init(PyObject *op, PyObject *args, PyObject *kwargs)
+static int syslog_init(PyObject *op, PyObject *args, PyObject *kwargs)
 {
     SyslogParser *self = (SyslogParser *)op;
     PyObject *fallback, *message_type, *bsd, *rfc3339;
-    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
-        PyErr_SetString(PyExc_TypeError, "SyslogParser takes no keyword arguments");
-        return -1;
-    }
-    self->vectorcall = NULL; /* until every field is set: a failed (re-)init is not callable */
-    if (!PyArg_ParseTuple(args, "OOOO:SyslogParser", &fallback, &message_type, &bsd, &rfc3339))
+    if (parser_init_start(op, kwargs) < 0 ||
+        !PyArg_ParseTuple(args, "OOOO:SyslogParser", &fallback, &message_type, &bsd, &rfc3339))
         return -1;
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
     Py_XSETREF(self->message_type, Py_NewRef(message_type));
@@ -695,11 +772,11 @@ static int parser_init(PyObject *op, PyObject *args, PyObject *kwargs)
     Py_CLEAR(self->iso_value);
     if (self->kw_plain == NULL || self->kw_3164 == NULL || self->kw_5424 == NULL)
         return -1;
-    self->vectorcall = parser_vectorcall;
+    parser_ready(op, syslog_payload);
     return 0;
 }
 
-static int parser_traverse(PyObject *op, visitproc visit, void *arg)
+static int syslog_traverse(PyObject *op, visitproc visit, void *arg)
 {
     SyslogParser *self = (SyslogParser *)op;
     Py_VISIT(self->fallback);
@@ -711,7 +788,7 @@ static int parser_traverse(PyObject *op, visitproc visit, void *arg)
     return 0;
 }
 
-static int parser_clear(PyObject *op)
+static int syslog_clear(PyObject *op)
 {
     SyslogParser *self = (SyslogParser *)op;
     Py_CLEAR(self->fallback);
@@ -730,41 +807,17 @@ static int parser_clear(PyObject *op)
     return 0;
 }
 
-static void parser_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    parser_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-static PyObject *parser_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    SyslogParser *self = (SyslogParser *)type->tp_alloc(type, 0);
-    if (self != NULL)
-        self->vectorcall = NULL; /* set by __init__; a call before it is refused */
-    return (PyObject *)self;
-}
-
-static PyObject *parser_call(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (((SyslogParser *)op)->vectorcall == NULL) {
-        PyErr_SetString(PyExc_TypeError, "SyslogParser was not initialised");
-        return NULL;
-    }
-    return PyVectorcall_Call(op, args, kwargs);
-}
-
 static PyTypeObject SyslogParserType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ugram._parsers.SyslogParser",
     .tp_basicsize = sizeof(SyslogParser),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "SyslogParser(fallback, message_type, bsd_time, rfc3339): parse_syslog, compiled",
-    .tp_vectorcall_offset = offsetof(SyslogParser, vectorcall),
-    .tp_new = parser_new,
-    .tp_init = parser_init,
+    .tp_vectorcall_offset = offsetof(Parser, vectorcall),
+    .tp_new = PyType_GenericNew,
+    .tp_init = syslog_init,
     .tp_call = parser_call,
-    .tp_traverse = parser_traverse,
-    .tp_clear = parser_clear,
+    .tp_traverse = syslog_traverse,
+    .tp_clear = syslog_clear,
     .tp_dealloc = parser_dealloc,
 };
 
@@ -782,9 +835,7 @@ aggregator's dictionary lookups are fastest with the same string object each tim
 #define STATSD_MAX_NAME 256
 
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *fallback;    /* parse_packet: the reference */
+    PARSER_HEAD            /* fallback: parse_packet */
     PyObject *metric_type; /* Metric */
     PyObject *kwnames;
     PyObject *types[6];    /* "c", "g", "ms", "h", "s", "d" */
@@ -1001,8 +1052,9 @@ static int metric_section(StatsdParser *self, const unsigned char *at, Py_ssize_
 }
 
 /* One metric line: a Metric, NULL on an error, or DECLINE. */
-static PyObject *metric_line(StatsdParser *self, const unsigned char *b, Py_ssize_t n)
+static PyObject *metric_line(PyObject *op, const unsigned char *b, Py_ssize_t n)
 {
+    StatsdParser *self = (StatsdParser *)op;
     if (n > STATSD_MAX_FIELD || (n >= 3 && memcmp(b, "_e{", 3) == 0) ||
         (n >= 4 && memcmp(b, "_sc|", 4) == 0))
         return DECLINE; /* the limits, events and service checks: the reference's */
@@ -1058,54 +1110,9 @@ decline:
     return PyErr_Occurred() ? NULL : DECLINE;
 }
 
-/* Every line (split at "\n", a trailing "\r" dropped, empty ones skipped), or DECLINE. */
-static PyObject *statsd_packet(StatsdParser *self, const unsigned char *b, Py_ssize_t n)
+static PyObject *statsd_packet(PyObject *op, const unsigned char *b, Py_ssize_t n)
 {
-    PyObject *lines = PyList_New(0);
-    if (lines == NULL)
-        return NULL;
-    Py_ssize_t start = 0;
-    for (Py_ssize_t i = 0; i <= n; i++) {
-        if (i < n && b[i] != '\n')
-            continue;
-        Py_ssize_t end = i;
-        if (end > start && b[end - 1] == '\r')
-            end--;
-        if (end > start) {
-            PyObject *metric = metric_line(self, b + start, end - start);
-            if (metric == DECLINE || metric == NULL || PyList_Append(lines, metric) < 0) {
-                if (metric != DECLINE)
-                    Py_XDECREF(metric);
-                Py_DECREF(lines);
-                return metric == DECLINE ? DECLINE : NULL;
-            }
-            Py_DECREF(metric);
-        }
-        start = i + 1;
-    }
-    if (PyList_GET_SIZE(lines) == 0) {
-        Py_DECREF(lines);
-        return DECLINE; /* no line: the reference raises */
-    }
-    return lines;
-}
-
-static PyObject *statsd_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                                   PyObject *kwnames)
-{
-    StatsdParser *self = (StatsdParser *)callable;
-    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "StatsdParser takes one argument, the payload");
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    PyObject *lines = statsd_packet(self, view.buf, view.len);
-    PyBuffer_Release(&view);
-    if (lines == DECLINE)
-        return PyObject_CallOneArg(self->fallback, args[0]);
-    return lines;
+    return each_line(op, b, n, metric_line);
 }
 
 static int statsd_clear(PyObject *op)
@@ -1131,12 +1138,8 @@ static int statsd_init(PyObject *op, PyObject *args, PyObject *kwargs)
 {
     StatsdParser *self = (StatsdParser *)op;
     PyObject *fallback, *metric_type;
-    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
-        PyErr_SetString(PyExc_TypeError, "StatsdParser takes no keyword arguments");
-        return -1;
-    }
-    self->vectorcall = NULL; /* until every field is set: a failed (re-)init is not callable */
-    if (!PyArg_ParseTuple(args, "OO:StatsdParser", &fallback, &metric_type))
+    if (parser_init_start(op, kwargs) < 0 ||
+        !PyArg_ParseTuple(args, "OO:StatsdParser", &fallback, &metric_type))
         return -1;
     statsd_clear(op);
     self->fallback = Py_NewRef(fallback);
@@ -1150,7 +1153,7 @@ static int statsd_init(PyObject *op, PyObject *args, PyObject *kwargs)
     for (int i = 0; i < 6; i++)
         if ((self->types[i] = PyUnicode_InternFromString(METRIC_TYPES[i])) == NULL)
             return -1;
-    self->vectorcall = statsd_vectorcall;
+    parser_ready(op, statsd_packet);
     return 0;
 }
 
@@ -1162,34 +1165,18 @@ static int statsd_traverse(PyObject *op, visitproc visit, void *arg)
     return 0; /* the caches hold strings and tuples of strings: no cycle through them */
 }
 
-static void statsd_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    statsd_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-static PyObject *statsd_call(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (((StatsdParser *)op)->vectorcall == NULL) {
-        PyErr_SetString(PyExc_TypeError, "StatsdParser was not initialised");
-        return NULL;
-    }
-    return PyVectorcall_Call(op, args, kwargs);
-}
-
 static PyTypeObject StatsdParserType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ugram._parsers.StatsdParser",
     .tp_basicsize = sizeof(StatsdParser),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "StatsdParser(fallback, metric_type): parse_packet, compiled",
-    .tp_vectorcall_offset = offsetof(StatsdParser, vectorcall),
+    .tp_vectorcall_offset = offsetof(Parser, vectorcall),
     .tp_new = PyType_GenericNew,
     .tp_init = statsd_init,
-    .tp_call = statsd_call,
+    .tp_call = parser_call,
     .tp_traverse = statsd_traverse,
     .tp_clear = statsd_clear,
-    .tp_dealloc = statsd_dealloc,
+    .tp_dealloc = parser_dealloc,
 };
 
 /* == lines =================================================================================
@@ -1203,15 +1190,14 @@ fallback(payload): the reference parses the datagram again, and counts and logs 
 lines. */
 
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *fallback;
+    PARSER_HEAD /* fallback: the lines codec's pure-Python decode */
     PyObject *parse;
     int mode; /* 0: bytes, 1: str, 2: parse(line) */
 } LinesParser;
 
-static PyObject *one_line(LinesParser *self, const unsigned char *at, Py_ssize_t length)
+static PyObject *one_line(PyObject *op, const unsigned char *at, Py_ssize_t length)
 {
+    LinesParser *self = (LinesParser *)op;
     if (self->mode == 0)
         return PyBytes_FromStringAndSize((const char *)at, length);
     if (self->mode == 1) {
@@ -1231,70 +1217,22 @@ static PyObject *one_line(LinesParser *self, const unsigned char *at, Py_ssize_t
     return parsed;
 }
 
-static PyObject *lines_packet(LinesParser *self, const unsigned char *b, Py_ssize_t n)
+static PyObject *lines_packet(PyObject *op, const unsigned char *b, Py_ssize_t n)
 {
-    PyObject *lines = PyList_New(0);
-    if (lines == NULL)
-        return NULL;
-    Py_ssize_t start = 0;
-    for (Py_ssize_t i = 0; i <= n; i++) {
-        if (i < n && b[i] != '\n')
-            continue;
-        Py_ssize_t end = i;
-        if (end > start && b[end - 1] == '\r')
-            end--;
-        if (end > start) {
-            PyObject *line = one_line(self, b + start, end - start);
-            if (line == DECLINE || line == NULL || PyList_Append(lines, line) < 0) {
-                if (line != DECLINE)
-                    Py_XDECREF(line);
-                Py_DECREF(lines);
-                return line == DECLINE ? DECLINE : NULL;
-            }
-            Py_DECREF(line);
-        }
-        start = i + 1;
-    }
-    if (PyList_GET_SIZE(lines) == 0) {
-        Py_DECREF(lines);
-        return DECLINE;
-    }
-    return lines;
-}
-
-static PyObject *lines_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                                  PyObject *kwnames)
-{
-    LinesParser *self = (LinesParser *)callable;
-    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "LinesParser takes one argument, the payload");
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    PyObject *lines = lines_packet(self, view.buf, view.len);
-    PyBuffer_Release(&view);
-    if (lines == DECLINE)
-        return PyObject_CallOneArg(self->fallback, args[0]);
-    return lines;
+    return each_line(op, b, n, one_line);
 }
 
 static int lines_init(PyObject *op, PyObject *args, PyObject *kwargs)
 {
     LinesParser *self = (LinesParser *)op;
     PyObject *fallback, *parse;
-    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
-        PyErr_SetString(PyExc_TypeError, "LinesParser takes no keyword arguments");
-        return -1;
-    }
-    self->vectorcall = NULL;
-    if (!PyArg_ParseTuple(args, "OO:LinesParser", &fallback, &parse))
+    if (parser_init_start(op, kwargs) < 0 ||
+        !PyArg_ParseTuple(args, "OO:LinesParser", &fallback, &parse))
         return -1;
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
     Py_XSETREF(self->parse, Py_NewRef(parse));
     self->mode = parse == (PyObject *)&PyBytes_Type ? 0 : parse == (PyObject *)&PyUnicode_Type ? 1 : 2;
-    self->vectorcall = lines_vectorcall;
+    parser_ready(op, lines_packet);
     return 0;
 }
 
@@ -1312,34 +1250,18 @@ static int lines_clear(PyObject *op)
     return 0;
 }
 
-static void lines_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    lines_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-static PyObject *lines_call(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (((LinesParser *)op)->vectorcall == NULL) {
-        PyErr_SetString(PyExc_TypeError, "LinesParser was not initialised");
-        return NULL;
-    }
-    return PyVectorcall_Call(op, args, kwargs);
-}
-
 static PyTypeObject LinesParserType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ugram._parsers.LinesParser",
     .tp_basicsize = sizeof(LinesParser),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "LinesParser(fallback, parse): the lines codec's decode, compiled",
-    .tp_vectorcall_offset = offsetof(LinesParser, vectorcall),
+    .tp_vectorcall_offset = offsetof(Parser, vectorcall),
     .tp_new = PyType_GenericNew,
     .tp_init = lines_init,
-    .tp_call = lines_call,
+    .tp_call = parser_call,
     .tp_traverse = lines_traverse,
     .tp_clear = lines_clear,
-    .tp_dealloc = lines_dealloc,
+    .tp_dealloc = parser_dealloc,
 };
 
 static struct PyModuleDef module = {
