@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import child_env, run_server, wait_for
+from tests.conftest import Server, child_env, run_server, wait_for
 from tests.exposition.helpers import lines_total, own, scrape_when, send_lines
 from tests.scrape import Samples, fetch, metrics_url, parse, scrape
 
@@ -110,6 +110,25 @@ def settled(samples: Samples, sent: int) -> bool:
     return read >= sent and depth == 0 and samples.get("ugram_healthy{}") == 1
 
 
+def kill_during_flood(server: Server, path: Path, datagrams: list[bytes], kills: int) -> int:
+    """Send ``datagrams`` in ``kills`` chunks, SIGKILLing a worker (each of the two in turn)
+    the moment each chunk is in; returns how many distinct workers were killed.
+
+    Each victim is chosen once all sent is read, every ring drained and the server healthy
+    (a restarted worker that inherited records has run them): a worker still booting, or one
+    done with the chunk, would hold nothing to replay.
+    """
+    url, chunk = metrics_url(server), len(datagrams) // kills
+    dead: set[int] = set()
+    for turn, start in enumerate(range(0, len(datagrams), chunk)):
+        scrape_when(url, lambda s, m=start: settled(s, m), "both workers idle")
+        victim = both_live_workers(server.proc.pid, dead)[turn % 2]
+        send_lines(path, datagrams[start : start + chunk])
+        victim.kill()
+        dead.add(victim.pid)
+    return len(dead)
+
+
 def test_two_workers_expose_exact_totals(sock_dir: Path) -> None:
     path, n = sock_dir / "s.sock", 3000
     env = serve_env(timer_type="histogram")
@@ -189,21 +208,9 @@ def test_sigkills_mid_flood_lose_nothing_and_count_nothing_twice(sock_dir: Path)
     env = serve_env(timer_type="histogram")
     args = ("--codec", "statsd", "--workers", "2", "--metrics", "127.0.0.1:0")
     args += ("--batch-size", "32")
-    datagrams = flood(n)
-    chunk = n // kills
     with run_server("statsdkill:SlowAggregator", path, *args, env=env) as server:
         url = metrics_url(server)
-        dead: set[int] = set()
-        for turn, start in enumerate(range(0, n, chunk)):
-            # Chosen once all sent is read and every ring drained (a restarted worker that
-            # inherited records has run them), and killed the moment the chunk is in: a worker
-            # still booting, or one done with the chunk, would hold nothing to replay.
-            scrape_when(url, lambda s, m=start: settled(s, m), "both workers idle")
-            victim = both_live_workers(server.proc.pid, dead)[turn % 2]
-            send_lines(path, datagrams[start : start + chunk])
-            victim.kill()
-            dead.add(victim.pid)
-        killed = len(dead)
+        killed = kill_during_flood(server, path, flood(n), kills)
         samples = scrape_when(url, lambda s: lines_total(s) >= n * FLOOD_LINES, "the flood")
         time.sleep(0.3)  # anything counted twice would show by now
         samples = scrape(url)
@@ -383,17 +390,9 @@ def test_sigkills_mid_flood_lose_nothing_in_the_jsonl_output(sock_dir: Path) -> 
     env = serve_env(output="jsonl", dir=str(out), flush_interval="2")
     args = ("--codec", "statsd", "--workers", "2", "--metrics", "127.0.0.1:0")
     args += ("--batch-size", "32")
-    datagrams = flood(n)
-    chunk = n // kills
     with run_server("statsdkill:SlowAggregator", path, *args, env=env) as server:
         url = metrics_url(server)
-        dead: set[int] = set()
-        for turn, start in enumerate(range(0, n, chunk)):
-            scrape_when(url, lambda s, m=start: settled(s, m), "both workers idle")
-            victim = both_live_workers(server.proc.pid, dead)[turn % 2]
-            send_lines(path, datagrams[start : start + chunk])
-            victim.kill()
-            dead.add(victim.pid)
+        assert kill_during_flood(server, path, flood(n), kills) == kills
         scrape_when(url, lambda s: settled(s, n), "the flood handled")
         assert server.stop() == 0, server.stderr
     totals = json.loads((out / "totals.json").read_bytes())
