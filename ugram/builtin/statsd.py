@@ -391,6 +391,13 @@ class StatsdAggregator:
         if records:
             self._aggregate(packets, records)
 
+    def _adopt_if_free(self) -> None:
+        """:meth:`_adopt` in a worker that got no batch yet, unless another process owns the
+        slot's journal (a predecessor still in its teardown: a later tick tries again)."""
+        if self._ahead is None and context.worker_index() >= 0:
+            with contextlib.suppress(BusyError):
+                self._adopt(wait=False)
+
     def _aggregate(self, packets: list[list[Line]], records: list[Record]) -> None:
         """Aggregate each datagram's lines in the interval of its receive time."""
         received = [record[2] for record in records]
@@ -423,9 +430,7 @@ class StatsdAggregator:
         if not self.jsonl:
             return
         spool = self._require()
-        if self._ahead is None and context.worker_index() >= 0:
-            with contextlib.suppress(BusyError):  # a predecessor in its teardown: later
-                self._adopt(wait=False)
+        self._adopt_if_free()
         now = self.clock()
         self._spill(int(now // self.interval))
         with spool.locked(wait=False) as mine:
@@ -437,11 +442,7 @@ class StatsdAggregator:
         if not self.jsonl:
             return
         spool = self._require()
-        if self._ahead is None and context.worker_index() >= 0:
-            # No batch came (a successor stopped at once): what a dead predecessor left
-            # still belongs in this stop's output, unless a live worker owns the slot.
-            with contextlib.suppress(BusyError):
-                self._adopt(wait=False)
+        self._adopt_if_free()  # no batch came: what a dead predecessor left is this stop's
         self._spill(None)
         if self._ahead is not None:
             self._ahead.close()

@@ -49,7 +49,6 @@ log = logging.getLogger("ugram.worker")
 
 Batch = list[tuple[Record, int]]  # what Ring.take_batch returns: (record, its end)
 
-
 # Plain ints for the hot path: indexing with an IntEnum member costs an __index__ call.
 _COMMAND, _PROGRESS, _BUSY_SINCE_NS = int(Slot.COMMAND), int(Slot.PROGRESS), int(Slot.BUSY_SINCE_NS)
 _HEARTBEAT_NS = int(Slot.HEARTBEAT_NS)
