@@ -25,7 +25,8 @@ from ugram.builtin.statsd_journal import (
     WriteAhead,
     frame,
     read_entries,
-    unsealed,
+    recovered,
+    unsealed_entries,
 )
 from ugram.codecs.statsd import parse_packet
 from ugram.errors import UnsafePathError
@@ -71,9 +72,10 @@ def test_a_seal_covers_what_precedes_it_only_once_its_partial_is_written(
     spool: Spool,
 ) -> None:
     entries = [records(b"a:1|c"), Entry(SEAL, partial="p1"), records(b"a:2|c", start=100)]
-    assert unsealed(entries, lambda name: name == "p1").payloads == [b"a:2|c"]
+    assert recovered(unsealed_entries(entries, lambda name: name == "p1")).payloads == [b"a:2|c"]
     # killed between the seal and its partial: nothing before the seal is anywhere else
-    assert unsealed(entries, lambda name: False).payloads == [b"a:1|c", b"a:2|c"]
+    both = recovered(unsealed_entries(entries, lambda name: False))
+    assert both.payloads == [b"a:1|c", b"a:2|c"]
 
 
 def test_a_partial_counts_as_written_when_present_or_merged(spool: Spool) -> None:
@@ -124,7 +126,7 @@ def test_journaled_positions_of_another_server_run_skip_nothing(
     # A journal left by a server that was killed whole: its ring positions mean nothing in
     # the new server's rings, whose records must all count.
     entries = [records(b"a:1|c", server="old")]
-    found = unsealed(entries, lambda name: False)
+    found = recovered(unsealed_entries(entries, lambda name: False))
     assert found.journaled == {("old", 0): {100}}
     ahead = WriteAhead(Spool(str(tmp_path / "statsd")).journal_dir(0), lambda n: False, 10.0)
     ahead._journaled = found.journaled

@@ -10,12 +10,12 @@ A worker that starts in a slot takes the slot's lock (the previous owner is dead
 with its teardown) and adopts what is there: in each log, the records after the last seal
 whose partial exists (or was merged: ``totals.json`` lists the partials merged lately) were
 acknowledged but never spilled, and it aggregates them again; each log is cut after its
-last whole entry (a write torn by the kill) and goes on as the new owner's. The ring replays
-the batch the dead worker had in hand: its records up to the last position journaled are
-skipped (counted), the rest count. A log past :data:`MAX_LOG` bytes (a long interval at a
-high rate) has its interval spilled early, at the start of the next batch (the one that
-made it so is acknowledged by then), as a partial of its own (the merge adds the partials of
-one interval). So whenever a worker dies, each record counts once:
+last whole entry (a write torn by the kill), rewritten without its seals, and goes on as the
+new owner's. The ring replays the batch the dead worker had in hand: its records that were
+journaled are skipped (logged), the rest count. A log past :data:`MAX_LOG` bytes (a long
+interval at a high rate) has its interval spilled early, at the start of the next batch (the
+one that made it so is acknowledged by then), as a partial of its own (the merge adds the
+partials of one interval). So whenever a worker dies, each record counts once:
 
 * killed before its batch was journaled: nothing of it is in the log; it is replayed;
 * after: it is in the log (recovered) and skipped in the replay (by each record's position
@@ -138,11 +138,6 @@ def recovered(entries: list[Entry]) -> Recovered:
         out.received.extend(entry.received)
         out.journaled.setdefault((entry.server, entry.resets), set()).update(entry.ends)
     return out
-
-
-def unsealed(entries: list[Entry], spilled: Callable[[str], bool]) -> Recovered:
-    """The records of ``entries`` after the last seal whose partial was ``spilled``."""
-    return recovered(unsealed_entries(entries, spilled))
 
 
 class Journal:
