@@ -172,6 +172,38 @@ def life_events(out_dir: Path) -> list[tuple[float, str, int]]:
     return sorted(events)
 
 
+def test_a_hup_while_a_bad_deploy_boots_is_not_lost(sock_dir: Path, out_dir: Path) -> None:
+    """A fix deployed, and SIGHUPed, while the broken deploy's replacement is still booting:
+    the broken one's failure ends its reload, not the newer one (found by the chaos soak)."""
+    path = sock_dir / "s.sock"
+    module = sock_dir / "deployed.py"
+    write_handler(module, out_dir, "v1")
+    env = child_env(out_dir, PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] += os.pathsep + str(sock_dir)
+    with run_server("deployed:Handler", path, "--workers", "2", env=env) as server:
+        pid = server.proc.pid
+        wait_for(lambda: len(worker_pids(pid)) == 2, what="2 workers")
+        old = worker_pids(pid)
+        slow_failure = "import time; time.sleep(1.5); raise RuntimeError('no database')"
+        write_handler(module, out_dir, "v2", broken_setup=slow_failure)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "starting the new worker" in server.stderr, what="the v2 replacement")
+        time.sleep(0.5)  # it has imported v2 and is in its setup()
+        write_handler(module, out_dir, "v3")
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: not old & worker_pids(pid) and len(worker_pids(pid)) == 2,
+            what="both workers replaced by the fixed deploy",
+            timeout=30,
+        )
+        with send(path, *[f"late:{i}".encode() for i in range(100)]):
+            pass
+        assert server.stop() == 0, server.stderr[-3000:]
+    versions = {line.split()[0] for line in read_records(out_dir)}
+    assert "v2" not in versions
+    assert "v3" in versions
+
+
 def test_hup_restarts_one_worker_at_a_time(sock_dir: Path, out_dir: Path) -> None:
     path = sock_dir / "s.sock"
     env = child_env(out_dir, UGTEST_TEARDOWN="0.5")

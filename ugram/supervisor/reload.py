@@ -147,6 +147,17 @@ class RollingReload:
             log.info("SIGHUP: the new worker %d was called off", handover.index)
             return
         self._res.control[Slot.BOOT_FAILURES] += 1
+        if self._since > handover.standby.started:
+            # A SIGHUP came after this replacement started: its failure ends the reload of
+            # the code it was started with, not the newer one, which restarts this slot too.
+            log.error(
+                "SIGHUP: the new worker %d failed (%s); a later SIGHUP's reload goes on",
+                handover.index,
+                why(code),
+            )
+            if handover.index not in self._rolling:
+                self._rolling.insert(0, handover.index)
+            return
         self._rolling.clear()
         if handover.retired:  # READY, then died: the old worker, told to go, gets a fresh one
             log.error(
