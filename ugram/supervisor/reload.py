@@ -4,7 +4,8 @@ Each replacement (the standby) boots (imports the handler, runs ``setup()``) bes
 worker it replaces; only then is the old one retired, and the standby takes over its ring
 once it has exited: one consumer of a ring at a time. The next slot follows once that
 replacement runs. A standby that cannot boot abandons the reload: the running workers keep
-the code they have.
+the code they have (unless a later SIGHUP came meanwhile: its reload goes on, that slot
+included).
 """
 
 from __future__ import annotations
