@@ -55,6 +55,7 @@
 #define CTL_ACKED 33
 #define CTL_IN_HAND 34
 #define CTL_CONSUMER_WAITING 35
+#define CTL_COST_NS 38 /* the consumer's recent wall time per record (Ring.note_cost) */
 #define HEADER_SIZE 32
 #define PAD_MARK 0xFFFFFFFFu
 #define FLAG_CREDS 1u
@@ -168,7 +169,8 @@ typedef struct {
     char *data;
     uint64_t *ctl;
     uint64_t cap, head, published, tail;
-    int fresh; /* records put since the consumer was last checked for sleep */
+    int fresh;    /* records put since the consumer was last checked for sleep */
+    int64_t room; /* records it may still take before its consumer falls behind (pack) */
 } Producer;
 
 /* 0 (ValueError set) when the ring's head and tail cannot be those of a sane ring: the
@@ -184,6 +186,7 @@ UGRAM_NOINLINE static int producer_open(Producer *p, char *base, uint64_t cap, u
     p->published = load_acquire(&p->ctl[CTL_PUBLISHED]);
     p->tail = load_acquire(&p->ctl[CTL_TAIL]); /* pairs with the consumer's tail release */
     p->fresh = 0;
+    p->room = 0;
     if (p->head % 8 || p->tail > p->head || p->head - p->tail > cap) {
         PyErr_SetString(PyExc_ValueError, "drain: corrupt ring (head or tail)");
         return 0;
@@ -389,8 +392,77 @@ static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const Cr
     return closed;
 }
 
-/* Place scratch slots first..count-1, one record per ring in turn starting at *next_ring,
- * each published at once, counted, and marked placed in the scratch area (that order: a
+/* The receive time of the oldest record the consumer has not acknowledged (the one at
+ * `tail`, which stays put until we overwrite it, and only we write), or INT64_MAX for a
+ * tail no sane ring has (the caller then gives the ring no room). */
+static int64_t producer_oldest(const Producer *p, uint64_t tail)
+{
+    if (tail % 8 || tail > p->head || p->head - tail > p->cap || p->cap < HEADER_SIZE)
+        return INT64_MAX;
+    uint64_t off = tail % p->cap;
+    uint32_t mark;
+    memcpy(&mark, p->data + off, 4);
+    if (p->cap - off < HEADER_SIZE || mark == PAD_MARK)
+        off = 0; /* the record starts the buffer (Ring._read's rule) */
+    int64_t recv_ns;
+    memcpy(&recv_ns, p->data + off + 8, 8);
+    return recv_ns;
+}
+
+/* How many more records each ring takes before its consumer falls behind: none once its
+ * oldest unacknowledged record is older than `pack_ns`, else as many as its consumer gets
+ * through in `pack_ns` at its recent cost per record, less what it holds (an empty ring
+ * always takes one: an idle worker takes a record before it waits behind a busy one). A
+ * heuristic over words a worker writes: a bad value places a record badly, never unsafely.
+ * `pack_ns` 0: no room anywhere, plain round-robin (Routes.refresh_rooms is the twin). */
+UGRAM_NOINLINE static void producer_rooms(Producer *rings, Py_ssize_t active, int64_t now,
+                                          int64_t pack_ns)
+{
+    for (Py_ssize_t k = 0; k < active; k++) {
+        Producer *p = &rings[k];
+        p->room = 0;
+        if (pack_ns <= 0)
+            continue;
+        uint64_t tail = load_acquire(&p->ctl[CTL_TAIL]); /* then the record at it */
+        if (tail == p->head) {
+            p->tail = tail;
+            p->room = 1;
+        } else {
+            int64_t oldest = producer_oldest(p, tail);
+            if (oldest == INT64_MAX)
+                continue;
+            /* In unsigned arithmetic: a garbage time must not overflow. A time ahead of
+             * ours (the clock stepped back) is as young as can be. */
+            if (oldest < now && (uint64_t)now - (uint64_t)oldest > (uint64_t)pack_ns)
+                continue;
+        }
+        uint64_t acked = load_acquire(&p->ctl[CTL_ACKED]);
+        uint64_t cost = load_acquire(&p->ctl[CTL_COST_NS]);
+        uint64_t held = tail == p->head || acked >= p->published ? 0 : p->published - acked;
+        uint64_t budget = cost ? (uint64_t)pack_ns / cost : 0;
+        if (budget > held && (int64_t)(budget - held) > p->room)
+            p->room = (int64_t)(budget - held);
+    }
+}
+
+/* The ring for the next record: the first with room (counted down), else the next in
+ * turn from *next_ring (every consumer is behind: spread evenly). */
+static inline Py_ssize_t pick_ring(Producer *rings, Py_ssize_t active, Py_ssize_t *first,
+                                   Py_ssize_t *next_ring)
+{
+    while (*first < active && rings[*first].room <= 0)
+        ++*first;
+    if (*first < active) {
+        rings[*first].room--;
+        return *first;
+    }
+    Py_ssize_t k = *next_ring;
+    *next_ring = k + 1 < active ? k + 1 : 0;
+    return k;
+}
+
+/* Place scratch slots first..count-1, each in the ring pick_ring names (by the rooms
+ * producer_rooms gives them at `recv_ns`, then round-robin), each published at once, counted, and marked placed in the scratch area (that order: a
  * receiver killed between two stores re-places at most one record, and loses none). A slot
  * over `limit` bytes (or truncated by the kernel) is counted as oversized and skipped.
  * `cl` non-NULL: each record carries its sender's credentials (when the kernel gave any).
@@ -398,10 +470,12 @@ static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const Cr
 UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
                               char *sbase, const ScratchLayout *l, const CredsLayout *cl,
                               Py_ssize_t first, Py_ssize_t count, Py_ssize_t limit,
-                              int64_t recv_ns, const ReceiverCounters *rc, PlaceTotals *t)
+                              int64_t recv_ns, int64_t pack_ns, const ReceiverCounters *rc,
+                              PlaceTotals *t)
 {
     uint64_t *placed_index = (uint64_t *)sbase, *c = rc->c;
-    Py_ssize_t i;
+    Py_ssize_t i, packing = 0;
+    producer_rooms(rings, active, recv_ns, pack_ns);
     for (i = first; i < count; i++) {
         uint32_t n = slot_u32(sbase, l, i, l->len_at);
         if ((Py_ssize_t)n > limit || n > (uint64_t)l->slot_stride ||
@@ -419,13 +493,15 @@ UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active,
         int with_creds = cl != NULL && slot_credentials(sbase, l, cl, i, &creds);
         /* One clock reading per batch, plus the slot's index: receive times stay in
          * receipt order across workers (a gauge's "last value" depends on it). */
-        if (!producer_put(&rings[*next_ring], address, alen, payload, n, recv_ns + i,
-                          with_creds ? &creds : NULL))
+        Py_ssize_t turn = *next_ring, k = pick_ring(rings, active, &packing, next_ring);
+        if (!producer_put(&rings[k], address, alen, payload, n, recv_ns + i,
+                          with_creds ? &creds : NULL)) {
+            *next_ring = turn; /* the caller's Routes.put goes on from there */
             break;
+        }
         add_release(&c[rc->received], 1);
         add_release(&c[rc->bytes], n);
         store_release(placed_index, (uint64_t)i + 1); /* placed: never placed again */
-        *next_ring = *next_ring + 1 < active ? *next_ring + 1 : 0;
         t->placed++;
     }
     return i;
@@ -478,11 +554,14 @@ done:
 
 PyDoc_STRVAR(drain_doc,
 "drain(fd, scratch, layout, batch, rings, wakes, active, next_ring, limit, calls, counters,\n"
-"      slots, credentials=None)\n"
+"      slots, credentials=None, pack_ns=0)\n"
 "    -> (empty, next_ring, placed, oversized, count, following)\n\n"
 "The receiver's path without admission or routing, whole: up to `calls`\n"
-"times, recvmmsg up to `batch` datagrams into the scratch area, place each in the next of\n"
-"the first `active` rings in turn (Ring.try_put), count it in `counters` (u64 slots\n"
+"times, recvmmsg up to `batch` datagrams into the scratch area, place each in one of the\n"
+"first `active` rings (Ring.try_put): the first whose consumer keeps up, judged again each\n"
+"batch (its oldest unacknowledged record younger than `pack_ns`, and what it holds done\n"
+"within `pack_ns` at its recent cost a record), else the next in turn from `next_ring`\n"
+"(0: always in turn), count it in `counters` (u64 slots\n"
 "`slots` = (received, bytes, oversized, fds_closed)) and ready the slots again (as\n"
 "reset_slots does). `credentials`: (controllen_at, controls_at, control_stride,\n"
 "control_size) of the slots' ancillary data, when the socket passes credentials: each\n"
@@ -503,13 +582,14 @@ static PyObject *drain(PyObject *self, PyObject *args)
     Py_buffer scratch, counters;
     PyObject *layout_tuple, *ring_list, *wake_list, *slots_tuple, *creds_tuple = Py_None;
     Py_ssize_t batch, active, next_ring, limit, calls;
+    long long pack_ns = 0;
     ScratchLayout l;
     CredsLayout creds_layout, *cl = NULL;
     ReceiverCounters rc;
-    if (!PyArg_ParseTuple(args, "iw*O!nO!O!nnnnw*O!|O", &fd, &scratch, &PyTuple_Type,
+    if (!PyArg_ParseTuple(args, "iw*O!nO!O!nnnnw*O!|OL", &fd, &scratch, &PyTuple_Type,
                           &layout_tuple, &batch, &PyList_Type, &ring_list, &PyList_Type,
                           &wake_list, &active, &next_ring, &limit, &calls, &counters,
-                          &PyTuple_Type, &slots_tuple, &creds_tuple))
+                          &PyTuple_Type, &slots_tuple, &creds_tuple, &pack_ns))
         return NULL;
     PyObject *result = NULL, *rings = NULL;
     Producer *producers = NULL;
@@ -631,7 +711,7 @@ static PyObject *drain(PyObject *self, PyObject *args)
             for (Py_ssize_t i = 0; i < got; i++)
                 add_release(&rc.c[rc.fds_closed], (uint64_t)close_passed_fds(sbase, &l, cl, i));
         Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, cl, 0, got,
-                                      limit, clock_ns(CLOCK_REALTIME), &rc, &t);
+                                      limit, clock_ns(CLOCK_REALTIME), pack_ns, &rc, &t);
         if (stop < got) {
             count = got;
             following = stop;
@@ -1408,7 +1488,7 @@ static struct PyModuleDef module = {
 
 /* Bumped whenever a function's arguments or results change: ugram.speedups refuses a stale
  * build (an old .so left in place) instead of calling it wrongly. */
-#define API_VERSION 11
+#define API_VERSION 12
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {

@@ -58,6 +58,9 @@ HEAD, PUBLISHED, CLOSED, PRODUCER_WAITING = 16, 17, 18, 19
 # consumer line (offset 256): written only by the worker (SHEDDING: also by the supervisor
 # once the worker is gone; see Ring.set_shedding)
 TAIL, ACKED, IN_HAND, CONSUMER_WAITING, SPACE_SIGNALLED, SHEDDING = 32, 33, 34, 35, 36, 37
+# The consumer's recent wall time per record, in ns (0: not known yet): how the producer
+# judges how much a ring may take before its consumer falls behind (see room).
+COST_NS = 38
 # The consumer's own notes, on its line: nothing in this module reads or writes them. A ring
 # that runs the other way (a worker producing, the supervisor consuming: the statsd
 # exposition's export ring) keeps there what its consumer applied last.
@@ -79,6 +82,7 @@ HEADER = struct.Struct("<IIqiIIHH")  # length, flags, recv_ns, pid, uid, gid, ad
 HEADER_SIZE = HEADER.size
 PAD_MARK = 0xFFFF_FFFF
 _PAD = struct.Struct("<I")
+_RECV_NS = struct.Struct("<q")
 FLAG_CREDS = 1
 
 
@@ -588,6 +592,53 @@ class Ring:
         ctl[RESETS] += 1  # positions restart at 0: a record's id must not name an old one
         ctl[CORRUPT] = 0  # last: the producer may route to it again
         return lost
+
+
+def note_cost(ring: Ring, elapsed_ns: int, records: int) -> None:
+    """Consumer side: say that the last batch of ``records`` took ``elapsed_ns``, wall time.
+    The producer places by the recent cost a record (a moving average, a quarter weight to
+    the newest batch) how many records this consumer gets through without falling behind
+    (:func:`room`)."""
+    if records > 0:
+        cost, before = max(1, elapsed_ns // records), int(ring.ctl[COST_NS])
+        ring.ctl[COST_NS] = (3 * before + cost) >> 2 if before else cost
+
+
+def room(ring: Ring, now_ns: int, pack_ns: int) -> int:
+    """Producer side: how many more records ``ring`` takes before its consumer falls
+    behind: none once its oldest unacknowledged record was received over ``pack_ns`` before
+    ``now_ns``; else as many as the consumer gets through in ``pack_ns`` at its recent cost
+    a record (:func:`note_cost`), less the records it holds; at least one when it is
+    empty (an idle worker takes a record before it waits behind a busy one).
+
+    A heuristic over words the consumer writes: a bad value places records badly, never
+    unsafely. The twin of ``producer_rooms`` in ugram/_speedups.c.
+    """
+    ctl, head = ring.ctl, ring._head
+    tail = int(ctl[TAIL])
+    empty = tail == head
+    if not empty:
+        oldest = _received_at(ring, tail)
+        if oldest is None or now_ns - oldest > pack_ns:
+            return 0
+    cost = int(ctl[COST_NS])
+    if not cost:
+        return int(empty)
+    acked, published = int(ctl[ACKED]), ring._published
+    held = 0 if empty or acked >= published else published - acked
+    return max(int(empty), pack_ns // cost - held)
+
+
+def _received_at(ring: Ring, tail: int) -> int | None:
+    """The receive time of the record at ``tail`` (not acknowledged, so not overwritten
+    yet: only the producer writes), or None for a tail no sane ring has."""
+    cap, head, mm = ring.capacity, ring._head, ring._mm
+    if tail & 7 or tail > head or head - tail > cap or cap < HEADER_SIZE:
+        return None
+    off = tail % cap
+    if cap - off < HEADER_SIZE or _PAD.unpack_from(mm, CONTROL_SIZE + off)[0] == PAD_MARK:
+        off = 0
+    return int(_RECV_NS.unpack_from(mm, CONTROL_SIZE + off + 8)[0])
 
 
 def unacknowledged(ring: Ring) -> list[Record]:

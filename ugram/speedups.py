@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-API_VERSION = 11  # what this code calls; ugram/_speedups.c says what it provides
+API_VERSION = 12  # what this code calls; ugram/_speedups.c says what it provides
 
 _MISSING = "built"  # why NATIVE is None (see missing_reason)
 

@@ -80,3 +80,16 @@ class SlowRecorder(Recorder):
     def handle(self, data: bytes) -> None:
         super().handle(data)
         time.sleep(self.pause)
+
+
+STALL = 4.0  # seconds: longer than the tests that use it wait for the other records
+
+
+class StallRecorder(Recorder):
+    """A :class:`Recorder` that first sleeps :data:`STALL` seconds on a ``stall`` payload: a
+    worker stuck in one long call (a blocked write, a slow query)."""
+
+    def handle(self, data: bytes) -> None:
+        if data == b"stall":
+            time.sleep(STALL)
+        super().handle(data)

@@ -84,7 +84,7 @@ RouteBy = Annotated[
     str | None,
     _meta(
         "top-level field whose value picks the worker (same value, same worker)",
-        "a field name of the JSON/msgpack payload, or empty for round-robin",
+        "a field name of the JSON/msgpack payload, or empty: the first worker that keeps up",
     ),
 ]
 MaxWorkers = Annotated[

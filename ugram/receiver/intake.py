@@ -33,6 +33,9 @@ log = logging.getLogger("ugram.receiver")
 # plain ints: faster indexes than IntEnum members
 _RECEIVED, _BYTES, _OVERSIZED = int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED)
 _FDS_CLOSED, _SHED = int(Slot.FDS_CLOSED), int(Slot.SHED)
+# Datagrams read one at a time between two looks at how much each ring takes (Routes.packed):
+# the batched paths look once a receive batch, receive_batch (64) by default.
+REJUDGE = 64
 _PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED, _FDS_CLOSED)  # what the C helper's drain counts
 SCM_CREDENTIALS: int = getattr(socket, "SCM_CREDENTIALS", -1)
 
@@ -120,8 +123,10 @@ class Intake:
     def _drain(self) -> bool:
         """Read up to a batch, one recvfrom_into each; True when the socket ran empty."""
         recv, buf, view, place = self.sock.recvfrom_into, self.buffer, self.view, self._place
-        c = self.counters
-        for _ in range(self.budget):
+        c, rejudge = self.counters, self.routes.refresh_rooms
+        for i in range(self.budget):
+            if not i % REJUDGE:  # as often as the batched paths judge the rooms
+                rejudge(time.time_ns())
             try:
                 n, addr = recv(buf)
             except BlockingIOError:
@@ -138,7 +143,10 @@ class Intake:
     def _drain_with_credentials(self) -> bool:
         """Like :meth:`_drain`, with each sender's SCM_CREDENTIALS."""
         recv, buffers, view, place = self.sock.recvmsg_into, [self.buffer], self.view, self._place
-        for _ in range(self.budget):
+        rejudge = self.routes.refresh_rooms
+        for i in range(self.budget):
+            if not i % REJUDGE:
+                rejudge(time.time_ns())
             try:
                 n, ancdata, _, addr = recv(buffers, ANCILLARY_SIZE)
             except BlockingIOError:
@@ -162,6 +170,7 @@ class Intake:
                 self.counters[_FDS_CLOSED] += rx.closed_fds
             if not count:
                 return True
+            self.routes.refresh_rooms(time.time_ns())
             plain = self.plain and not self.routes.shedding
             placed = self._place_plain(count) if plain else self.place_slots(range(count))
             if not placed:
@@ -187,6 +196,7 @@ class Intake:
                 self.limit,
                 max(1, self.budget // rx.size),
                 (self.counters, _PLAIN_COUNTERS),
+                routes.pack_ns,
             )
         except ValueError:
             # A ring it refuses to write to (before reading anything): route around it, or
@@ -202,6 +212,7 @@ class Intake:
                 "rejected a datagram larger than max_datagram=%d", self.limit, times=oversized
             )
         if count:  # a ring filled in the middle of a batch
+            routes.refresh_rooms(time.time_ns())
             if not self.place_slots(range(following, count)):
                 return False
             rx.complete(count)
@@ -240,13 +251,14 @@ class Intake:
 
     def _place_plain(self, count: int) -> bool:
         """The common case inlined (no admission, no routing key, no credentials): per
-        datagram a size check, one ring put and a few counter stores. A full ring hands the
+        datagram a size check, one ring put (in the ring :meth:`Routes.packed` names, else
+        the next in turn) and a few counter stores. A full ring hands the
         rest of the batch to :meth:`place_slots`, which tries the others or holds it."""
         rx, routes = self.batch, self.routes
         assert rx is not None
         fields, base, stride = rx.layout
         view, desc, address_of = rx.view, rx.desc, rx.address
-        c, rings, limit = self.counters, routes.routed, self.limit
+        c, rings, limit, packed = self.counters, routes.routed, self.limit, routes.packed
         active = len(rings)
         next_ring, now, nbytes = routes.next_ring, time.time_ns(), 0
         for i in range(count):
@@ -260,13 +272,16 @@ class Intake:
                 continue
             address = address_of(i) if fields[at + mmsg.NAMELEN] > 2 else b""
             start = base + i * stride
+            at = packed()
             # The slot's index added: receive times in receipt order across workers.
-            if not rings[next_ring].try_put(view[start : start + n], address, now + i):
+            ring = rings[next_ring if at < 0 else at]
+            if not ring.try_put(view[start : start + n], address, now + i):
                 routes.next_ring = next_ring
                 c[_BYTES] += nbytes
                 return self.place_slots(range(i, count))
             c[_RECEIVED] += 1
-            next_ring = next_ring + 1 if next_ring + 1 < active else 0
+            if at < 0:
+                next_ring = next_ring + 1 if next_ring + 1 < active else 0
             nbytes += n
             desc[mmsg.PLACED] = i + 1  # placed: a successor must not place it again
         routes.next_ring = next_ring

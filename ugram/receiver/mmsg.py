@@ -239,9 +239,12 @@ class BatchReceiver:
         limit: int,
         calls: int,
         counters: tuple[memoryview, tuple[int, int, int, int]],
+        pack_ns: int = 0,
     ) -> tuple[bool, int, int, int, int, int]:
-        """Receive and place in the C helper, up to ``calls`` batches, round-robin over the
-        first ``active`` rings from ``next_ring`` (``span``); ``rings`` holds the rings'
+        """Receive and place in the C helper, up to ``calls`` batches, over the first
+        ``active`` rings: in the first whose worker keeps up (within ``pack_ns``, as
+        :func:`ugram.ring.room` judges it, once a batch), else round-robin from
+        ``next_ring`` (``span``; ``pack_ns`` 0: round-robin only); ``rings`` holds the rings'
         mappings and their consumers' wake-up eventfds. Each datagram is counted in the
         counter block at the slots ``(received, bytes, oversized, fds_closed)``
         (``counters``); with a ``control_size``, each record carries its sender's
@@ -276,6 +279,7 @@ class BatchReceiver:
             block,
             slots,
             self.native_credentials,
+            pack_ns,
         )
         following_ring, placed, oversized, count, following = (int(x) for x in rest)
         return bool(empty), following_ring, placed, oversized, count, following

@@ -13,13 +13,25 @@ from typing import Any
 import msgspec
 
 from ..config import Config
-from ..ring import SHEDDING, Ring
+from ..ring import SHEDDING, Ring, room
 from ..stats import Slot
 from ..wake import signal_wake
 
 log = logging.getLogger("ugram.receiver")
 
 Router = Callable[[memoryview, int], int | None]
+
+# Packing: a datagram without a key goes to the first routed ring whose worker keeps up,
+# not to each ring in turn. A worker keeps up while its oldest unacknowledged record is
+# younger than this and what it holds takes it less than this at its recent cost a record
+# (ugram.ring.room). A worker that keeps up alone gets the whole flow in big batches and the others
+# sleep: on a machine with fewer cores than processes, spreading a flow one worker can take
+# costs every worker a wake-up and a small batch each time (2 workers were 0.8x of 1 on 2
+# cores; issue 16). Past what one worker takes, the next one gets the rest, and once every
+# worker is behind, datagrams go round-robin: the CPU-heavy case, all of them busy. It also
+# bounds the wait behind a busy worker: a record is not placed behind more than about this
+# much work while another worker has room.
+PACK_NS = 500_000
 
 
 def make_router(config: Config) -> Router | None:
@@ -90,6 +102,9 @@ class Routes:
         self._counters = counters
         self.active = len(rings)
         self.next_ring = 0
+        self.pack_ns = PACK_NS
+        self._rooms: list[int] = []  # of the routed rings, by position (refresh_rooms)
+        self._packing = 0  # the first position in _rooms that may still have room
         self.shedding: frozenset[int] = frozenset()
         self.open_maps: list[mmap.mmap] = []
         self.open_wakes: list[int] = []
@@ -159,6 +174,7 @@ class Routes:
         self.maps = [ring.mapping for ring in self.routed]  # for the C drain
         self.wakes = [self.wake_fds[index] for index in routes]
         self.next_ring = self.next_ring % len(routes) if routes else 0
+        self._rooms = []  # by position: judged again for the new routes
         self._shed(self.shedding & frozenset(routes))
 
     def route_around_corrupt_rings(self) -> bool:
@@ -189,6 +205,25 @@ class Routes:
         # corrupt (none to map its key onto): it goes to the first ring back.
         return -1
 
+    def refresh_rooms(self, now_ns: int) -> None:
+        """Judge again how many records each routed ring takes before its worker falls
+        behind (:data:`PACK_NS`); :meth:`packed` counts them down."""
+        pack_ns = self.pack_ns
+        self._rooms = [room(ring, now_ns, pack_ns) for ring in self.routed] if pack_ns else []
+        self._packing = 0
+
+    def packed(self) -> int:
+        """The position in ``routed`` of the first ring with room, counted down; -1 when
+        none has any (then round-robin from ``next_ring``)."""
+        rooms, at = self._rooms, self._packing
+        while at < len(rooms) and rooms[at] <= 0:
+            at += 1
+        self._packing = at
+        if at == len(rooms):
+            return -1
+        rooms[at] -= 1
+        return at
+
     def put(
         self,
         payload: memoryview | bytes,
@@ -197,8 +232,9 @@ class Routes:
         recv_ns: int | None = None,
         creds: tuple[int, int, int] | None = None,
     ) -> bool:
-        """Copy a datagram into ``target``'s ring, or the next routed one with room (-1);
-        False when there was no room."""
+        """Copy a datagram into ``target``'s ring; with -1 into the ring :meth:`packed`
+        names, else (none, or it is full or sheds) the next routed one in turn with space.
+        False when there was no space."""
         ns = time.time_ns() if recv_ns is None else recv_ns
         shedding = self.shedding
         if target >= 0:  # routed by key: only that worker's ring keeps the key's order
@@ -206,6 +242,13 @@ class Routes:
                 return False
             return self.rings[target].try_put(payload, address, ns, creds)
         rings = self.routed
+        packed = self.packed()
+        if (
+            packed >= 0
+            and not (shedding and self.indexes[packed] in shedding)
+            and rings[packed].try_put(payload, address, ns, creds)
+        ):
+            return True
         count = len(rings)
         start = self.next_ring
         for step in range(count):

@@ -23,7 +23,7 @@ import setproctitle
 
 from .. import context, handler_stats, logs, speedups
 from ..errors import EXIT_HANDLER_IMPORT, EXIT_WORKER_BOOT, HandlerImportError, RingCorruptError
-from ..ring import ATTEMPTS, CORRUPT, IN_HAND, RESETS, Ring, mark_corrupt_fd
+from ..ring import ATTEMPTS, CORRUPT, IN_HAND, RESETS, Ring, mark_corrupt_fd, note_cost
 from ..spec import ChildSpec, parent_alive, spec_from_argv
 from ..stats import COMMAND_RETIRE, JOURNALED, Slot, State, Stats
 from ..wake import clear_wake, signal_wake
@@ -174,7 +174,7 @@ class Worker:
 
     def _loop(self) -> None:
         ring, c, handler, ctl = self.ring, self.counters, self.handler, self.ring.ctl
-        step, recycler = self.dispatcher.step, self.recycler
+        step, recycler, monotonic_ns = self.dispatcher.step, self.recycler, time.monotonic_ns
         next_tick = time.monotonic() + handler.tick_interval if handler.tick else float("inf")
         idle = 0
         while True:
@@ -189,7 +189,10 @@ class Worker:
             batch = ring.take_batch(self._batch_limit(), self.config.batch_bytes)
             if batch:
                 idle = 0
+                started = monotonic_ns()
                 done = step(batch)
+                # The receiver places by it: how much this worker takes before it is behind.
+                note_cost(ring, monotonic_ns() - started, done)
                 if ring.end_batch():
                     signal_wake(self.space_fd)
                 if done < len(batch):

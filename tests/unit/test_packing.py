@@ -1,0 +1,231 @@
+"""Packing: a datagram without a key goes to the first ring whose worker keeps up.
+
+How much a ring takes (:func:`ugram.ring.room`) from the words its consumer writes, and the
+receiver's two placements by it, the C helper's drain and :class:`Routes`, record for record.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ugram.receiver import mmsg
+from ugram.receiver.routing import Routes
+from ugram.ring import ACKED, COST_NS, TAIL, Ring, note_cost, room
+from ugram.stats import Slot
+
+PACK = 10_000_000_000  # 10 s: a test's own delays never age a record past it
+LIMIT = 64
+
+
+@pytest.fixture
+def ring() -> Iterator[Ring]:
+    ring = Ring.create(4096)
+    try:
+        yield ring
+    finally:
+        ring.close()
+        os.close(ring.fd)
+
+
+def hold(ring: Ring, records: int, recv_ns: int) -> None:
+    """Put ``records`` records received at ``recv_ns`` that no consumer acknowledged."""
+    for i in range(records):
+        assert ring.try_put(b"held %d" % i, b"", recv_ns)
+
+
+def test_an_empty_ring_of_an_unknown_cost_takes_one(ring: Ring) -> None:
+    assert room(ring, time.time_ns(), PACK) == 1
+
+
+def test_a_ring_takes_what_its_worker_gets_through_in_the_window_less_what_it_holds(
+    ring: Ring,
+) -> None:
+    ring.ctl[COST_NS] = PACK // 10
+    assert room(ring, time.time_ns(), PACK) == 10
+    hold(ring, 4, time.time_ns())
+    assert room(ring, time.time_ns(), PACK) == 6
+    hold(ring, 8, time.time_ns())
+    assert room(ring, time.time_ns(), PACK) == 0  # 12 held: more than 10 a window
+
+
+def test_a_slow_worker_still_takes_one_record_when_idle(ring: Ring) -> None:
+    ring.ctl[COST_NS] = 3 * PACK  # a record takes it longer than the window
+    assert room(ring, time.time_ns(), PACK) == 1
+    hold(ring, 1, time.time_ns())
+    assert room(ring, time.time_ns(), PACK) == 0
+
+
+def test_a_ring_whose_oldest_record_waits_past_the_window_takes_none(ring: Ring) -> None:
+    ring.ctl[COST_NS] = 1  # a cost that would say "a billion more"
+    now = time.time_ns()
+    hold(ring, 1, now - PACK - 1)
+    assert room(ring, now, PACK) == 0
+    assert room(ring, now - 2, PACK) > 0  # just inside the window
+
+
+def test_the_oldest_record_is_found_after_a_pad_marker() -> None:
+    ring = Ring.create(256)
+    consumer = Ring(ring.fd)
+    try:
+        now = time.time_ns()
+        assert ring.try_put(b"x" * 150, b"", now)  # 184 bytes: 72 left at the end
+        batch = consumer.take_batch(1)
+        consumer.finish(batch[-1][1])  # acknowledged: the tail stands at 184
+        assert ring.try_put(b"y" * 60, b"", now - PACK - 1)  # 96 bytes: a pad, then at 0
+        assert int(ring.ctl[TAIL]) == 184
+        assert room(ring, now, PACK) == 0  # its receive time read at 0, not at the pad
+    finally:
+        consumer.close()
+        ring.close()
+        os.close(ring.fd)
+
+
+@pytest.mark.parametrize("tail", [3, 10**9], ids=["misaligned", "past-the-head"])
+def test_an_impossible_tail_gives_no_room(ring: Ring, tail: int) -> None:
+    hold(ring, 1, time.time_ns())
+    ring.ctl[TAIL] = tail
+    assert room(ring, time.time_ns(), PACK) == 0
+
+
+def test_a_count_behind_the_acknowledged_one_is_no_record_held(ring: Ring) -> None:
+    ring.ctl[COST_NS] = PACK // 5
+    hold(ring, 2, time.time_ns())
+    ring.ctl[ACKED] = 99  # written by a worker: garbage must not underflow into room
+    assert room(ring, time.time_ns(), PACK) == 5
+
+
+def test_the_cost_is_a_moving_average_of_each_batch_per_record(ring: Ring) -> None:
+    note_cost(ring, 8_000, 0)  # an empty batch says nothing
+    assert ring.ctl[COST_NS] == 0
+    note_cost(ring, 8_000, 4)
+    assert ring.ctl[COST_NS] == 2_000  # the first batch: taken as it is
+    note_cost(ring, 40_000, 4)
+    assert ring.ctl[COST_NS] == (3 * 2_000 + 10_000) // 4
+    note_cost(ring, 0, 7)
+    assert ring.ctl[COST_NS] == (3 * 4_000 + 1) // 4  # never 0: that means "not known"
+
+
+# -- the C helper's drain places as Routes does --------------------------------------------------
+
+native = pytest.importorskip("ugram._speedups", reason="the C helper was not built here")
+
+COUNTED = (int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED), int(Slot.FDS_CLOSED))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    path = tmp_path / "s.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    try:
+        yield sock, path
+    finally:
+        sock.close()
+
+
+# Per ring: (records held, their age: young or past the window, the worker's cost a record
+# as a fraction of the window: 0 unknown, else window // per).
+RingState = tuple[int, bool, int]
+ring_states = st.tuples(st.integers(0, 3), st.booleans(), st.sampled_from([0, 1, 2, 3, 5, 8]))
+
+
+def make_rings(states: list[RingState], now: int) -> list[Ring]:
+    rings = []
+    for held, old, per in states:
+        ring = Ring.create(8192)
+        hold(ring, held, now - 2 * PACK if old else now)
+        ring.ctl[COST_NS] = PACK // per if per else 0
+        rings.append(ring)
+    return rings
+
+
+def payloads_of(ring: Ring) -> list[bytes]:
+    reader = Ring(ring.fd, use_speedups=False)
+    try:
+        return [bytes(record.payload) for record, _ in reader.take_batch(99)]
+    finally:
+        reader.close()
+
+
+def counters() -> memoryview:
+    return memoryview(bytearray(64 * 8)).cast("Q")
+
+
+# The socket is drained empty by each example: sharing it is safe. At most 8 datagrams:
+# within net.unix.max_dgram_qlen (10 by default), so that no send blocks.
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(states=st.lists(ring_states, min_size=1, max_size=4), sent=st.integers(1, 8))
+def test_the_drain_places_every_datagram_where_routes_would(
+    server: tuple[socket.socket, Path], states: list[RingState], sent: int
+) -> None:
+    sock, path = server
+    payloads = [b"d%d" % i for i in range(sent)]
+    now = time.time_ns()
+    fast, slow = make_rings(states, now), make_rings(states, now)
+    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in states]
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            for payload in payloads:
+                sender.sendto(payload, str(path))
+        placed = rx.drain_native(
+            ([r.mapping for r in fast], wakes), (len(fast), 0), LIMIT, 1, (counters(), COUNTED),
+            PACK,
+        )[2]  # fmt: skip
+        assert placed == sent
+        routes = Routes(slow, wakes, counters(), counters(), None)
+        routes.pack_ns = PACK
+        routes.refresh_rooms(time.time_ns())
+        for payload in payloads:
+            assert routes.put(payload, b"", -1)
+        assert [payloads_of(r) for r in fast] == [payloads_of(r) for r in slow]
+    finally:
+        rx.close()
+        for ring in fast + slow:
+            ring.close()
+            os.close(ring.fd)
+        for fd in wakes:
+            os.close(fd)
+
+
+def test_the_drain_fills_the_rings_that_keep_up_then_deals_in_turn(
+    server: tuple[socket.socket, Path],
+) -> None:
+    sock, path = server
+    now = time.time_ns()
+    # Ring 0 takes 3 (its worker does 3 a window), ring 1 none (its oldest record waits past
+    # the window), ring 2 one (idle, cost not known yet); then round-robin from ring 0.
+    rings = make_rings([(0, False, 3), (1, True, 8), (0, False, 0)], now)
+    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            for i in range(8):
+                sender.sendto(b"d%d" % i, str(path))
+        next_ring = rx.drain_native(
+            ([r.mapping for r in rings], wakes), (3, 0), LIMIT, 1, (counters(), COUNTED), PACK
+        )[1]
+        assert [payloads_of(r) for r in rings] == [
+            [b"d0", b"d1", b"d2", b"d4", b"d7"],
+            [b"held 0", b"d5"],
+            [b"d3", b"d6"],
+        ]
+        assert next_ring == 1  # the turn goes on where round-robin stopped
+    finally:
+        rx.close()
+        for ring in rings:
+            ring.close()
+            os.close(ring.fd)
+        for fd in wakes:
+            os.close(fd)
