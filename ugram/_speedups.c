@@ -393,20 +393,19 @@ static Py_ssize_t close_passed_fds(char *sbase, const ScratchLayout *l, const Cr
 }
 
 /* The receive time of the oldest record the consumer has not acknowledged (the one at
- * `tail`, which stays put until we overwrite it, and only we write), or INT64_MAX for a
+ * `tail`, which stays put until we overwrite it, and only we write) into *recv_ns; 0 for a
  * tail no sane ring has (the caller then gives the ring no room). */
-static int64_t producer_oldest(const Producer *p, uint64_t tail)
+static int producer_oldest(const Producer *p, uint64_t tail, int64_t *recv_ns)
 {
     if (tail % 8 || tail > p->head || p->head - tail > p->cap || p->cap < HEADER_SIZE)
-        return INT64_MAX;
+        return 0;
     uint64_t off = tail % p->cap;
     uint32_t mark;
     memcpy(&mark, p->data + off, 4);
     if (p->cap - off < HEADER_SIZE || mark == PAD_MARK)
         off = 0; /* the record starts the buffer (Ring._read's rule) */
-    int64_t recv_ns;
-    memcpy(&recv_ns, p->data + off + 8, 8);
-    return recv_ns;
+    memcpy(recv_ns, p->data + off + 8, 8);
+    return 1;
 }
 
 /* How many more records each ring takes before its consumer falls behind: none once its
@@ -428,8 +427,8 @@ UGRAM_NOINLINE static void producer_rooms(Producer *rings, Py_ssize_t active, in
             p->tail = tail;
             p->room = 1;
         } else {
-            int64_t oldest = producer_oldest(p, tail);
-            if (oldest == INT64_MAX)
+            int64_t oldest;
+            if (!producer_oldest(p, tail, &oldest))
                 continue;
             /* In unsigned arithmetic: a garbage time must not overflow. A time ahead of
              * ours (the clock stepped back) is as young as can be. */
@@ -446,13 +445,15 @@ UGRAM_NOINLINE static void producer_rooms(Producer *rings, Py_ssize_t active, in
 }
 
 /* The ring for the next record: the first with room (counted down), else the next in
- * turn from *next_ring (every consumer is behind: spread evenly). */
+ * turn from *next_ring (every consumer is behind: spread evenly). *packed: whether it was
+ * picked for its room. */
 static inline Py_ssize_t pick_ring(Producer *rings, Py_ssize_t active, Py_ssize_t *first,
-                                   Py_ssize_t *next_ring)
+                                   Py_ssize_t *next_ring, int *packed)
 {
     while (*first < active && rings[*first].room <= 0)
         ++*first;
-    if (*first < active) {
+    *packed = *first < active;
+    if (*packed) {
         rings[*first].room--;
         return *first;
     }
@@ -493,9 +494,17 @@ UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active,
         int with_creds = cl != NULL && slot_credentials(sbase, l, cl, i, &creds);
         /* One clock reading per batch, plus the slot's index: receive times stay in
          * receipt order across workers (a gauge's "last value" depends on it). */
-        Py_ssize_t turn = *next_ring, k = pick_ring(rings, active, &packing, next_ring);
-        if (!producer_put(&rings[k], address, alen, payload, n, recv_ns + i,
-                          with_creds ? &creds : NULL)) {
+        Py_ssize_t turn;
+        int packed, put;
+        do { /* a ring with room in records may lack the bytes: then the next one */
+            turn = *next_ring;
+            Py_ssize_t k = pick_ring(rings, active, &packing, next_ring, &packed);
+            put = producer_put(&rings[k], address, alen, payload, n, recv_ns + i,
+                               with_creds ? &creds : NULL);
+            if (!put && packed)
+                rings[k].room = 0;
+        } while (!put && packed);
+        if (!put) {
             *next_ring = turn; /* the caller's Routes.put goes on from there */
             break;
         }

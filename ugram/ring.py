@@ -585,7 +585,7 @@ class Ring:
         lost = min(max(0, published - int(ctl[ACKED])), cap // HEADER_SIZE)
         ctl[_MAGIC], ctl[_CAPACITY], ctl[_DATA_AT] = MAGIC, cap, CONTROL_SIZE
         ctl[PUBLISHED] = ctl[ACKED] = ctl[J_ACKED] = published - lost
-        zeroed = (HEAD, TAIL, IN_HAND, CONSUMER_WAITING, SHEDDING, ATTEMPT_POS, ATTEMPTS)
+        zeroed = (HEAD, TAIL, IN_HAND, CONSUMER_WAITING, SHEDDING, ATTEMPT_POS, ATTEMPTS, COST_NS)
         for slot in (*zeroed, *JOURNAL):
             ctl[slot] = 0  # a zero journal settles nothing: counts only grow (settle_journal)
         ctl[SPACE_SIGNALLED] = ctl[PRODUCER_WAITING]  # no wait for space outstanding

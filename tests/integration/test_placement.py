@@ -1,9 +1,10 @@
 """Where the receiver places a datagram without a key: in the first worker's ring whose
 worker keeps up (ugram.receiver.routing.PACK_NS), on every receive path.
 
-What a user sees: a worker stuck in one long call holds up no datagram another worker could
-take, and a flow that one worker keeps up with wakes only that one (on a machine with fewer
-cores than processes, waking every worker for it made two workers slower than one)."""
+What a user sees: a worker stuck in one long call is given no more datagrams while another
+worker keeps up (round-robin gave it every other one), and a flow that one worker keeps up
+with wakes only that one (on a machine with fewer cores than processes, waking every worker
+for it made two workers slower than one)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def per_worker(out_dir: Path) -> list[list[str]]:
 
 
 @pytest.mark.parametrize(("speedups", "profile"), PATHS, ids=IDS)
-def test_a_stuck_worker_holds_up_no_datagram_another_worker_could_take(
+def test_a_stuck_worker_is_given_no_more_datagrams_while_another_keeps_up(
     sock_dir: Path, out_dir: Path, speedups: str, profile: str
 ) -> None:
     path = sock_dir / "s.sock"

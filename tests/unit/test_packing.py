@@ -113,6 +113,13 @@ def test_the_cost_is_a_moving_average_of_each_batch_per_record(ring: Ring) -> No
     assert ring.ctl[COST_NS] == (3 * 4_000 + 1) // 4  # never 0: that means "not known"
 
 
+def test_a_reset_forgets_the_cost(ring: Ring) -> None:
+    note_cost(ring, 5_000, 1)
+    ring.mark_corrupt()
+    ring.reset()  # a new worker on an emptied ring: its own cost is not known yet
+    assert ring.ctl[COST_NS] == 0
+
+
 # -- the C helper's drain places as Routes does --------------------------------------------------
 
 native = pytest.importorskip("ugram._speedups", reason="the C helper was not built here")
@@ -133,19 +140,29 @@ def server(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
 
 
 # Per ring: (records held, their age: young or past the window, the worker's cost a record
-# as a fraction of the window: 0 unknown, else window // per).
-RingState = tuple[int, bool, int]
-ring_states = st.tuples(st.integers(0, 3), st.booleans(), st.sampled_from([0, 1, 2, 3, 5, 8]))
+# as a fraction of the window: 0 unknown, else window // per, whether its worker sheds).
+RingState = tuple[int, bool, int, bool]
+ring_states = st.tuples(
+    st.integers(0, 3), st.booleans(), st.sampled_from([0, 1, 2, 3, 5, 8]), st.booleans()
+)
 
 
-def make_rings(states: list[RingState], now: int) -> list[Ring]:
+def make_rings(states: list[RingState], now: int, capacity: int = 8192) -> list[Ring]:
     rings = []
-    for held, old, per in states:
-        ring = Ring.create(8192)
+    for held, old, per, _ in states:
+        ring = Ring.create(capacity)
         hold(ring, held, now - 2 * PACK if old else now)
         ring.ctl[COST_NS] = PACK // per if per else 0
         rings.append(ring)
     return rings
+
+
+def routes_over(rings: list[Ring], wakes: list[int], shedding: frozenset[int]) -> Routes:
+    routes = Routes(rings, wakes, counters(), counters(), None)
+    routes.pack_ns = PACK
+    routes._shed(shedding)  # as sync_active takes it up from the rings
+    routes.refresh_rooms(time.time_ns())
+    return routes
 
 
 def payloads_of(ring: Ring) -> list[bytes]:
@@ -163,13 +180,16 @@ def counters() -> memoryview:
 # The socket is drained empty by each example: sharing it is safe. At most 8 datagrams:
 # within net.unix.max_dgram_qlen (10 by default), so that no send blocks.
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(states=st.lists(ring_states, min_size=1, max_size=4), sent=st.integers(1, 8))
 def test_the_drain_places_every_datagram_where_routes_would(
     server: tuple[socket.socket, Path], states: list[RingState], sent: int
 ) -> None:
     sock, path = server
+    shedding = frozenset(k for k, state in enumerate(states) if state[3])
+    if len(shedding) == len(states):
+        shedding = frozenset()  # every ring shedding: the receiver only counts (_shed_all)
     payloads = [b"d%d" % i for i in range(sent)]
     now = time.time_ns()
     fast, slow = make_rings(states, now), make_rings(states, now)
@@ -179,14 +199,14 @@ def test_the_drain_places_every_datagram_where_routes_would(
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
             for payload in payloads:
                 sender.sendto(payload, str(path))
+        # As Intake._drain_native calls it: over the rings that do not shed.
+        open_rings = [ring for k, ring in enumerate(fast) if k not in shedding]
         placed = rx.drain_native(
-            ([r.mapping for r in fast], wakes), (len(fast), 0), LIMIT, 1, (counters(), COUNTED),
-            PACK,
+            ([r.mapping for r in open_rings], wakes[: len(open_rings)]), (len(open_rings), 0),
+            LIMIT, 1, (counters(), COUNTED), PACK,
         )[2]  # fmt: skip
         assert placed == sent
-        routes = Routes(slow, wakes, counters(), counters(), None)
-        routes.pack_ns = PACK
-        routes.refresh_rooms(time.time_ns())
+        routes = routes_over(slow, wakes, shedding)
         for payload in payloads:
             assert routes.put(payload, b"", -1)
         assert [payloads_of(r) for r in fast] == [payloads_of(r) for r in slow]
@@ -206,7 +226,7 @@ def test_the_drain_fills_the_rings_that_keep_up_then_deals_in_turn(
     now = time.time_ns()
     # Ring 0 takes 3 (its worker does 3 a window), ring 1 none (its oldest record waits past
     # the window), ring 2 one (idle, cost not known yet); then round-robin from ring 0.
-    rings = make_rings([(0, False, 3), (1, True, 8), (0, False, 0)], now)
+    rings = make_rings([(0, False, 3, False), (1, True, 8, False), (0, False, 0, False)], now)
     wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
     rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
     try:
@@ -224,6 +244,77 @@ def test_the_drain_fills_the_rings_that_keep_up_then_deals_in_turn(
         assert next_ring == 1  # the turn goes on where round-robin stopped
     finally:
         rx.close()
+        for ring in rings:
+            ring.close()
+            os.close(ring.fd)
+        for fd in wakes:
+            os.close(fd)
+
+
+# A ring's room counts records, not bytes: one with room but no space left for the record is
+# passed over for the next with room (else round-robin), on both paths.
+# 264 bytes: ring 0's three held records (40 bytes each) and one 88-byte datagram, or three
+# datagrams in ring 1. Rooms: 8 - 3 = 5 and 4.
+FITS = 264
+SPACE_CASE = [(3, False, 8, False), (0, False, 4, False)]
+SPACE_EXPECTED = [[b"he", b"he", b"he", b"d0"], [b"d1", b"d2", b"d3"]]
+
+
+def test_the_drain_passes_over_a_ring_with_room_but_no_space(
+    server: tuple[socket.socket, Path],
+) -> None:
+    sock, path = server
+    rings = make_rings(SPACE_CASE, time.time_ns(), capacity=FITS)
+    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            for i in range(4):
+                sender.sendto(b"d%d" % i + b"." * 50, str(path))
+        _, _, placed, _, count, _ = rx.drain_native(
+            ([r.mapping for r in rings], wakes), (2, 0), LIMIT, 1, (counters(), COUNTED), PACK
+        )
+        assert (placed, count) == (4, 0)  # none left over for the Python path
+        assert [[p[:2] for p in payloads_of(r)] for r in rings] == SPACE_EXPECTED
+    finally:
+        rx.close()
+        for ring in rings:
+            ring.close()
+            os.close(ring.fd)
+        for fd in wakes:
+            os.close(fd)
+
+
+def test_routes_pass_over_a_ring_with_room_but_no_space() -> None:
+    rings = make_rings(SPACE_CASE, time.time_ns(), capacity=FITS)
+    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
+    try:
+        routes = routes_over(rings, wakes, frozenset())
+        for i in range(4):
+            assert routes.put(b"d%d" % i + b"." * 50, b"", -1)
+        assert [[p[:2] for p in payloads_of(r)] for r in rings] == SPACE_EXPECTED
+    finally:
+        for ring in rings:
+            ring.close()
+            os.close(ring.fd)
+        for fd in wakes:
+            os.close(fd)
+
+
+def test_new_routes_while_the_rooms_are_counted_down_still_place() -> None:
+    # Every worker behind: the count-down ran past the last ring. Then a ring leaves the
+    # routes (SIGTTOU, or marked corrupt) before the rooms are judged again: a datagram
+    # held meanwhile must still be placed (it once raised IndexError and wedged the reads).
+    now = time.time_ns()
+    rings = make_rings([(1, True, 8, False), (1, True, 8, False)], now)
+    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
+    try:
+        routes = routes_over(rings, wakes, frozenset())
+        assert routes.packed() == -1
+        routes._route_to([0])
+        assert routes.put(b"held", b"", -1)
+        assert payloads_of(rings[0]) == [b"held 0", b"held"]
+    finally:
         for ring in rings:
             ring.close()
             os.close(ring.fd)

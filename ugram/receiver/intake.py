@@ -180,7 +180,8 @@ class Intake:
 
     def _drain_native(self) -> bool:
         """The case without admission or routing in the C helper: receive, place each
-        datagram (with its sender's credentials when they are on) in the next ring in turn,
+        datagram (with its sender's credentials when they are on) in the ring
+        :meth:`Routes.packed` would name (the C helper judges the rooms again each batch),
         published and counted at once. A full ring hands the rest of its batch to
         :meth:`place_slots`."""
         rx, routes = self.batch, self.routes

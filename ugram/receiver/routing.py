@@ -1,5 +1,5 @@
-"""Picking a worker for each datagram: round-robin, or by the hash of one field's value,
-over the rings that are routed to."""
+"""Picking a worker for each datagram: the first whose worker keeps up (else each in turn),
+or by the hash of one field's value, over the rings that are routed to."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ PACK_NS = 500_000
 
 
 def make_router(config: Config) -> Router | None:
-    """Return ``route(payload, workers)`` giving a worker index, or None for round-robin.
+    """Return ``route(payload, workers)`` giving a worker index, or None without a key.
 
     The router decodes only the ``route_by`` field (a Struct holding just it; every other
     field is skipped) and hashes its encoded value with CRC-32, a hash that is stable across
@@ -66,12 +66,12 @@ class Routes:
     """The rings the receiver places datagrams in, and how it picks one.
 
     Routed to: the first ``active`` rings (the supervisor's worker count, which SIGTTIN and
-    SIGTTOU change) not marked corrupt. Round-robin skips a corrupt ring and ``route_by``
+    SIGTTOU change) not marked corrupt. Placement skips a corrupt ring and ``route_by``
     maps keys onto the others, until the supervisor has reset it (the ring side of a
     corrupt ring is in :mod:`ugram.ring`, the worker's in :mod:`ugram.workers.loop`).
 
     Shedding (a forwarding sink's ``drop_newest``: its deliveries fail and its backlog is
-    over the limit): round-robin skips that ring as if it were full, and a datagram that no
+    over the limit): placement skips that ring as if it were full, and a datagram that no
     ring takes is dropped (:meth:`sheds`) when every ring it may go to sheds; one that a
     ring merely full may still take waits for it, as without shedding.
 
@@ -79,12 +79,12 @@ class Routes:
         rings, wake_fds: every ring, and its consumer's wake-up channel.
         indexes: the rings routed to, by index; ``routed``, ``maps`` and ``wakes``: theirs
             (the last two for the C helper's drain).
-        next_ring: the position in ``routed`` that round-robin tries first.
-        router: the ``route_by`` key router, or None for round-robin.
+        next_ring: the position in ``routed`` that round-robin (past the rooms) tries first.
+        router: the ``route_by`` key router, or None: placement by room, then in turn.
         shedding: the routed rings whose worker asks for new datagrams to be dropped, as
             seen at the last :meth:`sync_active` (once per read pass).
         open_maps, open_wakes: ``maps`` and ``wakes`` of the routed rings that do not shed
-            (the C helper's drain round-robins over them).
+            (the C helper's drain places over them).
     """
 
     def __init__(
@@ -174,7 +174,7 @@ class Routes:
         self.maps = [ring.mapping for ring in self.routed]  # for the C drain
         self.wakes = [self.wake_fds[index] for index in routes]
         self.next_ring = self.next_ring % len(routes) if routes else 0
-        self._rooms = []  # by position: judged again for the new routes
+        self._rooms, self._packing = [], 0  # by position: judged again for the new routes
         self._shed(self.shedding & frozenset(routes))
 
     def route_around_corrupt_rings(self) -> bool:
@@ -197,7 +197,8 @@ class Routes:
         return {i for i in self.indexes if target in (-1, None, i)}
 
     def target_of(self, payload: memoryview) -> int | None:
-        """The ring a datagram goes to: -1 for any (round-robin), None when it has no key."""
+        """The ring a datagram goes to: -1 for any (by room, then in turn), None when it has
+        no key."""
         if self.router is not None and self.indexes:
             at = self.router(payload, len(self.indexes))
             return None if at is None else self.indexes[at]
@@ -208,8 +209,15 @@ class Routes:
     def refresh_rooms(self, now_ns: int) -> None:
         """Judge again how many records each routed ring takes before its worker falls
         behind (:data:`PACK_NS`); :meth:`packed` counts them down."""
-        pack_ns = self.pack_ns
-        self._rooms = [room(ring, now_ns, pack_ns) for ring in self.routed] if pack_ns else []
+        pack_ns, shedding = self.pack_ns, self.shedding
+        self._rooms = (
+            [
+                0 if index in shedding else room(ring, now_ns, pack_ns)
+                for index, ring in zip(self.indexes, self.routed, strict=True)
+            ]
+            if pack_ns
+            else []
+        )
         self._packing = 0
 
     def packed(self) -> int:
@@ -219,7 +227,7 @@ class Routes:
         while at < len(rooms) and rooms[at] <= 0:
             at += 1
         self._packing = at
-        if at == len(rooms):
+        if at >= len(rooms):
             return -1
         rooms[at] -= 1
         return at
@@ -242,13 +250,10 @@ class Routes:
                 return False
             return self.rings[target].try_put(payload, address, ns, creds)
         rings = self.routed
-        packed = self.packed()
-        if (
-            packed >= 0
-            and not (shedding and self.indexes[packed] in shedding)
-            and rings[packed].try_put(payload, address, ns, creds)
-        ):
-            return True
+        while (packed := self.packed()) >= 0:  # a shedding ring has no room
+            if rings[packed].try_put(payload, address, ns, creds):
+                return True
+            self._rooms[packed] = 0  # room in records, not in bytes: the next one
         count = len(rings)
         start = self.next_ring
         for step in range(count):
