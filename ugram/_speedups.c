@@ -463,7 +463,7 @@ static inline Py_ssize_t pick_ring(Producer *rings, Py_ssize_t active, Py_ssize_
 }
 
 /* Place scratch slots first..count-1, each in the ring pick_ring names (by the rooms
- * producer_rooms gives them at `recv_ns`, then round-robin), each published at once, counted, and marked placed in the scratch area (that order: a
+ * producer_rooms gave them, at `recv_ns` when judged again here, then round-robin), each published at once, counted, and marked placed in the scratch area (that order: a
  * receiver killed between two stores re-places at most one record, and loses none). A slot
  * over `limit` bytes (or truncated by the kernel) is counted as oversized and skipped.
  * `cl` non-NULL: each record carries its sender's credentials (when the kernel gave any).
@@ -471,12 +471,17 @@ static inline Py_ssize_t pick_ring(Producer *rings, Py_ssize_t active, Py_ssize_
 UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
                               char *sbase, const ScratchLayout *l, const CredsLayout *cl,
                               Py_ssize_t first, Py_ssize_t count, Py_ssize_t limit,
-                              int64_t recv_ns, int64_t pack_ns, const ReceiverCounters *rc,
-                              PlaceTotals *t)
+                              int64_t recv_ns, int64_t pack_ns, Py_ssize_t *packing,
+                              const ReceiverCounters *rc, PlaceTotals *t)
 {
     uint64_t *placed_index = (uint64_t *)sbase, *c = rc->c;
-    Py_ssize_t i, packing = 0;
-    producer_rooms(rings, active, recv_ns, pack_ns);
+    Py_ssize_t i;
+    /* Judged again once the rooms are spent (or on a drain's first batch): reading the
+     * words a worker writes for every record, each batch, cost a flood ~5 %. */
+    if (*packing < 0 || *packing >= active) {
+        producer_rooms(rings, active, recv_ns, pack_ns);
+        *packing = 0;
+    }
     for (i = first; i < count; i++) {
         uint32_t n = slot_u32(sbase, l, i, l->len_at);
         if ((Py_ssize_t)n > limit || n > (uint64_t)l->slot_stride ||
@@ -498,7 +503,7 @@ UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active,
         int packed, put;
         do { /* a ring with room in records may lack the bytes: then the next one */
             turn = *next_ring;
-            Py_ssize_t k = pick_ring(rings, active, &packing, next_ring, &packed);
+            Py_ssize_t k = pick_ring(rings, active, packing, next_ring, &packed);
             put = producer_put(&rings[k], address, alen, payload, n, recv_ns + i,
                                with_creds ? &creds : NULL);
             if (!put && packed)
@@ -567,9 +572,10 @@ PyDoc_STRVAR(drain_doc,
 "    -> (empty, next_ring, placed, oversized, count, following)\n\n"
 "The receiver's path without admission or routing, whole: up to `calls`\n"
 "times, recvmmsg up to `batch` datagrams into the scratch area, place each in one of the\n"
-"first `active` rings (Ring.try_put): the first whose consumer keeps up, judged again each\n"
-"batch (its oldest unacknowledged record younger than `pack_ns`, and what it holds done\n"
-"within `pack_ns` at its recent cost a record), else the next in turn from `next_ring`\n"
+"first `active` rings (Ring.try_put): the first whose consumer keeps up, judged at the\n"
+"first batch and again once the rooms are spent (its oldest unacknowledged record younger\n"
+"than `pack_ns`, and what it holds done within `pack_ns` at its recent cost a record),\n"
+"else the next in turn from `next_ring`\n"
 "(0: always in turn), count it in `counters` (u64 slots\n"
 "`slots` = (received, bytes, oversized, fds_closed)) and ready the slots again (as\n"
 "reset_slots does). `credentials`: (controllen_at, controls_at, control_stride,\n"
@@ -676,7 +682,7 @@ static PyObject *drain(PyObject *self, PyObject *args)
     char *sbase = (char *)scratch.buf;
     struct mmsghdr *headers = (struct mmsghdr *)(sbase + l.headers_at);
     PlaceTotals t = {0, 0};
-    Py_ssize_t count = 0, following = 0;
+    Py_ssize_t count = 0, following = 0, packing = -1; /* -1: rooms not judged yet */
     int empty = 0, naps = 0, last_got = 0;
     int64_t nap_deadline = 0;
     for (Py_ssize_t call = 0; call < calls;) {
@@ -720,7 +726,8 @@ static PyObject *drain(PyObject *self, PyObject *args)
             for (Py_ssize_t i = 0; i < got; i++)
                 add_release(&rc.c[rc.fds_closed], (uint64_t)close_passed_fds(sbase, &l, cl, i));
         Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, cl, 0, got,
-                                      limit, clock_ns(CLOCK_REALTIME), pack_ns, &rc, &t);
+                                      limit, clock_ns(CLOCK_REALTIME), pack_ns, &packing, &rc,
+                                      &t);
         if (stop < got) {
             count = got;
             following = stop;

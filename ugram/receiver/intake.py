@@ -109,6 +109,7 @@ class Intake:
         """Drain the socket (up to the budget) into the rings; True when it ran empty.
 
         A datagram that found no room is held, with every one read after it."""
+        self.routes.forget_rooms()  # judged again in each pass, as the C drain does
         if self.batch is not None and self.compiled:
             if self.routes.shedding and self.routes.sheds(-1):
                 return self._shed_all()
@@ -123,9 +124,9 @@ class Intake:
     def _drain(self) -> bool:
         """Read up to a batch, one recvfrom_into each; True when the socket ran empty."""
         recv, buf, view, place = self.sock.recvfrom_into, self.buffer, self.view, self._place
-        c, rejudge = self.counters, self.routes.refresh_rooms
+        c, rejudge = self.counters, self.routes.rejudge
         for i in range(self.budget):
-            if not i % REJUDGE:  # as often as the batched paths judge the rooms
+            if not i % REJUDGE:  # as often as the batched paths may judge the rooms
                 rejudge(time.time_ns())
             try:
                 n, addr = recv(buf)
@@ -143,7 +144,7 @@ class Intake:
     def _drain_with_credentials(self) -> bool:
         """Like :meth:`_drain`, with each sender's SCM_CREDENTIALS."""
         recv, buffers, view, place = self.sock.recvmsg_into, [self.buffer], self.view, self._place
-        rejudge = self.routes.refresh_rooms
+        rejudge = self.routes.rejudge
         for i in range(self.budget):
             if not i % REJUDGE:
                 rejudge(time.time_ns())
@@ -170,7 +171,7 @@ class Intake:
                 self.counters[_FDS_CLOSED] += rx.closed_fds
             if not count:
                 return True
-            self.routes.refresh_rooms(time.time_ns())
+            self.routes.rejudge(time.time_ns())
             plain = self.plain and not self.routes.shedding
             placed = self._place_plain(count) if plain else self.place_slots(range(count))
             if not placed:
@@ -213,7 +214,7 @@ class Intake:
                 "rejected a datagram larger than max_datagram=%d", self.limit, times=oversized
             )
         if count:  # a ring filled in the middle of a batch
-            routes.refresh_rooms(time.time_ns())
+            routes.rejudge(time.time_ns())
             if not self.place_slots(range(following, count)):
                 return False
             rx.complete(count)

@@ -174,7 +174,7 @@ class Routes:
         self.maps = [ring.mapping for ring in self.routed]  # for the C drain
         self.wakes = [self.wake_fds[index] for index in routes]
         self.next_ring = self.next_ring % len(routes) if routes else 0
-        self._rooms, self._packing = [], 0  # by position: judged again for the new routes
+        self.forget_rooms()  # by position: judged again for the new routes
         self._shed(self.shedding & frozenset(routes))
 
     def route_around_corrupt_rings(self) -> bool:
@@ -219,6 +219,16 @@ class Routes:
             else []
         )
         self._packing = 0
+
+    def forget_rooms(self) -> None:
+        """A new read pass: the rooms are judged again at its first :meth:`rejudge`."""
+        self._rooms, self._packing = [], 0
+
+    def rejudge(self, now_ns: int) -> None:
+        """Judge the rooms again if they are spent (or forgotten): the C drain's rule.
+        Reading the words a worker writes for every record each batch cost a flood ~5 %."""
+        if self._packing >= len(self._rooms):
+            self.refresh_rooms(now_ns)
 
     def packed(self) -> int:
         """The position in ``routed`` of the first ring with room, counted down; -1 when
