@@ -462,6 +462,16 @@ static inline Py_ssize_t pick_ring(Producer *rings, Py_ssize_t active, Py_ssize_
     return k;
 }
 
+/* When the rooms were judged, and the first ring that may have room left (-1: not judged
+ * yet). They are judged again once spent, or once a quarter of the window has passed (a
+ * worker that stopped keeps its room until then): reading the words each worker writes
+ * for every record, every receive batch, cost a flood of cheap records 14 %. */
+#define JUDGE_PARTS 4
+typedef struct {
+    int64_t at;
+    Py_ssize_t packing;
+} Judged;
+
 /* Place scratch slots first..count-1, each in the ring pick_ring names (by the rooms
  * producer_rooms gave them, at `recv_ns` when judged again here, then round-robin), each published at once, counted, and marked placed in the scratch area (that order: a
  * receiver killed between two stores re-places at most one record, and loses none). A slot
@@ -471,16 +481,15 @@ static inline Py_ssize_t pick_ring(Producer *rings, Py_ssize_t active, Py_ssize_
 UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active, Py_ssize_t *next_ring,
                               char *sbase, const ScratchLayout *l, const CredsLayout *cl,
                               Py_ssize_t first, Py_ssize_t count, Py_ssize_t limit,
-                              int64_t recv_ns, int64_t pack_ns, Py_ssize_t *packing,
+                              int64_t recv_ns, int64_t pack_ns, Judged *judged,
                               const ReceiverCounters *rc, PlaceTotals *t)
 {
     uint64_t *placed_index = (uint64_t *)sbase, *c = rc->c;
-    Py_ssize_t i;
-    /* Judged again once the rooms are spent (or on a drain's first batch): reading the
-     * words a worker writes for every record, each batch, cost a flood ~5 %. */
-    if (*packing < 0 || *packing >= active) {
+    Py_ssize_t i, *packing = &judged->packing;
+    if (*packing < 0 || *packing >= active || recv_ns - judged->at > pack_ns / JUDGE_PARTS) {
         producer_rooms(rings, active, recv_ns, pack_ns);
         *packing = 0;
+        judged->at = recv_ns;
     }
     for (i = first; i < count; i++) {
         uint32_t n = slot_u32(sbase, l, i, l->len_at);
@@ -573,8 +582,9 @@ PyDoc_STRVAR(drain_doc,
 "The receiver's path without admission or routing, whole: up to `calls`\n"
 "times, recvmmsg up to `batch` datagrams into the scratch area, place each in one of the\n"
 "first `active` rings (Ring.try_put): the first whose consumer keeps up, judged at the\n"
-"first batch and again once the rooms are spent (its oldest unacknowledged record younger\n"
-"than `pack_ns`, and what it holds done within `pack_ns` at its recent cost a record),\n"
+"first batch and again once the rooms are spent or `pack_ns` / 4 has passed (its oldest\n"
+"unacknowledged record younger than `pack_ns`, and what it holds done within `pack_ns`\n"
+"at its recent cost a record),\n"
 "else the next in turn from `next_ring`\n"
 "(0: always in turn), count it in `counters` (u64 slots\n"
 "`slots` = (received, bytes, oversized, fds_closed)) and ready the slots again (as\n"
@@ -682,7 +692,8 @@ static PyObject *drain(PyObject *self, PyObject *args)
     char *sbase = (char *)scratch.buf;
     struct mmsghdr *headers = (struct mmsghdr *)(sbase + l.headers_at);
     PlaceTotals t = {0, 0};
-    Py_ssize_t count = 0, following = 0, packing = -1; /* -1: rooms not judged yet */
+    Py_ssize_t count = 0, following = 0;
+    Judged judged = {0, -1};
     int empty = 0, naps = 0, last_got = 0;
     int64_t nap_deadline = 0;
     for (Py_ssize_t call = 0; call < calls;) {
@@ -726,7 +737,7 @@ static PyObject *drain(PyObject *self, PyObject *args)
             for (Py_ssize_t i = 0; i < got; i++)
                 add_release(&rc.c[rc.fds_closed], (uint64_t)close_passed_fds(sbase, &l, cl, i));
         Py_ssize_t stop = place_slots(producers, active, &next_ring, sbase, &l, cl, 0, got,
-                                      limit, clock_ns(CLOCK_REALTIME), pack_ns, &packing, &rc,
+                                      limit, clock_ns(CLOCK_REALTIME), pack_ns, &judged, &rc,
                                       &t);
         if (stop < got) {
             count = got;

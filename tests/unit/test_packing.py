@@ -320,3 +320,27 @@ def test_new_routes_while_the_rooms_are_counted_down_still_place() -> None:
             os.close(ring.fd)
         for fd in wakes:
             os.close(fd)
+
+
+def test_the_rooms_are_judged_again_a_quarter_window_on() -> None:
+    now = time.time_ns()
+    # Ring 0's worker is behind (an old record in hand): ring 1 takes the records.
+    rings = make_rings([(1, True, 3, False), (0, False, 3, False)], now)
+    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
+    consumer = Ring(rings[0].fd)
+    try:
+        routes = routes_over(rings, wakes, frozenset())
+        assert routes.packed() == 1
+        consumer.finish(consumer.take_batch(1)[-1][1])  # ring 0's worker caught up
+        consumer.ctl[ACKED] = 1
+        routes.rejudge(time.time_ns())  # not spent, not a quarter window on: as judged
+        assert routes.packed() == 1
+        routes.rejudge(time.time_ns() + PACK // 4 + 1)  # a quarter window on: judged again
+        assert routes.packed() == 0
+    finally:
+        consumer.close()
+        for ring in rings:
+            ring.close()
+            os.close(ring.fd)
+        for fd in wakes:
+            os.close(fd)
