@@ -344,3 +344,21 @@ def test_the_rooms_are_judged_again_a_quarter_window_on() -> None:
             os.close(ring.fd)
         for fd in wakes:
             os.close(fd)
+
+
+def test_a_ring_that_begins_to_shed_loses_its_room_at_once() -> None:
+    # Between two judgments (a held datagram placed after sync_active took up the change).
+    rings = make_rings([(0, False, 3, False), (0, False, 3, False)], time.time_ns())
+    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
+    try:
+        routes = routes_over(rings, wakes, frozenset())
+        routes._shed(frozenset({0}))
+        routes.rejudge(time.time_ns())
+        assert routes.put(b"new", b"", -1)
+        assert [payloads_of(r) for r in rings] == [[], [b"new"]]
+    finally:
+        for ring in rings:
+            ring.close()
+            os.close(ring.fd)
+        for fd in wakes:
+            os.close(fd)

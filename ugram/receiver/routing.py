@@ -139,6 +139,7 @@ class Routes:
 
     def _shed(self, shedding: frozenset[int]) -> None:
         self.shedding = shedding
+        self.forget_rooms()  # a ring that sheds now has no room (refresh_rooms)
         taking = [k for k, index in enumerate(self.indexes) if index not in shedding]
         self.open_maps = [self.maps[k] for k in taking]
         self.open_wakes = [self.wakes[k] for k in taking]
