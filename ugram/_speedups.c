@@ -486,6 +486,8 @@ UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active,
 {
     uint64_t *placed_index = (uint64_t *)sbase, *c = rc->c;
     Py_ssize_t i, *packing = &judged->packing;
+    while (*packing >= 0 && *packing < active && rings[*packing].room <= 0)
+        ++*packing; /* spent to the last room: judged now, not a batch later */
     if (*packing < 0 || *packing >= active || recv_ns - judged->at > pack_ns / JUDGE_PARTS) {
         producer_rooms(rings, active, recv_ns, pack_ns);
         *packing = 0;

@@ -182,9 +182,13 @@ def counters() -> memoryview:
 @settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(states=st.lists(ring_states, min_size=1, max_size=4), sent=st.integers(1, 8))
+@given(
+    states=st.lists(ring_states, min_size=1, max_size=4),
+    sent=st.integers(1, 8),
+    batch=st.integers(1, 8),
+)
 def test_the_drain_places_every_datagram_where_routes_would(
-    server: tuple[socket.socket, Path], states: list[RingState], sent: int
+    server: tuple[socket.socket, Path], states: list[RingState], sent: int, batch: int
 ) -> None:
     sock, path = server
     shedding = frozenset(k for k, state in enumerate(states) if state[3])
@@ -194,20 +198,23 @@ def test_the_drain_places_every_datagram_where_routes_would(
     now = time.time_ns()
     fast, slow = make_rings(states, now), make_rings(states, now)
     wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in states]
-    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=batch)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
             for payload in payloads:
                 sender.sendto(payload, str(path))
-        # As Intake._drain_native calls it: over the rings that do not shed.
+        # As Intake._drain_native calls it: over the rings that do not shed; `batch`
+        # datagrams a receive, so that the rooms may be spent and judged again.
         open_rings = [ring for k, ring in enumerate(fast) if k not in shedding]
         placed = rx.drain_native(
             ([r.mapping for r in open_rings], wakes[: len(open_rings)]), (len(open_rings), 0),
-            LIMIT, 1, (counters(), COUNTED), PACK,
+            LIMIT, 9, (counters(), COUNTED), PACK,
         )[2]  # fmt: skip
         assert placed == sent
         routes = routes_over(slow, wakes, shedding)
-        for payload in payloads:
+        for at, payload in enumerate(payloads):
+            if at and not at % batch:  # a receive batch: as Intake._drain_batched does
+                routes.rejudge(time.time_ns())
             assert routes.put(payload, b"", -1)
         assert [payloads_of(r) for r in fast] == [payloads_of(r) for r in slow]
     finally:
@@ -356,6 +363,22 @@ def test_a_ring_that_begins_to_shed_loses_its_room_at_once() -> None:
         routes.rejudge(time.time_ns())
         assert routes.put(b"new", b"", -1)
         assert [payloads_of(r) for r in rings] == [[], [b"new"]]
+    finally:
+        for ring in rings:
+            ring.close()
+            os.close(ring.fd)
+        for fd in wakes:
+            os.close(fd)
+
+
+def test_rooms_spent_to_the_last_are_judged_again_at_the_next_batch() -> None:
+    rings = make_rings([(0, False, 2, False), (0, False, 2, False)], time.time_ns())
+    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
+    try:
+        routes = routes_over(rings, wakes, frozenset())  # 2 and 2
+        assert [routes.packed() for _ in range(4)] == [0, 0, 1, 1]  # spent, not yet seen
+        routes.rejudge(time.time_ns())  # the next batch
+        assert routes.packed() == 0  # judged again (nothing was put: room as before)
     finally:
         for ring in rings:
             ring.close()

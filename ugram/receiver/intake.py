@@ -34,7 +34,7 @@ log = logging.getLogger("ugram.receiver")
 _RECEIVED, _BYTES, _OVERSIZED = int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED)
 _FDS_CLOSED, _SHED = int(Slot.FDS_CLOSED), int(Slot.SHED)
 # Datagrams read one at a time between two looks at how much each ring takes (Routes.packed):
-# the batched paths look once a receive batch, receive_batch (64) by default.
+# the batched paths may look once a receive batch, receive_batch (64) by default.
 REJUDGE = 64
 _PLAIN_COUNTERS = (_RECEIVED, _BYTES, _OVERSIZED, _FDS_CLOSED)  # what the C helper's drain counts
 SCM_CREDENTIALS: int = getattr(socket, "SCM_CREDENTIALS", -1)
@@ -182,7 +182,7 @@ class Intake:
     def _drain_native(self) -> bool:
         """The case without admission or routing in the C helper: receive, place each
         datagram (with its sender's credentials when they are on) in the ring
-        :meth:`Routes.packed` would name (the C helper judges the rooms again each batch),
+        :meth:`Routes.packed` would name (the C helper judges the rooms as Routes.rejudge does),
         published and counted at once. A full ring hands the rest of its batch to
         :meth:`place_slots`."""
         rx, routes = self.batch, self.routes

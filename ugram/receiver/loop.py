@@ -164,6 +164,7 @@ class Receiver:
 
     def _place_held(self) -> bool:
         """Place the held datagrams in order; False at the first that still finds no room."""
+        self.routes.rejudge(time.time_ns())  # the wait for space may have been long
         while self.pending:
             held = self.pending[0]
             target = held.target

@@ -243,7 +243,7 @@ class BatchReceiver:
     ) -> tuple[bool, int, int, int, int, int]:
         """Receive and place in the C helper, up to ``calls`` batches, over the first
         ``active`` rings: in the first whose worker keeps up (within ``pack_ns``, as
-        :func:`ugram.ring.room` judges it, once a batch), else round-robin from
+        :func:`ugram.ring.room` judges it, when Routes.rejudge would), else round-robin from
         ``next_ring`` (``span``; ``pack_ns`` 0: round-robin only); ``rings`` holds the rings'
         mappings and their consumers' wake-up eventfds. Each datagram is counted in the
         counter block at the slots ``(received, bytes, oversized, fds_closed)``

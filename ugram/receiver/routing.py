@@ -231,7 +231,11 @@ class Routes:
         window has passed since (a worker that stopped keeps its room until then): the C
         drain's rule. Reading the words each worker writes for every record, every batch,
         cost a flood of cheap records 14 %."""
-        if self._packing >= len(self._rooms) or now_ns - self._judged_at > self.pack_ns // 4:
+        rooms, at = self._rooms, self._packing
+        while at < len(rooms) and rooms[at] <= 0:
+            at += 1  # spent to the last room: judged now, not a batch later
+        self._packing = at
+        if at >= len(rooms) or now_ns - self._judged_at > self.pack_ns // 4:
             self.refresh_rooms(now_ns)
 
     def packed(self) -> int:
