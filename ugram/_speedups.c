@@ -447,11 +447,18 @@ UGRAM_NOINLINE static void producer_rooms(Producer *rings, Py_ssize_t active, in
 /* The ring for the next record: the first with room (counted down), else the next in
  * turn from *next_ring (every consumer is behind: spread evenly). *packed: whether it was
  * picked for its room. */
+static inline Py_ssize_t first_with_room(const Producer *rings, Py_ssize_t active,
+                                         Py_ssize_t at)
+{
+    while (at < active && rings[at].room <= 0)
+        at++;
+    return at;
+}
+
 static inline Py_ssize_t pick_ring(Producer *rings, Py_ssize_t active, Py_ssize_t *first,
                                    Py_ssize_t *next_ring, int *packed)
 {
-    while (*first < active && rings[*first].room <= 0)
-        ++*first;
+    *first = first_with_room(rings, active, *first);
     *packed = *first < active;
     if (*packed) {
         rings[*first].room--;
@@ -462,8 +469,8 @@ static inline Py_ssize_t pick_ring(Producer *rings, Py_ssize_t active, Py_ssize_
     return k;
 }
 
-/* When the rooms were judged, and the first ring that may have room left (-1: not judged
- * yet). They are judged again once spent, or once a quarter of the window has passed (a
+/* When the rooms were judged, and the first ring that may have room left (`active`: spent,
+ * as before the first batch). They are judged again once spent, or once a quarter of the window has passed (a
  * worker that stopped keeps its room until then): reading the words each worker writes
  * for every record, every receive batch, cost a flood of cheap records 14 %. */
 #define JUDGE_PARTS 4
@@ -486,9 +493,8 @@ UGRAM_NOINLINE static Py_ssize_t place_slots(Producer *rings, Py_ssize_t active,
 {
     uint64_t *placed_index = (uint64_t *)sbase, *c = rc->c;
     Py_ssize_t i, *packing = &judged->packing;
-    while (*packing >= 0 && *packing < active && rings[*packing].room <= 0)
-        ++*packing; /* spent to the last room: judged now, not a batch later */
-    if (*packing < 0 || *packing >= active || recv_ns - judged->at > pack_ns / JUDGE_PARTS) {
+    *packing = first_with_room(rings, active, *packing); /* spent to the last: judged now */
+    if (*packing >= active || recv_ns - judged->at > pack_ns / JUDGE_PARTS) {
         producer_rooms(rings, active, recv_ns, pack_ns);
         *packing = 0;
         judged->at = recv_ns;
@@ -695,7 +701,7 @@ static PyObject *drain(PyObject *self, PyObject *args)
     struct mmsghdr *headers = (struct mmsghdr *)(sbase + l.headers_at);
     PlaceTotals t = {0, 0};
     Py_ssize_t count = 0, following = 0;
-    Judged judged = {0, -1};
+    Judged judged = {0, active};
     int empty = 0, naps = 0, last_got = 0;
     int64_t nap_deadline = 0;
     for (Py_ssize_t call = 0; call < calls;) {

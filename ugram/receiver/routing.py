@@ -231,23 +231,25 @@ class Routes:
         window has passed since (a worker that stopped keeps its room until then): the C
         drain's rule. Reading the words each worker writes for every record, every batch,
         cost a flood of cheap records 14 %."""
-        rooms, at = self._rooms, self._packing
-        while at < len(rooms) and rooms[at] <= 0:
-            at += 1  # spent to the last room: judged now, not a batch later
-        self._packing = at
-        if at >= len(rooms) or now_ns - self._judged_at > self.pack_ns // 4:
+        spent = self._first_with_room() >= len(self._rooms)  # to the last: judged now
+        if spent or now_ns - self._judged_at > self.pack_ns // 4:
             self.refresh_rooms(now_ns)
 
     def packed(self) -> int:
         """The position in ``routed`` of the first ring with room, counted down; -1 when
         none has any (then round-robin from ``next_ring``)."""
+        at = self._first_with_room()
+        if at >= len(self._rooms):
+            return -1
+        self._rooms[at] -= 1
+        return at
+
+    def _first_with_room(self) -> int:
+        """Move the count-down's cursor past the rings whose room is spent; return it."""
         rooms, at = self._rooms, self._packing
         while at < len(rooms) and rooms[at] <= 0:
             at += 1
         self._packing = at
-        if at >= len(rooms):
-            return -1
-        rooms[at] -= 1
         return at
 
     def put(
