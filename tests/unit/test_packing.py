@@ -6,16 +6,19 @@ receiver's two placements by it, the C helper's drain and :class:`Routes`, recor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ugram import speedups
 from ugram.receiver import mmsg
 from ugram.receiver.routing import Routes
 from ugram.ring import ACKED, COST_NS, TAIL, Ring, note_cost, room
@@ -122,22 +125,8 @@ def test_a_reset_forgets_the_cost(ring: Ring) -> None:
 
 # -- the C helper's drain places as Routes does --------------------------------------------------
 
-native = pytest.importorskip("ugram._speedups", reason="the C helper was not built here")
-
+needs_helper = pytest.mark.skipif(speedups.NATIVE is None, reason="the C helper was not built here")
 COUNTED = (int(Slot.RECEIVED), int(Slot.BYTES), int(Slot.OVERSIZED), int(Slot.FDS_CLOSED))
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
-    path = tmp_path / "s.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-    try:
-        yield sock, path
-    finally:
-        sock.close()
-
 
 # Per ring: (records held, their age: young or past the window, the worker's cost a record
 # as a fraction of the window: 0 unknown, else window // per, whether its worker sheds).
@@ -147,22 +136,66 @@ ring_states = st.tuples(
 )
 
 
-def make_rings(states: list[RingState], now: int, capacity: int = 8192) -> list[Ring]:
-    rings = []
-    for held, old, per, _ in states:
-        ring = Ring.create(capacity)
-        hold(ring, held, now - 2 * PACK if old else now)
-        ring.ctl[COST_NS] = PACK // per if per else 0
-        rings.append(ring)
-    return rings
+@dataclass
+class RingSet:
+    """Rings in the given states, and an eventfd each for their consumers' wake-ups."""
+
+    rings: list[Ring]
+    wakes: list[int]
+
+    def contents(self) -> list[list[bytes]]:
+        """Each ring's payloads, as a consumer would read them."""
+        return [payloads_of(ring) for ring in self.rings]
 
 
-def routes_over(rings: list[Ring], wakes: list[int], shedding: frozenset[int]) -> Routes:
-    routes = Routes(rings, wakes, counters(), counters(), None)
+@contextlib.contextmanager
+def ring_set(states: list[RingState], capacity: int = 8192) -> Iterator[RingSet]:
+    now = time.time_ns()
+    made = RingSet([], [])
+    try:
+        for held, old, per, _ in states:
+            ring = Ring.create(capacity)
+            made.rings.append(ring)
+            made.wakes.append(os.eventfd(0, os.EFD_NONBLOCK))
+            hold(ring, held, now - 2 * PACK if old else now)
+            ring.ctl[COST_NS] = PACK // per if per else 0
+        yield made
+    finally:
+        for ring in made.rings:
+            ring.close()
+            os.close(ring.fd)
+        for fd in made.wakes:
+            os.close(fd)
+
+
+def routes_over(rings: RingSet, shedding: frozenset[int] = frozenset()) -> Routes:
+    routes = Routes(rings.rings, rings.wakes, counters(), counters(), None)
     routes.pack_ns = PACK
     routes._shed(shedding)  # as sync_active takes it up from the rings
     routes.refresh_rooms(time.time_ns())
     return routes
+
+
+def send_and_drain(
+    server: tuple[socket.socket, Path],
+    payloads: list[bytes],
+    rings: RingSet,
+    batch: int = 16,
+    calls: int = 1,
+) -> tuple[bool, int, int, int, int, int]:
+    """Send ``payloads``, then one C drain of them into ``rings`` (all of them active)."""
+    sock, path = server
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        for payload in payloads:
+            sender.sendto(payload, str(path))
+    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=batch)
+    try:
+        return rx.drain_native(
+            ([r.mapping for r in rings.rings], rings.wakes), (len(rings.rings), 0),
+            LIMIT, calls, (counters(), COUNTED), PACK,
+        )  # fmt: skip
+    finally:
+        rx.close()
 
 
 def payloads_of(ring: Ring) -> list[bytes]:
@@ -179,6 +212,7 @@ def counters() -> memoryview:
 
 # The socket is drained empty by each example: sharing it is safe. At most 8 datagrams:
 # within net.unix.max_dgram_qlen (10 by default), so that no send blocks.
+@needs_helper
 @settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -190,72 +224,39 @@ def counters() -> memoryview:
 def test_the_drain_places_every_datagram_where_routes_would(
     server: tuple[socket.socket, Path], states: list[RingState], sent: int, batch: int
 ) -> None:
-    sock, path = server
     shedding = frozenset(k for k, state in enumerate(states) if state[3])
     if len(shedding) == len(states):
         shedding = frozenset()  # every ring shedding: the receiver only counts (_shed_all)
     payloads = [b"d%d" % i for i in range(sent)]
-    now = time.time_ns()
-    fast, slow = make_rings(states, now), make_rings(states, now)
-    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in states]
-    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=batch)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            for payload in payloads:
-                sender.sendto(payload, str(path))
+    with ring_set(states) as fast, ring_set(states) as slow:
         # As Intake._drain_native calls it: over the rings that do not shed; `batch`
         # datagrams a receive, so that the rooms may be spent and judged again.
-        open_rings = [ring for k, ring in enumerate(fast) if k not in shedding]
-        placed = rx.drain_native(
-            ([r.mapping for r in open_rings], wakes[: len(open_rings)]), (len(open_rings), 0),
-            LIMIT, 9, (counters(), COUNTED), PACK,
-        )[2]  # fmt: skip
+        taking = [k for k in range(len(states)) if k not in shedding]
+        open_rings = RingSet([fast.rings[k] for k in taking], [fast.wakes[k] for k in taking])
+        placed = send_and_drain(server, payloads, open_rings, batch=batch, calls=9)[2]
         assert placed == sent
-        routes = routes_over(slow, wakes, shedding)
+        routes = routes_over(slow, shedding)
         for at, payload in enumerate(payloads):
             if at and not at % batch:  # a receive batch: as Intake._drain_batched does
                 routes.rejudge(time.time_ns())
             assert routes.put(payload, b"", -1)
-        assert [payloads_of(r) for r in fast] == [payloads_of(r) for r in slow]
-    finally:
-        rx.close()
-        for ring in fast + slow:
-            ring.close()
-            os.close(ring.fd)
-        for fd in wakes:
-            os.close(fd)
+        assert fast.contents() == slow.contents()
 
 
+@needs_helper
 def test_the_drain_fills_the_rings_that_keep_up_then_deals_in_turn(
     server: tuple[socket.socket, Path],
 ) -> None:
-    sock, path = server
-    now = time.time_ns()
     # Ring 0 takes 3 (its worker does 3 a window), ring 1 none (its oldest record waits past
     # the window), ring 2 one (idle, cost not known yet); then round-robin from ring 0.
-    rings = make_rings([(0, False, 3, False), (1, True, 8, False), (0, False, 0, False)], now)
-    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
-    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            for i in range(8):
-                sender.sendto(b"d%d" % i, str(path))
-        next_ring = rx.drain_native(
-            ([r.mapping for r in rings], wakes), (3, 0), LIMIT, 1, (counters(), COUNTED), PACK
-        )[1]
-        assert [payloads_of(r) for r in rings] == [
+    with ring_set([(0, False, 3, False), (1, True, 8, False), (0, False, 0, False)]) as rings:
+        next_ring = send_and_drain(server, [b"d%d" % i for i in range(8)], rings)[1]
+        assert rings.contents() == [
             [b"d0", b"d1", b"d2", b"d4", b"d7"],
             [b"held 0", b"d5"],
             [b"d3", b"d6"],
         ]
         assert next_ring == 1  # the turn goes on where round-robin stopped
-    finally:
-        rx.close()
-        for ring in rings:
-            ring.close()
-            os.close(ring.fd)
-        for fd in wakes:
-            os.close(fd)
 
 
 # A ring's room counts records, not bytes: one with room but no space left for the record is
@@ -264,124 +265,74 @@ def test_the_drain_fills_the_rings_that_keep_up_then_deals_in_turn(
 # datagrams in ring 1. Rooms: 8 - 3 = 5 and 4.
 FITS = 264
 SPACE_CASE = [(3, False, 8, False), (0, False, 4, False)]
+SPACE_SENT = [b"d%d" % i + b"." * 50 for i in range(4)]
 SPACE_EXPECTED = [[b"he", b"he", b"he", b"d0"], [b"d1", b"d2", b"d3"]]
 
 
+def prefixes(rings: RingSet) -> list[list[bytes]]:
+    return [[payload[:2] for payload in ring] for ring in rings.contents()]
+
+
+@needs_helper
 def test_the_drain_passes_over_a_ring_with_room_but_no_space(
     server: tuple[socket.socket, Path],
 ) -> None:
-    sock, path = server
-    rings = make_rings(SPACE_CASE, time.time_ns(), capacity=FITS)
-    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
-    rx = mmsg.BatchReceiver(sock.fileno(), LIMIT, batch=16)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            for i in range(4):
-                sender.sendto(b"d%d" % i + b"." * 50, str(path))
-        _, _, placed, _, count, _ = rx.drain_native(
-            ([r.mapping for r in rings], wakes), (2, 0), LIMIT, 1, (counters(), COUNTED), PACK
-        )
+    with ring_set(SPACE_CASE, capacity=FITS) as rings:
+        _, _, placed, _, count, _ = send_and_drain(server, SPACE_SENT, rings)
         assert (placed, count) == (4, 0)  # none left over for the Python path
-        assert [[p[:2] for p in payloads_of(r)] for r in rings] == SPACE_EXPECTED
-    finally:
-        rx.close()
-        for ring in rings:
-            ring.close()
-            os.close(ring.fd)
-        for fd in wakes:
-            os.close(fd)
+        assert prefixes(rings) == SPACE_EXPECTED
 
 
 def test_routes_pass_over_a_ring_with_room_but_no_space() -> None:
-    rings = make_rings(SPACE_CASE, time.time_ns(), capacity=FITS)
-    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
-    try:
-        routes = routes_over(rings, wakes, frozenset())
-        for i in range(4):
-            assert routes.put(b"d%d" % i + b"." * 50, b"", -1)
-        assert [[p[:2] for p in payloads_of(r)] for r in rings] == SPACE_EXPECTED
-    finally:
-        for ring in rings:
-            ring.close()
-            os.close(ring.fd)
-        for fd in wakes:
-            os.close(fd)
+    with ring_set(SPACE_CASE, capacity=FITS) as rings:
+        routes = routes_over(rings)
+        for payload in SPACE_SENT:
+            assert routes.put(payload, b"", -1)
+        assert prefixes(rings) == SPACE_EXPECTED
 
 
 def test_new_routes_while_the_rooms_are_counted_down_still_place() -> None:
     # Every worker behind: the count-down ran past the last ring. Then a ring leaves the
     # routes (SIGTTOU, or marked corrupt) before the rooms are judged again: a datagram
     # held meanwhile must still be placed (it once raised IndexError and wedged the reads).
-    now = time.time_ns()
-    rings = make_rings([(1, True, 8, False), (1, True, 8, False)], now)
-    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
-    try:
-        routes = routes_over(rings, wakes, frozenset())
+    with ring_set([(1, True, 8, False), (1, True, 8, False)]) as rings:
+        routes = routes_over(rings)
         assert routes.packed() == -1
         routes._route_to([0])
         assert routes.put(b"held", b"", -1)
-        assert payloads_of(rings[0]) == [b"held 0", b"held"]
-    finally:
-        for ring in rings:
-            ring.close()
-            os.close(ring.fd)
-        for fd in wakes:
-            os.close(fd)
+        assert payloads_of(rings.rings[0]) == [b"held 0", b"held"]
 
 
 def test_the_rooms_are_judged_again_a_quarter_window_on() -> None:
-    now = time.time_ns()
     # Ring 0's worker is behind (an old record in hand): ring 1 takes the records.
-    rings = make_rings([(1, True, 3, False), (0, False, 3, False)], now)
-    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
-    consumer = Ring(rings[0].fd)
-    try:
-        routes = routes_over(rings, wakes, frozenset())
-        assert routes.packed() == 1
-        consumer.finish(consumer.take_batch(1)[-1][1])  # ring 0's worker caught up
-        consumer.ctl[ACKED] = 1
-        routes.rejudge(time.time_ns())  # not spent, not a quarter window on: as judged
-        assert routes.packed() == 1
-        routes.rejudge(time.time_ns() + PACK // 4 + 1)  # a quarter window on: judged again
-        assert routes.packed() == 0
-    finally:
-        consumer.close()
-        for ring in rings:
-            ring.close()
-            os.close(ring.fd)
-        for fd in wakes:
-            os.close(fd)
+    with ring_set([(1, True, 3, False), (0, False, 3, False)]) as rings:
+        consumer = Ring(rings.rings[0].fd)
+        try:
+            routes = routes_over(rings)
+            assert routes.packed() == 1
+            consumer.finish(consumer.take_batch(1)[-1][1])  # ring 0's worker caught up
+            consumer.ctl[ACKED] = 1
+            routes.rejudge(time.time_ns())  # not spent, not a quarter window on: as judged
+            assert routes.packed() == 1
+            routes.rejudge(time.time_ns() + PACK // 4 + 1)  # a quarter window on: again
+            assert routes.packed() == 0
+        finally:
+            consumer.close()
 
 
 def test_a_ring_that_begins_to_shed_loses_its_room_at_once() -> None:
     # Between two judgments (a held datagram placed after sync_active took up the change).
-    rings = make_rings([(0, False, 3, False), (0, False, 3, False)], time.time_ns())
-    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
-    try:
-        routes = routes_over(rings, wakes, frozenset())
+    with ring_set([(0, False, 3, False), (0, False, 3, False)]) as rings:
+        routes = routes_over(rings)
         routes._shed(frozenset({0}))
         routes.rejudge(time.time_ns())
         assert routes.put(b"new", b"", -1)
-        assert [payloads_of(r) for r in rings] == [[], [b"new"]]
-    finally:
-        for ring in rings:
-            ring.close()
-            os.close(ring.fd)
-        for fd in wakes:
-            os.close(fd)
+        assert rings.contents() == [[], [b"new"]]
 
 
 def test_rooms_spent_to_the_last_are_judged_again_at_the_next_batch() -> None:
-    rings = make_rings([(0, False, 2, False), (0, False, 2, False)], time.time_ns())
-    wakes = [os.eventfd(0, os.EFD_NONBLOCK) for _ in rings]
-    try:
-        routes = routes_over(rings, wakes, frozenset())  # 2 and 2
+    with ring_set([(0, False, 2, False), (0, False, 2, False)]) as rings:
+        routes = routes_over(rings)  # 2 and 2
         assert [routes.packed() for _ in range(4)] == [0, 0, 1, 1]  # spent, not yet seen
         routes.rejudge(time.time_ns())  # the next batch
         assert routes.packed() == 0  # judged again (nothing was put: room as before)
-    finally:
-        for ring in rings:
-            ring.close()
-            os.close(ring.fd)
-        for fd in wakes:
-            os.close(fd)

@@ -168,18 +168,6 @@ def test_take_batch_bounds_payload_bytes_and_loses_none(
 # -- receiver: drain == recvmmsg + try_put of each slot ----------------------------------------
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
-    path = tmp_path / "s.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-    try:
-        yield sock, path
-    finally:
-        sock.close()
-
-
 def send_from(path: Path, payloads: list[bytes], bind: str | None) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         if bind is not None:
