@@ -73,6 +73,19 @@ def assert_exposes(samples: Samples, truth: dict[str, float]) -> None:
         assert samples[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
 
 
+def reload_workers(server: Server, workers: int = 2) -> None:
+    """SIGHUP the server and wait until ``workers`` new workers replaced the old ones."""
+    old = {p.pid for p in workers_of(server.proc.pid)}
+    os.kill(server.proc.pid, signal.SIGHUP)
+    wait_for(
+        lambda: (
+            not old & {p.pid for p in workers_of(server.proc.pid)}
+            and len(workers_of(server.proc.pid)) == workers
+        ),
+        what=f"{workers} new workers",
+    )
+
+
 def workers_of(pid: int) -> list[psutil.Process]:
     """The server's live worker processes (not a killed one waiting to be reaped)."""
     found = []
@@ -229,15 +242,7 @@ def test_sighup_keeps_every_series(sock_dir: Path) -> None:
         url = metrics_url(server)
         send_lines(path, [f"c{i % 5}:1|c\ng{i % 3}:{i}|g".encode() for i in range(100)])
         before = scrape_when(url, lambda s: lines_total(s) >= 200, "the first lines")
-        old = {p.pid for p in workers_of(server.proc.pid)}
-        os.kill(server.proc.pid, signal.SIGHUP)
-        wait_for(
-            lambda: (
-                not old & {p.pid for p in workers_of(server.proc.pid)}
-                and len(workers_of(server.proc.pid)) == 2
-            ),
-            what="reloaded workers",
-        )
+        reload_workers(server)
         after = scrape(url)
         app = {k: v for k, v in before.items() if not k.startswith("ugram_")}
         assert {k: after[k] for k in app} == app  # every series, every value
@@ -421,15 +426,7 @@ def test_sighup_keeps_every_line_in_the_jsonl_output(sock_dir: Path) -> None:
         url = metrics_url(server)
         send_lines(path, [f"c{i % 5}:1|c".encode() for i in range(200)])
         scrape_when(url, lambda s: settled(s, 200), "the first lines")
-        old = {p.pid for p in workers_of(server.proc.pid)}
-        os.kill(server.proc.pid, signal.SIGHUP)
-        wait_for(
-            lambda: (
-                not old & {p.pid for p in workers_of(server.proc.pid)}
-                and len(workers_of(server.proc.pid)) == 2
-            ),
-            what="two new workers",
-        )
+        reload_workers(server)
         send_lines(path, [f"c{i % 5}:1|c".encode() for i in range(300)])
         scrape_when(url, lambda s: settled(s, 500), "the later lines")
         assert server.stop() == 0, server.stderr

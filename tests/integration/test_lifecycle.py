@@ -67,6 +67,15 @@ class Handler:
 """
 
 
+def deploy(module: Path, out: Path) -> dict[str, str]:
+    """Write version 1 of the handler ``module``; return the environment of a server that
+    imports it from the source on disk (no stale bytecode: each version must be read anew)."""
+    write_handler(module, out, "v1")
+    env = child_env(out, PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] += os.pathsep + str(module.parent)
+    return env
+
+
 def write_handler(
     module: Path, out: Path, version: str, broken_import: str = "", broken_setup: str = "pass"
 ) -> None:
@@ -90,10 +99,7 @@ def test_hup_with_a_bad_deploy_keeps_the_old_workers(
 ) -> None:
     path = sock_dir / "s.sock"
     module = sock_dir / "deployed.py"
-    write_handler(module, out_dir, "v1")
-    # No stale bytecode: each version must be imported from the source on disk.
-    env = child_env(out_dir, PYTHONDONTWRITEBYTECODE="1")
-    env["PYTHONPATH"] += os.pathsep + str(sock_dir)
+    env = deploy(module, out_dir)
     with run_server("deployed:Handler", path, "--workers", "2", env=env) as server:
         pid = server.proc.pid
         wait_for(lambda: len(worker_pids(pid)) == 2, what="2 workers")
@@ -135,9 +141,7 @@ def test_respawn_that_cannot_import_after_start_up_is_retried(
 ) -> None:
     path = sock_dir / "s.sock"
     module = sock_dir / "deployed.py"
-    write_handler(module, out_dir, "v1")
-    env = child_env(out_dir, PYTHONDONTWRITEBYTECODE="1")
-    env["PYTHONPATH"] += os.pathsep + str(sock_dir)
+    env = deploy(module, out_dir)
     with run_server("deployed:Handler", path, "--workers", "2", env=env) as server:
         pid = server.proc.pid
         # Both have run setup() (each made its file): start-up is over.
@@ -177,9 +181,7 @@ def test_a_hup_while_a_bad_deploy_boots_is_not_lost(sock_dir: Path, out_dir: Pat
     the broken one's failure ends its reload, not the newer one (found by the chaos soak)."""
     path = sock_dir / "s.sock"
     module = sock_dir / "deployed.py"
-    write_handler(module, out_dir, "v1")
-    env = child_env(out_dir, PYTHONDONTWRITEBYTECODE="1")
-    env["PYTHONPATH"] += os.pathsep + str(sock_dir)
+    env = deploy(module, out_dir)
     with run_server("deployed:Handler", path, "--workers", "2", env=env) as server:
         pid = server.proc.pid
         wait_for(lambda: len(worker_pids(pid)) == 2, what="2 workers")

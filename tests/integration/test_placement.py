@@ -8,16 +8,25 @@ for it made two workers slower than one)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.apps.seqrec import STALL
-from tests.conftest import profile_env, read_records, run_server, send, wait_for
+from tests.conftest import Server, profile_env, read_records, run_server, send, wait_for
 
 PATHS = [("true", "linux"), ("false", "linux"), ("true", "portable")]
 IDS = ["compiled", "pure-python", "portable"]
+
+
+def two_workers(
+    handler: str, path: Path, out_dir: Path, speedups: str, profile: str
+) -> contextlib.AbstractContextManager[Server]:
+    """A server of 2 workers on the receive path the parameters name."""
+    args = ("--workers", "2", f"--speedups={speedups}")
+    return run_server(handler, path, *args, env=profile_env(profile, out_dir))
 
 
 def per_worker(out_dir: Path) -> list[list[str]]:
@@ -33,10 +42,7 @@ def test_a_stuck_worker_is_given_no_more_datagrams_while_another_keeps_up(
     sock_dir: Path, out_dir: Path, speedups: str, profile: str
 ) -> None:
     path = sock_dir / "s.sock"
-    args = ("--workers", "2", f"--speedups={speedups}")
-    with run_server(
-        "seqrec:StallRecorder", path, *args, env=profile_env(profile, out_dir)
-    ) as server:
+    with two_workers("seqrec:StallRecorder", path, out_dir, speedups, profile) as server:
         sock = send(path, b"stall")
         time.sleep(0.3)  # taken: its worker sleeps in the handler
         quick = [b"q%d" % i for i in range(20)]
@@ -62,8 +68,7 @@ def test_a_flow_one_worker_keeps_up_with_goes_to_that_worker(
     sock_dir: Path, out_dir: Path, speedups: str, profile: str
 ) -> None:
     path = sock_dir / "s.sock"
-    args = ("--workers", "2", f"--speedups={speedups}")
-    with run_server("seqrec:Recorder", path, *args, env=profile_env(profile, out_dir)) as server:
+    with two_workers("seqrec:Recorder", path, out_dir, speedups, profile) as server:
         sent = [b"r%d" % i for i in range(200)]
         sock = send(path)
         # In bursts: one worker takes a burst of 10 in well under a millisecond, but only a
