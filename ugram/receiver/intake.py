@@ -274,15 +274,15 @@ class Intake:
                 continue
             address = address_of(i) if fields[at + mmsg.NAMELEN] > 2 else b""
             start = base + i * stride
-            at = packed()
+            with_room = packed()
             # The slot's index added: receive times in receipt order across workers.
-            ring = rings[next_ring if at < 0 else at]
+            ring = rings[next_ring if with_room < 0 else with_room]
             if not ring.try_put(view[start : start + n], address, now + i):
                 routes.next_ring = next_ring
                 c[_BYTES] += nbytes
                 return self.place_slots(range(i, count))
             c[_RECEIVED] += 1
-            if at < 0:
+            if with_room < 0:
                 next_ring = next_ring + 1 if next_ring + 1 < active else 0
             nbytes += n
             desc[mmsg.PLACED] = i + 1  # placed: a successor must not place it again

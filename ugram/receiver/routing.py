@@ -24,13 +24,13 @@ Router = Callable[[memoryview, int], int | None]
 # Packing: a datagram without a key goes to the first routed ring whose worker keeps up,
 # not to each ring in turn. A worker keeps up while its oldest unacknowledged record is
 # younger than this and what it holds takes it less than this at its recent cost a record
-# (ugram.ring.room). A worker that keeps up alone gets the whole flow in big batches and the others
-# sleep: on a machine with fewer cores than processes, spreading a flow one worker can take
-# costs every worker a wake-up and a small batch each time (2 workers were 0.8x of 1 on 2
-# cores; issue 16). Past what one worker takes, the next one gets the rest, and once every
-# worker is behind, datagrams go round-robin: the CPU-heavy case, all of them busy. It also
-# bounds the wait behind a busy worker: a record is not placed behind more than about this
-# much work while another worker has room.
+# (ugram.ring.room). A worker that keeps up alone gets the whole flow in big batches and
+# the others sleep: on a machine with fewer cores than processes, spreading a flow one
+# worker can take costs every worker a wake-up and a small batch each time (2 workers were
+# 0.7-0.9x of 1 on 2 cores; issue 16). Past what one worker takes, the next one gets the
+# rest, and once every worker is behind, datagrams go round-robin: the CPU-heavy case, all
+# of them busy. It also bounds the wait behind a busy worker: a record is not placed
+# behind more than about this much work while another worker has room.
 PACK_NS = 500_000
 
 
@@ -176,8 +176,7 @@ class Routes:
         self.maps = [ring.mapping for ring in self.routed]  # for the C drain
         self.wakes = [self.wake_fds[index] for index in routes]
         self.next_ring = self.next_ring % len(routes) if routes else 0
-        self.forget_rooms()  # by position: judged again for the new routes
-        self._shed(self.shedding & frozenset(routes))
+        self._shed(self.shedding & frozenset(routes))  # and the rooms, by position: forgotten
 
     def route_around_corrupt_rings(self) -> bool:
         """Mark every routed ring that no producer could have left as it is (the C helper's
